@@ -1,0 +1,146 @@
+"""pqh entry points: HTTP routes, the scheduled dispatcher, and the Lambda functions.
+
+Each handler parses its input, calls one service, and turns the result or a
+domain error into a response. Policy and AWS calls live in chalicelib.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ClientError
+from chalice import Chalice, Rate, Response
+
+from chalicelib import views, wiring
+from chalicelib.domain import ForbiddenError, Handoff, PqhError
+from chalicelib.settings import ConfigError
+from chalicelib.validation import check_user_id, parse_submission, parse_weight
+
+app = Chalice(app_name="pqh")
+app.log.setLevel(logging.INFO)
+logging.getLogger("pqh").setLevel(logging.INFO)
+
+THROTTLING = {
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalServerError",
+    "InternalFailure",
+}
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(status_code=status, body={"error": code, "message": message}, headers=headers or {})
+
+
+def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Map domain errors to 4xx JSON; AWS throttling to 503 with Retry-After."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except PqhError as exc:
+            return _error(exc.status, exc.code, str(exc))
+        except ConfigError as exc:
+            app.log.error("misconfigured: %s", exc)
+            return _error(500, "misconfigured", "the service is misconfigured; its operators have been told")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in THROTTLING:
+                app.log.warning("AWS is throttling: %s", exc)
+                return _error(503, "busy", "the service is busy; retry shortly", {"Retry-After": "1"})
+            raise
+
+    return wrapper
+
+
+def _stage_prefix() -> str:
+    """'/api' behind API Gateway's stage path, '' locally: for Location headers."""
+    context = app.current_request.context if app.current_request else {}
+    path, resource = context.get("path", ""), context.get("resourcePath", "")
+    if path and resource and path.endswith(resource.rstrip("/") or "/") and "{" not in resource:
+        return path[: len(path) - len(resource)].rstrip("/")
+    return ""
+
+
+def _require_admin() -> None:
+    expected = wiring.services().settings.admin_token
+    if not expected:
+        raise ForbiddenError("admin routes are disabled; set PQH_ADMIN_TOKEN to enable them")
+    given = app.current_request.headers.get("authorization", "")
+    token = given[7:] if given.lower().startswith("bearer ") else ""
+    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ForbiddenError("admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'")
+
+
+# --- HTTP routes ------------------------------------------------------------
+
+
+@app.route("/task", methods=["POST"], content_types=["*/*"])
+@api_errors
+def submit_task() -> Response:
+    svc = wiring.services()
+    request = app.current_request
+    user_id, x = parse_submission(
+        request.raw_body,
+        request.headers.get("content-type"),
+        svc.settings.max_body_bytes,
+        svc.settings.max_user_id_length,
+    )
+    task = svc.submit(user_id, x)
+    body = views.submitted(task)
+    return Response(status_code=202, body=body, headers={"Location": _stage_prefix() + body["result_url"]})
+
+
+@app.route("/result/{task_id}", methods=["GET"])
+@api_errors
+def get_result(task_id: str) -> dict[str, Any]:
+    return views.result(wiring.services().result(task_id))
+
+
+@app.route("/admin/users/{user_id}", methods=["GET"])
+@api_errors
+def get_user(user_id: str) -> dict[str, Any]:
+    _require_admin()
+    svc = wiring.services()
+    return svc.user_usage(check_user_id(user_id, svc.settings.max_user_id_length))
+
+
+@app.route("/admin/users/{user_id}/weight", methods=["PUT"], content_types=["*/*"])
+@api_errors
+def put_weight(user_id: str) -> dict[str, Any]:
+    _require_admin()
+    svc = wiring.services()
+    user_id = check_user_id(user_id, svc.settings.max_user_id_length)
+    request = app.current_request
+    weight = parse_weight(request.raw_body, request.headers.get("content-type"), svc.settings.max_weight)
+    svc.set_weight(user_id, weight)
+    return svc.user_usage(user_id)
+
+
+# --- Dispatcher and worker ----------------------------------------------------
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="dispatch_tick")
+def dispatch_tick(event: Any) -> dict[str, Any]:
+    """The safety net: walks every level once a minute, even ones counted empty."""
+    return views.dispatch_report(wiring.services().dispatch(full_walk=True))
+
+
+@app.lambda_function(name="dispatcher")
+def dispatcher(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Invoked asynchronously on every submit and every finished task."""
+    return views.dispatch_report(wiring.services().dispatch(full_walk=bool((event or {}).get("full_walk"))))
+
+
+@app.lambda_function(name="worker")
+def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Runs one task handed off by the dispatcher."""
+    handoff = Handoff.from_payload(event)
+    return {"task_id": handoff.task_id, "outcome": wiring.services().run(handoff)}

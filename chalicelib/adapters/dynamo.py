@@ -1,0 +1,351 @@
+"""DynamoDB adapters: usage counters, task records, and the control table.
+
+Each adapter is given a low-level DynamoDB client; it never builds one.
+TTL attributes only clean up: every read compares the expiry with ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib import policy
+from chalicelib.domain import FINISHED, PENDING, STARTED, Task
+from chalicelib.policy import Slot
+from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
+
+WEIGHT_SK = "w"  # sorts after every "b#..." bucket key
+
+
+def _is_conditional_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _n(value: float | int) -> dict[str, str]:
+    return {"N": repr(value) if isinstance(value, float) else str(value)}
+
+
+def _num(item: dict[str, Any], name: str) -> float | None:
+    attr = item.get(name)
+    return float(attr["N"]) if attr and "N" in attr else None
+
+
+def _bucket_key(start: int) -> str:
+    return f"b#{start:012d}"
+
+
+class DynamoUsageStore:
+    """Per-user submission counts in time buckets, plus the user's weight.
+
+    Items: (user_id, "b#<bucket start>") with ``n`` and a TTL ``expires_at``;
+    (user_id, "w") with ``weight``. A user id is only ever a key value, so no
+    value of it can reach another user's items.
+    """
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._db = client
+        self._table = table
+
+    def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+        start = policy.bucket_start(now, bucket_seconds)
+        expires = policy.bucket_expiry(start, bucket_seconds, window_seconds)
+        # One atomic ADD on the current bucket: concurrent submissions each see a
+        # distinct new value, so their "count before" values are distinct too.
+        response = self._db.update_item(
+            TableName=self._table,
+            Key={"user_id": {"S": user_id}, "sk": {"S": _bucket_key(start)}},
+            UpdateExpression="ADD #n :one SET expires_at = :exp",
+            ExpressionAttributeNames={"#n": "n"},
+            ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(expires)}},
+            ReturnValues="UPDATED_NEW",
+        )
+        in_current = int(response["Attributes"]["n"]["N"])
+        older, weight = self._read(user_id, now, bucket_seconds, window_seconds, exclude=start)
+        return older + in_current - 1, weight
+
+    def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+        return self._read(user_id, now, bucket_seconds, window_seconds, exclude=None)
+
+    def _read(
+        self, user_id: str, now: float, bucket_seconds: int, window_seconds: int, exclude: int | None
+    ) -> tuple[int, int]:
+        """Live bucket counts (except ``exclude``) and the weight, in one Query."""
+        oldest = policy.bucket_start(now - window_seconds - bucket_seconds, bucket_seconds)
+        response = self._db.query(
+            TableName=self._table,
+            KeyConditionExpression="user_id = :u AND sk >= :from",
+            ExpressionAttributeValues={":u": {"S": user_id}, ":from": {"S": _bucket_key(oldest)}},
+            ConsistentRead=True,
+        )
+        weight = 1
+        buckets: list[tuple[float, int]] = []
+        for item in response.get("Items", []):
+            sk = item["sk"]["S"]
+            if sk == WEIGHT_SK:
+                weight = int(item["weight"]["N"])
+            elif exclude is None or sk != _bucket_key(exclude):
+                buckets.append((_num(item, "expires_at") or 0.0, int(item["n"]["N"])))
+        return policy.live_count(buckets, now), weight
+
+    def set_weight(self, user_id: str, weight: int) -> None:
+        self._db.put_item(
+            TableName=self._table,
+            Item={"user_id": {"S": user_id}, "sk": {"S": WEIGHT_SK}, "weight": {"N": str(weight)}},
+        )
+
+
+def _task_from_item(item: dict[str, Any]) -> Task:
+    def s(name: str) -> str | None:
+        return item[name]["S"] if name in item else None
+
+    result = s("task_result")
+    return Task(
+        task_id=item["task_id"]["S"],
+        user_id=item["user_id"]["S"],
+        x=json.loads(item["x"]["S"]),
+        priority_level=int(item["priority_level"]["N"]),
+        submitted_at=float(item["submitted_at"]["N"]),
+        expires_at=int(item["expires_at"]["N"]),
+        task_status=item["task_status"]["S"],
+        started_at=_num(item, "started_at"),
+        finished_at=_num(item, "finished_at"),
+        result=json.loads(result) if result is not None else None,
+        error=s("error"),
+        run_id=s("run_id"),
+        run_lease_until=_num(item, "run_lease_until"),
+        attempts=int(_num(item, "attempts") or 0),
+    )
+
+
+class DynamoTaskStore:
+    """Task records keyed by task_id; the payload and result are JSON strings."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._db = client
+        self._table = table
+
+    def create(self, task: Task) -> None:
+        self._db.put_item(
+            TableName=self._table,
+            Item={
+                "task_id": {"S": task.task_id},
+                "user_id": {"S": task.user_id},
+                "x": {"S": json.dumps(task.x)},
+                "priority_level": _n(task.priority_level),
+                "submitted_at": _n(task.submitted_at),
+                "expires_at": _n(task.expires_at),
+                "task_status": {"S": task.task_status},
+            },
+            ConditionExpression="attribute_not_exists(task_id)",
+        )
+
+    def get(self, task_id: str) -> Task | None:
+        response = self._db.get_item(TableName=self._table, Key={"task_id": {"S": task_id}}, ConsistentRead=True)
+        item = response.get("Item")
+        return _task_from_item(item) if item else None
+
+    def delete(self, task_id: str) -> None:
+        self._db.delete_item(TableName=self._table, Key={"task_id": {"S": task_id}})
+
+    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
+        try:
+            response = self._db.update_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                UpdateExpression=(
+                    "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease "
+                    "ADD attempts :one"
+                ),
+                # Runnable when never started, or when the run that started it has
+                # lost its lease (it crashed or timed out): at-least-once delivery.
+                ConditionExpression=(
+                    "attribute_exists(task_id) AND (task_status = :pending OR "
+                    "(task_status = :started AND run_lease_until <= :now))"
+                ),
+                ExpressionAttributeValues={
+                    ":started": {"S": STARTED},
+                    ":pending": {"S": PENDING},
+                    ":now": _n(now),
+                    ":run": {"S": run_id},
+                    ":lease": _n(lease_until),
+                    ":one": {"N": "1"},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            current = self.get(task_id)
+            if current is None:
+                return MISSING, None
+            if current.task_status in FINISHED:
+                return ALREADY_FINISHED, current
+            return RUNNING_ELSEWHERE, current
+        return STARTED_NOW, _task_from_item(response["Attributes"])
+
+    def finish(
+        self, task_id: str, run_id: str, status: str, now: float, result: object = None, error: str | None = None
+    ) -> bool:
+        values: dict[str, Any] = {
+            ":status": {"S": status},
+            ":now": _n(now),
+            ":run": {"S": run_id},
+            ":started": {"S": STARTED},
+        }
+        sets = ["task_status = :status", "finished_at = :now"]
+        if error is None:
+            values[":result"] = {"S": json.dumps(result)}
+            sets.append("task_result = :result")
+        else:
+            values[":error"] = {"S": error}
+            sets.append("#err = :error")
+        kwargs: dict[str, Any] = {}
+        if error is not None:
+            kwargs["ExpressionAttributeNames"] = {"#err": "error"}
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until",
+                # Only the run that owns the task may finish it, and only once.
+                ConditionExpression="task_status = :started AND run_id = :run",
+                ExpressionAttributeValues=values,
+                **kwargs,
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
+
+
+LOCK_KEY = "dispatch-lock"
+BACKLOG_KEY = "backlog"
+
+
+def _slot_key(slot_id: int) -> str:
+    return f"slot#{slot_id}"
+
+
+class DynamoControlStore:
+    """Slots (capacity), the per-level backlog counts and the dispatcher lock.
+
+    A slot is held only while its lease is live; every claim compares the lease
+    with ``now``, so a worker that dies frees its slot when the lease runs out.
+    """
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._db = client
+        self._table = table
+
+    def _update(self, key: str, **kwargs: Any) -> bool:
+        try:
+            self._db.update_item(TableName=self._table, Key={"pk": {"S": key}}, **kwargs)
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
+
+    def slots(self, capacity: int) -> list[Slot]:
+        found: list[Slot] = []
+        ids = list(range(capacity))
+        for start in range(0, len(ids), 100):
+            keys = [{"pk": {"S": _slot_key(i)}} for i in ids[start : start + 100]]
+            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self._db.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self._table, []):
+                    holder = item.get("holder", {}).get("S")
+                    found.append(
+                        Slot(
+                            slot_id=int(item["pk"]["S"].split("#", 1)[1]),
+                            holder=holder,
+                            lease_until=_num(item, "lease_until") or 0.0,
+                        )
+                    )
+                request = response.get("UnprocessedKeys") or {}
+        return sorted(found, key=lambda s: s.slot_id)
+
+    def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool:
+        return self._update(
+            _slot_key(slot_id),
+            UpdateExpression="SET holder = :h, lease_until = :l",
+            ConditionExpression="attribute_not_exists(holder) OR lease_until <= :now",
+            ExpressionAttributeValues={":h": {"S": holder}, ":l": _n(lease_until), ":now": _n(now)},
+        )
+
+    def release_slot(self, slot_id: int, holder: str) -> bool:
+        return self._update(
+            _slot_key(slot_id),
+            UpdateExpression="REMOVE holder, lease_until",
+            ConditionExpression="holder = :h",
+            ExpressionAttributeValues={":h": {"S": holder}},
+        )
+
+    def backlog(self) -> list[int]:
+        response = self._db.get_item(TableName=self._table, Key={"pk": {"S": BACKLOG_KEY}}, ConsistentRead=True)
+        item = response.get("Item", {})
+        return [max(0, int(_num(item, f"l{level}") or 0)) for level in range(policy.LEVELS)]
+
+    def add_backlog(self, level: int, delta: int) -> None:
+        self._update(
+            BACKLOG_KEY,
+            UpdateExpression="ADD #l :d",
+            ExpressionAttributeNames={"#l": f"l{level}"},
+            ExpressionAttributeValues={":d": {"N": str(delta)}},
+        )
+
+    def reset_backlog(self, level: int, expected: int) -> bool:
+        return self._update(
+            BACKLOG_KEY,
+            UpdateExpression="SET #l = :zero",
+            ConditionExpression="#l = :expected",
+            ExpressionAttributeNames={"#l": f"l{level}"},
+            ExpressionAttributeValues={":zero": {"N": "0"}, ":expected": {"N": str(expected)}},
+        )
+
+    def acquire_dispatch_lock(self, holder: str, now: float, lease_until: float) -> bool:
+        return self._update(
+            LOCK_KEY,
+            UpdateExpression="SET holder = :h, lease_until = :l, rerun = :f",
+            ConditionExpression="attribute_not_exists(holder) OR lease_until <= :now",
+            ExpressionAttributeValues={
+                ":h": {"S": holder},
+                ":l": _n(lease_until),
+                ":now": _n(now),
+                ":f": {"BOOL": False},
+            },
+        )
+
+    def request_dispatch_rerun(self) -> None:
+        self._update(LOCK_KEY, UpdateExpression="SET rerun = :t", ExpressionAttributeValues={":t": {"BOOL": True}})
+
+    def release_dispatch_lock(self, holder: str, force: bool = False) -> bool:
+        if force:
+            self._update(
+                LOCK_KEY,
+                UpdateExpression="REMOVE holder, lease_until",
+                ConditionExpression="holder = :h",
+                ExpressionAttributeValues={":h": {"S": holder}},
+            )
+            return True
+        released = self._update(
+            LOCK_KEY,
+            UpdateExpression="REMOVE holder, lease_until",
+            ConditionExpression="holder = :h AND rerun = :f",
+            ExpressionAttributeValues={":h": {"S": holder}, ":f": {"BOOL": False}},
+        )
+        if released:
+            return True
+        # A rerun was requested while we held the lock: clear it and go again.
+        # If we no longer hold the lock at all, whoever does will run.
+        still_ours = self._update(
+            LOCK_KEY,
+            UpdateExpression="SET rerun = :f",
+            ConditionExpression="holder = :h",
+            ExpressionAttributeValues={":h": {"S": holder}, ":f": {"BOOL": False}},
+        )
+        return not still_ours

@@ -1,0 +1,259 @@
+"""In-memory fakes of every port, for unit tests. The contract suite keeps them honest."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from chalicelib import policy
+from chalicelib.domain import FINISHED, PENDING, STARTED, Handoff, QueuedMessage, Task
+from chalicelib.policy import Slot
+from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
+
+
+class MemoryUsageStore:
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, int], tuple[int, int]] = {}  # (user, start) -> (count, expires_at)
+        self._weights: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+        start = policy.bucket_start(now, bucket_seconds)
+        with self._lock:
+            count, _ = self._buckets.get((user_id, start), (0, 0))
+            self._buckets[(user_id, start)] = (count + 1, policy.bucket_expiry(start, bucket_seconds, window_seconds))
+            total = self._count(user_id, now)
+            return total - 1, self._weights.get(user_id, 1)
+
+    def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+        with self._lock:
+            return self._count(user_id, now), self._weights.get(user_id, 1)
+
+    def _count(self, user_id: str, now: float) -> int:
+        return policy.live_count(((exp, n) for (u, _), (n, exp) in self._buckets.items() if u == user_id), now)
+
+    def set_weight(self, user_id: str, weight: int) -> None:
+        with self._lock:
+            self._weights[user_id] = weight
+
+
+class MemoryTaskStore:
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._lock = threading.Lock()
+
+    def create(self, task: Task) -> None:
+        with self._lock:
+            if task.task_id in self._tasks:
+                raise ValueError(f"task {task.task_id} exists")
+            self._tasks[task.task_id] = copy.deepcopy(task)
+
+    def get(self, task_id: str) -> Task | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            return copy.deepcopy(task) if task else None
+
+    def delete(self, task_id: str) -> None:
+        with self._lock:
+            self._tasks.pop(task_id, None)
+
+    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return MISSING, None
+            if task.task_status in FINISHED:
+                return ALREADY_FINISHED, copy.deepcopy(task)
+            if task.task_status == STARTED and policy.is_live(task.run_lease_until or 0.0, now):
+                return RUNNING_ELSEWHERE, copy.deepcopy(task)
+            assert task.task_status in (PENDING, STARTED)
+            task = replace(
+                task,
+                task_status=STARTED,
+                started_at=now,
+                run_id=run_id,
+                run_lease_until=lease_until,
+                attempts=task.attempts + 1,
+            )
+            self._tasks[task_id] = task
+            return STARTED_NOW, copy.deepcopy(task)
+
+    def finish(
+        self, task_id: str, run_id: str, status: str, now: float, result: object = None, error: str | None = None
+    ) -> bool:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.task_status != STARTED or task.run_id != run_id:
+                return False
+            self._tasks[task_id] = replace(
+                task,
+                task_status=status,
+                finished_at=now,
+                result=copy.deepcopy(result) if error is None else None,
+                error=error,
+                run_lease_until=None,
+            )
+            return True
+
+    def all(self) -> list[Task]:
+        with self._lock:
+            return [copy.deepcopy(t) for t in self._tasks.values()]
+
+
+@dataclass
+class _Message:
+    task_id: str
+    message_id: int
+    visible_at: float = 0.0
+    receipt: str | None = None
+    receives: int = 0
+
+
+@dataclass
+class MemoryTaskQueues:
+    """Six FIFO-ish queues with SQS's visibility rules.
+
+    ``flaky_short_poll`` makes a short poll (wait 0) return nothing when the queue
+    has messages, as SQS standard queues may; long polls always see them.
+    """
+
+    clock: Callable[[], float]
+    visibility_timeout: float = 360.0
+    flaky_short_poll: bool = False
+    queues: dict[int, list[_Message]] = field(default_factory=lambda: {lvl: [] for lvl in range(policy.LEVELS)})
+    calls: list[tuple[str, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def send(self, level: int, task_id: str) -> None:
+        with self._lock:
+            self.queues[level].append(_Message(task_id=task_id, message_id=next(self._ids)))
+
+    def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
+        with self._lock:
+            self.calls.append(("receive", level))
+            now = self.clock()
+            if self.flaky_short_poll and wait_seconds == 0:
+                return []
+            out = []
+            for message in self.queues[level]:
+                if len(out) >= max(1, min(10, max_count)):
+                    break
+                if message.visible_at <= now:
+                    message.receives += 1
+                    message.receipt = f"{message.message_id}:{message.receives}"
+                    message.visible_at = now + self.visibility_timeout
+                    out.append(QueuedMessage(task_id=message.task_id, receipt_handle=message.receipt))
+            return out
+
+    def delete(self, level: int, receipt_handle: str) -> None:
+        with self._lock:
+            self.queues[level] = [m for m in self.queues[level] if m.receipt != receipt_handle]
+
+    def give_back(self, level: int, receipt_handles: list[str]) -> None:
+        with self._lock:
+            for message in self.queues[level]:
+                if message.receipt in receipt_handles:
+                    message.visible_at = 0.0
+
+    def depth(self, level: int) -> int:
+        with self._lock:
+            return len(self.queues[level])
+
+
+class MemoryControlStore:
+    def __init__(self) -> None:
+        self._slots: dict[int, Slot] = {}
+        self._backlog = [0] * policy.LEVELS
+        self._lock_holder: str | None = None
+        self._lock_until = 0.0
+        self._rerun = False
+        self._mutex = threading.Lock()
+
+    def slots(self, capacity: int) -> list[Slot]:
+        with self._mutex:
+            return [self._slots[i] for i in sorted(self._slots) if i < capacity]
+
+    def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool:
+        with self._mutex:
+            slot = self._slots.get(slot_id, Slot(slot_id))
+            if not slot.is_free(now):
+                return False
+            self._slots[slot_id] = Slot(slot_id, holder, lease_until)
+            return True
+
+    def release_slot(self, slot_id: int, holder: str) -> bool:
+        with self._mutex:
+            slot = self._slots.get(slot_id)
+            if slot is None or slot.holder != holder:
+                return False
+            self._slots[slot_id] = Slot(slot_id)
+            return True
+
+    def backlog(self) -> list[int]:
+        with self._mutex:
+            return [max(0, n) for n in self._backlog]
+
+    def add_backlog(self, level: int, delta: int) -> None:
+        with self._mutex:
+            self._backlog[level] += delta
+
+    def reset_backlog(self, level: int, expected: int) -> bool:
+        with self._mutex:
+            if self._backlog[level] != expected:
+                return False
+            self._backlog[level] = 0
+            return True
+
+    def acquire_dispatch_lock(self, holder: str, now: float, lease_until: float) -> bool:
+        with self._mutex:
+            if self._lock_holder is not None and policy.is_live(self._lock_until, now):
+                return False
+            self._lock_holder, self._lock_until, self._rerun = holder, lease_until, False
+            return True
+
+    def request_dispatch_rerun(self) -> None:
+        with self._mutex:
+            self._rerun = True
+
+    def release_dispatch_lock(self, holder: str, force: bool = False) -> bool:
+        with self._mutex:
+            if self._lock_holder != holder:
+                return True
+            if self._rerun and not force:
+                self._rerun = False
+                return False
+            self._lock_holder = None
+            return True
+
+
+class RecordingInvoker:
+    """Records hand-offs and dispatch triggers; tests run them when they choose."""
+
+    def __init__(self) -> None:
+        self.handoffs: list[Handoff] = []
+        self.dispatch_triggers = 0
+        self.fail_next_start: Exception | None = None
+        self._lock = threading.Lock()
+
+    def start_worker(self, handoff: Handoff) -> None:
+        with self._lock:
+            if self.fail_next_start is not None:
+                exc, self.fail_next_start = self.fail_next_start, None
+                raise exc
+            self.handoffs.append(handoff)
+
+    def trigger_dispatch(self) -> None:
+        with self._lock:
+            self.dispatch_triggers += 1
+
+    def take_handoffs(self) -> list[Handoff]:
+        with self._lock:
+            out, self.handoffs = self.handoffs, []
+            return out
+

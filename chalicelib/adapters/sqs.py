@@ -1,0 +1,63 @@
+"""SQS adapter: six standard queues, one per priority level; messages carry the task id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from chalicelib.domain import QueuedMessage
+
+log = logging.getLogger(__name__)
+
+
+class SqsTaskQueues:
+    """Queue ``level`` is the queue named ``queue_name(level)``; URLs are looked up once."""
+
+    def __init__(self, client: Any, queue_name: Callable[[int], str]) -> None:
+        self._sqs = client
+        self._queue_name = queue_name
+        self._urls: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def url(self, level: int) -> str:
+        with self._lock:
+            if level not in self._urls:
+                self._urls[level] = self._sqs.get_queue_url(QueueName=self._queue_name(level))["QueueUrl"]
+            return self._urls[level]
+
+    def send(self, level: int, task_id: str) -> None:
+        self._sqs.send_message(QueueUrl=self.url(level), MessageBody=json.dumps({"task_id": task_id}))
+
+    def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
+        response = self._sqs.receive_message(
+            QueueUrl=self.url(level),
+            MaxNumberOfMessages=max(1, min(10, max_count)),
+            WaitTimeSeconds=wait_seconds,
+        )
+        messages = []
+        for raw in response.get("Messages", []):
+            try:
+                task_id = str(json.loads(raw["Body"])["task_id"])
+            except (ValueError, KeyError, TypeError):
+                # Not ours (someone wrote to the queue by hand): drop it, say so.
+                log.warning("dropping malformed message on level %s: %.200s", level, raw.get("Body"))
+                self.delete(level, raw["ReceiptHandle"])
+                continue
+            messages.append(QueuedMessage(task_id=task_id, receipt_handle=raw["ReceiptHandle"]))
+        return messages
+
+    def delete(self, level: int, receipt_handle: str) -> None:
+        self._sqs.delete_message(QueueUrl=self.url(level), ReceiptHandle=receipt_handle)
+
+    def give_back(self, level: int, receipt_handles: list[str]) -> None:
+        for start in range(0, len(receipt_handles), 10):
+            chunk = receipt_handles[start : start + 10]
+            self._sqs.change_message_visibility_batch(
+                QueueUrl=self.url(level),
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0} for i, handle in enumerate(chunk)
+                ],
+            )

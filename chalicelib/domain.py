@@ -1,0 +1,112 @@
+"""Task records, statuses and the errors services raise for the API to map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING = "PENDING"
+STARTED = "STARTED"
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+FINISHED = (SUCCESS, FAILURE)
+
+
+@dataclass
+class Task:
+    """One submitted task; the record (payload included) lives in the task store."""
+
+    task_id: str
+    user_id: str
+    x: Any
+    priority_level: int
+    submitted_at: float
+    expires_at: int
+    task_status: str = PENDING
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    run_id: str | None = None
+    run_lease_until: float | None = None
+    attempts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.task_status in FINISHED
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What the dispatcher gives the worker: enough to run, finish and clean up."""
+
+    task_id: str
+    level: int
+    slot_id: int
+    slot_holder: str
+    receipt_handle: str
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "level": self.level,
+            "slot_id": self.slot_id,
+            "slot_holder": self.slot_holder,
+            "receipt_handle": self.receipt_handle,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Handoff:
+        try:
+            return cls(
+                task_id=str(payload["task_id"]),
+                level=int(payload["level"]),
+                slot_id=int(payload["slot_id"]),
+                slot_holder=str(payload["slot_holder"]),
+                receipt_handle=str(payload["receipt_handle"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadHandoffError(f"worker payload is missing or has a bad field: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    task_id: str
+    receipt_handle: str
+
+
+class PqhError(Exception):
+    """Base of errors the API turns into a 4xx response."""
+
+    status = 400
+    code = "bad_request"
+
+
+class ValidationError(PqhError):
+    status = 400
+    code = "invalid_request"
+
+
+class PayloadTooLargeError(PqhError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(PqhError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class NotFoundError(PqhError):
+    status = 404
+    code = "not_found"
+
+
+class ForbiddenError(PqhError):
+    status = 403
+    code = "forbidden"
+
+
+class BadHandoffError(Exception):
+    """The worker was invoked with a payload the dispatcher did not build."""

@@ -1,0 +1,104 @@
+"""The scheduling policy: pure functions of data and ``now``.
+
+Nothing here reads the clock, the environment or the network, so every rule of
+fair allocation is tested exhaustively in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+LEVELS = 6
+# Lower bound of the charged count for levels 1..5: 0 -> 0, 1-5 -> 1, 6-15 -> 2,
+# 16-25 -> 3, 26-35 -> 4, 36+ -> 5 (the old service's table).
+DEFAULT_THRESHOLDS: tuple[int, ...] = (1, 6, 16, 26, 36)
+
+
+def validate_thresholds(thresholds: Sequence[int]) -> None:
+    """Raise ValueError unless there are five strictly increasing bounds >= 1."""
+    if len(thresholds) != LEVELS - 1:
+        raise ValueError(f"need {LEVELS - 1} lower bounds (levels 1..{LEVELS - 1}), got {len(thresholds)}")
+    if thresholds[0] < 1:
+        raise ValueError("the bound of level 1 must be at least 1 (a count of 0 is level 0)")
+    if any(b <= a for a, b in zip(thresholds, thresholds[1:], strict=False)):
+        raise ValueError("bounds must be strictly increasing")
+
+
+def charged_count(count_before: int, weight: int) -> int:
+    """A user of weight w is charged count // w (the old README's proposal)."""
+    if weight < 1:
+        raise ValueError("weight must be at least 1")
+    return max(count_before, 0) // weight
+
+
+def level_for(count_before: int, weight: int, thresholds: Sequence[int] = DEFAULT_THRESHOLDS) -> int:
+    """The priority level (0 = first) of a submission, from the count before it."""
+    charged = charged_count(count_before, weight)
+    return sum(1 for bound in thresholds if charged >= bound)
+
+
+# --- The usage window -----------------------------------------------------
+# Submissions are counted in buckets of B = T / N seconds. A bucket that starts at
+# s holds the submissions made in [s, s + B) and counts until s + B + T: so every
+# submission counts for at least T and at most T + B seconds. The bucket's
+# expiry is also its DynamoDB TTL; a bucket whose expiry has passed counts as
+# zero whether or not DynamoDB has deleted it yet.
+
+
+def bucket_start(now: float, bucket_seconds: int) -> int:
+    return int(now // bucket_seconds) * bucket_seconds
+
+
+def bucket_expiry(start: int, bucket_seconds: int, window_seconds: int) -> int:
+    return start + bucket_seconds + window_seconds
+
+
+def is_live(expires_at: float, now: float) -> bool:
+    """An item counts only while its expiry is in the future."""
+    return expires_at > now
+
+
+def live_count(buckets: Iterable[tuple[float, int]], now: float) -> int:
+    """Sum of (expires_at, count) buckets that are still live at ``now``."""
+    return sum(count for expires_at, count in buckets if is_live(expires_at, now))
+
+
+# --- Capacity -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One unit of capacity. It is held only while its lease is live."""
+
+    slot_id: int
+    holder: str | None = None
+    lease_until: float = 0.0
+
+    def is_free(self, now: float) -> bool:
+        return self.holder is None or not is_live(self.lease_until, now)
+
+
+def free_slots(slots: Iterable[Slot], capacity: int, now: float) -> list[int]:
+    """Slot ids below ``capacity`` that nobody holds a live lease on.
+
+    A slot that has no record yet is free; slots at or above ``capacity`` (left
+    over after capacity was lowered) are never handed out.
+    """
+    held = {s.slot_id for s in slots if s.slot_id < capacity and not s.is_free(now)}
+    return [i for i in range(capacity) if i not in held]
+
+
+# --- Dispatch order -------------------------------------------------------
+
+
+def dispatch_order(backlog: Sequence[int], full_walk: bool = False) -> list[int]:
+    """Levels to poll, highest priority first (strict priority).
+
+    ``backlog`` is the count of queued tasks per level as recorded at submit.
+    A level with no recorded backlog is skipped unless ``full_walk`` is set; the
+    scheduled tick walks every level, so a message the counters missed (after a
+    fault) is still found within a tick.
+    """
+    return [level for level in range(LEVELS) if full_walk or (level < len(backlog) and backlog[level] > 0)]
+

@@ -1,0 +1,80 @@
+"""The ports services talk to. Adapters are named after technology and port."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from chalicelib.domain import Handoff, QueuedMessage, Task
+from chalicelib.policy import Slot
+
+# Outcomes of TaskStore.start
+STARTED_NOW = "started"  # this run owns the task
+ALREADY_FINISHED = "finished"  # a duplicate delivery of a finished task
+RUNNING_ELSEWHERE = "running"  # another run holds a live lease on it
+MISSING = "missing"  # no such task (expired or never created)
+
+
+class UsageStore(Protocol):
+    def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+        """Count one submission atomically; return (count before it, weight)."""
+
+    def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+        """Return (count in the window, weight) without counting anything."""
+
+    def set_weight(self, user_id: str, weight: int) -> None: ...
+
+
+class TaskStore(Protocol):
+    def create(self, task: Task) -> None: ...
+
+    def get(self, task_id: str) -> Task | None: ...
+
+    def delete(self, task_id: str) -> None: ...
+
+    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
+        """Mark STARTED unless finished or running under a live lease; return the outcome."""
+
+    def finish(
+        self, task_id: str, run_id: str, status: str, now: float, result: object = None, error: str | None = None
+    ) -> bool:
+        """Record the final status if ``run_id`` still owns the task; never overwrite a finished one."""
+
+
+class TaskQueues(Protocol):
+    def send(self, level: int, task_id: str) -> None: ...
+
+    def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]: ...
+
+    def delete(self, level: int, receipt_handle: str) -> None: ...
+
+    def give_back(self, level: int, receipt_handles: list[str]) -> None:
+        """Make received messages visible again at once."""
+
+
+class ControlStore(Protocol):
+    """Capacity slots, per-level backlog counts and the dispatcher's lock."""
+
+    def slots(self, capacity: int) -> list[Slot]: ...
+
+    def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool: ...
+
+    def release_slot(self, slot_id: int, holder: str) -> bool: ...
+
+    def backlog(self) -> list[int]: ...
+
+    def add_backlog(self, level: int, delta: int) -> None: ...
+
+    def reset_backlog(self, level: int, expected: int) -> bool: ...
+
+    def acquire_dispatch_lock(self, holder: str, now: float, lease_until: float) -> bool: ...
+
+    def request_dispatch_rerun(self) -> None: ...
+
+    def release_dispatch_lock(self, holder: str, force: bool = False) -> bool:
+        """Release unless a rerun was requested meanwhile; then clear it, keep the lock, return False."""
+
+
+class Invoker(Protocol):
+    def start_worker(self, handoff: Handoff) -> None: ...
+
+    def trigger_dispatch(self) -> None: ...

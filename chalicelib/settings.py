@@ -1,0 +1,139 @@
+"""Settings: one frozen dataclass, built from the environment when asked for.
+
+Chalice's test client swaps ``os.environ`` per call, so nothing here is bound at
+import time. Resource names have no defaults; tunables do, and all are checked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from chalicelib.policy import DEFAULT_THRESHOLDS, validate_thresholds
+
+
+class ConfigError(Exception):
+    """A PQH_* setting is missing or malformed; the message names it."""
+
+
+HANDOFF_MODES = ("lambda", "local")
+
+
+@dataclass(frozen=True)
+class Settings:
+    tasks_table: str
+    usage_table: str
+    control_table: str
+    queue_prefix: str
+    worker_function: str
+    dispatcher_function: str
+    handoff: str = "lambda"
+    capacity: int = 1
+    window_seconds: int = 6000
+    window_buckets: int = 10
+    thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
+    task_seconds: float = 60.0
+    task_function: str = "chalicelib.tasks.limited_f"
+    lease_seconds: int = 330
+    max_body_bytes: int = 65536
+    max_user_id_length: int = 128
+    max_weight: int = 1000
+    result_ttl_seconds: int = 7 * 24 * 3600
+    admin_token: str = ""
+
+    @property
+    def bucket_seconds(self) -> int:
+        return self.window_seconds // self.window_buckets
+
+    def queue_name(self, level: int) -> str:
+        return f"{self.queue_prefix}-level-{level}"
+
+    def dlq_name(self, level: int) -> str:
+        return f"{self.queue_prefix}-level-{level}-dlq"
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is not set; it names an AWS resource (see the README's configuration table)")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from exc
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{name}={value} must be {bound}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _thresholds(env: Mapping[str, str]) -> tuple[int, ...]:
+    raw = env.get("PQH_LEVEL_THRESHOLDS", "").strip()
+    if not raw:
+        return DEFAULT_THRESHOLDS
+    try:
+        values = tuple(int(part) for part in raw.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"PQH_LEVEL_THRESHOLDS={raw!r} must be five comma-separated integers") from exc
+    try:
+        validate_thresholds(values)
+    except ValueError as exc:
+        raise ConfigError(f"PQH_LEVEL_THRESHOLDS={raw!r}: {exc}") from exc
+    return values
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Build and check the settings from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    handoff = env.get("PQH_HANDOFF", "lambda").strip() or "lambda"
+    if handoff not in HANDOFF_MODES:
+        raise ConfigError(f"PQH_HANDOFF={handoff!r} must be one of {', '.join(HANDOFF_MODES)}")
+    needs_functions = handoff == "lambda"
+    window_seconds = _int(env, "PQH_WINDOW_SECONDS", 6000, 1)
+    window_buckets = _int(env, "PQH_WINDOW_BUCKETS", 10, 1, 100)
+    if window_seconds % window_buckets:
+        raise ConfigError(
+            f"PQH_WINDOW_SECONDS={window_seconds} must be a multiple of PQH_WINDOW_BUCKETS={window_buckets}"
+        )
+    lease_seconds = _int(env, "PQH_LEASE_SECONDS", 330, 1, 43200)
+    return Settings(
+        tasks_table=_required(env, "PQH_TASKS_TABLE"),
+        usage_table=_required(env, "PQH_USAGE_TABLE"),
+        control_table=_required(env, "PQH_CONTROL_TABLE"),
+        queue_prefix=_required(env, "PQH_QUEUE_PREFIX"),
+        worker_function=_required(env, "PQH_WORKER_FUNCTION") if needs_functions else "",
+        dispatcher_function=_required(env, "PQH_DISPATCHER_FUNCTION") if needs_functions else "",
+        handoff=handoff,
+        capacity=_int(env, "PQH_CAPACITY", 1, 1, 1000),
+        window_seconds=window_seconds,
+        window_buckets=window_buckets,
+        thresholds=_thresholds(env),
+        task_seconds=_float(env, "PQH_TASK_SECONDS", 60.0, 0.0),
+        task_function=env.get("PQH_TASK_FUNCTION", "").strip() or "chalicelib.tasks.limited_f",
+        lease_seconds=lease_seconds,
+        max_body_bytes=_int(env, "PQH_MAX_BODY_BYTES", 65536, 64, 262144),
+        max_user_id_length=_int(env, "PQH_MAX_USER_ID_LENGTH", 128, 1, 1024),
+        max_weight=_int(env, "PQH_MAX_WEIGHT", 1000, 1),
+        result_ttl_seconds=_int(env, "PQH_RESULT_TTL_SECONDS", 7 * 24 * 3600, 60),
+        admin_token=env.get("PQH_ADMIN_TOKEN", "").strip(),
+    )

@@ -1,0 +1,46 @@
+"""The intensive function, pluggable through PQH_TASK_FUNCTION (a dotted path).
+
+A task function takes ``(x, ctx)`` and returns a JSON-serialisable result; an
+exception marks the task FAILURE with the exception's message.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    task_id: str
+    user_id: str
+    task_seconds: float
+
+
+TaskFunction = Callable[[Any, TaskContext], Any]
+
+
+def limited_f(x: Any, ctx: TaskContext) -> dict[str, Any]:
+    """The old service's task: sleep PQH_TASK_SECONDS, return the seed's result fields."""
+    init_timestamp = time.time()
+    time.sleep(ctx.task_seconds)
+    return {"init_timestamp": init_timestamp, "input_x": x, "done_timestamp": time.time()}
+
+
+def always_fails(x: Any, ctx: TaskContext) -> Any:
+    """A poison task, for tests and the chaos script."""
+    raise RuntimeError(f"task {ctx.task_id} always fails")
+
+
+def load_task_function(dotted: str) -> TaskFunction:
+    """Resolve ``package.module.function`` (or ``package.module:function``)."""
+    module_name, sep, attr = dotted.replace(":", ".").rpartition(".")
+    if not sep or not module_name:
+        raise ValueError(f"PQH_TASK_FUNCTION={dotted!r} must be a dotted path such as chalicelib.tasks.limited_f")
+    function = getattr(importlib.import_module(module_name), attr, None)
+    if not callable(function):
+        raise ValueError(f"PQH_TASK_FUNCTION={dotted!r} does not name a callable")
+    return function  # type: ignore[no-any-return]

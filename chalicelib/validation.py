@@ -1,0 +1,92 @@
+"""Request parsing: every rejection is a 4xx with a message a person can act on."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any
+
+from chalicelib.domain import PayloadTooLargeError, UnsupportedMediaTypeError, ValidationError
+
+TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class _Invalid(ValidationError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def check_content_type(content_type: str | None) -> None:
+    """JSON bodies only; a missing header is read as JSON (old clients sent none)."""
+    if not content_type:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"Content-Type {media!r} is not supported; send the body as JSON with 'Content-Type: application/json'"
+        )
+
+
+def parse_json_object(raw_body: bytes | None, content_type: str | None, max_bytes: int) -> dict[str, Any]:
+    check_content_type(content_type)
+    body = raw_body or b""
+    if len(body) > max_bytes:
+        raise PayloadTooLargeError(f"the body is {len(body)} bytes; the limit is {max_bytes} bytes (PQH_MAX_BODY_BYTES)")
+    if not body.strip():
+        raise _Invalid("invalid_json", 'the body is empty; send a JSON object such as {"x": "foo", "user_id": "user_1"}')
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _Invalid("invalid_json", f"the body is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise _Invalid(
+            "invalid_body", f"the body must be a JSON object with 'x' and 'user_id', not a JSON {type(data).__name__}"
+        )
+    return data
+
+
+def check_user_id(user_id: Any, max_length: int) -> str:
+    if not isinstance(user_id, str):
+        raise _Invalid("invalid_user_id", f"'user_id' must be a string, not {type(user_id).__name__}")
+    if not user_id.strip():
+        raise _Invalid("invalid_user_id", "'user_id' must not be empty")
+    if len(user_id) > max_length:
+        raise _Invalid(
+            "invalid_user_id", f"'user_id' is {len(user_id)} characters; the limit is {max_length} (PQH_MAX_USER_ID_LENGTH)"
+        )
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in user_id):
+        raise _Invalid("invalid_user_id", "'user_id' must not contain control characters")
+    return user_id
+
+
+def parse_submission(
+    raw_body: bytes | None, content_type: str | None, max_bytes: int, max_user_id_length: int
+) -> tuple[str, Any]:
+    """Return (user_id, x) from a POST /task body, or raise a 4xx error."""
+    data = parse_json_object(raw_body, content_type, max_bytes)
+    if "user_id" not in data:
+        raise _Invalid("missing_user_id", "the body has no 'user_id'; say who is submitting the task")
+    user_id = check_user_id(data["user_id"], max_user_id_length)
+    if "x" not in data:
+        raise _Invalid("missing_x", "the body has no 'x'; put the task's input in 'x' (any JSON value, null included)")
+    return user_id, data["x"]
+
+
+def parse_weight(raw_body: bytes | None, content_type: str | None, max_weight: int) -> int:
+    data = parse_json_object(raw_body, content_type, 4096)
+    weight = data.get("weight")
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= max_weight:
+        raise _Invalid(
+            "invalid_weight", f"'weight' must be an integer from 1 to {max_weight} (PQH_MAX_WEIGHT), got {weight!r}"
+        )
+    return weight
+
+
+def is_task_id(value: str) -> bool:
+    return bool(TASK_ID_RE.match(value))

@@ -1,0 +1,43 @@
+"""JSON shapes of the HTTP contract (the old service's fields, plus a few)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.domain import FAILURE, SUCCESS, Task
+
+
+def submitted(task: Task) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "result_url": f"/result/{task.task_id}",
+        "user_id": task.user_id,
+        "priority_level": task.priority_level,
+        "task_status": task.task_status,
+    }
+
+
+def result(task: Task) -> dict[str, Any]:
+    task_result: Any = None
+    if task.task_status == SUCCESS:
+        task_result = task.result
+    elif task.task_status == FAILURE:
+        task_result = {"error": task.error}
+    return {
+        "task_id": task.task_id,
+        "task_status": task.task_status,
+        "task_result": task_result,
+        "priority_level": task.priority_level,
+        "submitted_at": task.submitted_at,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+    }
+
+
+def dispatch_report(report: Any) -> dict[str, Any]:
+    return {
+        "started": report.started,
+        "passes": report.passes,
+        "locked_out": report.locked_out,
+        "started_by_level": list(report.started_by_level),
+    }

@@ -1,0 +1,70 @@
+"""Composition root: builds the services from settings, once per process.
+
+The Lambda handlers, the local runner and the tests all get their services here.
+The invoker is the only piece that differs between targets: Lambda on AWS or an
+emulator, a thread pool in the local runner, a recorder in tests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from chalicelib import aws
+from chalicelib import settings as settings_mod
+from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, DynamoUsageStore
+from chalicelib.adapters.lambda_ import LambdaInvoker
+from chalicelib.adapters.sqs import SqsTaskQueues
+from chalicelib.ports import Invoker
+from chalicelib.services import Services
+from chalicelib.settings import Settings
+
+_lock = threading.Lock()
+_cache: dict[Settings, Services] = {}
+_invoker_factory: Callable[[Settings], Invoker] | None = None
+_clock: Callable[[], float] = time.time
+
+
+def configure(invoker_factory: Callable[[Settings], Invoker] | None = None, clock: Callable[[], float] | None = None) -> None:
+    """Replace the invoker (local runner, tests) and the clock (tests); clears the cache."""
+    global _invoker_factory, _clock
+    with _lock:
+        _invoker_factory = invoker_factory
+        _clock = clock or time.time
+        _cache.clear()
+
+
+def reset() -> None:
+    configure(None, None)
+    aws.reset()
+
+
+def build(settings: Settings) -> Services:
+    if _invoker_factory is not None:
+        invoker = _invoker_factory(settings)
+    elif settings.handoff == "lambda":
+        invoker = LambdaInvoker(aws.client("lambda"), settings.worker_function, settings.dispatcher_function)
+    else:
+        raise settings_mod.ConfigError("PQH_HANDOFF=local needs the local runner (make run)")
+    dynamodb = aws.client("dynamodb")
+    return Services(
+        settings=settings,
+        usage=DynamoUsageStore(dynamodb, settings.usage_table),
+        tasks=DynamoTaskStore(dynamodb, settings.tasks_table),
+        queues=SqsTaskQueues(aws.client("sqs"), settings.queue_name),
+        control=DynamoControlStore(dynamodb, settings.control_table),
+        invoker=invoker,
+        clock=_clock,
+    )
+
+
+def services() -> Services:
+    """The services for the current environment's settings (built on first use)."""
+    current = settings_mod.load()
+    with _lock:
+        existing = _cache.get(current)
+        if existing is None:
+            existing = build(current)
+            _cache[current] = existing
+        return existing

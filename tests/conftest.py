@@ -1,0 +1,24 @@
+"""Shared fixtures: no test ever reaches a real AWS endpoint."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from chalicelib import wiring
+
+
+@pytest.fixture(autouse=True)
+def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AWS_ENDPOINT_URL bypasses moto's mock; fake credentials keep boto3 offline."""
+    for name in list(os.environ):
+        if name.startswith("AWS_ENDPOINT_URL") or name.startswith("PQH_") or name == "AWS_PROFILE":
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    wiring.reset()
+    yield
+    wiring.reset()

@@ -1,0 +1,86 @@
+"""Builders for services over in-memory fakes, with a clock the test moves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from chalicelib.adapters.memory import (
+    MemoryControlStore,
+    MemoryTaskQueues,
+    MemoryTaskStore,
+    MemoryUsageStore,
+    RecordingInvoker,
+)
+from chalicelib.services import Services
+from chalicelib.settings import Settings
+
+BASE_SETTINGS = Settings(
+    tasks_table="t",
+    usage_table="u",
+    control_table="c",
+    queue_prefix="q",
+    worker_function="w",
+    dispatcher_function="d",
+    task_seconds=0.0,
+)
+
+
+@dataclass
+class FakeClock:
+    now: float = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class World:
+    services: Services
+    clock: FakeClock
+    usage: MemoryUsageStore
+    tasks: MemoryTaskStore
+    queues: MemoryTaskQueues
+    control: MemoryControlStore
+    invoker: RecordingInvoker
+    ran: list[str] = field(default_factory=list)
+
+    def run_all(self) -> list[str]:
+        """Run every handed-off task (as the worker Lambda would), in hand-off order."""
+        outcomes = []
+        for handoff in self.invoker.take_handoffs():
+            outcomes.append(self.services.run(handoff))
+        return outcomes
+
+
+def make_world(flaky_short_poll: bool = False, **overrides: Any) -> World:
+    clock = FakeClock()
+    usage, tasks, control, invoker = MemoryUsageStore(), MemoryTaskStore(), MemoryControlStore(), RecordingInvoker()
+    queues = MemoryTaskQueues(clock=clock, flaky_short_poll=flaky_short_poll)
+    world = World(
+        services=Services(
+            settings=replace(BASE_SETTINGS, **overrides),
+            usage=usage,
+            tasks=tasks,
+            queues=queues,
+            control=control,
+            invoker=invoker,
+            clock=clock,
+        ),
+        clock=clock,
+        usage=usage,
+        tasks=tasks,
+        queues=queues,
+        control=control,
+        invoker=invoker,
+    )
+
+    def record(x: Any, ctx: Any) -> dict[str, Any]:
+        world.ran.append(ctx.task_id)
+        return {"init_timestamp": clock.now, "input_x": x, "done_timestamp": clock.now}
+
+    world.services.task_function = record
+    return world

@@ -1,0 +1,96 @@
+"""The pure policy, tested exhaustively."""
+
+from __future__ import annotations
+
+import pytest
+
+from chalicelib import policy
+from chalicelib.policy import Slot
+
+
+def expected_level(count: int) -> int:
+    # The old service's table, written out independently of the code.
+    if count == 0:
+        return 0
+    if count <= 5:
+        return 1
+    if count <= 15:
+        return 2
+    if count <= 25:
+        return 3
+    if count <= 35:
+        return 4
+    return 5
+
+
+@pytest.mark.parametrize("count", range(0, 60))
+def test_default_thresholds_match_the_old_table(count: int) -> None:
+    assert policy.level_for(count, 1) == expected_level(count)
+
+
+@pytest.mark.parametrize("weight", [1, 2, 3, 6, 10])
+@pytest.mark.parametrize("count", range(0, 80))
+def test_level_uses_count_integer_divided_by_weight(count: int, weight: int) -> None:
+    assert policy.level_for(count, weight) == expected_level(count // weight)
+
+
+def test_weight_six_with_five_tasks_stays_at_level_zero() -> None:
+    assert policy.level_for(5, 6) == 0  # the old README's own example
+
+
+def test_custom_thresholds() -> None:
+    thresholds = (2, 4, 8, 16, 32)
+    assert [policy.level_for(c, 1, thresholds) for c in (0, 1, 2, 3, 4, 7, 8, 31, 32, 1000)] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        4,
+        5,
+        5,
+    ]
+
+
+@pytest.mark.parametrize("bad", [(), (1, 2, 3, 4), (0, 6, 16, 26, 36), (1, 6, 6, 26, 36), (1, 6, 16, 26, 36, 40)])
+def test_bad_thresholds_are_rejected(bad: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError):
+        policy.validate_thresholds(bad)
+
+
+def test_weight_below_one_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        policy.level_for(3, 0)
+
+
+def test_a_submission_counts_for_at_least_t_and_at_most_t_plus_b() -> None:
+    window, bucket = 6000, 600
+    for submitted in (0.0, 1.0, 599.9, 600.0, 12345.6):
+        start = policy.bucket_start(submitted, bucket)
+        expiry = policy.bucket_expiry(start, bucket, window)
+        assert expiry - submitted >= window
+        assert expiry - submitted <= window + bucket
+        assert policy.live_count([(expiry, 1)], submitted + window - 0.001) == 1
+        assert policy.live_count([(expiry, 1)], expiry) == 0  # expired counts as zero
+
+
+def test_live_count_ignores_expired_buckets() -> None:
+    assert policy.live_count([(100.0, 3), (200.0, 4), (50.0, 9)], now=99.0) == 7
+    assert policy.live_count([(100.0, 3), (200.0, 4)], now=100.0) == 4
+    assert policy.live_count([], now=0.0) == 0
+
+
+def test_free_slots_respect_live_leases_and_capacity() -> None:
+    slots = [Slot(0, "a", 110.0), Slot(1, "b", 90.0), Slot(3, None, 0.0), Slot(5, "z", 999.0)]
+    assert policy.free_slots(slots, capacity=4, now=100.0) == [1, 2, 3]
+    assert policy.free_slots(slots, capacity=1, now=100.0) == []
+    assert policy.free_slots(slots, capacity=1, now=110.0) == [0]  # lease ran out
+    assert policy.free_slots([], capacity=3, now=0.0) == [0, 1, 2]
+
+
+def test_dispatch_order_is_strict_priority_over_backlogged_levels() -> None:
+    assert policy.dispatch_order([0, 2, 0, 0, 5, 1]) == [1, 4, 5]
+    assert policy.dispatch_order([0] * 6) == []
+    assert policy.dispatch_order([0] * 6, full_walk=True) == [0, 1, 2, 3, 4, 5]
