@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
-from chalice import Chalice, Rate, Response
+from chalice.app import Chalice, Rate, Request, Response
 
 from chalicelib import views, wiring
 from chalicelib.domain import ForbiddenError, Handoff, PqhError
@@ -35,8 +35,19 @@ THROTTLING = {
 }
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+def _error(status: int, code: str, message: str, headers: dict[str, str | list[str]] | None = None) -> Response:
     return Response(status_code=status, body={"error": code, "message": message}, headers=headers or {})
+
+
+def _request() -> Request:
+    request = app.current_request
+    assert request is not None, "called outside a request"
+    return request
+
+
+def _body(request: Request) -> bytes:
+    raw = request.raw_body
+    return raw.encode() if isinstance(raw, str) else bytes(raw or b"")
 
 
 def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,8 +73,8 @@ def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
 
 def _stage_prefix() -> str:
     """'/api' behind API Gateway's stage path, '' locally: for Location headers."""
-    context = app.current_request.context if app.current_request else {}
-    path, resource = context.get("path", ""), context.get("resourcePath", "")
+    context = _request().context
+    path, resource = str(context.get("path", "")), str(context.get("resourcePath", ""))
     if path and resource and path.endswith(resource.rstrip("/") or "/") and "{" not in resource:
         return path[: len(path) - len(resource)].rstrip("/")
     return ""
@@ -73,7 +84,7 @@ def _require_admin() -> None:
     expected = wiring.services().settings.admin_token
     if not expected:
         raise ForbiddenError("admin routes are disabled; set PQH_ADMIN_TOKEN to enable them")
-    given = app.current_request.headers.get("authorization", "")
+    given = _request().headers.get("authorization", "")
     token = given[7:] if given.lower().startswith("bearer ") else ""
     if not token or not hmac.compare_digest(token.encode(), expected.encode()):
         raise ForbiddenError("admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'")
@@ -86,9 +97,9 @@ def _require_admin() -> None:
 @api_errors
 def submit_task() -> Response:
     svc = wiring.services()
-    request = app.current_request
+    request = _request()
     user_id, x = parse_submission(
-        request.raw_body,
+        _body(request),
         request.headers.get("content-type"),
         svc.settings.max_body_bytes,
         svc.settings.max_user_id_length,
@@ -118,8 +129,8 @@ def put_weight(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
     user_id = check_user_id(user_id, svc.settings.max_user_id_length)
-    request = app.current_request
-    weight = parse_weight(request.raw_body, request.headers.get("content-type"), svc.settings.max_weight)
+    request = _request()
+    weight = parse_weight(_body(request), request.headers.get("content-type"), svc.settings.max_weight)
     svc.set_weight(user_id, weight)
     return svc.user_usage(user_id)
 

@@ -44,7 +44,7 @@ def client(service: str) -> Any:
     with _lock:
         existing = _clients.get(key)
         if existing is None:
-            existing = boto3.session.Session().client(service, config=CONFIG)  # type: ignore[call-overload]
+            existing = boto3.session.Session().client(service, config=CONFIG)
             _clients[key] = existing
         return existing
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 LEVELS = 6
 # Lower bound of the charged count for levels 1..5: 0 -> 0, 1-5 -> 1, 6-15 -> 2,
@@ -21,7 +22,7 @@ def validate_thresholds(thresholds: Sequence[int]) -> None:
         raise ValueError(f"need {LEVELS - 1} lower bounds (levels 1..{LEVELS - 1}), got {len(thresholds)}")
     if thresholds[0] < 1:
         raise ValueError("the bound of level 1 must be at least 1 (a count of 0 is level 0)")
-    if any(b <= a for a, b in zip(thresholds, thresholds[1:], strict=False)):
+    if any(b <= a for a, b in pairwise(thresholds)):
         raise ValueError("bounds must be strictly increasing")
 
 
@@ -101,4 +102,3 @@ def dispatch_order(backlog: Sequence[int], full_walk: bool = False) -> list[int]
     fault) is still found within a tick.
     """
     return [level for level in range(LEVELS) if full_walk or (level < len(backlog) and backlog[level] > 0)]
-

@@ -37,9 +37,13 @@ def parse_json_object(raw_body: bytes | None, content_type: str | None, max_byte
     check_content_type(content_type)
     body = raw_body or b""
     if len(body) > max_bytes:
-        raise PayloadTooLargeError(f"the body is {len(body)} bytes; the limit is {max_bytes} bytes (PQH_MAX_BODY_BYTES)")
+        raise PayloadTooLargeError(
+            f"the body is {len(body)} bytes; the limit is {max_bytes} bytes (PQH_MAX_BODY_BYTES)"
+        )
     if not body.strip():
-        raise _Invalid("invalid_json", 'the body is empty; send a JSON object such as {"x": "foo", "user_id": "user_1"}')
+        raise _Invalid(
+            "invalid_json", 'the body is empty; send a JSON object such as {"x": "foo", "user_id": "user_1"}'
+        )
     try:
         data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -58,7 +62,8 @@ def check_user_id(user_id: Any, max_length: int) -> str:
         raise _Invalid("invalid_user_id", "'user_id' must not be empty")
     if len(user_id) > max_length:
         raise _Invalid(
-            "invalid_user_id", f"'user_id' is {len(user_id)} characters; the limit is {max_length} (PQH_MAX_USER_ID_LENGTH)"
+            "invalid_user_id",
+            f"'user_id' is {len(user_id)} characters; the limit is {max_length} (PQH_MAX_USER_ID_LENGTH)",
         )
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in user_id):
         raise _Invalid("invalid_user_id", "'user_id' must not contain control characters")

@@ -26,7 +26,9 @@ _invoker_factory: Callable[[Settings], Invoker] | None = None
 _clock: Callable[[], float] = time.time
 
 
-def configure(invoker_factory: Callable[[Settings], Invoker] | None = None, clock: Callable[[], float] | None = None) -> None:
+def configure(
+    invoker_factory: Callable[[Settings], Invoker] | None = None, clock: Callable[[], float] | None = None
+) -> None:
     """Replace the invoker (local runner, tests) and the clock (tests); clears the cache."""
     global _invoker_factory, _clock
     with _lock:

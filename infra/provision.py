@@ -11,6 +11,7 @@ or a moto mock gets exactly what AWS gets. The prefix stands for the stack name.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,13 @@ def _resolve(value: Any, prefix: str, arns: dict[str, str]) -> Any:
 
 def _create_table(dynamodb: Any, props: dict[str, Any]) -> str:
     name = props["TableName"]
-    try:
+    with contextlib.suppress(dynamodb.exceptions.ResourceInUseException):  # exists: idempotent
         dynamodb.create_table(
             TableName=name,
             AttributeDefinitions=props["AttributeDefinitions"],
             KeySchema=props["KeySchema"],
             BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
         )
-    except dynamodb.exceptions.ResourceInUseException:
-        pass  # exists: provisioning is idempotent
     dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     ttl = props.get("TimeToLiveSpecification")
     if ttl:
@@ -60,7 +59,11 @@ def _create_table(dynamodb: Any, props: dict[str, Any]) -> str:
 
 def _create_queue(sqs: Any, props: dict[str, Any]) -> tuple[str, str]:
     attributes = {
-        key: json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else str(value)
+        key: json.dumps(value)
+        if isinstance(value, dict)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
         for key, value in props.items()
         if key != "QueueName"
     }

@@ -20,7 +20,7 @@ WEIGHT_SK = "w"  # sorts after every "b#..." bucket key
 
 
 def _is_conditional_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+    return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
 
 
 def _n(value: float | int) -> dict[str, str]:

@@ -140,7 +140,7 @@ class MemoryTaskQueues:
             now = self.clock()
             if self.flaky_short_poll and wait_seconds == 0:
                 return []
-            out = []
+            out: list[QueuedMessage] = []
             for message in self.queues[level]:
                 if len(out) >= max(1, min(10, max_count)):
                     break
@@ -254,6 +254,6 @@ class RecordingInvoker:
 
     def take_handoffs(self) -> list[Handoff]:
         with self._lock:
-            out, self.handoffs = self.handoffs, []
+            out: list[Handoff] = self.handoffs
+            self.handoffs = []
             return out
-

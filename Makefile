@@ -1,0 +1,45 @@
+# pqh: every command a user needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STAGE ?= dev
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the pinned dependencies
+
+test: $(STAMP) ## run the whole suite (unit, contract, functional, end-to-end)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) ## ruff (lint and format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ and cfn-lint it
+	$(BIN)/python -m infra.merge_template --stage $(STAGE) > build-merge.json.tmp
+	mkdir -p build && mv build-merge.json.tmp build/merge-template.json
+	rm -rf build/package
+	$(BIN)/chalice package --stage $(STAGE) --merge-template build/merge-template.json build/package
+	$(BIN)/cfn-lint build/package/sam.json
+	@echo "template: build/package/sam.json"
+
+clean: ## remove build output and caches
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help venv test lint format package clean

@@ -1,0 +1,193 @@
+"""One suite, two implementations: the in-memory fakes and the moto-backed adapters.
+
+If a fake drifts from what the AWS adapter does, this suite fails for one of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from moto import mock_aws
+
+from chalicelib import aws
+from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, DynamoUsageStore
+from chalicelib.adapters.memory import MemoryControlStore, MemoryTaskQueues, MemoryTaskStore, MemoryUsageStore
+from chalicelib.adapters.sqs import SqsTaskQueues
+from chalicelib.domain import FAILURE, PENDING, STARTED, SUCCESS, Task
+from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
+from infra.provision import provision
+
+PREFIX = "pqh-contract"
+NOW = 2_000_000_000.0
+
+
+@dataclass
+class Ports:
+    usage: Any
+    tasks: Any
+    queues: Any
+    control: Any
+
+
+@pytest.fixture(params=["memory", "moto"])
+def ports(request: pytest.FixtureRequest) -> Iterator[Ports]:
+    if request.param == "memory":
+        yield Ports(MemoryUsageStore(), MemoryTaskStore(), MemoryTaskQueues(clock=time.time), MemoryControlStore())
+        return
+    with mock_aws():
+        dynamodb, sqs = aws.client("dynamodb"), aws.client("sqs")
+        provision(PREFIX, dynamodb, sqs)
+        yield Ports(
+            DynamoUsageStore(dynamodb, f"{PREFIX}-usage"),
+            DynamoTaskStore(dynamodb, f"{PREFIX}-tasks"),
+            SqsTaskQueues(sqs, lambda level: f"{PREFIX}-level-{level}"),
+            DynamoControlStore(dynamodb, f"{PREFIX}-control"),
+        )
+
+
+def make_task(task_id: str = "11111111-1111-4111-8111-111111111111", x: Any = "foo") -> Task:
+    return Task(
+        task_id=task_id, user_id="u1", x=x, priority_level=3, submitted_at=NOW + 0.125, expires_at=int(NOW) + 3600
+    )
+
+
+# --- usage ------------------------------------------------------------------
+
+
+def test_record_submission_returns_the_count_before_and_the_weight(ports: Ports) -> None:
+    got = [ports.usage.record_submission("u1", NOW, 600, 6000) for _ in range(3)]
+    assert got == [(0, 1), (1, 1), (2, 1)]
+    ports.usage.set_weight("u1", 4)
+    assert ports.usage.record_submission("u1", NOW + 1, 600, 6000) == (3, 4)
+    assert ports.usage.usage("u1", NOW + 1, 600, 6000) == (4, 4)
+    assert ports.usage.usage("someone-else", NOW, 600, 6000) == (0, 1)
+
+
+def test_counts_across_buckets_and_expired_buckets_count_as_zero(ports: Ports) -> None:
+    ports.usage.record_submission("u1", NOW, 600, 6000)
+    ports.usage.record_submission("u1", NOW + 1200, 600, 6000)
+    assert ports.usage.record_submission("u1", NOW + 3000, 600, 6000) == (2, 1)
+    # 6700 s later the first bucket has expired (moto, like a late DynamoDB, still holds it).
+    assert ports.usage.usage("u1", NOW + 6700, 600, 6000) == (2, 1)
+    assert ports.usage.usage("u1", NOW + 20000, 600, 6000) == (0, 1)
+    assert ports.usage.record_submission("u1", NOW + 20000, 600, 6000) == (0, 1)
+
+
+# --- tasks ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("x", ["foo", None, 0, 1.5, [1, "two", {"three": 3}], {"nested": {"ü": "✓"}}, True, ""])
+def test_a_task_round_trips_with_any_json_payload(ports: Ports, x: Any) -> None:
+    task = make_task(x=x)
+    ports.tasks.create(task)
+    assert ports.tasks.get(task.task_id) == task
+    assert ports.tasks.get("22222222-2222-4222-8222-222222222222") is None
+
+
+def test_start_then_finish_once(ports: Ports) -> None:
+    task = make_task()
+    ports.tasks.create(task)
+    outcome, started = ports.tasks.start(task.task_id, "run-a", NOW, NOW + 300)
+    assert outcome == STARTED_NOW and started is not None
+    assert (started.task_status, started.started_at, started.attempts, started.x) == (STARTED, NOW, 1, "foo")
+    assert ports.tasks.start(task.task_id, "run-b", NOW + 1, NOW + 301)[0] == RUNNING_ELSEWHERE
+    assert not ports.tasks.finish(task.task_id, "run-b", SUCCESS, NOW + 2, result={"r": 1})
+    assert ports.tasks.finish(task.task_id, "run-a", SUCCESS, NOW + 2, result={"r": 1})
+    assert not ports.tasks.finish(task.task_id, "run-a", FAILURE, NOW + 3, error="late")
+    final = ports.tasks.get(task.task_id)
+    assert (final.task_status, final.result, final.finished_at, final.error) == (SUCCESS, {"r": 1}, NOW + 2, None)
+    assert ports.tasks.start(task.task_id, "run-c", NOW + 4, NOW + 304)[0] == ALREADY_FINISHED
+
+
+def test_a_started_task_whose_lease_ran_out_can_start_again(ports: Ports) -> None:
+    task = make_task()
+    ports.tasks.create(task)
+    ports.tasks.start(task.task_id, "dead", NOW, NOW + 10)
+    outcome, again = ports.tasks.start(task.task_id, "new", NOW + 10, NOW + 20)
+    assert outcome == STARTED_NOW and again is not None and again.attempts == 2
+    assert not ports.tasks.finish(task.task_id, "dead", SUCCESS, NOW + 11, result=1)
+    assert ports.tasks.finish(task.task_id, "new", FAILURE, NOW + 11, error="E: boom")
+    final = ports.tasks.get(task.task_id)
+    assert (final.task_status, final.error, final.result) == (FAILURE, "E: boom", None)
+
+
+def test_start_of_a_missing_task(ports: Ports) -> None:
+    assert ports.tasks.start("33333333-3333-4333-8333-333333333333", "r", NOW, NOW + 1) == (MISSING, None)
+
+
+def test_delete_task(ports: Ports) -> None:
+    task = make_task()
+    ports.tasks.create(task)
+    ports.tasks.delete(task.task_id)
+    assert ports.tasks.get(task.task_id) is None
+    assert task.task_status == PENDING
+
+
+# --- queues -----------------------------------------------------------------
+
+
+def test_queue_send_receive_give_back_delete(ports: Ports) -> None:
+    for i in range(3):
+        ports.queues.send(4, f"task-{i}")
+    first = ports.queues.receive(4, 10, wait_seconds=1)
+    seen = {m.task_id for m in first}
+    while len(seen) < 3:  # SQS may return fewer than asked
+        more = ports.queues.receive(4, 10, wait_seconds=1)
+        seen |= {m.task_id for m in more}
+        first += more
+    assert seen == {"task-0", "task-1", "task-2"}
+    assert ports.queues.receive(4, 10, wait_seconds=0) == []  # in flight: invisible
+    assert ports.queues.receive(3, 10, wait_seconds=0) == []  # levels are separate
+    ports.queues.give_back(4, [first[0].receipt_handle])
+    back = ports.queues.receive(4, 10, wait_seconds=1)
+    assert [m.task_id for m in back] == [first[0].task_id]
+    for message in first[1:] + back:
+        ports.queues.delete(4, message.receipt_handle)
+    ports.queues.give_back(4, [])
+    assert ports.queues.receive(4, 10, wait_seconds=0) == []
+
+
+# --- control ----------------------------------------------------------------
+
+
+def test_slots_are_claimed_once_and_freed_by_release_or_lease_expiry(ports: Ports) -> None:
+    assert ports.control.slots(2) == []
+    assert ports.control.claim_slot(0, "a", NOW, NOW + 10)
+    assert not ports.control.claim_slot(0, "b", NOW + 5, NOW + 15)
+    assert ports.control.claim_slot(1, "b", NOW, NOW + 10)
+    assert [(s.slot_id, s.holder) for s in ports.control.slots(2)] == [(0, "a"), (1, "b")]
+    assert not ports.control.release_slot(0, "b")  # only the holder releases
+    assert ports.control.release_slot(0, "a")
+    assert ports.control.slots(2)[0].is_free(NOW)
+    assert ports.control.claim_slot(1, "c", NOW + 10, NOW + 20)  # b's lease ran out
+    assert not ports.control.release_slot(1, "b")
+    assert ports.control.slots(2)[1].holder == "c"
+
+
+def test_backlog_counts(ports: Ports) -> None:
+    assert ports.control.backlog() == [0] * 6
+    ports.control.add_backlog(2, 3)
+    ports.control.add_backlog(5, 1)
+    ports.control.add_backlog(2, -1)
+    assert ports.control.backlog() == [0, 0, 2, 0, 0, 1]
+    assert not ports.control.reset_backlog(2, 5)
+    assert ports.control.reset_backlog(2, 2)
+    assert ports.control.backlog() == [0, 0, 0, 0, 0, 1]
+
+
+def test_dispatch_lock_with_rerun_requests(ports: Ports) -> None:
+    assert ports.control.acquire_dispatch_lock("a", NOW, NOW + 60)
+    assert not ports.control.acquire_dispatch_lock("b", NOW + 1, NOW + 61)
+    ports.control.request_dispatch_rerun()
+    assert ports.control.release_dispatch_lock("a") is False  # must run again
+    assert ports.control.release_dispatch_lock("a") is True
+    assert ports.control.acquire_dispatch_lock("b", NOW + 2, NOW + 62)
+    assert ports.control.acquire_dispatch_lock("c", NOW + 62, NOW + 122)  # b's lease ran out
+    assert ports.control.release_dispatch_lock("b") is True  # not b's any more: nothing to do
+    ports.control.request_dispatch_rerun()
+    assert ports.control.release_dispatch_lock("c", force=True) is True
+    assert ports.control.acquire_dispatch_lock("d", NOW + 63, NOW + 123)

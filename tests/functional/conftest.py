@@ -1,0 +1,94 @@
+"""moto.mock_aws plus chalice.test.Client: every route, the schedule and the Lambdas."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chalice.test import Client
+from moto import mock_aws
+
+from app import app
+from chalicelib import aws, wiring
+from chalicelib.adapters.memory import RecordingInvoker
+from infra.provision import provision
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE = "dev"
+
+
+def stage_env() -> dict[str, str]:
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    env = dict(config.get("environment_variables", {}))
+    env.update(config["stages"][STAGE].get("environment_variables", {}))
+    return env
+
+
+@dataclass
+class Clock:
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Harness:
+    client: Client
+    invoker: RecordingInvoker
+    clock: Clock
+
+    def submit(self, user_id: str = "user_1", x: Any = "foo") -> Any:
+        return self.client.http.post(
+            "/task", headers={"Content-Type": "application/json"}, body=json.dumps({"x": x, "user_id": user_id})
+        )
+
+    def dispatch(self) -> dict[str, Any]:
+        return self.client.lambda_.invoke("dispatcher", {}).payload  # type: ignore[no-any-return]
+
+    def run_workers(self) -> list[dict[str, Any]]:
+        return [self.client.lambda_.invoke("worker", h.to_payload()).payload for h in self.invoker.take_handoffs()]
+
+    def result(self, task_id: str) -> Any:
+        return self.client.http.get(f"/result/{task_id}")
+
+    def queue_depths(self) -> list[int]:
+        sqs = aws.client("sqs")
+        depths = []
+        for level in range(6):
+            url = sqs.get_queue_url(QueueName=f"pqh-dev-level-{level}")["QueueUrl"]
+            attrs = sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+            )["Attributes"]
+            depths.append(
+                int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+            )
+        return depths
+
+    def usage_items(self) -> int:
+        return int(aws.client("dynamodb").scan(TableName="pqh-dev-usage", Select="COUNT")["Count"])
+
+    def task_items(self) -> int:
+        return int(aws.client("dynamodb").scan(TableName="pqh-dev-tasks", Select="COUNT")["Count"])
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    # Set the stage's variables up front so the test client's per-call patching is
+    # a no-op and requests from several threads see the same environment.
+    for name, value in stage_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PQH_TASK_SECONDS", "0")
+    invoker = RecordingInvoker()
+    clock = Clock()
+    with mock_aws():
+        provision("pqh-dev", aws.client("dynamodb"), aws.client("sqs"))
+        wiring.configure(invoker_factory=lambda settings: invoker, clock=clock)
+        with Client(app, stage_name=STAGE) as client:
+            yield Harness(client, invoker, clock)
+    assert "AWS_ENDPOINT_URL" not in os.environ
