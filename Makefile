@@ -32,10 +32,10 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ and cfn-lint it
-	$(BIN)/python -m infra.merge_template --stage $(STAGE) > build-merge.json.tmp
+	$(BIN)/python -m infra.merge_template > build-merge.json.tmp
 	mkdir -p build && mv build-merge.json.tmp build/merge-template.json
 	rm -rf build/package
-	$(BIN)/chalice package --stage $(STAGE) --merge-template build/merge-template.json build/package
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) --merge-template build/merge-template.json build/package
 	$(BIN)/cfn-lint build/package/sam.json
 	@echo "template: build/package/sam.json"
 

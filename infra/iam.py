@@ -1,0 +1,118 @@
+"""Least-privilege IAM, defined once per function.
+
+Each function gets only the actions it calls, on its own resources; no ``*``
+action and no ``*`` resource. Rendered two ways:
+
+* ``stage_policy``: name-scoped ARNs for ``chalice deploy`` (the files
+  .chalice/policy-<stage>-<function>.json, written by ``python -m infra.iam``);
+* ``template_policy``: CloudFormation references, used by infra.merge_template.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+LEVEL_QUEUES = [f"Level{level}Queue" for level in range(6)]
+
+# Chalice's function name -> [(actions, resources)]. A resource is a logical id of
+# infra/resources.json, or "function:<name>" for one of this app's functions.
+GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
+    "api_handler": [
+        (
+            ["dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:PutItem"],
+            ["UsageTable"],
+        ),
+        (["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], ["TasksTable"]),
+        (["dynamodb:UpdateItem"], ["ControlTable"]),
+        (["sqs:SendMessage", "sqs:GetQueueUrl"], LEVEL_QUEUES),
+        (["lambda:InvokeFunction"], ["function:dispatcher"]),
+    ],
+    "dispatcher": [
+        (["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"], ["ControlTable"]),
+        (["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"], LEVEL_QUEUES),
+        (["lambda:InvokeFunction"], ["function:worker", "function:dispatcher"]),
+    ],
+    "worker": [
+        (["dynamodb:GetItem", "dynamodb:UpdateItem"], ["TasksTable"]),
+        (["dynamodb:UpdateItem"], ["ControlTable"]),
+        (["sqs:DeleteMessage", "sqs:GetQueueUrl"], LEVEL_QUEUES),
+        (["lambda:InvokeFunction"], ["function:dispatcher"]),
+    ],
+}
+GRANTS["dispatch_tick"] = GRANTS["dispatcher"]  # the tick is the same dispatcher on a schedule
+
+# Deployed function names: Chalice's `<app>-<stage>-<name>`; in the packaged
+# template the merge template sets `<stack>-<suffix>` to match.
+FUNCTION_SUFFIX = {
+    "api_handler": "api",
+    "dispatcher": "dispatcher",
+    "dispatch_tick": "dispatch-tick",
+    "worker": "worker",
+}
+TABLE_SUFFIX = {"TasksTable": "tasks", "UsageTable": "usage", "ControlTable": "control"}
+ARN_BASE = "arn:${AWS::Partition}"
+REGION_ACCOUNT = "${AWS::Region}:${AWS::AccountId}"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _statements(function: str, arn: Any, log_groups: Any) -> dict[str, Any]:
+    statements: list[dict[str, Any]] = [
+        {
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": log_groups,
+        }
+    ]
+    for actions, resources in GRANTS[function]:
+        statements.append({"Effect": "Allow", "Action": actions, "Resource": [arn(r) for r in resources]})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def stage_policy(function: str, prefix: str) -> dict[str, Any]:
+    """Name-scoped policy for `chalice deploy` of a stage whose resources start with ``prefix``."""
+
+    def arn(resource: str) -> str:
+        if resource.startswith("function:"):
+            name = resource.split(":", 1)[1]
+            return f"arn:aws:lambda:*:*:function:{prefix}-{name}"
+        if resource in TABLE_SUFFIX:
+            return f"arn:aws:dynamodb:*:*:table/{prefix}-{TABLE_SUFFIX[resource]}"
+        level = resource.removeprefix("Level").removesuffix("Queue")
+        return f"arn:aws:sqs:*:*:{prefix}-level-{level}"
+
+    return _statements(function, arn, [f"arn:aws:logs:*:*:log-group:/aws/lambda/{prefix}*"])
+
+
+def template_policy(function: str) -> dict[str, Any]:
+    """The same policy with CloudFormation references to the stack's own resources."""
+
+    def arn(resource: str) -> Any:
+        if resource.startswith("function:"):
+            name = FUNCTION_SUFFIX[resource.split(":", 1)[1]]
+            return {"Fn::Sub": f"{ARN_BASE}:lambda:{REGION_ACCOUNT}:function:${{AWS::StackName}}-{name}"}
+        return {"Fn::GetAtt": [resource, "Arn"]}
+
+    log_groups = {"Fn::Sub": f"{ARN_BASE}:logs:{REGION_ACCOUNT}:log-group:/aws/lambda/${{AWS::StackName}}-*"}
+    return _statements(function, arn, [log_groups])
+
+
+def policy_path(stage: str, function: str) -> Path:
+    return ROOT / ".chalice" / f"policy-{stage}-{function}.json"
+
+
+def write_stage_policies(stage: str, prefix: str) -> list[Path]:
+    written = []
+    for function in GRANTS:
+        path = policy_path(stage, function)
+        path.write_text(json.dumps(stage_policy(function, prefix), indent=2) + "\n")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    stage = sys.argv[1] if len(sys.argv) > 1 else "dev"
+    for written_path in write_stage_policies(stage, f"pqh-{stage}"):
+        print(written_path.relative_to(ROOT))

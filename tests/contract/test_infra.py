@@ -1,0 +1,114 @@
+"""The infrastructure definition: one template, cfn-lint clean, least privilege."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.iam import GRANTS, policy_path, stage_policy
+from infra.merge_template import merge_template
+from infra.provision import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def test_tables_have_ttl_and_every_queue_has_a_dead_letter_queue() -> None:
+    resources = load_template()["Resources"]
+    assert resources["TasksTable"]["Properties"]["TimeToLiveSpecification"] == {
+        "AttributeName": "expires_at",
+        "Enabled": True,
+    }
+    assert resources["UsageTable"]["Properties"]["TimeToLiveSpecification"]["Enabled"] is True
+    for level in range(6):
+        queue = resources[f"Level{level}Queue"]["Properties"]
+        assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": [f"Level{level}DeadLetterQueue", "Arn"]}
+        # A message must stay invisible for longer than a slot's lease (PQH_LEASE_SECONDS default 330 s).
+        assert queue["VisibilityTimeout"] > 330
+
+
+def test_stage_policy_files_are_generated_from_infra_iam() -> None:
+    for function in GRANTS:
+        on_disk = json.loads(policy_path("dev", function).read_text())
+        assert on_disk == stage_policy(function, "pqh-dev"), f"run: python -m infra.iam dev ({function})"
+
+
+def _walk_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for logical, resource in template["Resources"].items():
+        if resource.get("Type") == "AWS::IAM::Role":
+            for policy in resource["Properties"].get("Policies", []):
+                for statement in policy["PolicyDocument"]["Statement"]:
+                    found.append((logical, statement))
+    return found
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`chalice package --merge-template`, as `make package` runs it."""
+    out = tmp_path_factory.mktemp("package")
+    merge = out / "merge.json"
+    merge.write_text(json.dumps(merge_template()))
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
+    subprocess.run(
+        [str(BIN / "chalice"), "package", "--stage", "dev", "--merge-template", str(merge), str(out / "pkg")],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return json.loads((out / "pkg" / "sam.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_packaged_template_is_cfn_lint_clean(packaged: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "sam.json"
+    path.write_text(json.dumps(packaged))
+    result = subprocess.run([str(BIN / "cfn-lint"), str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_packaged_template_has_least_privilege_roles(packaged: dict[str, Any]) -> None:
+    statements = _walk_statements(packaged)
+    roles = {logical for logical, _ in statements}
+    assert roles == {"ApiHandlerRole", "DispatcherRole", "DispatchTickRole", "WorkerRole"}
+    for logical, statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        assert all("*" not in action for action in actions), (logical, actions)
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        assert "*" not in resources, (logical, statement)
+    worker = [s for logical, s in statements if logical == "WorkerRole"]
+    assert not any("sqs:SendMessage" in s["Action"] or "sqs:ReceiveMessage" in s["Action"] for s in worker)
+
+
+def test_packaged_functions_point_at_the_stacks_own_resources(packaged: dict[str, Any]) -> None:
+    for logical in ("APIHandler", "Dispatcher", "DispatchTick", "Worker"):
+        props = packaged["Resources"][logical]["Properties"]
+        variables = props["Environment"]["Variables"]
+        assert variables["PQH_TASKS_TABLE"] == {"Ref": "TasksTable"}
+        assert variables["PQH_QUEUE_PREFIX"] == {"Ref": "AWS::StackName"}
+        assert props["Role"] == {"Fn::GetAtt": [f"{logical.replace('APIHandler', 'ApiHandler')}Role", "Arn"]}
+    tick = packaged["Resources"]["DispatchTick"]["Properties"]["Events"]
+    assert tick["DispatchTickEvent"]["Properties"]["Schedule"] == "rate(1 minute)"
+
+
+def test_compose_file_starts_localstack_with_the_services_pqh_uses() -> None:
+    """`docker compose config` needs the compose plugin, which this machine lacks; check the shape."""
+    compose = yaml.safe_load((ROOT / "docker-compose.localstack.yml").read_text())
+    assert set(compose) <= {"name", "services", "volumes"}
+    service = compose["services"]["localstack"]
+    image, _, tag = service["image"].partition(":")
+    assert image == "localstack/localstack" and tag and tag != "latest"  # pinned
+    assert "127.0.0.1:4566:4566" in service["ports"]
+    used = set(service["environment"]["SERVICES"].split(","))
+    assert {"dynamodb", "sqs", "lambda", "iam", "events", "apigateway", "cloudformation"} <= used
+    assert any(v.startswith("/var/run/docker.sock:") for v in service["volumes"])  # Lambda needs Docker
+    for volume in service["volumes"]:
+        name = volume.split(":", 1)[0]
+        assert name.startswith("/") or name in compose["volumes"]

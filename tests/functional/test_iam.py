@@ -1,0 +1,75 @@
+"""Each function's IAM policy allows exactly what it calls: recorded, not assumed."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from chalicelib import aws
+from infra.iam import GRANTS
+from tests.functional.conftest import Harness
+
+IAM_ACTION = {"ChangeMessageVisibilityBatch": "ChangeMessageVisibility", "DeleteMessageBatch": "DeleteMessage"}
+PREFIX = {"dynamodb": "dynamodb", "sqs": "sqs", "lambda": "lambda"}
+
+
+def granted(function: str) -> set[str]:
+    return {action for actions, _ in GRANTS[function] for action in actions}
+
+
+def test_every_call_a_function_makes_is_granted_to_it(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PQH_ADMIN_TOKEN", "t")
+    calls: dict[str, set[str]] = defaultdict(set)
+    current = {"function": "test-setup"}
+
+    def record(model: Any, **kwargs: Any) -> None:
+        service = model.service_model.endpoint_prefix
+        operation = IAM_ACTION.get(model.name, model.name)
+        calls[current["function"]].add(f"{PREFIX.get(service, service)}:{operation}")
+
+    for service in ("dynamodb", "sqs"):
+        aws.client(service).meta.events.register("before-call.*.*", record)
+
+    class RecordingInvoker:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            def call(*args: Any) -> Any:
+                calls[current["function"]].add("lambda:InvokeFunction")
+                return getattr(self.inner, name)(*args)
+
+            return call
+
+    svc_invoker = harness.invoker
+    from chalicelib import wiring
+
+    wiring.configure(invoker_factory=lambda settings: RecordingInvoker(svc_invoker), clock=harness.clock)
+
+    current["function"] = "api_handler"
+    task_id = harness.submit("u", 1).json_body["task_id"]
+    harness.result(task_id)
+    harness.client.http.get("/result/00000000-0000-4000-8000-000000000000")
+    current["function"] = "dispatcher"
+    harness.dispatch()
+    current["function"] = "worker"
+    handoffs = svc_invoker.take_handoffs()
+    harness.client.lambda_.invoke("worker", handoffs[0].to_payload())
+    harness.client.lambda_.invoke("worker", handoffs[0].to_payload())  # duplicate path
+    current["function"] = "dispatch_tick"
+    event = harness.client.events.generate_cw_event(source="aws.events", detail_type="x", detail={}, resources=[])
+    harness.submit("u", 2)  # something for the tick to find (recorded as the tick's: a superset check)
+    harness.client.lambda_.invoke("dispatch_tick", event)
+
+    for function in ("api_handler", "dispatcher", "worker"):
+        assert calls[function], function
+        missing = calls[function] - granted(function)
+        assert not missing, f"{function} calls {missing} without a grant"
+    # The tick's record also holds the submit above; everything but the submit path must be granted.
+    assert calls["dispatch_tick"] - granted("api_handler") <= granted("dispatch_tick")
+    # No grant goes unused, except lookups cached from earlier calls and failure paths
+    # (giving a message back when a hand-off fails).
+    for function in ("dispatcher", "worker"):
+        assert granted(function) - calls[function] <= {"sqs:GetQueueUrl", "sqs:ChangeMessageVisibility"}, function
