@@ -72,8 +72,12 @@ class Handoff:
 
 @dataclass(frozen=True)
 class QueuedMessage:
+    """A received message: the task id plus who and when, for logs and fairness."""
+
     task_id: str
     receipt_handle: str
+    user_id: str = ""
+    submitted_at: float = 0.0
 
 
 class PqhError(Exception):

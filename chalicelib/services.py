@@ -73,7 +73,7 @@ class Services:
         )
         self.tasks.create(task)
         try:
-            self.queues.send(level, task.task_id)
+            self.queues.send(level, task)
         except Exception:
             # Not queued means not accepted: drop the record so no PENDING task is orphaned.
             self.tasks.delete(task.task_id)
@@ -205,7 +205,14 @@ class Services:
                 free.clear()
                 return started
             started += 1
-            log.info("dispatched task=%s level=%d slot=%d", message.task_id, level, slot_id)
+            log.info(
+                "dispatched task=%s user=%s level=%d slot=%d wait=%.3fs",
+                message.task_id,
+                message.user_id,
+                level,
+                slot_id,
+                now - message.submitted_at if message.submitted_at else 0.0,
+            )
         return started
 
     # --- run --------------------------------------------------------------
@@ -239,10 +246,11 @@ class Services:
             finished_at = self.clock()
             if self.tasks.finish(task.task_id, run_id, status, finished_at, result=result, error=error):
                 log.info(
-                    "finished task=%s user=%s status=%s run=%.3fs",
+                    "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
                     task.task_id,
                     task.user_id,
                     status,
+                    now - task.submitted_at,
                     finished_at - now,
                 )
             else:

@@ -107,6 +107,8 @@ class MemoryTaskStore:
 class _Message:
     task_id: str
     message_id: int
+    user_id: str = ""
+    submitted_at: float = 0.0
     visible_at: float = 0.0
     receipt: str | None = None
     receives: int = 0
@@ -130,9 +132,11 @@ class MemoryTaskQueues:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def send(self, level: int, task_id: str) -> None:
+    def send(self, level: int, task: Task) -> None:
         with self._lock:
-            self.queues[level].append(_Message(task_id=task_id, message_id=next(self._ids)))
+            self.queues[level].append(
+                _Message(task.task_id, next(self._ids), user_id=task.user_id, submitted_at=task.submitted_at)
+            )
 
     def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
         with self._lock:
@@ -148,7 +152,7 @@ class MemoryTaskQueues:
                     message.receives += 1
                     message.receipt = f"{message.message_id}:{message.receives}"
                     message.visible_at = now + self.visibility_timeout
-                    out.append(QueuedMessage(task_id=message.task_id, receipt_handle=message.receipt))
+                    out.append(QueuedMessage(message.task_id, message.receipt, message.user_id, message.submitted_at))
             return out
 
     def delete(self, level: int, receipt_handle: str) -> None:

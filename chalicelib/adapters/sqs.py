@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from chalicelib.domain import QueuedMessage
+from chalicelib.domain import QueuedMessage, Task
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ class SqsTaskQueues:
                 self._urls[level] = self._sqs.get_queue_url(QueueName=self._queue_name(level))["QueueUrl"]
             return self._urls[level]
 
-    def send(self, level: int, task_id: str) -> None:
-        self._sqs.send_message(QueueUrl=self.url(level), MessageBody=json.dumps({"task_id": task_id}))
+    def send(self, level: int, task: Task) -> None:
+        body = {"task_id": task.task_id, "user_id": task.user_id, "submitted_at": task.submitted_at}
+        self._sqs.send_message(QueueUrl=self.url(level), MessageBody=json.dumps(body))
 
     def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
         response = self._sqs.receive_message(
@@ -40,13 +41,19 @@ class SqsTaskQueues:
         messages = []
         for raw in response.get("Messages", []):
             try:
-                task_id = str(json.loads(raw["Body"])["task_id"])
-            except (ValueError, KeyError, TypeError):
+                body = json.loads(raw["Body"])
+                message = QueuedMessage(
+                    task_id=str(body["task_id"]),
+                    receipt_handle=raw["ReceiptHandle"],
+                    user_id=str(body.get("user_id", "")),
+                    submitted_at=float(body.get("submitted_at", 0.0)),
+                )
+            except (ValueError, KeyError, TypeError, AttributeError):
                 # Not ours (someone wrote to the queue by hand): drop it, say so.
                 log.warning("dropping malformed message on level %s: %.200s", level, raw.get("Body"))
                 self.delete(level, raw["ReceiptHandle"])
                 continue
-            messages.append(QueuedMessage(task_id=task_id, receipt_handle=raw["ReceiptHandle"]))
+            messages.append(message)
         return messages
 
     def delete(self, level: int, receipt_handle: str) -> None:

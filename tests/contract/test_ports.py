@@ -132,7 +132,7 @@ def test_delete_task(ports: Ports) -> None:
 
 def test_queue_send_receive_give_back_delete(ports: Ports) -> None:
     for i in range(3):
-        ports.queues.send(4, f"task-{i}")
+        ports.queues.send(4, make_task(task_id=f"task-{i}"))
     first = ports.queues.receive(4, 10, wait_seconds=1)
     seen = {m.task_id for m in first}
     while len(seen) < 3:  # SQS may return fewer than asked
@@ -140,6 +140,7 @@ def test_queue_send_receive_give_back_delete(ports: Ports) -> None:
         seen |= {m.task_id for m in more}
         first += more
     assert seen == {"task-0", "task-1", "task-2"}
+    assert {(m.user_id, m.submitted_at) for m in first} == {("u1", NOW + 0.125)}
     assert ports.queues.receive(4, 10, wait_seconds=0) == []  # in flight: invisible
     assert ports.queues.receive(3, 10, wait_seconds=0) == []  # levels are separate
     ports.queues.give_back(4, [first[0].receipt_handle])

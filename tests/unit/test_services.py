@@ -220,7 +220,7 @@ def test_a_failed_hand_off_keeps_the_task_queued_and_the_slot_free() -> None:
 def test_a_queue_failure_at_submit_leaves_no_orphan_record() -> None:
     w = make_world()
 
-    def down(level: int, task_id: str) -> None:
+    def down(level: int, task: object) -> None:
         raise RuntimeError("sqs is down")
 
     w.queues.send = down  # type: ignore[method-assign]
