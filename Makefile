@@ -43,3 +43,8 @@ clean: ## remove build output and caches
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
 
 .PHONY: help venv test lint format package clean
+
+run: $(STAMP) ## start the whole system locally (emulator, API on :8000, dispatcher, workers)
+	$(BIN)/python -m local.run
+
+.PHONY: run

@@ -1,0 +1,49 @@
+"""End to end: `python -m local.run` as a user runs it, driven over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.e2e.conftest import LocalSystem, port_open
+
+pytestmark = pytest.mark.e2e
+
+
+def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
+    local_system: Callable[..., LocalSystem],
+) -> None:
+    system = local_system(PQH_CAPACITY="1", PQH_TASK_SECONDS="0.1", PQH_TICK_SECONDS="60")
+
+    # Idle: the task starts on the submit's own trigger, not on the minute tick.
+    first = system.submit("early_bird", "x0")
+    (done,) = system.wait_all([first["task_id"]], timeout=30)
+    assert done["task_status"] == "SUCCESS"
+    assert done["started_at"] - done["submitted_at"] < 30  # the tick is 60 s away
+    assert done["task_result"]["input_x"] == "x0"
+
+    # A heavy user's burst of 30, then five light users right after.
+    heavy = [system.submit("heavy", i) for i in range(30)]
+    light = [system.submit(f"light_{i}", i) for i in range(5)]
+    assert [t["priority_level"] for t in heavy[:7]] == [0, 1, 1, 1, 1, 1, 2]
+    assert {t["priority_level"] for t in light} == {0}
+
+    heavy_done = system.wait_all([t["task_id"] for t in heavy])
+    light_done = system.wait_all([t["task_id"] for t in light])
+    last_light_submitted = max(t["submitted_at"] for t in light_done)
+    backlog = [t for t in heavy_done if t["started_at"] > last_light_submitted]
+    assert len(backlog) >= 10  # most of the burst was still queued when the light users came
+    assert max(t["started_at"] for t in light_done) < min(t["started_at"] for t in backlog)
+
+    # Nothing is left PENDING or STARTED.
+    everything = [first["task_id"]] + [t["task_id"] for t in heavy + light]
+    assert {system.result(t)["task_status"] for t in everything} == {"SUCCESS"}
+
+    # Ctrl-C stops everything cleanly, the emulator included.
+    assert system.stop() == 0
+    assert not port_open(system.emulator_port)
+    log = system.log_path.read_text()
+    assert "Traceback" not in log
+    for event in ("submitted task=", "dispatched task=", "started task=", "finished task="):
+        assert event in log
