@@ -1,5 +1,7 @@
 """The embedded AWS emulator: moto's server on loopback, as a child process.
 
+It is moto with two speed fixes for deep SQS queues (local/fast_moto.py).
+
 A child process, not a thread, so the emulator and the service use both cores.
 It dies with its parent, even if the parent is killed outright (Linux).
 """
@@ -13,6 +15,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
@@ -41,7 +46,8 @@ class MotoServer:
                     f"or AWS_ENDPOINT_URL={self.url} to use the emulator already there"
                 )
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            [sys.executable, "-m", "local.fast_moto", "-H", self.host, "-p", str(self.port)],
+            cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,

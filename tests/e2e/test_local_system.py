@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import LocalSystem, port_open
+from local.process import LocalSystem, port_open
 
 pytestmark = pytest.mark.e2e
 

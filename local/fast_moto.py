@@ -1,0 +1,54 @@
+"""moto's server with two fixes that keep SQS fast on deep queues.
+
+moto 5.2's ReceiveMessage checks each returned message's retention by calling
+``get_queue_attributes``, which computes every attribute, three of them by
+scanning the whole queue; and its clock helpers go through ``datetime`` on every
+visibility check. Together a receive of 10 from a 1,000-message queue took about
+0.6 s on a 2-core machine. The fixes keep moto's behaviour: the retention check
+reads the queue's retention period directly, and "now" comes from time.time().
+
+    python -m local.fast_moto -H 127.0.0.1 -p 5000
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from typing import Any
+
+
+def _unix_time(dt: datetime.datetime | None = None) -> float:
+    if dt is None:
+        return time.time()
+    epoch = datetime.datetime(1970, 1, 1)
+    return (dt - epoch).total_seconds()
+
+
+def _unix_time_millis(dt: datetime.datetime | None = None) -> float:
+    return _unix_time(dt) * 1000.0
+
+
+def patch() -> None:
+    """Apply the fixes to the imported moto SQS backend (idempotent)."""
+    from moto.sqs import models
+
+    def is_message_valid_based_on_retention_period(self: Any, queue_name: str, message: Any) -> bool:
+        queue = self.get_queue(queue_name)
+        retain_until = int(queue.message_retention_period) + message.sent_timestamp / 1000
+        return bool(retain_until > _unix_time())
+
+    models.unix_time = _unix_time  # type: ignore[assignment]
+    models.unix_time_millis = _unix_time_millis  # type: ignore[assignment]
+    models.SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> None:
+    patch()
+    from moto.server import main as moto_main
+
+    moto_main(argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
