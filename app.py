@@ -152,6 +152,5 @@ def dispatcher(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @app.lambda_function(name="worker")
 def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Runs one task handed off by the dispatcher."""
-    handoff = Handoff.from_payload(event)
-    return {"task_id": handoff.task_id, "outcome": wiring.services().run(handoff)}
+    """Holds a slot handed over by the dispatcher and runs queued tasks, highest level first."""
+    return views.worker_report(wiring.services().run(Handoff.from_payload(event)))

@@ -39,32 +39,27 @@ class Task:
 
 @dataclass(frozen=True)
 class Handoff:
-    """What the dispatcher gives the worker: enough to run, finish and clean up."""
+    """A capacity slot the dispatcher has claimed and hands to a worker.
 
-    task_id: str
-    level: int
+    The worker holds the slot (renewing its lease) and runs queued tasks one
+    after another, highest level first, until the queues are empty or its time
+    is up; then it releases the slot.
+    """
+
     slot_id: int
     slot_holder: str
-    receipt_handle: str
+    full_walk: bool = False
 
     def to_payload(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "level": self.level,
-            "slot_id": self.slot_id,
-            "slot_holder": self.slot_holder,
-            "receipt_handle": self.receipt_handle,
-        }
+        return {"slot_id": self.slot_id, "slot_holder": self.slot_holder, "full_walk": self.full_walk}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Handoff:
         try:
             return cls(
-                task_id=str(payload["task_id"]),
-                level=int(payload["level"]),
                 slot_id=int(payload["slot_id"]),
                 slot_holder=str(payload["slot_holder"]),
-                receipt_handle=str(payload["receipt_handle"]),
+                full_walk=bool(payload.get("full_walk", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BadHandoffError(f"worker payload is missing or has a bad field: {exc}") from exc

@@ -90,15 +90,24 @@ def free_slots(slots: Iterable[Slot], capacity: int, now: float) -> list[int]:
     return [i for i in range(capacity) if i not in held]
 
 
-# --- Dispatch order -------------------------------------------------------
+# --- Dispatch ---------------------------------------------------------------
 
 
-def dispatch_order(backlog: Sequence[int], full_walk: bool = False) -> list[int]:
-    """Levels to poll, highest priority first (strict priority).
+def highest_backlogged(backlog: Sequence[int]) -> int | None:
+    """The level a worker takes its next task from: the highest with any queued (strict priority)."""
+    for level, count in enumerate(backlog):
+        if count > 0:
+            return level
+    return None
 
-    ``backlog`` is the count of queued tasks per level as recorded at submit.
-    A level with no recorded backlog is skipped unless ``full_walk`` is set; the
-    scheduled tick walks every level, so a message the counters missed (after a
-    fault) is still found within a tick.
+
+def workers_wanted(free: int, backlog: Sequence[int], full_walk: bool = False) -> int:
+    """How many free slots to hand to new workers: one per queued task, at most every free slot.
+
+    The scheduled tick (``full_walk``) starts one even when nothing is counted,
+    to find messages the counts missed after a fault.
     """
-    return [level for level in range(LEVELS) if full_walk or (level < len(backlog) and backlog[level] > 0)]
+    queued = sum(max(0, n) for n in backlog)
+    if full_walk:
+        queued = max(queued, 1)
+    return max(0, min(free, queued))

@@ -47,16 +47,15 @@ class TaskQueues(Protocol):
 
     def delete(self, level: int, receipt_handle: str) -> None: ...
 
-    def give_back(self, level: int, receipt_handles: list[str]) -> None:
-        """Make received messages visible again at once."""
-
 
 class ControlStore(Protocol):
-    """Capacity slots, per-level backlog counts and the dispatcher's lock."""
+    """Capacity slots and the per-level backlog counts."""
 
     def slots(self, capacity: int) -> list[Slot]: ...
 
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool: ...
+
+    def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool: ...
 
     def release_slot(self, slot_id: int, holder: str) -> bool: ...
 
@@ -64,17 +63,15 @@ class ControlStore(Protocol):
 
     def add_backlog(self, level: int, delta: int) -> None: ...
 
-    def reset_backlog(self, level: int, expected: int) -> bool: ...
+    def reserve(self, level: int) -> tuple[bool, list[int]]:
+        """Take one count from ``level`` if, atomically, it is the highest level with any.
 
-    def acquire_dispatch_lock(self, holder: str, now: float, lease_until: float) -> bool: ...
-
-    def request_dispatch_rerun(self) -> None: ...
-
-    def release_dispatch_lock(self, holder: str, force: bool = False) -> bool:
-        """Release unless a rerun was requested meanwhile; then clear it, keep the lock, return False."""
+        Returns (reserved, the counts after the reservation or as they are now).
+        """
 
 
 class Invoker(Protocol):
-    def start_worker(self, handoff: Handoff) -> None: ...
+    def start_worker(self, handoff: Handoff) -> None:
+        """Start a worker on a claimed slot (asynchronously)."""
 
     def trigger_dispatch(self) -> None: ...

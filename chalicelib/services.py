@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib import policy
-from chalicelib.domain import FAILURE, SUCCESS, Handoff, NotFoundError, Task
+from chalicelib.domain import FAILURE, SUCCESS, Handoff, NotFoundError, QueuedMessage, Task
 from chalicelib.ports import (
     ALREADY_FINISHED,
     MISSING,
@@ -28,20 +29,55 @@ from chalicelib.validation import is_task_id
 
 log = logging.getLogger("pqh")
 
-# The dispatcher's lock lease; the dispatcher Lambda's timeout (60 s) is shorter.
-DISPATCH_LOCK_SECONDS = 75
-# A dispatcher that keeps being asked to rerun hands over after this many passes.
-MAX_DISPATCH_PASSES = 50
+# A STARTED task may be started again only after this long (its worker died). It
+# exceeds the worker Lambda's timeout (900 s), and the queues' visibility timeout
+# (960 s) exceeds it, so a message is never delivered again while its run lives.
+TASK_RUN_LEASE_SECONDS = 930
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
 
 
 @dataclass
 class DispatchReport:
-    started: int = 0
-    passes: int = 0
-    locked_out: bool = False
-    started_by_level: list[int] = field(default_factory=lambda: [0] * policy.LEVELS)
+    free_slots: int = 0
+    workers_started: int = 0
+    backlog: list[int] = field(default_factory=lambda: [0] * policy.LEVELS)
+
+
+@dataclass
+class WorkerReport:
+    outcomes: list[str] = field(default_factory=list)
+    levels: list[int] = field(default_factory=list)
+    stopped_because: str = ""
+
+
+class Heartbeat:
+    """Renews a slot's lease every third of the lease while a worker holds it."""
+
+    def __init__(self, renew: Callable[[], bool], interval: float) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._loop, name="slot-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if not self._renew():
+                    self.lost = True  # someone else holds the slot now: stop taking tasks
+                    log.warning("lost the slot lease; finishing the current task only")
+                    return
+            except Exception:
+                log.exception("could not renew the slot lease; will retry")
 
 
 @dataclass
@@ -121,145 +157,145 @@ class Services:
     # --- dispatch ---------------------------------------------------------
 
     def dispatch(self, full_walk: bool = False) -> DispatchReport:
-        """Start queued tasks into free slots, highest level first. One dispatcher at a time.
+        """Hand free slots to new workers, one per queued task. Never more than capacity.
 
-        A dispatcher that finds the lock held asks the holder to run once more, so
-        no trigger is lost; the holder releases only when no rerun is pending.
+        Which task runs next is the worker's choice (``run``), so this needs no lock:
+        a slot is claimed with a conditional write, so concurrent dispatchers can
+        never hold more than ``capacity`` slots between them.
         """
+        s = self.settings
+        now = self.clock()
         report = DispatchReport()
-        holder = str(uuid.uuid4())
-        if not self._acquire_lock(holder):
-            self.control.request_dispatch_rerun()
-            # The holder may have released just before our request: try once more.
-            if not self._acquire_lock(holder):
-                report.locked_out = True
-                return report
-        try:
-            while True:
-                self._dispatch_pass(report, full_walk)
-                report.passes += 1
-                if report.passes >= MAX_DISPATCH_PASSES:
-                    self.control.release_dispatch_lock(holder, force=True)
-                    self._nudge_dispatcher()
-                    break
-                if self.control.release_dispatch_lock(holder):
-                    break
-        except Exception:
-            self.control.release_dispatch_lock(holder, force=True)
-            raise
+        free = policy.free_slots(self.control.slots(s.capacity), s.capacity, now)
+        report.free_slots = len(free)
+        if not free:
+            return report
+        report.backlog = self.control.backlog()
+        wanted = policy.workers_wanted(len(free), report.backlog, full_walk)
+        for slot_id in free:
+            if report.workers_started >= wanted:
+                break
+            holder = uuid.uuid4().hex
+            if not self.control.claim_slot(slot_id, holder, now, now + s.lease_seconds):
+                continue  # another dispatcher took it
+            try:
+                self.invoker.start_worker(Handoff(slot_id, holder, full_walk))
+            except Exception:
+                log.exception("could not start a worker on slot %d; the tasks stay queued", slot_id)
+                self.control.release_slot(slot_id, holder)
+                break
+            report.workers_started += 1
         return report
 
-    def _acquire_lock(self, holder: str) -> bool:
-        now = self.clock()
-        return self.control.acquire_dispatch_lock(holder, now, now + DISPATCH_LOCK_SECONDS)
+    # --- run ----------------------------------------------------------------
 
-    def _dispatch_pass(self, report: DispatchReport, full_walk: bool) -> None:
+    def run(self, handoff: Handoff) -> WorkerReport:
+        """Hold the slot and run queued tasks, highest level first, until none are left.
+
+        The worker stops taking tasks after PQH_RUNNER_SECONDS (a fresh worker
+        carries on), or if its slot lease was lost. Then it frees the slot and
+        nudges the dispatcher, so a task submitted meanwhile is not stranded.
+        """
         s = self.settings
-        now = self.clock()
-        free = policy.free_slots(self.control.slots(s.capacity), s.capacity, now)
-        if not free:
-            return
-        backlog = self.control.backlog()
-        for level in policy.dispatch_order(backlog, full_walk):
-            while free:
-                messages = self.queues.receive(level, len(free), wait_seconds=0)
-                if not messages and backlog[level] > 0:
-                    # A short poll samples some SQS servers and may come back empty
-                    # while the level has tasks; a long poll asks them all.
-                    messages = self.queues.receive(level, len(free), wait_seconds=1)
-                if not messages:
-                    if backlog[level] > 0:
-                        # Counted but not visible: gone to a DLQ or held by a dead
-                        # dispatcher (the tick finds those when they reappear).
-                        self.control.reset_backlog(level, backlog[level])
-                    break
-                started = self._hand_off(level, messages, free, now)
-                if started:
-                    self.control.add_backlog(level, -started)
-                backlog[level] = max(0, backlog[level] - started)
-                report.started += started
-                report.started_by_level[level] += started
-                if backlog[level] == 0 and not full_walk:
-                    break
-            if not free:
-                break
+        report = WorkerReport()
+        began = self.clock()
 
-    def _hand_off(self, level: int, messages: list[Any], free: list[int], now: float) -> int:
-        """Claim a slot per message and invoke the worker; give back what cannot start."""
-        started = 0
-        for index, message in enumerate(messages):
-            slot_id = free.pop(0)
-            holder = f"{message.task_id}/{uuid.uuid4().hex[:8]}"
-            if not self.control.claim_slot(slot_id, holder, now, now + self.settings.lease_seconds):
-                # Someone else holds it (only possible if capacity was changed under us).
-                self.queues.give_back(level, [m.receipt_handle for m in messages[index:]])
-                free.clear()
-                return started
-            handoff = Handoff(message.task_id, level, slot_id, holder, message.receipt_handle)
-            try:
-                self.invoker.start_worker(handoff)
-            except Exception:
-                log.exception("could not hand task %s to a worker; it stays queued", message.task_id)
-                self.control.release_slot(slot_id, holder)
-                self.queues.give_back(level, [m.receipt_handle for m in messages[index:]])
-                free.clear()
-                return started
-            started += 1
-            log.info(
-                "dispatched task=%s user=%s level=%d slot=%d wait=%.3fs",
-                message.task_id,
-                message.user_id,
-                level,
-                slot_id,
-                now - message.submitted_at if message.submitted_at else 0.0,
-            )
-        return started
+        def renew() -> bool:
+            return self.control.renew_slot(handoff.slot_id, handoff.slot_holder, self.clock() + s.lease_seconds)
 
-    # --- run --------------------------------------------------------------
-
-    def run(self, handoff: Handoff) -> str:
-        """Run one handed-off task at most once, record its outcome, free the slot."""
-        s = self.settings
-        run_id = uuid.uuid4().hex
-        now = self.clock()
-        outcome, task = self.tasks.start(handoff.task_id, run_id, now, now + s.lease_seconds)
         try:
-            if outcome in (MISSING, ALREADY_FINISHED):
-                # A duplicate delivery, or a record that expired: nothing to run.
-                self.queues.delete(handoff.level, handoff.receipt_handle)
-                log.info("skipped task=%s (%s)", handoff.task_id, outcome)
-                return outcome
-            if outcome == RUNNING_ELSEWHERE:
-                # Leave the message: if that run dies, SQS delivers it again.
-                log.info("skipped task=%s (running elsewhere)", handoff.task_id)
-                return outcome
-            assert task is not None
-            log.info(
-                "started task=%s user=%s level=%d wait=%.3fs attempt=%d",
-                task.task_id,
-                task.user_id,
-                task.priority_level,
-                now - task.submitted_at,
-                task.attempts,
-            )
-            status, result, error = self._execute(task)
-            finished_at = self.clock()
-            if self.tasks.finish(task.task_id, run_id, status, finished_at, result=result, error=error):
-                log.info(
-                    "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
-                    task.task_id,
-                    task.user_id,
-                    status,
-                    now - task.submitted_at,
-                    finished_at - now,
-                )
-            else:
-                log.warning("task=%s lost its run lease before finishing; result not recorded", task.task_id)
-            self.queues.delete(handoff.level, handoff.receipt_handle)
-            return status
+            with Heartbeat(renew, max(0.5, s.lease_seconds / 3)) as heartbeat:
+                snapshot: list[int] | None = None
+                while True:
+                    if heartbeat.lost:
+                        report.stopped_because = "slot lost"
+                        break
+                    if self.clock() - began >= s.runner_seconds:
+                        report.stopped_because = "time up"
+                        break
+                    picked = self._pick_next(snapshot, handoff.full_walk)
+                    if picked is None:
+                        report.stopped_because = "queues empty"
+                        break
+                    level, message, snapshot = picked
+                    log.info(
+                        "dispatched task=%s user=%s level=%d slot=%d wait=%.3fs",
+                        message.task_id,
+                        message.user_id,
+                        level,
+                        handoff.slot_id,
+                        self.clock() - message.submitted_at if message.submitted_at else 0.0,
+                    )
+                    report.levels.append(level)
+                    report.outcomes.append(self._run_one(level, message))
         finally:
             self.control.release_slot(handoff.slot_id, handoff.slot_holder)
             self._nudge_dispatcher()
+        return report
+
+    def _pick_next(self, snapshot: list[int] | None, full_walk: bool) -> tuple[int, QueuedMessage, list[int]] | None:
+        """Reserve a count at the highest backlogged level, then receive one of its messages."""
+        counts = snapshot if snapshot is not None else self.control.backlog()
+        while (level := policy.highest_backlogged(counts)) is not None:
+            reserved, counts = self.control.reserve(level)
+            if not reserved:
+                continue  # the counts moved (a higher level got a task, or another worker took it)
+            messages = self.queues.receive(level, 1, wait_seconds=0)
+            if not messages:
+                # A short poll samples some SQS servers and may miss a message that
+                # is there; a long poll asks them all. Still nothing: the count was
+                # ahead of the queue, and the reservation has corrected it.
+                messages = self.queues.receive(level, 1, wait_seconds=1)
+            if messages:
+                return level, messages[0], counts
+        if full_walk:
+            # The tick also looks at levels counted empty, for messages the counts
+            # missed (a fault between send and count, or a message SQS redelivered).
+            for level in range(policy.LEVELS):
+                messages = self.queues.receive(level, 1, wait_seconds=0)
+                if messages:
+                    return level, messages[0], counts
+        return None
+
+    def _run_one(self, level: int, message: QueuedMessage) -> str:
+        """Run one task at most once and record its outcome."""
+        run_id = uuid.uuid4().hex
+        now = self.clock()
+        outcome, task = self.tasks.start(message.task_id, run_id, now, now + TASK_RUN_LEASE_SECONDS)
+        if outcome in (MISSING, ALREADY_FINISHED):
+            # A duplicate delivery, or a record that expired: nothing to run.
+            self.queues.delete(level, message.receipt_handle)
+            log.info("skipped task=%s (%s)", message.task_id, outcome)
+            return outcome
+        if outcome == RUNNING_ELSEWHERE:
+            # Leave the message: if that run dies, SQS delivers it again.
+            log.info("skipped task=%s (running elsewhere)", message.task_id)
+            return outcome
+        assert task is not None
+        log.info(
+            "started task=%s user=%s level=%d wait=%.3fs attempt=%d",
+            task.task_id,
+            task.user_id,
+            task.priority_level,
+            now - task.submitted_at,
+            task.attempts,
+        )
+        status, result, error = self._execute(task)
+        finished_at = self.clock()
+        if self.tasks.finish(task.task_id, run_id, status, finished_at, result=result, error=error):
+            log.info(
+                "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
+                task.task_id,
+                task.user_id,
+                status,
+                now - task.submitted_at,
+                finished_at - now,
+            )
+        else:
+            log.warning("task=%s lost its run lease before finishing; result not recorded", task.task_id)
+        # After the outcome is recorded: a crash between the two leaves a redelivery, not a loss.
+        self.queues.delete(level, message.receipt_handle)
+        return status
 
     def _execute(self, task: Task) -> tuple[str, Any, str | None]:
         if self.task_function is None:

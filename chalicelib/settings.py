@@ -35,7 +35,8 @@ class Settings:
     thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
     task_seconds: float = 60.0
     task_function: str = "chalicelib.tasks.limited_f"
-    lease_seconds: int = 330
+    lease_seconds: int = 60
+    runner_seconds: float = 240.0
     max_body_bytes: int = 65536
     max_user_id_length: int = 128
     max_weight: int = 1000
@@ -115,7 +116,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(
             f"PQH_WINDOW_SECONDS={window_seconds} must be a multiple of PQH_WINDOW_BUCKETS={window_buckets}"
         )
-    lease_seconds = _int(env, "PQH_LEASE_SECONDS", 330, 1, 43200)
+    lease_seconds = _int(env, "PQH_LEASE_SECONDS", 60, 3, 900)
     return Settings(
         tasks_table=_required(env, "PQH_TASKS_TABLE"),
         usage_table=_required(env, "PQH_USAGE_TABLE"),
@@ -131,6 +132,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         task_seconds=_float(env, "PQH_TASK_SECONDS", 60.0, 0.0),
         task_function=env.get("PQH_TASK_FUNCTION", "").strip() or "chalicelib.tasks.limited_f",
         lease_seconds=lease_seconds,
+        runner_seconds=_float(env, "PQH_RUNNER_SECONDS", 240.0, 0.0),
         max_body_bytes=_int(env, "PQH_MAX_BODY_BYTES", 65536, 64, 262144),
         max_user_id_length=_int(env, "PQH_MAX_USER_ID_LENGTH", 128, 1, 1024),
         max_weight=_int(env, "PQH_MAX_WEIGHT", 1000, 1),

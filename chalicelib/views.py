@@ -35,9 +35,8 @@ def result(task: Task) -> dict[str, Any]:
 
 
 def dispatch_report(report: Any) -> dict[str, Any]:
-    return {
-        "started": report.started,
-        "passes": report.passes,
-        "locked_out": report.locked_out,
-        "started_by_level": list(report.started_by_level),
-    }
+    return {"free_slots": report.free_slots, "workers_started": report.workers_started, "backlog": list(report.backlog)}
+
+
+def worker_report(report: Any) -> dict[str, Any]:
+    return {"outcomes": list(report.outcomes), "levels": list(report.levels), "stopped_because": report.stopped_because}

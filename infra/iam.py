@@ -32,13 +32,11 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
     ],
     "dispatcher": [
         (["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"], ["ControlTable"]),
-        (["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"], LEVEL_QUEUES),
-        (["lambda:InvokeFunction"], ["function:worker", "function:dispatcher"]),
+        (["lambda:InvokeFunction"], ["function:worker"]),
     ],
     "worker": [
-        (["dynamodb:GetItem", "dynamodb:UpdateItem"], ["TasksTable"]),
-        (["dynamodb:UpdateItem"], ["ControlTable"]),
-        (["sqs:DeleteMessage", "sqs:GetQueueUrl"], LEVEL_QUEUES),
+        (["dynamodb:GetItem", "dynamodb:UpdateItem"], ["TasksTable", "ControlTable"]),
+        (["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueUrl"], LEVEL_QUEUES),
         (["lambda:InvokeFunction"], ["function:dispatcher"]),
     ],
 }

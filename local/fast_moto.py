@@ -38,8 +38,8 @@ def patch() -> None:
         retain_until = int(queue.message_retention_period) + message.sent_timestamp / 1000
         return bool(retain_until > _unix_time())
 
-    models.unix_time = _unix_time  # type: ignore[assignment]
-    models.unix_time_millis = _unix_time_millis  # type: ignore[assignment]
+    setattr(models, "unix_time", _unix_time)  # noqa: B010 (a module global, not an attribute moto exports)
+    setattr(models, "unix_time_millis", _unix_time_millis)  # noqa: B010
     models.SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
 
 

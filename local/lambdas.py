@@ -78,7 +78,7 @@ class LocalLambdas:
                 self._app.worker(payload, LambdaContext("worker", 256))
             except Exception:
                 if not self._stopped.is_set():
-                    log.exception("worker failed on %s", payload.get("task_id"))
+                    log.exception("worker on slot %s failed", payload.get("slot_id"))
 
     def _dispatch_loop(self) -> None:
         next_tick = time.monotonic() + self._tick

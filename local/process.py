@@ -53,19 +53,23 @@ class LocalSystem:
         return response.json()  # type: ignore[no-any-return]
 
     def wait_all(self, task_ids: list[str], timeout: float = 120.0) -> list[dict[str, Any]]:
+        """Wait until every task has finished; return their results in order.
+
+        Checks one unfinished task at a time and sleeps while it is unfinished, so
+        waiting adds a few requests a second, not one per task per round.
+        """
         deadline = time.monotonic() + timeout
-        pending = list(task_ids)
         done: dict[str, dict[str, Any]] = {}
-        while pending and time.monotonic() < deadline:
-            for task_id in list(pending):
+        for task_id in task_ids:
+            while True:
                 body = self.result(task_id)
                 if body["task_status"] in ("SUCCESS", "FAILURE"):
                     done[task_id] = body
-                    pending.remove(task_id)
-            if pending:
-                time.sleep(0.2)
-        if pending:
-            raise TimeoutError(f"{len(pending)} tasks not finished; log: {self.log_path.read_text()[-3000:]}")
+                    break
+                if time.monotonic() > deadline:
+                    unfinished = len(task_ids) - len(done)
+                    raise TimeoutError(f"{unfinished} tasks not finished; log: {self.log_path.read_text()[-3000:]}")
+                time.sleep(0.1)
         return [done[t] for t in task_ids]
 
     def stop(self) -> int:

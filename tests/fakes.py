@@ -12,7 +12,7 @@ from chalicelib.adapters.memory import (
     MemoryUsageStore,
     RecordingInvoker,
 )
-from chalicelib.services import Services
+from chalicelib.services import Services, WorkerReport
 from chalicelib.settings import Settings
 
 BASE_SETTINGS = Settings(
@@ -48,12 +48,17 @@ class World:
     invoker: RecordingInvoker
     ran: list[str] = field(default_factory=list)
 
-    def run_all(self) -> list[str]:
-        """Run every handed-off task (as the worker Lambda would), in hand-off order."""
-        outcomes = []
-        for handoff in self.invoker.take_handoffs():
-            outcomes.append(self.services.run(handoff))
-        return outcomes
+    def run_workers(self) -> list[WorkerReport]:
+        """Run every worker the dispatcher started, one after another (as Lambda would, in parallel)."""
+        return [self.services.run(handoff) for handoff in self.invoker.take_handoffs()]
+
+    def outcomes(self) -> list[str]:
+        return [outcome for report in self.run_workers() for outcome in report.outcomes]
+
+    def level_of(self, task_id: str) -> int:
+        task = self.tasks.get(task_id)
+        assert task is not None
+        return task.priority_level
 
 
 def make_world(flaky_short_poll: bool = False, **overrides: Any) -> World:

@@ -221,7 +221,6 @@ class DynamoTaskStore:
         return True
 
 
-LOCK_KEY = "dispatch-lock"
 BACKLOG_KEY = "backlog"
 
 
@@ -229,11 +228,17 @@ def _slot_key(slot_id: int) -> str:
     return f"slot#{slot_id}"
 
 
+def _backlog_from(item: dict[str, Any]) -> list[int]:
+    return [max(0, int(_num(item, f"l{level}") or 0)) for level in range(policy.LEVELS)]
+
+
 class DynamoControlStore:
-    """Slots (capacity), the per-level backlog counts and the dispatcher lock.
+    """Capacity slots and the per-level backlog counts.
 
     A slot is held only while its lease is live; every claim compares the lease
     with ``now``, so a worker that dies frees its slot when the lease runs out.
+    The backlog item counts queued tasks per level (l0..l5): +1 after a send,
+    -1 by the worker that reserves one to run.
     """
 
     def __init__(self, client: Any, table: str) -> None:
@@ -258,11 +263,10 @@ class DynamoControlStore:
             while request:
                 response = self._db.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self._table, []):
-                    holder = item.get("holder", {}).get("S")
                     found.append(
                         Slot(
                             slot_id=int(item["pk"]["S"].split("#", 1)[1]),
-                            holder=holder,
+                            holder=item.get("holder", {}).get("S"),
                             lease_until=_num(item, "lease_until") or 0.0,
                         )
                     )
@@ -277,6 +281,14 @@ class DynamoControlStore:
             ExpressionAttributeValues={":h": {"S": holder}, ":l": _n(lease_until), ":now": _n(now)},
         )
 
+    def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool:
+        return self._update(
+            _slot_key(slot_id),
+            UpdateExpression="SET lease_until = :l",
+            ConditionExpression="holder = :h",
+            ExpressionAttributeValues={":h": {"S": holder}, ":l": _n(lease_until)},
+        )
+
     def release_slot(self, slot_id: int, holder: str) -> bool:
         return self._update(
             _slot_key(slot_id),
@@ -287,8 +299,7 @@ class DynamoControlStore:
 
     def backlog(self) -> list[int]:
         response = self._db.get_item(TableName=self._table, Key={"pk": {"S": BACKLOG_KEY}}, ConsistentRead=True)
-        item = response.get("Item", {})
-        return [max(0, int(_num(item, f"l{level}") or 0)) for level in range(policy.LEVELS)]
+        return _backlog_from(response.get("Item", {}))
 
     def add_backlog(self, level: int, delta: int) -> None:
         self._update(
@@ -298,54 +309,23 @@ class DynamoControlStore:
             ExpressionAttributeValues={":d": {"N": str(delta)}},
         )
 
-    def reset_backlog(self, level: int, expected: int) -> bool:
-        return self._update(
-            BACKLOG_KEY,
-            UpdateExpression="SET #l = :zero",
-            ConditionExpression="#l = :expected",
-            ExpressionAttributeNames={"#l": f"l{level}"},
-            ExpressionAttributeValues={":zero": {"N": "0"}, ":expected": {"N": str(expected)}},
-        )
-
-    def acquire_dispatch_lock(self, holder: str, now: float, lease_until: float) -> bool:
-        return self._update(
-            LOCK_KEY,
-            UpdateExpression="SET holder = :h, lease_until = :l, rerun = :f",
-            ConditionExpression="attribute_not_exists(holder) OR lease_until <= :now",
-            ExpressionAttributeValues={
-                ":h": {"S": holder},
-                ":l": _n(lease_until),
-                ":now": _n(now),
-                ":f": {"BOOL": False},
-            },
-        )
-
-    def request_dispatch_rerun(self) -> None:
-        self._update(LOCK_KEY, UpdateExpression="SET rerun = :t", ExpressionAttributeValues={":t": {"BOOL": True}})
-
-    def release_dispatch_lock(self, holder: str, force: bool = False) -> bool:
-        if force:
-            self._update(
-                LOCK_KEY,
-                UpdateExpression="REMOVE holder, lease_until",
-                ConditionExpression="holder = :h",
-                ExpressionAttributeValues={":h": {"S": holder}},
+    def reserve(self, level: int) -> tuple[bool, list[int]]:
+        # Strict priority, enforced by DynamoDB in one request: the level must have
+        # a count and every higher level must have none.
+        higher = [f"(attribute_not_exists(l{h}) OR l{h} <= :zero)" for h in range(level)]
+        condition = " AND ".join([f"l{level} > :zero", *higher])
+        try:
+            response = self._db.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": BACKLOG_KEY}},
+                UpdateExpression=f"ADD l{level} :minus",
+                ConditionExpression=condition,
+                ExpressionAttributeValues={":zero": {"N": "0"}, ":minus": {"N": "-1"}},
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-            return True
-        released = self._update(
-            LOCK_KEY,
-            UpdateExpression="REMOVE holder, lease_until",
-            ConditionExpression="holder = :h AND rerun = :f",
-            ExpressionAttributeValues={":h": {"S": holder}, ":f": {"BOOL": False}},
-        )
-        if released:
-            return True
-        # A rerun was requested while we held the lock: clear it and go again.
-        # If we no longer hold the lock at all, whoever does will run.
-        still_ours = self._update(
-            LOCK_KEY,
-            UpdateExpression="SET rerun = :f",
-            ConditionExpression="holder = :h",
-            ExpressionAttributeValues={":h": {"S": holder}, ":f": {"BOOL": False}},
-        )
-        return not still_ours
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            return False, _backlog_from(exc.response.get("Item", {}))
+        return True, _backlog_from(response.get("Attributes", {}))

@@ -123,7 +123,7 @@ class MemoryTaskQueues:
     """
 
     clock: Callable[[], float]
-    visibility_timeout: float = 360.0
+    visibility_timeout: float = 960.0  # as the queues in infra/resources.json
     flaky_short_poll: bool = False
     queues: dict[int, list[_Message]] = field(default_factory=lambda: {lvl: [] for lvl in range(policy.LEVELS)})
     calls: list[tuple[str, int]] = field(default_factory=list)
@@ -159,12 +159,6 @@ class MemoryTaskQueues:
         with self._lock:
             self.queues[level] = [m for m in self.queues[level] if m.receipt != receipt_handle]
 
-    def give_back(self, level: int, receipt_handles: list[str]) -> None:
-        with self._lock:
-            for message in self.queues[level]:
-                if message.receipt in receipt_handles:
-                    message.visible_at = 0.0
-
     def depth(self, level: int) -> int:
         with self._lock:
             return len(self.queues[level])
@@ -174,9 +168,6 @@ class MemoryControlStore:
     def __init__(self) -> None:
         self._slots: dict[int, Slot] = {}
         self._backlog = [0] * policy.LEVELS
-        self._lock_holder: str | None = None
-        self._lock_until = 0.0
-        self._rerun = False
         self._mutex = threading.Lock()
 
     def slots(self, capacity: int) -> list[Slot]:
@@ -187,6 +178,14 @@ class MemoryControlStore:
         with self._mutex:
             slot = self._slots.get(slot_id, Slot(slot_id))
             if not slot.is_free(now):
+                return False
+            self._slots[slot_id] = Slot(slot_id, holder, lease_until)
+            return True
+
+    def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool:
+        with self._mutex:
+            slot = self._slots.get(slot_id)
+            if slot is None or slot.holder != holder:
                 return False
             self._slots[slot_id] = Slot(slot_id, holder, lease_until)
             return True
@@ -207,33 +206,12 @@ class MemoryControlStore:
         with self._mutex:
             self._backlog[level] += delta
 
-    def reset_backlog(self, level: int, expected: int) -> bool:
+    def reserve(self, level: int) -> tuple[bool, list[int]]:
         with self._mutex:
-            if self._backlog[level] != expected:
-                return False
-            self._backlog[level] = 0
-            return True
-
-    def acquire_dispatch_lock(self, holder: str, now: float, lease_until: float) -> bool:
-        with self._mutex:
-            if self._lock_holder is not None and policy.is_live(self._lock_until, now):
-                return False
-            self._lock_holder, self._lock_until, self._rerun = holder, lease_until, False
-            return True
-
-    def request_dispatch_rerun(self) -> None:
-        with self._mutex:
-            self._rerun = True
-
-    def release_dispatch_lock(self, holder: str, force: bool = False) -> bool:
-        with self._mutex:
-            if self._lock_holder != holder:
-                return True
-            if self._rerun and not force:
-                self._rerun = False
-                return False
-            self._lock_holder = None
-            return True
+            if self._backlog[level] > 0 and all(n <= 0 for n in self._backlog[:level]):
+                self._backlog[level] -= 1
+                return True, [max(0, n) for n in self._backlog]
+            return False, [max(0, n) for n in self._backlog]
 
 
 class RecordingInvoker:

@@ -58,13 +58,3 @@ class SqsTaskQueues:
 
     def delete(self, level: int, receipt_handle: str) -> None:
         self._sqs.delete_message(QueueUrl=self.url(level), ReceiptHandle=receipt_handle)
-
-    def give_back(self, level: int, receipt_handles: list[str]) -> None:
-        for start in range(0, len(receipt_handles), 10):
-            chunk = receipt_handles[start : start + 10]
-            self._sqs.change_message_visibility_batch(
-                QueueUrl=self.url(level),
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0} for i, handle in enumerate(chunk)
-                ],
-            )

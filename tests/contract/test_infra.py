@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from chalicelib.services import TASK_RUN_LEASE_SECONDS
 from infra.iam import GRANTS, policy_path, stage_policy
 from infra.merge_template import merge_template
 from infra.provision import load_template
@@ -30,8 +31,13 @@ def test_tables_have_ttl_and_every_queue_has_a_dead_letter_queue() -> None:
     for level in range(6):
         queue = resources[f"Level{level}Queue"]["Properties"]
         assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": [f"Level{level}DeadLetterQueue", "Arn"]}
-        # A message must stay invisible for longer than a slot's lease (PQH_LEASE_SECONDS default 330 s).
-        assert queue["VisibilityTimeout"] > 330
+        # A received message stays invisible longer than any run of its task can last.
+        assert queue["VisibilityTimeout"] > TASK_RUN_LEASE_SECONDS
+
+
+def test_a_task_run_lease_outlives_the_worker_lambda() -> None:
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    assert config["lambda_functions"]["worker"]["lambda_timeout"] < TASK_RUN_LEASE_SECONDS
 
 
 def test_stage_policy_files_are_generated_from_infra_iam() -> None:
@@ -83,8 +89,12 @@ def test_packaged_template_has_least_privilege_roles(packaged: dict[str, Any]) -
         assert all("*" not in action for action in actions), (logical, actions)
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         assert "*" not in resources, (logical, statement)
-    worker = [s for logical, s in statements if logical == "WorkerRole"]
-    assert not any("sqs:SendMessage" in s["Action"] or "sqs:ReceiveMessage" in s["Action"] for s in worker)
+    by_role: dict[str, set[str]] = {}
+    for logical, statement in statements:
+        by_role.setdefault(logical, set()).update(statement["Action"])
+    assert "sqs:SendMessage" not in by_role["WorkerRole"] | by_role["DispatcherRole"]  # only the API queues
+    assert not any(a.startswith("sqs:") for a in by_role["DispatcherRole"])  # the dispatcher only hands out slots
+    assert "sqs:ReceiveMessage" not in by_role["ApiHandlerRole"]
 
 
 def test_packaged_functions_point_at_the_stacks_own_resources(packaged: dict[str, Any]) -> None:

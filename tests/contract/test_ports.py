@@ -130,25 +130,20 @@ def test_delete_task(ports: Ports) -> None:
 # --- queues -----------------------------------------------------------------
 
 
-def test_queue_send_receive_give_back_delete(ports: Ports) -> None:
+def test_queue_send_receive_delete(ports: Ports) -> None:
     for i in range(3):
         ports.queues.send(4, make_task(task_id=f"task-{i}"))
-    first = ports.queues.receive(4, 10, wait_seconds=1)
-    seen = {m.task_id for m in first}
-    while len(seen) < 3:  # SQS may return fewer than asked
+    received = []
+    while len(received) < 3:  # SQS may return fewer than asked
         more = ports.queues.receive(4, 10, wait_seconds=1)
-        seen |= {m.task_id for m in more}
-        first += more
-    assert seen == {"task-0", "task-1", "task-2"}
-    assert {(m.user_id, m.submitted_at) for m in first} == {("u1", NOW + 0.125)}
+        assert more, "a long poll must see the queued messages"
+        received += more
+    assert {m.task_id for m in received} == {"task-0", "task-1", "task-2"}
+    assert {(m.user_id, m.submitted_at) for m in received} == {("u1", NOW + 0.125)}
     assert ports.queues.receive(4, 10, wait_seconds=0) == []  # in flight: invisible
     assert ports.queues.receive(3, 10, wait_seconds=0) == []  # levels are separate
-    ports.queues.give_back(4, [first[0].receipt_handle])
-    back = ports.queues.receive(4, 10, wait_seconds=1)
-    assert [m.task_id for m in back] == [first[0].task_id]
-    for message in first[1:] + back:
+    for message in received:
         ports.queues.delete(4, message.receipt_handle)
-    ports.queues.give_back(4, [])
     assert ports.queues.receive(4, 10, wait_seconds=0) == []
 
 
@@ -169,26 +164,31 @@ def test_slots_are_claimed_once_and_freed_by_release_or_lease_expiry(ports: Port
     assert ports.control.slots(2)[1].holder == "c"
 
 
+def test_only_the_holder_renews_a_slot_lease(ports: Ports) -> None:
+    assert ports.control.claim_slot(0, "a", NOW, NOW + 10)
+    assert not ports.control.renew_slot(0, "b", NOW + 100)
+    assert ports.control.renew_slot(0, "a", NOW + 100)
+    assert not ports.control.claim_slot(0, "b", NOW + 50, NOW + 60)  # renewed: still held
+    assert not ports.control.renew_slot(1, "a", NOW + 100)  # never claimed
+
+
 def test_backlog_counts(ports: Ports) -> None:
     assert ports.control.backlog() == [0] * 6
     ports.control.add_backlog(2, 3)
     ports.control.add_backlog(5, 1)
     ports.control.add_backlog(2, -1)
     assert ports.control.backlog() == [0, 0, 2, 0, 0, 1]
-    assert not ports.control.reset_backlog(2, 5)
-    assert ports.control.reset_backlog(2, 2)
-    assert ports.control.backlog() == [0, 0, 0, 0, 0, 1]
 
 
-def test_dispatch_lock_with_rerun_requests(ports: Ports) -> None:
-    assert ports.control.acquire_dispatch_lock("a", NOW, NOW + 60)
-    assert not ports.control.acquire_dispatch_lock("b", NOW + 1, NOW + 61)
-    ports.control.request_dispatch_rerun()
-    assert ports.control.release_dispatch_lock("a") is False  # must run again
-    assert ports.control.release_dispatch_lock("a") is True
-    assert ports.control.acquire_dispatch_lock("b", NOW + 2, NOW + 62)
-    assert ports.control.acquire_dispatch_lock("c", NOW + 62, NOW + 122)  # b's lease ran out
-    assert ports.control.release_dispatch_lock("b") is True  # not b's any more: nothing to do
-    ports.control.request_dispatch_rerun()
-    assert ports.control.release_dispatch_lock("c", force=True) is True
-    assert ports.control.acquire_dispatch_lock("d", NOW + 63, NOW + 123)
+def test_reserve_takes_only_from_the_highest_backlogged_level(ports: Ports) -> None:
+    assert ports.control.reserve(0) == (False, [0] * 6)
+    ports.control.add_backlog(3, 2)
+    ports.control.add_backlog(5, 1)
+    assert ports.control.reserve(5) == (False, [0, 0, 0, 2, 0, 1])  # level 3 comes first
+    assert ports.control.reserve(3) == (True, [0, 0, 0, 1, 0, 1])
+    ports.control.add_backlog(1, 1)  # a higher level arrives
+    assert ports.control.reserve(3) == (False, [0, 1, 0, 1, 0, 1])
+    assert ports.control.reserve(1) == (True, [0, 0, 0, 1, 0, 1])
+    assert ports.control.reserve(3) == (True, [0, 0, 0, 0, 0, 1])
+    assert ports.control.reserve(5) == (True, [0] * 6)
+    assert ports.control.reserve(5) == (False, [0] * 6)

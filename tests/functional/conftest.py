@@ -52,7 +52,11 @@ class Harness:
         return self.client.lambda_.invoke("dispatcher", {}).payload  # type: ignore[no-any-return]
 
     def run_workers(self) -> list[dict[str, Any]]:
+        """Invoke the worker Lambda for every slot the dispatcher handed out."""
         return [self.client.lambda_.invoke("worker", h.to_payload()).payload for h in self.invoker.take_handoffs()]
+
+    def outcomes(self) -> list[str]:
+        return [outcome for report in self.run_workers() for outcome in report["outcomes"]]
 
     def result(self, task_id: str) -> Any:
         return self.client.http.get(f"/result/{task_id}")

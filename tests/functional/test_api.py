@@ -29,8 +29,8 @@ def test_a_task_goes_from_pending_to_success_through_dispatcher_and_worker(harne
     pending = harness.result(task_id)
     assert pending.status_code == 200
     assert pending.json_body["task_status"] == "PENDING" and pending.json_body["task_result"] is None
-    assert harness.dispatch()["started"] == 1
-    assert harness.run_workers() == [{"task_id": task_id, "outcome": "SUCCESS"}]
+    assert harness.dispatch()["workers_started"] == 1
+    assert harness.run_workers() == [{"outcomes": ["SUCCESS"], "levels": [0], "stopped_because": "queues empty"}]
     done = harness.result(task_id).json_body
     assert done["task_status"] == "SUCCESS"
     assert set(done["task_result"]) == {"init_timestamp", "input_x", "done_timestamp"}
@@ -44,7 +44,7 @@ def test_a_failing_task_reports_failure_with_its_error(harness: Harness, monkeyp
     monkeypatch.setenv("PQH_TASK_FUNCTION", "chalicelib.tasks.always_fails")
     task_id = harness.submit().json_body["task_id"]
     harness.dispatch()
-    assert harness.run_workers()[0]["outcome"] == "FAILURE"
+    assert harness.outcomes() == ["FAILURE"]
     body = harness.result(task_id).json_body
     assert body["task_status"] == "FAILURE"
     assert "always fails" in body["task_result"]["error"]
@@ -56,7 +56,7 @@ def test_the_scheduled_tick_dispatches(harness: Harness) -> None:
         source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
     )
     report = harness.client.lambda_.invoke("dispatch_tick", event).payload
-    assert report["started"] == 1
+    assert report["workers_started"] == 1
     harness.run_workers()
     assert harness.result(task_id).json_body["task_status"] == "SUCCESS"
 
@@ -118,8 +118,8 @@ def test_a_user_called_celery_is_just_a_user(harness: Harness) -> None:
         response = harness.submit(user, 1)
         assert response.status_code == 202
         assert response.json_body["priority_level"] == 0
-    assert harness.dispatch()["started"] == 1
-    assert harness.run_workers()[0]["outcome"] == "SUCCESS"
+    assert harness.dispatch()["workers_started"] == 1
+    assert harness.outcomes() == ["SUCCESS"] * 7
 
 
 def test_levels_follow_the_count_and_the_queues_fill_accordingly(harness: Harness) -> None:

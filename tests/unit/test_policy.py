@@ -90,7 +90,15 @@ def test_free_slots_respect_live_leases_and_capacity() -> None:
     assert policy.free_slots([], capacity=3, now=0.0) == [0, 1, 2]
 
 
-def test_dispatch_order_is_strict_priority_over_backlogged_levels() -> None:
-    assert policy.dispatch_order([0, 2, 0, 0, 5, 1]) == [1, 4, 5]
-    assert policy.dispatch_order([0] * 6) == []
-    assert policy.dispatch_order([0] * 6, full_walk=True) == [0, 1, 2, 3, 4, 5]
+def test_the_highest_backlogged_level_goes_next() -> None:
+    assert policy.highest_backlogged([0, 2, 0, 0, 5, 1]) == 1
+    assert policy.highest_backlogged([0, 0, 0, 0, 0, 1]) == 5
+    assert policy.highest_backlogged([0] * 6) is None
+
+
+def test_workers_wanted_is_one_per_queued_task_up_to_the_free_slots() -> None:
+    assert policy.workers_wanted(4, [0, 1, 0, 0, 0, 1]) == 2
+    assert policy.workers_wanted(1, [0, 1, 0, 0, 0, 1]) == 1
+    assert policy.workers_wanted(3, [0] * 6) == 0
+    assert policy.workers_wanted(3, [0] * 6, full_walk=True) == 1
+    assert policy.workers_wanted(0, [9] * 6, full_walk=True) == 0

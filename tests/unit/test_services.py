@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import collections
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chalicelib.domain import FAILURE, PENDING, STARTED, SUCCESS, NotFoundError
+from chalicelib.domain import FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError
 from chalicelib.policy import LEVELS
 from chalicelib.ports import ALREADY_FINISHED, RUNNING_ELSEWHERE
-from chalicelib.services import DISPATCH_LOCK_SECONDS
+from chalicelib.services import TASK_RUN_LEASE_SECONDS
 from tests.fakes import make_world
 
 
@@ -69,94 +70,156 @@ def test_concurrent_submissions_get_exactly_the_threshold_distribution() -> None
     assert [counts[level] for level in range(LEVELS)] == [1, 5, 10, 10, 10, 64]
 
 
-def test_dispatch_respects_priority_and_capacity() -> None:
+def test_a_worker_runs_the_backlog_in_strict_priority_order() -> None:
     w = make_world(capacity=1)
     for _ in range(7):
         w.services.submit("heavy", "h")  # levels 0,1,1,1,1,1,2
     w.services.submit("light", "l")  # level 0
-    order = []
-    while True:
-        report = w.services.dispatch()
-        handoffs = w.invoker.take_handoffs()
-        assert len(handoffs) <= 1  # capacity 1: never two at once
-        if not handoffs:
-            break
-        order.append(handoffs[0].level)
-        w.services.run(handoffs[0])
-        assert report.started == 1
-    assert order == [0, 0, 1, 1, 1, 1, 1, 2]
+    assert w.services.dispatch().workers_started == 1
+    assert w.services.dispatch().workers_started == 0  # capacity 1: the slot is held
+    (report,) = w.run_workers()
+    assert report.levels == [0, 0, 1, 1, 1, 1, 1, 2]
+    assert report.stopped_because == "queues empty"
+    assert [w.level_of(t) for t in w.ran] == report.levels
     assert all(t.task_status == SUCCESS for t in w.tasks.all())
+    assert w.control.slots(1)[0].is_free(w.clock.now)
+    assert w.control.backlog() == [0] * LEVELS
 
 
-def test_dispatch_fills_every_free_slot_and_no_more() -> None:
+def test_a_higher_level_that_arrives_mid_backlog_goes_next() -> None:
+    w = make_world(capacity=1)
+    for _ in range(8):
+        w.services.submit("heavy", "h")  # 0,1,1,1,1,1,2,2
+    w.services.dispatch()
+    order: list[str] = []
+
+    def task(x: object, ctx: object) -> dict[str, object]:
+        order.append(str(x))
+        if len(order) == 3:
+            w.services.submit("newcomer", "new")  # level 0, arrives while level 1 is being drained
+        return {}
+
+    w.services.task_function = task
+    w.run_workers()
+    assert order.index("new") == 3
+
+
+def test_dispatch_starts_one_worker_per_queued_task_up_to_the_free_slots() -> None:
     w = make_world(capacity=3)
-    for i in range(10):
-        w.services.submit(f"user{i}", i)
-    assert w.services.dispatch().started == 3
-    assert w.services.dispatch().started == 0  # all slots held
+    assert w.services.dispatch().workers_started == 0  # nothing queued
+    w.services.submit("a", 1)
+    assert w.services.dispatch().workers_started == 1
+    for i in range(5):
+        w.services.submit(f"u{i}", i)
+    assert w.services.dispatch().workers_started == 2  # the third slot is the first worker's
+    assert w.services.dispatch().workers_started == 0
     held = [s for s in w.control.slots(3) if not s.is_free(w.clock.now)]
     assert len(held) == 3
-    w.services.run(w.invoker.take_handoffs()[0])
-    assert w.services.dispatch().started == 1
+
+
+def test_concurrent_workers_never_run_a_task_twice_nor_exceed_capacity() -> None:
+    w = make_world(capacity=4)
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def task(x: object, ctx: object) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        threading.Event().wait(0.002)
+        with lock:
+            running -= 1
+
+    w.services.task_function = task
+    for i in range(60):
+        w.services.submit(f"u{i % 7}", i)
+    for _ in range(3):
+        w.services.dispatch()  # repeated triggers must not start more than 4 workers
+    handoffs = w.invoker.take_handoffs()
+    assert len(handoffs) == 4
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reports = list(pool.map(w.services.run, handoffs))
+    assert peak <= 4
+    assert sum(len(r.outcomes) for r in reports) == 60
+    assert all(t.task_status == SUCCESS and t.attempts == 1 for t in w.tasks.all())
+
+
+def test_the_tick_starts_a_worker_that_finds_uncounted_messages() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("u", 1)
+    w.control.add_backlog(0, -1)  # as if the count were lost in a fault
+    assert w.services.dispatch().workers_started == 0
+    report = w.services.dispatch(full_walk=True)
+    assert report.workers_started == 1
+    assert w.outcomes() == [SUCCESS]
+    assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
 
 
 def test_a_false_empty_short_poll_does_not_skip_a_higher_level() -> None:
     w = make_world(capacity=1, flaky_short_poll=True)
-    for _ in range(3):
-        w.services.submit("heavy", 0)  # levels 0, 1, 1
+    w.services.submit("heavy", 0)
+    w.services.submit("heavy", 0)  # level 1
+    w.services.submit("light", 0)  # level 0
     w.services.dispatch()
-    w.run_all()
-    w.services.submit("light", 0)  # level 0, now behind heavy's level-1 tasks in time
-    w.services.dispatch()
-    (handoff,) = w.invoker.take_handoffs()
-    assert handoff.level == 0
-    assert handoff.task_id == next(t.task_id for t in w.tasks.all() if t.user_id == "light")
+    (report,) = w.run_workers()
+    assert report.levels == [0, 0, 1]
+    assert ("receive", 0) in w.queues.calls
 
 
-def test_a_dead_worker_frees_its_slot_when_the_lease_runs_out_and_the_task_runs_again() -> None:
-    w = make_world(capacity=1, lease_seconds=100)
-    task = w.services.submit("u", "x")
+def test_a_count_ahead_of_the_queue_corrects_itself() -> None:
+    w = make_world(capacity=1)
+    w.control.add_backlog(0, 2)  # counted, never sent (a fault)
+    w.services.submit("u", 1)  # level 0 as well: 3 counted, 1 queued
     w.services.dispatch()
-    (lost,) = w.invoker.take_handoffs()  # the worker Lambda never ran (or died)
+    (report,) = w.run_workers()
+    assert report.outcomes == [SUCCESS]
+    assert w.control.backlog() == [0] * LEVELS
+
+
+def test_a_dead_worker_frees_its_slot_when_the_lease_runs_out() -> None:
+    w = make_world(capacity=1, lease_seconds=60)
+    w.services.submit("u", "x")
+    w.services.dispatch()
+    w.invoker.take_handoffs()  # the worker never ran (or died at once)
     w.services.submit("u", "y")
-    assert w.services.dispatch().started == 0  # the slot is still leased
-    w.clock.advance(101)
-    assert w.services.dispatch(full_walk=True).started == 1  # slot free again; "y" goes
-    w.run_all()
-    w.clock.advance(400)  # past the queue's visibility timeout: "x" is visible again
-    assert w.services.dispatch(full_walk=True).started == 1
-    assert w.run_all() == [SUCCESS]
-    assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
-    assert w.ran.count(task.task_id) == 1
-    assert lost.task_id == task.task_id
+    assert w.services.dispatch().workers_started == 0  # the slot is still leased
+    w.clock.advance(61)
+    assert w.services.dispatch().workers_started == 1
+    assert w.outcomes() == [SUCCESS, SUCCESS]
 
 
-def test_a_crashed_run_is_retried_after_its_lease() -> None:
-    w = make_world(capacity=1, lease_seconds=100)
+def test_a_task_whose_worker_died_mid_run_runs_again_once_sqs_redelivers_it() -> None:
+    w = make_world(capacity=1)
     task = w.services.submit("u", "x")
-    w.services.dispatch()
-    (first,) = w.invoker.take_handoffs()
-    # The first run marks STARTED, then its process dies: simulate by starting by hand.
-    w.tasks.start(task.task_id, "dead-run", w.clock.now, w.clock.now + 100)
-    w.clock.advance(400)
+    level, message, _ = w.services._pick_next(None, False)  # type: ignore[misc]
+    w.tasks.start(task.task_id, "dead-run", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
+    # The worker dies here. After the visibility timeout SQS shows the message again,
+    # uncounted: the tick's worker finds it, and the run lease has expired by then.
+    w.clock.advance(w.queues.visibility_timeout + 1)
     w.services.dispatch(full_walk=True)
-    assert w.run_all() == [SUCCESS]
+    assert w.outcomes() == [SUCCESS]
     final = w.tasks.get(task.task_id)
     assert final is not None and final.task_status == SUCCESS and final.attempts == 2
-    assert first.task_id == task.task_id
+    assert (level, message.task_id) == (0, task.task_id)
 
 
 def test_a_task_delivered_twice_runs_once_and_keeps_its_result() -> None:
     w = make_world(capacity=2)
     task = w.services.submit("u", "x")
     w.services.dispatch()
-    (handoff,) = w.invoker.take_handoffs()
-    assert w.services.run(handoff) == SUCCESS
+    w.run_workers()
     first = w.tasks.get(task.task_id)
     w.clock.advance(5)
-    assert w.services.run(handoff) == ALREADY_FINISHED
+    # SQS delivers the same message again (at-least-once).
+    w.queues.send(0, task)
+    w.control.add_backlog(0, 1)
+    w.services.dispatch()
+    assert w.outcomes() == [ALREADY_FINISHED]
     assert w.ran == [task.task_id]
     assert w.tasks.get(task.task_id) == first
+    assert w.queues.depth(0) == 0
     assert all(s.is_free(w.clock.now) for s in w.control.slots(2))
 
 
@@ -165,11 +228,11 @@ def test_a_second_delivery_while_running_does_not_run_it_again() -> None:
     task = w.services.submit("u", "x")
     w.tasks.start(task.task_id, "other-run", w.clock.now, w.clock.now + 300)
     w.services.dispatch()
-    (handoff,) = w.invoker.take_handoffs()
-    assert w.services.run(handoff) == RUNNING_ELSEWHERE
+    assert w.outcomes() == [RUNNING_ELSEWHERE]
     assert w.ran == []
     assert w.tasks.get(task.task_id).task_status == STARTED  # type: ignore[union-attr]
-    assert all(s.is_free(w.clock.now) for s in w.control.slots(2))  # our slot went back
+    assert w.queues.depth(0) == 1  # left for SQS to deliver again if that run dies
+    assert all(s.is_free(w.clock.now) for s in w.control.slots(2))
 
 
 def test_a_failing_task_is_marked_failure_with_the_reason() -> None:
@@ -181,7 +244,7 @@ def test_a_failing_task_is_marked_failure_with_the_reason() -> None:
     w.services.task_function = boom
     task = w.services.submit("u", "x")
     w.services.dispatch()
-    assert w.run_all() == [FAILURE]
+    assert w.outcomes() == [FAILURE]
     final = w.tasks.get(task.task_id)
     assert final is not None and final.error == "ValueError: bad input" and final.finished_at is not None
     assert w.queues.depth(0) == 0  # finished: its message is gone
@@ -192,28 +255,44 @@ def test_a_result_that_is_not_json_is_a_failure_not_a_crash() -> None:
     w.services.task_function = lambda x, ctx: {1, 2}
     w.services.submit("u", "x")
     w.services.dispatch()
-    assert w.run_all() == [FAILURE]
+    assert w.outcomes() == [FAILURE]
 
 
-def test_finishing_a_task_nudges_the_dispatcher_and_frees_the_slot() -> None:
+def test_a_worker_frees_its_slot_and_nudges_the_dispatcher_when_done() -> None:
     w = make_world(capacity=1)
     w.services.submit("u", 1)
     w.services.dispatch()
     before = w.invoker.dispatch_triggers
-    w.run_all()
+    w.run_workers()
     assert w.invoker.dispatch_triggers == before + 1
     assert w.control.slots(1)[0].is_free(w.clock.now)
 
 
-def test_a_failed_hand_off_keeps_the_task_queued_and_the_slot_free() -> None:
+def test_a_worker_hands_over_when_its_time_is_up() -> None:
+    w = make_world(capacity=1, runner_seconds=10)
+
+    def slow(x: object, ctx: object) -> None:
+        w.clock.advance(4)
+
+    w.services.task_function = slow
+    for i in range(5):
+        w.services.submit(f"u{i}", i)
+    w.services.dispatch()
+    (first,) = w.run_workers()
+    assert (len(first.outcomes), first.stopped_because) == (3, "time up")
+    assert w.services.dispatch().workers_started == 1  # a fresh worker carries on
+    (second,) = w.run_workers()
+    assert len(second.outcomes) == 2
+
+
+def test_a_failed_worker_start_frees_the_slot_and_keeps_the_tasks() -> None:
     w = make_world(capacity=1)
     task = w.services.submit("u", 1)
     w.invoker.fail_next_start = RuntimeError("lambda is down")
-    assert w.services.dispatch().started == 0
+    assert w.services.dispatch().workers_started == 0
     assert w.control.slots(1)[0].is_free(w.clock.now)
-    assert w.queues.depth(0) == 1
-    assert w.services.dispatch(full_walk=True).started == 1
-    w.run_all()
+    assert w.services.dispatch().workers_started == 1
+    w.run_workers()
     assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
 
 
@@ -230,25 +309,9 @@ def test_a_queue_failure_at_submit_leaves_no_orphan_record() -> None:
     assert w.control.backlog() == [0] * LEVELS
 
 
-def test_a_held_dispatch_lock_turns_a_trigger_into_a_rerun_request() -> None:
-    w = make_world(capacity=1)
-    w.services.submit("u", 1)
-    assert w.control.acquire_dispatch_lock("someone", w.clock.now, w.clock.now + 60)
-    report = w.services.dispatch()
-    assert report.locked_out and report.started == 0
-    # The holder must run once more before it may release.
-    assert w.control.release_dispatch_lock("someone") is False
-    assert w.control.release_dispatch_lock("someone") is True
-    assert w.services.dispatch().started == 1
-
-
-def test_a_dead_dispatchers_lock_expires() -> None:
-    w = make_world(capacity=1)
-    w.services.submit("u", 1)
-    w.control.acquire_dispatch_lock("dead", w.clock.now, w.clock.now + DISPATCH_LOCK_SECONDS)
-    assert w.services.dispatch().locked_out
-    w.clock.advance(DISPATCH_LOCK_SECONDS + 1)
-    assert w.services.dispatch().started == 1
+def test_a_worker_payload_round_trips() -> None:
+    handoff = Handoff(3, "holder", full_walk=True)
+    assert Handoff.from_payload(handoff.to_payload()) == handoff
 
 
 def test_result_of_unknown_or_malformed_or_expired_ids_is_not_found() -> None:
