@@ -44,7 +44,11 @@ clean: ## remove build output and caches
 
 .PHONY: help venv test lint format package clean
 
+bench: $(STAMP) ## benchmarks: start delay, utilisation, SQS depth (prints tables, saves bench/results/)
+	$(BIN)/python -m bench.dispatch
+	$(BIN)/python -m bench.sqs_depth
+
 run: $(STAMP) ## start the whole system locally (emulator, API on :8000, dispatcher, workers)
 	$(BIN)/python -m local.run
 
-.PHONY: run
+.PHONY: run bench
