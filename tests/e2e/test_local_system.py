@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
 from collections.abc import Callable
 
 import pytest
 
-from local.process import LocalSystem, port_open
+from local.process import ROOT, LocalSystem, port_open
 
 pytestmark = pytest.mark.e2e
 
@@ -47,3 +51,27 @@ def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
     assert "Traceback" not in log
     for event in ("submitted task=", "dispatched task=", "started task=", "finished task="):
         assert event in log
+
+
+def _readme_curl_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+    return [block.strip() for block in blocks if block.lstrip().startswith("curl --location")]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README's examples use curl")
+def test_the_readme_curl_examples_work(local_system: Callable[..., LocalSystem]) -> None:
+    system = local_system(PQH_TASK_SECONDS="0.05")
+    post, get = _readme_curl_commands()
+    address = system.base_url.removeprefix("http://")
+    submitted = subprocess.run(
+        ["bash", "-c", post.replace("localhost:8000", address)], capture_output=True, text=True, check=True
+    )
+    body = json.loads(submitted.stdout)
+    assert body["task_status"] == "PENDING" and body["user_id"] == "user_1"
+    system.wait_all([body["task_id"]], timeout=30)
+    example_id = re.search(r"/result/([0-9a-f-]{36})", get).group(1)  # type: ignore[union-attr]
+    command = get.replace("localhost:8000", address).replace(example_id, body["task_id"])
+    result = json.loads(subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout)
+    assert result["task_status"] == "SUCCESS"
+    assert result["task_result"]["input_x"] == "foo"
