@@ -6,7 +6,9 @@ import json
 import re
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -75,3 +77,14 @@ def test_the_readme_curl_examples_work(local_system: Callable[..., LocalSystem])
     result = json.loads(subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout)
     assert result["task_status"] == "SUCCESS"
     assert result["task_result"]["input_x"] == "foo"
+
+
+def test_concurrent_clients_get_exact_levels_and_lose_nothing(local_system: Callable[..., LocalSystem]) -> None:
+    system = local_system(PQH_CAPACITY="2", PQH_TASK_SECONDS="0.01")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        submitted = list(pool.map(lambda i: system.submit("burst", i), range(100)))
+    counts = Counter(t["priority_level"] for t in submitted)
+    assert [counts[level] for level in range(6)] == [1, 5, 10, 10, 10, 64]
+    done = system.wait_all([t["task_id"] for t in submitted], timeout=120)
+    assert {t["task_status"] for t in done} == {"SUCCESS"}
+    assert sorted(t["task_result"]["input_x"] for t in done) == list(range(100))

@@ -17,6 +17,11 @@ from app import app
 from chalicelib import aws, wiring
 from chalicelib.adapters.memory import RecordingInvoker
 from infra.provision import provision
+from local.fast_moto import atomic_writes
+
+# The test client serves requests on several threads; moto's DynamoDB writes are
+# not atomic across threads, DynamoDB's are. This gives moto that property.
+atomic_writes()
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = "dev"
