@@ -10,9 +10,11 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import boto3
 import pytest
 
-from local.process import ROOT, LocalSystem, port_open
+from local.emulator import MotoServer
+from local.process import ROOT, LocalSystem, free_port, port_open
 
 pytestmark = pytest.mark.e2e
 
@@ -88,3 +90,25 @@ def test_concurrent_clients_get_exact_levels_and_lose_nothing(local_system: Call
     done = system.wait_all([t["task_id"] for t in submitted], timeout=120)
     assert {t["task_status"] for t in done} == {"SUCCESS"}
     assert sorted(t["task_result"]["input_x"] for t in done) == list(range(100))
+
+
+def test_the_runner_uses_an_existing_emulator_when_aws_endpoint_url_is_set(
+    local_system: Callable[..., LocalSystem],
+) -> None:
+    emulator = MotoServer("127.0.0.1", free_port())
+    emulator.start()
+    try:
+        system = local_system(AWS_ENDPOINT_URL=emulator.url, PQH_TASK_SECONDS="0.01")
+        task = system.submit("user_1", "foo")
+        (done,) = system.wait_all([task["task_id"]], timeout=30)
+        assert done["task_status"] == "SUCCESS"
+        assert f"AWS endpoint: {emulator.url}\n" in system.log_path.read_text()  # no embedded one started
+        assert system.stop() == 0
+        # The resources live in that emulator, and outlive the runner.
+        sqs = boto3.client(
+            "sqs", endpoint_url=emulator.url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        names = [url.rsplit("/", 1)[1] for url in sqs.list_queues().get("QueueUrls", [])]
+        assert sum(1 for name in names if name.endswith(("-level-0", "-level-5-dlq"))) == 2
+    finally:
+        emulator.stop()
