@@ -30,6 +30,7 @@ class Task:
     run_id: str | None = None
     run_lease_until: float | None = None
     attempts: int = 0
+    tag: float = 0.0  # count before / weight at submit: orders tasks inside a level
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,6 +74,7 @@ class QueuedMessage:
     receipt_handle: str
     user_id: str = ""
     submitted_at: float = 0.0
+    tag: float = 0.0  # the user's charged usage at submit (count before / weight)
 
 
 class PqhError(Exception):

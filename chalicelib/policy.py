@@ -111,3 +111,84 @@ def workers_wanted(free: int, backlog: Sequence[int], full_walk: bool = False) -
     if full_walk:
         queued = max(queued, 1)
     return max(0, min(free, queued))
+
+
+# --- Choosing the next level: strict, fair (stride), fifo ---------------------
+
+POLICIES = ("fair", "strict", "fifo")
+# Default shares of the fair policy: each level gets twice the share of the next.
+DEFAULT_SHARES: tuple[int, ...] = (32, 16, 8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The shared dispatch state: queued counts per level, and the fair policy's clock.
+
+    ``passes[L]`` is level L's virtual time, ``vtime`` the virtual time of the last
+    pick, ``version`` changes on every write (a pick is committed only if the
+    state it was chosen from is still current).
+    """
+
+    counts: tuple[int, ...] = (0,) * LEVELS
+    passes: tuple[float, ...] = (0.0,) * LEVELS
+    vtime: float = 0.0
+    version: int = 0
+
+
+def validate_shares(shares: Sequence[int]) -> None:
+    if len(shares) != LEVELS or any(s < 1 for s in shares):
+        raise ValueError(f"need {LEVELS} shares, each at least 1")
+
+
+def queue_level(level: int, policy_name: str) -> int:
+    """The queue a task of ``level`` goes to: its own, or one queue for all under fifo."""
+    return 0 if policy_name == "fifo" else level
+
+
+def choose_level(state: Backlog, policy_name: str, shares: Sequence[int] = DEFAULT_SHARES) -> int | None:
+    """The level the next task comes from, or None when nothing is queued.
+
+    strict and fifo: the highest level with a queued task.
+    fair: stride scheduling over the backlogged levels. Each backlogged level's
+    virtual time is at least the current one (an idle level banks no credit);
+    the smallest goes next, ties to the higher priority.
+    """
+    if policy_name != "fair":
+        return highest_backlogged(state.counts)
+    best: tuple[float, int] | None = None
+    for level, count in enumerate(state.counts):
+        if count > 0:
+            key = (max(state.passes[level], state.vtime), level)
+            if best is None or key < best:
+                best = key
+    return None if best is None else best[1]
+
+
+def after_pick(state: Backlog, level: int, policy_name: str, shares: Sequence[int] = DEFAULT_SHARES) -> Backlog:
+    """The state once a task of ``level`` has been taken."""
+    counts = list(state.counts)
+    counts[level] -= 1
+    if policy_name != "fair":
+        return Backlog(tuple(counts), state.passes, state.vtime, state.version + 1)
+    start = max(state.passes[level], state.vtime)
+    passes = list(state.passes)
+    passes[level] = start + 1.0 / shares[level]
+    return Backlog(tuple(counts), tuple(passes), start, state.version + 1)
+
+
+def guaranteed_share(level: int, backlogged: Iterable[int], shares: Sequence[int] = DEFAULT_SHARES) -> float:
+    """The fair policy's floor: a backlogged level's share of the picks among the backlogged levels."""
+    levels = set(backlogged) | {level}
+    return shares[level] / sum(shares[lvl] for lvl in levels)
+
+
+def pick_within_level(sample: Sequence[tuple[float, float]]) -> int:
+    """Index of the message to run from a sample of one level's (tag, submitted_at).
+
+    A task's tag is its user's charged usage when it was submitted (count before
+    / weight). The smallest tag goes first, then the oldest: so one user's long
+    run of queued tasks does not hold back a user who has used less, and when
+    all are backlogged, users are served in proportion to their weights (as in
+    start-time fair queuing).
+    """
+    return min(range(len(sample)), key=lambda i: (sample[i][0], sample[i][1], i))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from chalicelib.domain import Handoff, QueuedMessage, Task
-from chalicelib.policy import Slot
+from chalicelib.policy import Backlog, Slot
 
 # Outcomes of TaskStore.start
 STARTED_NOW = "started"  # this run owns the task
@@ -47,6 +47,9 @@ class TaskQueues(Protocol):
 
     def delete(self, level: int, receipt_handle: str) -> None: ...
 
+    def give_back(self, level: int, receipt_handles: list[str]) -> None:
+        """Make received messages visible again at once."""
+
 
 class ControlStore(Protocol):
     """Capacity slots and the per-level backlog counts."""
@@ -59,14 +62,15 @@ class ControlStore(Protocol):
 
     def release_slot(self, slot_id: int, holder: str) -> bool: ...
 
-    def backlog(self) -> list[int]: ...
+    def backlog(self) -> Backlog: ...
 
-    def add_backlog(self, level: int, delta: int) -> None: ...
+    def add_backlog(self, level: int, delta: int) -> None:
+        """Add to a level's queued count (and move the state's version on)."""
 
-    def reserve(self, level: int) -> tuple[bool, list[int]]:
-        """Take one count from ``level`` if, atomically, it is the highest level with any.
+    def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
+        """Take one task of ``level``: store ``after`` if the state is still ``seen``.
 
-        Returns (reserved, the counts after the reservation or as they are now).
+        Returns (taken, the state now): the new one, or the current one to retry from.
         """
 
 

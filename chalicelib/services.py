@@ -33,6 +33,8 @@ log = logging.getLogger("pqh")
 # exceeds the worker Lambda's timeout (900 s), and the queues' visibility timeout
 # (960 s) exceeds it, so a message is never delivered again while its run lives.
 TASK_RUN_LEASE_SECONDS = 930
+# A task whose worker died this many times while running it is marked FAILURE.
+MAX_ATTEMPTS = 3
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
 
@@ -106,15 +108,17 @@ class Services:
             priority_level=level,
             submitted_at=now,
             expires_at=int(now) + s.result_ttl_seconds,
+            tag=count_before / weight,
         )
         self.tasks.create(task)
+        queue = policy.queue_level(level, s.policy)
         try:
-            self.queues.send(level, task)
+            self.queues.send(queue, task)
         except Exception:
             # Not queued means not accepted: drop the record so no PENDING task is orphaned.
             self.tasks.delete(task.task_id)
             raise
-        self.control.add_backlog(level, 1)
+        self.control.add_backlog(queue, 1)
         log.info(
             "submitted task=%s user=%s level=%d count_before=%d weight=%d",
             task.task_id,
@@ -170,7 +174,7 @@ class Services:
         report.free_slots = len(free)
         if not free:
             return report
-        report.backlog = self.control.backlog()
+        report.backlog = list(self.control.backlog().counts)
         wanted = policy.workers_wanted(len(free), report.backlog, full_walk)
         for slot_id in free:
             if report.workers_started >= wanted:
@@ -205,7 +209,7 @@ class Services:
 
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3)) as heartbeat:
-                snapshot: list[int] | None = None
+                snapshot: policy.Backlog | None = None
                 while True:
                     if heartbeat.lost:
                         report.stopped_because = "slot lost"
@@ -233,29 +237,41 @@ class Services:
             self._nudge_dispatcher()
         return report
 
-    def _pick_next(self, snapshot: list[int] | None, full_walk: bool) -> tuple[int, QueuedMessage, list[int]] | None:
-        """Reserve a count at the highest backlogged level, then receive one of its messages."""
-        counts = snapshot if snapshot is not None else self.control.backlog()
-        while (level := policy.highest_backlogged(counts)) is not None:
-            reserved, counts = self.control.reserve(level)
-            if not reserved:
-                continue  # the counts moved (a higher level got a task, or another worker took it)
-            messages = self.queues.receive(level, 1, wait_seconds=0)
+    def _pick_next(
+        self, snapshot: policy.Backlog | None, full_walk: bool
+    ) -> tuple[int, QueuedMessage, policy.Backlog] | None:
+        """Choose a level by the policy, take one of its count, then one of its messages."""
+        s = self.settings
+        state = snapshot if snapshot is not None else self.control.backlog()
+        sample = s.fair_sample if s.policy == "fair" else 1
+        while (level := policy.choose_level(state, s.policy, s.shares)) is not None:
+            taken, state = self.control.commit_pick(state, policy.after_pick(state, level, s.policy, s.shares), level)
+            if not taken:
+                continue  # the state moved (a submit, or another worker's pick): choose again
+            messages = self.queues.receive(level, sample, wait_seconds=0)
             if not messages:
                 # A short poll samples some SQS servers and may miss a message that
                 # is there; a long poll asks them all. Still nothing: the count was
-                # ahead of the queue, and the reservation has corrected it.
-                messages = self.queues.receive(level, 1, wait_seconds=1)
+                # ahead of the queue, and this pick has corrected it.
+                messages = self.queues.receive(level, sample, wait_seconds=1)
             if messages:
-                return level, messages[0], counts
+                return level, self._one_of(level, messages), state
         if full_walk:
             # The tick also looks at levels counted empty, for messages the counts
             # missed (a fault between send and count, or a message SQS redelivered).
             for level in range(policy.LEVELS):
                 messages = self.queues.receive(level, 1, wait_seconds=0)
                 if messages:
-                    return level, messages[0], counts
+                    return level, messages[0], state
         return None
+
+    def _one_of(self, level: int, messages: list[QueuedMessage]) -> QueuedMessage:
+        """Fairness inside a level: of the sampled messages, run the one whose user had used least."""
+        if len(messages) == 1:
+            return messages[0]
+        chosen = policy.pick_within_level([(m.tag, m.submitted_at) for m in messages])
+        self.queues.give_back(level, [m.receipt_handle for i, m in enumerate(messages) if i != chosen])
+        return messages[chosen]
 
     def _run_one(self, level: int, message: QueuedMessage) -> str:
         """Run one task at most once and record its outcome."""
@@ -272,6 +288,13 @@ class Services:
             log.info("skipped task=%s (running elsewhere)", message.task_id)
             return outcome
         assert task is not None
+        if task.attempts > MAX_ATTEMPTS:
+            # Its worker died MAX_ATTEMPTS times while running it (a poison task).
+            reason = f"gave up: the worker stopped {task.attempts - 1} times while running this task"
+            self.tasks.finish(task.task_id, run_id, FAILURE, now, error=reason)
+            self.queues.delete(level, message.receipt_handle)
+            log.warning("failed task=%s user=%s: %s", task.task_id, task.user_id, reason)
+            return FAILURE
         log.info(
             "started task=%s user=%s level=%d wait=%.3fs attempt=%d",
             task.task_id,

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from chalicelib.policy import DEFAULT_THRESHOLDS, validate_thresholds
+from chalicelib.policy import DEFAULT_SHARES, DEFAULT_THRESHOLDS, POLICIES, validate_shares, validate_thresholds
 
 
 class ConfigError(Exception):
@@ -33,6 +33,9 @@ class Settings:
     window_seconds: int = 6000
     window_buckets: int = 10
     thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
+    policy: str = "fair"
+    shares: tuple[int, ...] = DEFAULT_SHARES
+    fair_sample: int = 10
     task_seconds: float = 60.0
     task_function: str = "chalicelib.tasks.limited_f"
     lease_seconds: int = 60
@@ -103,6 +106,18 @@ def _thresholds(env: Mapping[str, str]) -> tuple[int, ...]:
     return values
 
 
+def _shares(env: Mapping[str, str]) -> tuple[int, ...]:
+    raw = env.get("PQH_LEVEL_SHARES", "").strip()
+    if not raw:
+        return DEFAULT_SHARES
+    try:
+        values = tuple(int(part) for part in raw.split(","))
+        validate_shares(values)
+    except ValueError as exc:
+        raise ConfigError(f"PQH_LEVEL_SHARES={raw!r} must be six comma-separated integers, each at least 1") from exc
+    return values
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build and check the settings from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
@@ -117,6 +132,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             f"PQH_WINDOW_SECONDS={window_seconds} must be a multiple of PQH_WINDOW_BUCKETS={window_buckets}"
         )
     lease_seconds = _int(env, "PQH_LEASE_SECONDS", 60, 3, 900)
+    policy_name = env.get("PQH_POLICY", "").strip() or "fair"
+    if policy_name not in POLICIES:
+        raise ConfigError(f"PQH_POLICY={policy_name!r} must be one of {', '.join(POLICIES)}")
     return Settings(
         tasks_table=_required(env, "PQH_TASKS_TABLE"),
         usage_table=_required(env, "PQH_USAGE_TABLE"),
@@ -129,6 +147,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         window_seconds=window_seconds,
         window_buckets=window_buckets,
         thresholds=_thresholds(env),
+        policy=policy_name,
+        shares=_shares(env),
+        fair_sample=_int(env, "PQH_FAIR_SAMPLE", 10, 1, 10),
         task_seconds=_float(env, "PQH_TASK_SECONDS", 60.0, 0.0),
         task_function=env.get("PQH_TASK_FUNCTION", "").strip() or "chalicelib.tasks.limited_f",
         lease_seconds=lease_seconds,

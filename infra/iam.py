@@ -36,7 +36,7 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
     ],
     "worker": [
         (["dynamodb:GetItem", "dynamodb:UpdateItem"], ["TasksTable", "ControlTable"]),
-        (["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueUrl"], LEVEL_QUEUES),
+        (["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"], LEVEL_QUEUES),
         (["lambda:InvokeFunction"], ["function:dispatcher"]),
     ],
 }

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib import policy
 from chalicelib.domain import FINISHED, PENDING, STARTED, Task
-from chalicelib.policy import Slot
+from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 
 WEIGHT_SK = "w"  # sorts after every "b#..." bucket key
@@ -116,6 +116,7 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         run_id=s("run_id"),
         run_lease_until=_num(item, "run_lease_until"),
         attempts=int(_num(item, "attempts") or 0),
+        tag=_num(item, "tag") or 0.0,
     )
 
 
@@ -137,6 +138,7 @@ class DynamoTaskStore:
                 "submitted_at": _n(task.submitted_at),
                 "expires_at": _n(task.expires_at),
                 "task_status": {"S": task.task_status},
+                "tag": _n(float(task.tag)),
             },
             ConditionExpression="attribute_not_exists(task_id)",
         )
@@ -228,8 +230,13 @@ def _slot_key(slot_id: int) -> str:
     return f"slot#{slot_id}"
 
 
-def _backlog_from(item: dict[str, Any]) -> list[int]:
-    return [max(0, int(_num(item, f"l{level}") or 0)) for level in range(policy.LEVELS)]
+def _backlog_from(item: dict[str, Any]) -> Backlog:
+    return Backlog(
+        counts=tuple(max(0, int(_num(item, f"l{level}") or 0)) for level in range(policy.LEVELS)),
+        passes=tuple(_num(item, f"p{level}") or 0.0 for level in range(policy.LEVELS)),
+        vtime=_num(item, "vt") or 0.0,
+        version=int(_num(item, "v") or 0),
+    )
 
 
 class DynamoControlStore:
@@ -238,7 +245,8 @@ class DynamoControlStore:
     A slot is held only while its lease is live; every claim compares the lease
     with ``now``, so a worker that dies frees its slot when the lease runs out.
     The backlog item counts queued tasks per level (l0..l5): +1 after a send,
-    -1 by the worker that reserves one to run.
+    -1 by the worker that takes one to run. It also holds the fair policy's
+    virtual times (p0..p5, vt) and a version (v) that every write moves on.
     """
 
     def __init__(self, client: Any, table: str) -> None:
@@ -297,30 +305,41 @@ class DynamoControlStore:
             ExpressionAttributeValues={":h": {"S": holder}},
         )
 
-    def backlog(self) -> list[int]:
+    def backlog(self) -> Backlog:
         response = self._db.get_item(TableName=self._table, Key={"pk": {"S": BACKLOG_KEY}}, ConsistentRead=True)
         return _backlog_from(response.get("Item", {}))
 
     def add_backlog(self, level: int, delta: int) -> None:
         self._update(
             BACKLOG_KEY,
-            UpdateExpression="ADD #l :d",
+            UpdateExpression="ADD #l :d, v :one",
             ExpressionAttributeNames={"#l": f"l{level}"},
-            ExpressionAttributeValues={":d": {"N": str(delta)}},
+            ExpressionAttributeValues={":d": {"N": str(delta)}, ":one": {"N": "1"}},
         )
 
-    def reserve(self, level: int) -> tuple[bool, list[int]]:
-        # Strict priority, enforced by DynamoDB in one request: the level must have
-        # a count and every higher level must have none.
-        higher = [f"(attribute_not_exists(l{h}) OR l{h} <= :zero)" for h in range(level)]
-        condition = " AND ".join([f"l{level} > :zero", *higher])
+    def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
+        # Optimistic concurrency: the pick was chosen from ``seen``; it stands only
+        # if no submit or other pick has written since (the version is unchanged).
+        version = "v = :v" if seen.version else "attribute_not_exists(v)"
+        values: dict[str, Any] = {
+            ":zero": {"N": "0"},
+            ":minus": {"N": "-1"},
+            ":one": {"N": "1"},
+            ":vt": _n(after.vtime),
+        }
+        sets = ["vt = :vt"]
+        for lvl, value in enumerate(after.passes):
+            values[f":p{lvl}"] = _n(float(value))
+            sets.append(f"p{lvl} = :p{lvl}")
+        if seen.version:
+            values[":v"] = {"N": str(seen.version)}
         try:
             response = self._db.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": BACKLOG_KEY}},
-                UpdateExpression=f"ADD l{level} :minus",
-                ConditionExpression=condition,
-                ExpressionAttributeValues={":zero": {"N": "0"}, ":minus": {"N": "-1"}},
+                UpdateExpression=f"SET {', '.join(sets)} ADD l{level} :minus, v :one",
+                ConditionExpression=f"{version} AND l{level} > :zero",
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from chalicelib import policy
 from chalicelib.domain import FINISHED, PENDING, STARTED, Handoff, QueuedMessage, Task
-from chalicelib.policy import Slot
+from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 
 
@@ -109,6 +109,7 @@ class _Message:
     message_id: int
     user_id: str = ""
     submitted_at: float = 0.0
+    tag: float = 0.0
     visible_at: float = 0.0
     receipt: str | None = None
     receives: int = 0
@@ -135,7 +136,9 @@ class MemoryTaskQueues:
     def send(self, level: int, task: Task) -> None:
         with self._lock:
             self.queues[level].append(
-                _Message(task.task_id, next(self._ids), user_id=task.user_id, submitted_at=task.submitted_at)
+                _Message(
+                    task.task_id, next(self._ids), user_id=task.user_id, submitted_at=task.submitted_at, tag=task.tag
+                )
             )
 
     def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
@@ -152,12 +155,22 @@ class MemoryTaskQueues:
                     message.receives += 1
                     message.receipt = f"{message.message_id}:{message.receives}"
                     message.visible_at = now + self.visibility_timeout
-                    out.append(QueuedMessage(message.task_id, message.receipt, message.user_id, message.submitted_at))
+                    out.append(
+                        QueuedMessage(
+                            message.task_id, message.receipt, message.user_id, message.submitted_at, message.tag
+                        )
+                    )
             return out
 
     def delete(self, level: int, receipt_handle: str) -> None:
         with self._lock:
             self.queues[level] = [m for m in self.queues[level] if m.receipt != receipt_handle]
+
+    def give_back(self, level: int, receipt_handles: list[str]) -> None:
+        with self._lock:
+            for message in self.queues[level]:
+                if message.receipt in receipt_handles:
+                    message.visible_at = 0.0
 
     def depth(self, level: int) -> int:
         with self._lock:
@@ -167,7 +180,7 @@ class MemoryTaskQueues:
 class MemoryControlStore:
     def __init__(self) -> None:
         self._slots: dict[int, Slot] = {}
-        self._backlog = [0] * policy.LEVELS
+        self._state = Backlog()
         self._mutex = threading.Lock()
 
     def slots(self, capacity: int) -> list[Slot]:
@@ -198,20 +211,27 @@ class MemoryControlStore:
             self._slots[slot_id] = Slot(slot_id)
             return True
 
-    def backlog(self) -> list[int]:
+    def backlog(self) -> Backlog:
         with self._mutex:
-            return [max(0, n) for n in self._backlog]
+            return self._clamped()
 
     def add_backlog(self, level: int, delta: int) -> None:
         with self._mutex:
-            self._backlog[level] += delta
+            counts = list(self._state.counts)
+            counts[level] += delta
+            self._state = replace(self._state, counts=tuple(counts), version=self._state.version + 1)
 
-    def reserve(self, level: int) -> tuple[bool, list[int]]:
+    def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
         with self._mutex:
-            if self._backlog[level] > 0 and all(n <= 0 for n in self._backlog[:level]):
-                self._backlog[level] -= 1
-                return True, [max(0, n) for n in self._backlog]
-            return False, [max(0, n) for n in self._backlog]
+            if self._state.version != seen.version or self._state.counts[level] <= 0:
+                return False, self._clamped()
+            counts = list(self._state.counts)
+            counts[level] -= 1
+            self._state = Backlog(tuple(counts), after.passes, after.vtime, self._state.version + 1)
+            return True, self._clamped()
+
+    def _clamped(self) -> Backlog:
+        return replace(self._state, counts=tuple(max(0, n) for n in self._state.counts))
 
 
 class RecordingInvoker:

@@ -29,8 +29,10 @@ class SqsTaskQueues:
             return self._urls[level]
 
     def send(self, level: int, task: Task) -> None:
-        body = {"task_id": task.task_id, "user_id": task.user_id, "submitted_at": task.submitted_at}
-        self._sqs.send_message(QueueUrl=self.url(level), MessageBody=json.dumps(body))
+        body = {"task_id": task.task_id, "user_id": task.user_id, "submitted_at": task.submitted_at, "tag": task.tag}
+        # MessageGroupId: on AWS, SQS fair queues keep one user's run of messages
+        # from delaying other users' in the same queue (moto ignores it).
+        self._sqs.send_message(QueueUrl=self.url(level), MessageBody=json.dumps(body), MessageGroupId=task.user_id)
 
     def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
         response = self._sqs.receive_message(
@@ -47,6 +49,7 @@ class SqsTaskQueues:
                     receipt_handle=raw["ReceiptHandle"],
                     user_id=str(body.get("user_id", "")),
                     submitted_at=float(body.get("submitted_at", 0.0)),
+                    tag=float(body.get("tag", 0.0)),
                 )
             except (ValueError, KeyError, TypeError, AttributeError):
                 # Not ours (someone wrote to the queue by hand): drop it, say so.
@@ -58,3 +61,13 @@ class SqsTaskQueues:
 
     def delete(self, level: int, receipt_handle: str) -> None:
         self._sqs.delete_message(QueueUrl=self.url(level), ReceiptHandle=receipt_handle)
+
+    def give_back(self, level: int, receipt_handles: list[str]) -> None:
+        for start in range(0, len(receipt_handles), 10):
+            chunk = receipt_handles[start : start + 10]
+            self._sqs.change_message_visibility_batch(
+                QueueUrl=self.url(level),
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0} for i, handle in enumerate(chunk)
+                ],
+            )

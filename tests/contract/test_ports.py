@@ -18,6 +18,7 @@ from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, Dyna
 from chalicelib.adapters.memory import MemoryControlStore, MemoryTaskQueues, MemoryTaskStore, MemoryUsageStore
 from chalicelib.adapters.sqs import SqsTaskQueues
 from chalicelib.domain import FAILURE, PENDING, STARTED, SUCCESS, Task
+from chalicelib.policy import Backlog
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 from infra.provision import provision
 
@@ -51,7 +52,13 @@ def ports(request: pytest.FixtureRequest) -> Iterator[Ports]:
 
 def make_task(task_id: str = "11111111-1111-4111-8111-111111111111", x: Any = "foo") -> Task:
     return Task(
-        task_id=task_id, user_id="u1", x=x, priority_level=3, submitted_at=NOW + 0.125, expires_at=int(NOW) + 3600
+        task_id=task_id,
+        user_id="u1",
+        x=x,
+        priority_level=3,
+        submitted_at=NOW + 0.125,
+        expires_at=int(NOW) + 3600,
+        tag=2.5,
     )
 
 
@@ -139,7 +146,7 @@ def test_queue_send_receive_delete(ports: Ports) -> None:
         assert more, "a long poll must see the queued messages"
         received += more
     assert {m.task_id for m in received} == {"task-0", "task-1", "task-2"}
-    assert {(m.user_id, m.submitted_at) for m in received} == {("u1", NOW + 0.125)}
+    assert {(m.user_id, m.submitted_at, m.tag) for m in received} == {("u1", NOW + 0.125, 2.5)}
     assert ports.queues.receive(4, 10, wait_seconds=0) == []  # in flight: invisible
     assert ports.queues.receive(3, 10, wait_seconds=0) == []  # levels are separate
     for message in received:
@@ -173,22 +180,38 @@ def test_only_the_holder_renews_a_slot_lease(ports: Ports) -> None:
 
 
 def test_backlog_counts(ports: Ports) -> None:
-    assert ports.control.backlog() == [0] * 6
+    assert ports.control.backlog() == Backlog()
     ports.control.add_backlog(2, 3)
     ports.control.add_backlog(5, 1)
     ports.control.add_backlog(2, -1)
-    assert ports.control.backlog() == [0, 0, 2, 0, 0, 1]
+    state = ports.control.backlog()
+    assert state.counts == (0, 0, 2, 0, 0, 1)
+    assert state.version == 3  # every write moves the version on
 
 
-def test_reserve_takes_only_from_the_highest_backlogged_level(ports: Ports) -> None:
-    assert ports.control.reserve(0) == (False, [0] * 6)
+def test_a_pick_commits_only_from_the_current_state(ports: Ports) -> None:
+    assert ports.control.commit_pick(Backlog(), Backlog(), 0) == (False, Backlog())  # nothing queued
     ports.control.add_backlog(3, 2)
-    ports.control.add_backlog(5, 1)
-    assert ports.control.reserve(5) == (False, [0, 0, 0, 2, 0, 1])  # level 3 comes first
-    assert ports.control.reserve(3) == (True, [0, 0, 0, 1, 0, 1])
-    ports.control.add_backlog(1, 1)  # a higher level arrives
-    assert ports.control.reserve(3) == (False, [0, 1, 0, 1, 0, 1])
-    assert ports.control.reserve(1) == (True, [0, 0, 0, 1, 0, 1])
-    assert ports.control.reserve(3) == (True, [0, 0, 0, 0, 0, 1])
-    assert ports.control.reserve(5) == (True, [0] * 6)
-    assert ports.control.reserve(5) == (False, [0] * 6)
+    seen = ports.control.backlog()
+    after = Backlog(seen.counts, (0.0, 0.0, 0.0, 0.25, 0.0, 0.0), 0.125, seen.version + 1)
+    taken, now = ports.control.commit_pick(seen, after, 3)
+    assert taken
+    assert (now.counts, now.passes, now.vtime, now.version) == ((0, 0, 0, 1, 0, 0), after.passes, 0.125, 2)
+    # A submit lands between reading and committing: the stale pick is refused,
+    # and the refusal carries the current state to choose again from.
+    ports.control.add_backlog(0, 1)
+    taken, current = ports.control.commit_pick(seen, after, 3)
+    assert not taken
+    assert (current.counts, current.version) == ((1, 0, 0, 1, 0, 0), 3)
+    taken, now = ports.control.commit_pick(current, current, 0)
+    assert taken and now.counts == (0, 0, 0, 1, 0, 0)
+    assert not ports.control.commit_pick(now, now, 0)[0]  # level 0 has none left
+
+
+def test_give_back_makes_a_message_visible_again(ports: Ports) -> None:
+    ports.queues.send(2, make_task())
+    (message,) = ports.queues.receive(2, 10, wait_seconds=1)
+    assert ports.queues.receive(2, 10, wait_seconds=0) == []
+    ports.queues.give_back(2, [message.receipt_handle])
+    (again,) = ports.queues.receive(2, 10, wait_seconds=1)
+    assert again.task_id == message.task_id

@@ -16,7 +16,8 @@ def tick_event(harness: Harness) -> dict[str, Any]:
     )
 
 
-def test_strict_priority_with_capacity_one(harness: Harness) -> None:
+def test_strict_priority_with_capacity_one(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PQH_POLICY", "strict")
     heavy = [harness.submit("heavy", i).json_body for i in range(8)]  # levels 0,1,1,1,1,1,2,2
     light = [harness.submit(f"light{i}", i).json_body for i in range(3)]  # level 0 each
     assert harness.dispatch()["workers_started"] == 1

@@ -50,6 +50,7 @@ def test_every_call_a_function_makes_is_granted_to_it(harness: Harness, monkeypa
 
     current["function"] = "api_handler"
     task_id = harness.submit("u", 1).json_body["task_id"]
+    harness.submit("v", 1)  # a second user at the same level: the worker samples both, gives one back
     harness.result(task_id)
     harness.client.http.get("/result/00000000-0000-4000-8000-000000000000")
     current["function"] = "dispatcher"

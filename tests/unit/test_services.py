@@ -20,7 +20,7 @@ def test_submit_counts_picks_level_stores_queues_and_nudges() -> None:
     levels = [w.services.submit("alice", i).priority_level for i in range(7)]
     assert levels == [0, 1, 1, 1, 1, 1, 2]
     assert [w.queues.depth(level) for level in range(LEVELS)] == [1, 5, 1, 0, 0, 0]
-    assert w.control.backlog() == [1, 5, 1, 0, 0, 0]
+    assert w.control.backlog().counts == (1, 5, 1, 0, 0, 0)
     assert w.invoker.dispatch_triggers == 7
     assert all(t.task_status == PENDING for t in w.tasks.all())
 
@@ -71,7 +71,7 @@ def test_concurrent_submissions_get_exactly_the_threshold_distribution() -> None
 
 
 def test_a_worker_runs_the_backlog_in_strict_priority_order() -> None:
-    w = make_world(capacity=1)
+    w = make_world(capacity=1, policy="strict")
     for _ in range(7):
         w.services.submit("heavy", "h")  # levels 0,1,1,1,1,1,2
     w.services.submit("light", "l")  # level 0
@@ -83,11 +83,11 @@ def test_a_worker_runs_the_backlog_in_strict_priority_order() -> None:
     assert [w.level_of(t) for t in w.ran] == report.levels
     assert all(t.task_status == SUCCESS for t in w.tasks.all())
     assert w.control.slots(1)[0].is_free(w.clock.now)
-    assert w.control.backlog() == [0] * LEVELS
+    assert w.control.backlog().counts == (0,) * LEVELS
 
 
 def test_a_higher_level_that_arrives_mid_backlog_goes_next() -> None:
-    w = make_world(capacity=1)
+    w = make_world(capacity=1, policy="strict")
     for _ in range(8):
         w.services.submit("heavy", "h")  # 0,1,1,1,1,1,2,2
     w.services.dispatch()
@@ -157,14 +157,15 @@ def test_the_tick_starts_a_worker_that_finds_uncounted_messages() -> None:
     assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
 
 
-def test_a_false_empty_short_poll_does_not_skip_a_higher_level() -> None:
-    w = make_world(capacity=1, flaky_short_poll=True)
+@pytest.mark.parametrize(("policy_name", "order"), [("strict", [0, 0, 1]), ("fair", [0, 1, 0])])
+def test_a_false_empty_short_poll_does_not_skip_the_chosen_level(policy_name: str, order: list[int]) -> None:
+    w = make_world(capacity=1, flaky_short_poll=True, policy=policy_name)
     w.services.submit("heavy", 0)
     w.services.submit("heavy", 0)  # level 1
     w.services.submit("light", 0)  # level 0
     w.services.dispatch()
     (report,) = w.run_workers()
-    assert report.levels == [0, 0, 1]
+    assert report.levels == order  # as the policy chose, though every short poll came back empty
     assert ("receive", 0) in w.queues.calls
 
 
@@ -175,7 +176,7 @@ def test_a_count_ahead_of_the_queue_corrects_itself() -> None:
     w.services.dispatch()
     (report,) = w.run_workers()
     assert report.outcomes == [SUCCESS]
-    assert w.control.backlog() == [0] * LEVELS
+    assert w.control.backlog().counts == (0,) * LEVELS
 
 
 def test_a_dead_worker_frees_its_slot_when_the_lease_runs_out() -> None:
@@ -306,7 +307,7 @@ def test_a_queue_failure_at_submit_leaves_no_orphan_record() -> None:
     with pytest.raises(RuntimeError):
         w.services.submit("u", 1)
     assert w.tasks.all() == []
-    assert w.control.backlog() == [0] * LEVELS
+    assert w.control.backlog().counts == (0,) * LEVELS
 
 
 def test_a_worker_payload_round_trips() -> None:
