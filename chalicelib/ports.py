@@ -35,7 +35,14 @@ class TaskStore(Protocol):
         """Mark STARTED unless finished or running under a live lease; return the outcome."""
 
     def finish(
-        self, task_id: str, run_id: str, status: str, now: float, result: object = None, error: str | None = None
+        self,
+        task_id: str,
+        run_id: str,
+        status: str,
+        now: float,
+        expires_at: float,
+        result: object = None,
+        error: str | None = None,
     ) -> bool:
         """Record the final status if ``run_id`` still owns the task; never overwrite a finished one."""
 
@@ -57,6 +64,9 @@ class ControlStore(Protocol):
     def slots(self, capacity: int) -> list[Slot]: ...
 
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool: ...
+
+    def take_over_slot(self, slot_id: int, holder: str, new_holder: str, now: float, lease_until: float) -> bool:
+        """Move a live slot from ``holder`` to ``new_holder``; False if not held by ``holder`` any more."""
 
     def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool: ...
 

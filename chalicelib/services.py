@@ -17,6 +17,7 @@ from chalicelib.ports import (
     ALREADY_FINISHED,
     MISSING,
     RUNNING_ELSEWHERE,
+    STARTED_NOW,
     ControlStore,
     Invoker,
     TaskQueues,
@@ -33,6 +34,8 @@ log = logging.getLogger("pqh")
 # exceeds the worker Lambda's timeout (900 s), and the queues' visibility timeout
 # (960 s) exceeds it, so a message is never delivered again while its run lives.
 TASK_RUN_LEASE_SECONDS = 930
+# SQS keeps a queued message this long (MessageRetentionPeriod in infra/resources.json).
+QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
 # A task whose worker died this many times while running it is marked FAILURE.
 MAX_ATTEMPTS = 3
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
@@ -54,14 +57,27 @@ class WorkerReport:
 
 
 class Heartbeat:
-    """Renews a slot's lease every third of the lease while a worker holds it."""
+    """Renews a slot's lease every third of the lease while a worker holds it.
 
-    def __init__(self, renew: Callable[[], bool], interval: float) -> None:
+    The slot counts as lost when a renewal is refused (someone else holds it) or
+    when the last lease that was granted is about to run out (renewals failing).
+    """
+
+    def __init__(
+        self, renew: Callable[[], float | None], interval: float, clock: Callable[[], float], valid_until: float
+    ) -> None:
         self._renew = renew
         self._interval = interval
+        self._clock = clock
+        self._valid_until = valid_until
+        self._margin = min(5.0, interval / 2)
+        self._refused = False
         self._stop = threading.Event()
-        self.lost = False
         self._thread = threading.Thread(target=self._loop, name="slot-heartbeat", daemon=True)
+
+    @property
+    def lost(self) -> bool:
+        return self._refused or self._clock() >= self._valid_until - self._margin
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -74,12 +90,15 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                if not self._renew():
-                    self.lost = True  # someone else holds the slot now: stop taking tasks
-                    log.warning("lost the slot lease; finishing the current task only")
-                    return
+                granted = self._renew()
             except Exception:
                 log.exception("could not renew the slot lease; will retry")
+                continue
+            if granted is None:
+                self._refused = True  # someone else holds the slot now: stop taking tasks
+                log.warning("lost the slot lease; finishing the current task only")
+                return
+            self._valid_until = granted
 
 
 @dataclass
@@ -107,7 +126,9 @@ class Services:
             x=x,
             priority_level=level,
             submitted_at=now,
-            expires_at=int(now) + s.result_ttl_seconds,
+            # Kept while its message may still be queued; finishing resets it to
+            # finish + PQH_RESULT_TTL_SECONDS.
+            expires_at=int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds,
             tag=count_before / weight,
         )
         self.tasks.create(task)
@@ -118,7 +139,10 @@ class Services:
             # Not queued means not accepted: drop the record so no PENDING task is orphaned.
             self.tasks.delete(task.task_id)
             raise
-        self.control.add_backlog(queue, 1)
+        try:
+            self.control.add_backlog(queue, 1)
+        except Exception:  # queued is accepted: the tick's full walk finds an uncounted message
+            log.exception("task=%s is queued but not counted; the next tick will find it", task.task_id)
         log.info(
             "submitted task=%s user=%s level=%d count_before=%d weight=%d",
             task.task_id,
@@ -203,12 +227,22 @@ class Services:
         s = self.settings
         report = WorkerReport()
         began = self.clock()
+        # Take the slot over under a holder of this run's own: a duplicate or retried
+        # invocation of the same hand-off, or one that comes after the lease ran out,
+        # finds it is not the holder and runs nothing.
+        holder = uuid.uuid4().hex
+        valid_until = began + s.lease_seconds
+        if not self.control.take_over_slot(handoff.slot_id, handoff.slot_holder, holder, began, valid_until):
+            report.stopped_because = "slot not ours"
+            log.warning("worker on slot %d started too late or twice; not running", handoff.slot_id)
+            return report
 
-        def renew() -> bool:
-            return self.control.renew_slot(handoff.slot_id, handoff.slot_holder, self.clock() + s.lease_seconds)
+        def renew() -> float | None:
+            until = self.clock() + s.lease_seconds
+            return until if self.control.renew_slot(handoff.slot_id, holder, until) else None
 
         try:
-            with Heartbeat(renew, max(0.5, s.lease_seconds / 3)) as heartbeat:
+            with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
                 snapshot: policy.Backlog | None = None
                 while True:
                     if heartbeat.lost:
@@ -233,7 +267,7 @@ class Services:
                     report.levels.append(level)
                     report.outcomes.append(self._run_one(level, message))
         finally:
-            self.control.release_slot(handoff.slot_id, handoff.slot_holder)
+            self.control.release_slot(handoff.slot_id, holder)
             self._nudge_dispatcher()
         return report
 
@@ -243,6 +277,8 @@ class Services:
         """Choose a level by the policy, take one of its count, then one of its messages."""
         s = self.settings
         state = snapshot if snapshot is not None else self.control.backlog()
+        if snapshot is not None and policy.choose_level(state, s.policy, s.shares) is None:
+            state = self.control.backlog()  # the snapshot predates the last task: look again
         sample = s.fair_sample if s.policy == "fair" else 1
         while (level := policy.choose_level(state, s.policy, s.shares)) is not None:
             taken, state = self.control.commit_pick(state, policy.after_pick(state, level, s.policy, s.shares), level)
@@ -278,6 +314,10 @@ class Services:
         run_id = uuid.uuid4().hex
         now = self.clock()
         outcome, task = self.tasks.start(message.task_id, run_id, now, now + TASK_RUN_LEASE_SECONDS)
+        if outcome != STARTED_NOW or (task is not None and task.attempts > 1):
+            # This message was a duplicate or a redelivery, and was not counted; the
+            # count the pick took belongs to another message of the level: give it back.
+            self.control.add_backlog(level, 1)
         if outcome in (MISSING, ALREADY_FINISHED):
             # A duplicate delivery, or a record that expired: nothing to run.
             self.queues.delete(level, message.receipt_handle)
@@ -291,7 +331,7 @@ class Services:
         if task.attempts > MAX_ATTEMPTS:
             # Its worker died MAX_ATTEMPTS times while running it (a poison task).
             reason = f"gave up: the worker stopped {task.attempts - 1} times while running this task"
-            self.tasks.finish(task.task_id, run_id, FAILURE, now, error=reason)
+            self.tasks.finish(task.task_id, run_id, FAILURE, now, now + self.settings.result_ttl_seconds, error=reason)
             self.queues.delete(level, message.receipt_handle)
             log.warning("failed task=%s user=%s: %s", task.task_id, task.user_id, reason)
             return FAILURE
@@ -305,7 +345,8 @@ class Services:
         )
         status, result, error = self._execute(task)
         finished_at = self.clock()
-        if self.tasks.finish(task.task_id, run_id, status, finished_at, result=result, error=error):
+        expires_at = finished_at + self.settings.result_ttl_seconds
+        if self.tasks.finish(task.task_id, run_id, status, finished_at, expires_at, result=result, error=error):
             log.info(
                 "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
                 task.task_id,
@@ -326,7 +367,7 @@ class Services:
         ctx = TaskContext(task_id=task.task_id, user_id=task.user_id, task_seconds=self.settings.task_seconds)
         try:
             result = self.task_function(task.x, ctx)
-            size = len(json.dumps(result))
+            size = len(json.dumps(result, ensure_ascii=False).encode())
         except Exception as exc:  # the task's own failure is its result
             return FAILURE, None, f"{type(exc).__name__}: {exc}"
         if size > MAX_RESULT_BYTES:

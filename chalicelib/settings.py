@@ -118,6 +118,14 @@ def _shares(env: Mapping[str, str]) -> tuple[int, ...]:
     return values
 
 
+def _task_seconds(env: Mapping[str, str]) -> float:
+    value = _float(env, "PQH_TASK_SECONDS", 60.0, 0.0)
+    if value > 600:
+        # The worker Lambda stops at 900 s and takes no new task after PQH_RUNNER_SECONDS (240 s).
+        raise ConfigError(f"PQH_TASK_SECONDS={value} must be at most 600")
+    return value
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build and check the settings from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
@@ -150,11 +158,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         policy=policy_name,
         shares=_shares(env),
         fair_sample=_int(env, "PQH_FAIR_SAMPLE", 10, 1, 10),
-        task_seconds=_float(env, "PQH_TASK_SECONDS", 60.0, 0.0),
+        task_seconds=_task_seconds(env),
         task_function=env.get("PQH_TASK_FUNCTION", "").strip() or "chalicelib.tasks.limited_f",
         lease_seconds=lease_seconds,
-        runner_seconds=_float(env, "PQH_RUNNER_SECONDS", 240.0, 0.0),
-        max_body_bytes=_int(env, "PQH_MAX_BODY_BYTES", 65536, 64, 262144),
+        runner_seconds=_float(env, "PQH_RUNNER_SECONDS", 240.0, 1.0),
+        # Up to 128 KiB: a record holds x and the default result (x again) in one 400 KB item.
+        max_body_bytes=_int(env, "PQH_MAX_BODY_BYTES", 65536, 64, 131072),
         max_user_id_length=_int(env, "PQH_MAX_USER_ID_LENGTH", 128, 1, 1024),
         max_weight=_int(env, "PQH_MAX_WEIGHT", 1000, 1),
         result_ttl_seconds=_int(env, "PQH_RESULT_TTL_SECONDS", 7 * 24 * 3600, 60),

@@ -22,6 +22,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
 def check_content_type(content_type: str | None) -> None:
     """JSON bodies only; a missing header is read as JSON (old clients sent none)."""
     if not content_type:
@@ -45,9 +52,11 @@ def parse_json_object(raw_body: bytes | None, content_type: str | None, max_byte
             "invalid_json", 'the body is empty; send a JSON object such as {"x": "foo", "user_id": "user_1"}'
         )
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _Invalid("invalid_json", f"the body is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _Invalid("invalid_json", "the body nests too deeply to parse") from exc
     if not isinstance(data, dict):
         raise _Invalid(
             "invalid_body", f"the body must be a JSON object with 'x' and 'user_id', not a JSON {type(data).__name__}"

@@ -73,6 +73,7 @@ class DynamoUsageStore:
     ) -> tuple[int, int]:
         """Live bucket counts (except ``exclude``) and the weight, in one Query."""
         oldest = policy.bucket_start(now - window_seconds - bucket_seconds, bucket_seconds)
+        current = policy.bucket_start(now, bucket_seconds)
         response = self._db.query(
             TableName=self._table,
             KeyConditionExpression="user_id = :u AND sk >= :from",
@@ -85,6 +86,8 @@ class DynamoUsageStore:
             sk = item["sk"]["S"]
             if sk == WEIGHT_SK:
                 weight = int(item["weight"]["N"])
+            elif sk > _bucket_key(current):
+                continue  # a later bucket (written across a bucket edge, or clock skew) is not "before"
             elif exclude is None or sk != _bucket_key(exclude):
                 buckets.append((_num(item, "expires_at") or 0.0, int(item["n"]["N"])))
         return policy.live_count(buckets, now), weight
@@ -133,7 +136,7 @@ class DynamoTaskStore:
             Item={
                 "task_id": {"S": task.task_id},
                 "user_id": {"S": task.user_id},
-                "x": {"S": json.dumps(task.x)},
+                "x": {"S": json.dumps(task.x, ensure_ascii=False)},
                 "priority_level": _n(task.priority_level),
                 "submitted_at": _n(task.submitted_at),
                 "expires_at": _n(task.expires_at),
@@ -188,17 +191,25 @@ class DynamoTaskStore:
         return STARTED_NOW, _task_from_item(response["Attributes"])
 
     def finish(
-        self, task_id: str, run_id: str, status: str, now: float, result: object = None, error: str | None = None
+        self,
+        task_id: str,
+        run_id: str,
+        status: str,
+        now: float,
+        expires_at: float,
+        result: object = None,
+        error: str | None = None,
     ) -> bool:
         values: dict[str, Any] = {
             ":status": {"S": status},
             ":now": _n(now),
+            ":exp": {"N": str(int(expires_at))},
             ":run": {"S": run_id},
             ":started": {"S": STARTED},
         }
-        sets = ["task_status = :status", "finished_at = :now"]
+        sets = ["task_status = :status", "finished_at = :now", "expires_at = :exp"]
         if error is None:
-            values[":result"] = {"S": json.dumps(result)}
+            values[":result"] = {"S": json.dumps(result, ensure_ascii=False)}
             sets.append("task_result = :result")
         else:
             values[":error"] = {"S": error}
@@ -287,6 +298,19 @@ class DynamoControlStore:
             UpdateExpression="SET holder = :h, lease_until = :l",
             ConditionExpression="attribute_not_exists(holder) OR lease_until <= :now",
             ExpressionAttributeValues={":h": {"S": holder}, ":l": _n(lease_until), ":now": _n(now)},
+        )
+
+    def take_over_slot(self, slot_id: int, holder: str, new_holder: str, now: float, lease_until: float) -> bool:
+        return self._update(
+            _slot_key(slot_id),
+            UpdateExpression="SET holder = :new, lease_until = :l",
+            ConditionExpression="holder = :h AND lease_until > :now",
+            ExpressionAttributeValues={
+                ":h": {"S": holder},
+                ":new": {"S": new_holder},
+                ":l": _n(lease_until),
+                ":now": _n(now),
+            },
         )
 
     def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool:

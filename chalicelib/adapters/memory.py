@@ -82,7 +82,14 @@ class MemoryTaskStore:
             return STARTED_NOW, copy.deepcopy(task)
 
     def finish(
-        self, task_id: str, run_id: str, status: str, now: float, result: object = None, error: str | None = None
+        self,
+        task_id: str,
+        run_id: str,
+        status: str,
+        now: float,
+        expires_at: float,
+        result: object = None,
+        error: str | None = None,
     ) -> bool:
         with self._lock:
             task = self._tasks.get(task_id)
@@ -95,6 +102,7 @@ class MemoryTaskStore:
                 result=copy.deepcopy(result) if error is None else None,
                 error=error,
                 run_lease_until=None,
+                expires_at=int(expires_at),
             )
             return True
 
@@ -193,6 +201,14 @@ class MemoryControlStore:
             if not slot.is_free(now):
                 return False
             self._slots[slot_id] = Slot(slot_id, holder, lease_until)
+            return True
+
+    def take_over_slot(self, slot_id: int, holder: str, new_holder: str, now: float, lease_until: float) -> bool:
+        with self._mutex:
+            slot = self._slots.get(slot_id)
+            if slot is None or slot.holder != holder or not policy.is_live(slot.lease_until, now):
+                return False
+            self._slots[slot_id] = Slot(slot_id, new_holder, lease_until)
             return True
 
     def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool:

@@ -102,11 +102,12 @@ def test_start_then_finish_once(ports: Ports) -> None:
     assert outcome == STARTED_NOW and started is not None
     assert (started.task_status, started.started_at, started.attempts, started.x) == (STARTED, NOW, 1, "foo")
     assert ports.tasks.start(task.task_id, "run-b", NOW + 1, NOW + 301)[0] == RUNNING_ELSEWHERE
-    assert not ports.tasks.finish(task.task_id, "run-b", SUCCESS, NOW + 2, result={"r": 1})
-    assert ports.tasks.finish(task.task_id, "run-a", SUCCESS, NOW + 2, result={"r": 1})
-    assert not ports.tasks.finish(task.task_id, "run-a", FAILURE, NOW + 3, error="late")
+    assert not ports.tasks.finish(task.task_id, "run-b", SUCCESS, NOW + 2, NOW + 1000, result={"r": 1})
+    assert ports.tasks.finish(task.task_id, "run-a", SUCCESS, NOW + 2, NOW + 1000, result={"r": 1})
+    assert not ports.tasks.finish(task.task_id, "run-a", FAILURE, NOW + 3, NOW + 1000, error="late")
     final = ports.tasks.get(task.task_id)
     assert (final.task_status, final.result, final.finished_at, final.error) == (SUCCESS, {"r": 1}, NOW + 2, None)
+    assert final.expires_at == int(NOW + 1000)  # results expire a set time after they finish
     assert ports.tasks.start(task.task_id, "run-c", NOW + 4, NOW + 304)[0] == ALREADY_FINISHED
 
 
@@ -116,8 +117,8 @@ def test_a_started_task_whose_lease_ran_out_can_start_again(ports: Ports) -> Non
     ports.tasks.start(task.task_id, "dead", NOW, NOW + 10)
     outcome, again = ports.tasks.start(task.task_id, "new", NOW + 10, NOW + 20)
     assert outcome == STARTED_NOW and again is not None and again.attempts == 2
-    assert not ports.tasks.finish(task.task_id, "dead", SUCCESS, NOW + 11, result=1)
-    assert ports.tasks.finish(task.task_id, "new", FAILURE, NOW + 11, error="E: boom")
+    assert not ports.tasks.finish(task.task_id, "dead", SUCCESS, NOW + 11, NOW + 1000, result=1)
+    assert ports.tasks.finish(task.task_id, "new", FAILURE, NOW + 11, NOW + 1000, error="E: boom")
     final = ports.tasks.get(task.task_id)
     assert (final.task_status, final.error, final.result) == (FAILURE, "E: boom", None)
 

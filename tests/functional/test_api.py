@@ -79,6 +79,8 @@ LONG_ID = "u" * 129
         (b"", JSON, 400, "invalid_json"),
         (b"\xff\xfe", JSON, 400, "invalid_json"),
         (b'{"x": NaN, "user_id": "a"}', JSON, 400, "invalid_json"),
+        (b'{"x": 1e400, "user_id": "a"}', JSON, 400, "invalid_json"),
+        (b'{"user_id": "a", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", JSON, 400, "invalid_json"),
         (b"[1, 2]", JSON, 400, "invalid_body"),
         (b'"just a string"', JSON, 400, "invalid_body"),
         (b"null", JSON, 400, "invalid_body"),

@@ -322,7 +322,85 @@ def test_result_of_unknown_or_malformed_or_expired_ids_is_not_found() -> None:
     with pytest.raises(NotFoundError):
         w.services.result("../../etc")
     task = w.services.submit("u", 1)
-    assert w.services.result(task.task_id).task_id == task.task_id
-    w.clock.advance(61)
+    w.clock.advance(3600)  # queued for an hour: still there (it lives as long as its message may)
+    assert w.services.result(task.task_id).task_status == PENDING
+    w.services.dispatch()
+    w.run_workers()
+    w.clock.advance(59)  # results are kept PQH_RESULT_TTL_SECONDS after they finish
+    assert w.services.result(task.task_id).task_status == SUCCESS
+    w.clock.advance(2)
     with pytest.raises(NotFoundError):
         w.services.result(task.task_id)
+
+
+def test_a_duplicate_or_late_worker_invocation_runs_nothing() -> None:
+    w = make_world(capacity=1)
+    w.services.submit("a", 0)
+    w.services.dispatch()
+    (handoff,) = w.invoker.take_handoffs()
+    assert w.services.run(handoff).outcomes == [SUCCESS]
+    w.services.submit("b", 0)
+    w.services.submit("c", 0)
+    # Lambda delivers the same event again, or retries it: the slot is no longer its.
+    again = w.services.run(handoff)
+    assert (again.outcomes, again.stopped_because) == ([], "slot not ours")
+    assert w.services.dispatch().workers_started == 1
+
+
+def test_a_worker_whose_renewals_keep_failing_stops_before_its_lease_runs_out() -> None:
+    from chalicelib.services import Heartbeat
+
+    w = make_world()
+
+    def failing() -> float | None:
+        raise RuntimeError("throttled")
+
+    beat = Heartbeat(failing, interval=20, clock=w.clock, valid_until=w.clock.now + 60)
+    assert not beat.lost
+    w.clock.advance(50)
+    assert not beat.lost
+    w.clock.advance(6)  # within the margin of the last granted lease
+    assert beat.lost
+
+
+def test_a_duplicate_message_does_not_use_up_another_tasks_count() -> None:
+    w = make_world(capacity=1, policy="strict")
+    a = w.services.submit("a", 0)  # level 0
+    w.tasks.start(a.task_id, "run-a", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
+    w.queues.send(0, a)  # a duplicate of a, uncounted, running elsewhere
+    b = w.services.submit("b", 0)  # level 0
+    w.services.submit("a", 1)  # level 1
+    w.services.dispatch()
+    (report,) = w.run_workers()
+    assert w.tasks.get(b.task_id).task_status == SUCCESS  # type: ignore[union-attr]
+    assert report.levels[-1] == 1  # b (level 0) went before a's level-1 task
+
+
+def test_a_failed_count_after_the_send_still_accepts_the_task() -> None:
+    w = make_world(capacity=1)
+
+    def throttled(level: int, delta: int) -> None:
+        raise RuntimeError("throttled")
+
+    original = w.control.add_backlog
+    w.control.add_backlog = throttled  # type: ignore[method-assign]
+    task = w.services.submit("u", 1)  # queued: accepted, not an error
+    w.control.add_backlog = original  # type: ignore[method-assign]
+    assert w.queues.depth(0) == 1
+    w.services.dispatch(full_walk=True)  # the tick finds it
+    assert w.outcomes() == [SUCCESS]
+    assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
+
+
+def test_a_worker_takes_tasks_that_arrived_during_its_last_one() -> None:
+    w = make_world(capacity=1)
+    w.services.submit("u", "first")
+    w.services.dispatch()
+
+    def task(x: object, ctx: object) -> None:
+        if x == "first":
+            w.services.submit("v", "second")
+
+    w.services.task_function = task
+    (report,) = w.run_workers()
+    assert len(report.outcomes) == 2
