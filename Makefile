@@ -48,7 +48,10 @@ bench: $(STAMP) ## benchmarks: start delay, utilisation, SQS depth (prints table
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.sqs_depth
 
+bench-fairness: $(STAMP) ## fairness benchmark: 4 workloads x fifo/strict/fair, table and plots in bench/results/
+	$(BIN)/python -m bench.fairness
+
 run: $(STAMP) ## start the whole system locally (emulator, API on :8000, dispatcher, workers)
 	$(BIN)/python -m local.run
 
-.PHONY: run bench
+.PHONY: run bench bench-fairness

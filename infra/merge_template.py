@@ -41,9 +41,12 @@ def merge_template() -> dict[str, Any]:
     }
     for function in GRANTS:
         logical, role = LOGICAL_IDS[function]
-        resources[logical] = {
-            "Properties": {"FunctionName": _function_name(function), "Environment": {"Variables": variables}}
-        }
+        properties: dict[str, Any] = {"FunctionName": _function_name(function), "Environment": {"Variables": variables}}
+        if function == "worker":
+            # A retried worker invocation would find its slot handed on and run nothing:
+            # do not retry it (the dispatcher starts a fresh one when needed).
+            properties["EventInvokeConfig"] = {"MaximumRetryAttempts": 0}
+        resources[logical] = {"Properties": properties}
         resources[role] = {
             "Properties": {"Policies": [{"PolicyName": f"{role}Policy", "PolicyDocument": template_policy(function)}]}
         }

@@ -104,6 +104,7 @@ def test_packaged_functions_point_at_the_stacks_own_resources(packaged: dict[str
         assert variables["PQH_TASKS_TABLE"] == {"Ref": "TasksTable"}
         assert variables["PQH_QUEUE_PREFIX"] == {"Ref": "AWS::StackName"}
         assert props["Role"] == {"Fn::GetAtt": [f"{logical.replace('APIHandler', 'ApiHandler')}Role", "Arn"]}
+    assert packaged["Resources"]["Worker"]["Properties"]["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}
     tick = packaged["Resources"]["DispatchTick"]["Properties"]["Events"]
     assert tick["DispatchTickEvent"]["Properties"]["Schedule"] == "rate(1 minute)"
 

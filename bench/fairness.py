@@ -1,0 +1,308 @@
+"""Fairness benchmark: named workloads through the real local system, under each policy.
+
+For each policy (fifo, strict, fair) it starts `python -m local.run` with capacity
+1 and short tasks, plays four workloads against it over HTTP, reads every task's
+server-side times from /result, and reports per workload:
+
+- wait (start - submit) p50 / p95 / max per user class;
+- Jain's fairness index over the backlogged users' weight-normalised service;
+- the heavy user's share of capacity while others were waiting;
+- utilisation (busy time / makespan);
+- priority inversions: tasks started while a task of a higher level (lower
+  number) had been waiting since before.
+
+It writes a markdown table and PNG plots (start timelines, wait distributions)
+to bench/results/.
+
+    python -m bench.fairness [--task-seconds 0.2] [--policies fifo,strict,fair]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.dispatch import machine, percentile
+from local.process import LocalSystem, start_local_system
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ADMIN_TOKEN = "bench-admin-token"
+
+
+@dataclass
+class Run:
+    """What one workload submitted: (user, class, task id) in submission order."""
+
+    name: str
+    tasks: list[tuple[str, str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    weights: dict[str, int] = field(default_factory=dict)
+
+    def submit(self, system: LocalSystem, user: str, klass: str, x: Any = None) -> str:
+        task_id = str(system.submit(user, x)["task_id"])
+        with self.lock:
+            self.tasks.append((user, klass, task_id))
+        return task_id
+
+
+def at(start: float, offset: float) -> None:
+    delay = start + offset - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def in_threads(*jobs: Callable[[], None]) -> None:
+    threads = [threading.Thread(target=job) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+# --- Workloads: T is the task time; capacity is 1 ----------------------------
+
+
+def noisy_neighbour(system: LocalSystem, tag: str, t: float) -> Run:
+    """A heavy user's burst of 40, then five light users with one task each."""
+    run = Run("noisy-neighbour burst")
+    for i in range(40):
+        run.submit(system, f"{tag}-heavy", "heavy", i)
+    time.sleep(5 * t)
+
+    def light(i: int) -> Callable[[], None]:
+        def job() -> None:
+            run.submit(system, f"{tag}-light{i}", "light", i)
+
+        return job
+
+    in_threads(*[light(i) for i in range(5)])
+    return run
+
+
+def sustained_light(system: LocalSystem, tag: str, t: float) -> Run:
+    """A heavy backlog of 60; five light users together offer 1.25x capacity for 50 task times."""
+    run = Run("sustained light load on a heavy backlog")
+    for i in range(60):
+        run.submit(system, f"{tag}-heavy", "heavy", i)
+    start = time.monotonic()
+    period = 5 * t / 1.25  # each light user submits every 4 task times
+
+    def light(i: int) -> Callable[[], None]:
+        def job() -> None:
+            for k in range(int(50 * t / period)):
+                at(start, i * period / 5 + k * period)
+                run.submit(system, f"{tag}-light{i}", "light", k)
+
+        return job
+
+    in_threads(*[light(i) for i in range(5)])
+    return run
+
+
+def weighted(system: LocalSystem, tag: str, t: float) -> Run:
+    """Three users of weights 1, 2 and 4, each keeping 3 tasks queued for 120 task times."""
+    run = Run("weighted users (1, 2, 4)")
+    weights = {f"{tag}-w1": 1, f"{tag}-w2": 2, f"{tag}-w4": 4}
+    run.weights = weights
+    for user, weight in weights.items():
+        response = system.http.put(
+            f"{system.base_url}/admin/users/{user}/weight",
+            json={"weight": weight},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=10,
+        )
+        response.raise_for_status()
+    deadline = time.monotonic() + 120 * t
+
+    def user_loop(user: str) -> Callable[[], None]:
+        def job() -> None:
+            outstanding = [run.submit(system, user, user.rsplit("-", 1)[1]) for _ in range(3)]
+            while time.monotonic() < deadline:
+                body = system.result(outstanding[0])
+                if body["task_status"] in ("SUCCESS", "FAILURE"):
+                    outstanding.pop(0)
+                    outstanding.append(run.submit(system, user, user.rsplit("-", 1)[1]))
+                else:
+                    time.sleep(t / 4)
+
+        return job
+
+    in_threads(*[user_loop(user) for user in weights])
+    return run
+
+
+def comes_and_goes(system: LocalSystem, tag: str, t: float) -> Run:
+    """A heavy backlog of 60; one user sends 5 tasks, leaves, and comes back twice."""
+    run = Run("a user who comes and goes")
+    for i in range(60):
+        run.submit(system, f"{tag}-heavy", "heavy", i)
+    start = time.monotonic()
+    for visit in range(3):
+        at(start, visit * 20 * t)
+        for k in range(5):
+            run.submit(system, f"{tag}-visitor", "visitor", k)
+    return run
+
+
+WORKLOADS = [noisy_neighbour, sustained_light, weighted, comes_and_goes]
+
+
+# --- Metrics ------------------------------------------------------------------
+
+
+def jain(values: list[float]) -> float:
+    return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if values and any(values) else float("nan")
+
+
+def analyse(run: Run, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    rows = [{**results[task_id], "user": user, "class": klass} for user, klass, task_id in run.tasks]
+    for row in rows:
+        row["wait"] = row["started_at"] - row["submitted_at"]
+    first = min(r["submitted_at"] for r in rows)
+    last = max(r["finished_at"] for r in rows)
+    busy = sum(r["finished_at"] - r["started_at"] for r in rows)
+    waits: dict[str, dict[str, float]] = {}
+    for klass in sorted({r["class"] for r in rows}):
+        values = [r["wait"] for r in rows if r["class"] == klass]
+        waits[klass] = {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": max(values)}
+    # The contended period: while more than one user had a task waiting.
+    contended_end = (
+        max(r["started_at"] for r in rows if r["class"] != "heavy")
+        if any(r["class"] != "heavy" for r in rows)
+        else last
+    )
+    in_window = [r for r in rows if r["started_at"] <= contended_end]
+    service: dict[str, float] = {}
+    for r in in_window:
+        service[r["user"]] = service.get(r["user"], 0.0) + (r["finished_at"] - r["started_at"])
+    total = sum(service.values()) or 1.0
+    heavy_share = sum(v for u, v in service.items() if u.endswith("-heavy")) / total
+    weights = run.weights or {}
+    normalised = [service[u] / weights.get(u, 1) for u in service]
+    inversions = 0
+    for r in rows:
+        waiting_higher = [
+            o
+            for o in rows
+            if o["priority_level"] < r["priority_level"] and o["submitted_at"] < r["started_at"] < o["started_at"]
+        ]
+        inversions += bool(waiting_higher)
+    return {
+        "workload": run.name,
+        "tasks": len(rows),
+        "waits": waits,
+        "jain": jain(normalised),
+        "heavy_share": heavy_share if any(u.endswith("-heavy") for u in service) else None,
+        "service_by_user": {u.rsplit("-", 1)[1]: round(v / total, 3) for u, v in sorted(service.items())},
+        "utilisation": busy / (last - first),
+        "inversions": inversions,
+        "rows": rows,
+    }
+
+
+def plot(policy: str, analyses: list[dict[str, Any]], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(analyses), figsize=(5 * len(analyses), 7), squeeze=False)
+    for col, analysis in enumerate(analyses):
+        rows = analysis["rows"]
+        t0 = min(r["submitted_at"] for r in rows)
+        users = sorted({r["user"] for r in rows})
+        ax = axes[0][col]
+        for y, user in enumerate(users):
+            mine = [r for r in rows if r["user"] == user]
+            ax.scatter([r["started_at"] - t0 for r in mine], [y] * len(mine), s=8, label=user.rsplit("-", 1)[1])
+        ax.set_yticks(range(len(users)), [u.rsplit("-", 1)[1] for u in users], fontsize=7)
+        ax.set_title(f"{analysis['workload']}\n({policy}) task starts", fontsize=9)
+        ax.set_xlabel("seconds since first submit", fontsize=8)
+        ax = axes[1][col]
+        classes = sorted(analysis["waits"])
+        ax.boxplot([[r["wait"] for r in rows if r["class"] == c] for c in classes], tick_labels=classes)
+        ax.set_ylabel("wait (s)", fontsize=8)
+        ax.set_title("wait by user class", fontsize=9)
+    fig.tight_layout()
+    path = out / f"fairness-{policy}.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def run_policy(policy: str, task_seconds: float, tmp: Path) -> list[dict[str, Any]]:
+    system = start_local_system(
+        tmp,
+        PQH_CAPACITY="1",
+        PQH_TASK_SECONDS=str(task_seconds),
+        PQH_POLICY=policy,
+        PQH_ADMIN_TOKEN=ADMIN_TOKEN,
+    )
+    analyses = []
+    try:
+        for index, workload in enumerate(WORKLOADS):
+            run = workload(system, f"{policy}{index}", task_seconds)
+            ids = [task_id for _, _, task_id in run.tasks]
+            done = system.wait_all(ids, timeout=600)
+            analyses.append(analyse(run, dict(zip(ids, done, strict=True))))
+            print(f"  {policy}: {run.name}: {len(ids)} tasks", flush=True)
+    finally:
+        system.stop()
+    return analyses
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(by_policy: dict[str, list[dict[str, Any]]]) -> str:
+    lines = [
+        "| workload | policy | wait p50 / p95 / max (s) by class | Jain | heavy share | utilisation | inversions |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for index in range(len(WORKLOADS)):
+        for policy, analyses in by_policy.items():
+            a = analyses[index]
+            waits = "; ".join(
+                f"{k} {v['p50']:.1f} / {v['p95']:.1f} / {v['max']:.1f}" for k, v in sorted(a["waits"].items())
+            )
+            lines.append(
+                f"| {a['workload']} | {policy} | {waits} | {fmt(a['jain'])} | {fmt(a['heavy_share'])} "
+                f"| {a['utilisation']:.2f} | {a['inversions']} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task-seconds", type=float, default=0.2)
+    parser.add_argument("--policies", default="fifo,strict,fair")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    by_policy: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for policy in args.policies.split(","):
+            by_policy[policy] = run_policy(policy, args.task_seconds, Path(tmp))
+            print(f"plot: {plot(policy, by_policy[policy], RESULTS).relative_to(RESULTS.parent.parent)}")
+    text = table(by_policy)
+    header = f"machine: {machine()}; capacity 1, {args.task_seconds} s tasks, {time.strftime('%Y-%m-%d')}"
+    print(header)
+    print(text)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / "fairness-latest.md").write_text(header + "\n\n" + text + "\n")
+    summary = {
+        policy: [{k: v for k, v in a.items() if k != "rows"} for a in analyses]
+        for policy, analyses in by_policy.items()
+    }
+    (RESULTS / f"fairness-{stamp}.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
