@@ -94,11 +94,16 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--capacity", type=int, default=4)
     parser.add_argument("--task-seconds", type=float, default=0.1)
+    parser.add_argument("--policy", default="fair", help="PQH_POLICY for the run")
     args = parser.parse_args()
 
-    report: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "policy": args.policy,
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        system = start_local_system(Path(tmp), PQH_CAPACITY="1", PQH_TASK_SECONDS="0.05")
+        system = start_local_system(Path(tmp), PQH_CAPACITY="1", PQH_TASK_SECONDS="0.05", PQH_POLICY=args.policy)
         try:
             report["idle_start"] = idle_start_delay(system, args.idle)
         finally:
@@ -110,7 +115,7 @@ def main() -> None:
             system.stop()
 
     idle, util = report["idle_start"], report["utilisation"]
-    print(f"machine: {report['machine']}")
+    print(f"machine: {report['machine']}; policy {args.policy}")
     print("| measure | value |")
     print("|---|---|")
     print(

@@ -125,8 +125,8 @@ class Backlog:
     """The shared dispatch state: queued counts per level, and the fair policy's clock.
 
     ``passes[L]`` is level L's virtual time, ``vtime`` the virtual time of the last
-    pick, ``version`` changes on every write (a pick is committed only if the
-    state it was chosen from is still current).
+    pick, ``version`` changes on every pick (a pick is committed only if no other
+    pick came in between and the same levels are empty and non-empty).
     """
 
     counts: tuple[int, ...] = (0,) * LEVELS

@@ -257,7 +257,7 @@ class DynamoControlStore:
     with ``now``, so a worker that dies frees its slot when the lease runs out.
     The backlog item counts queued tasks per level (l0..l5): +1 after a send,
     -1 by the worker that takes one to run. It also holds the fair policy's
-    virtual times (p0..p5, vt) and a version (v) that every write moves on.
+    virtual times (p0..p5, vt) and a version (v) that every pick moves on.
     """
 
     def __init__(self, client: Any, table: str) -> None:
@@ -336,15 +336,21 @@ class DynamoControlStore:
     def add_backlog(self, level: int, delta: int) -> None:
         self._update(
             BACKLOG_KEY,
-            UpdateExpression="ADD #l :d, v :one",
+            UpdateExpression="ADD #l :d",
             ExpressionAttributeNames={"#l": f"l{level}"},
-            ExpressionAttributeValues={":d": {"N": str(delta)}, ":one": {"N": "1"}},
+            ExpressionAttributeValues={":d": {"N": str(delta)}},
         )
 
     def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
-        # Optimistic concurrency: the pick was chosen from ``seen``; it stands only
-        # if no submit or other pick has written since (the version is unchanged).
+        # Optimistic concurrency: the pick was chosen from ``seen``; it stands only if
+        # what the choice depends on is unchanged: no other pick since (the version,
+        # which only picks move on), and the same levels empty and non-empty (a
+        # submit to a level that already had tasks does not change the choice).
         version = "v = :v" if seen.version else "attribute_not_exists(v)"
+        shape = [
+            f"l{lvl} > :zero" if count > 0 else f"(attribute_not_exists(l{lvl}) OR l{lvl} <= :zero)"
+            for lvl, count in enumerate(seen.counts)
+        ]
         values: dict[str, Any] = {
             ":zero": {"N": "0"},
             ":minus": {"N": "-1"},
@@ -362,7 +368,7 @@ class DynamoControlStore:
                 TableName=self._table,
                 Key={"pk": {"S": BACKLOG_KEY}},
                 UpdateExpression=f"SET {', '.join(sets)} ADD l{level} :minus, v :one",
-                ConditionExpression=f"{version} AND l{level} > :zero",
+                ConditionExpression=" AND ".join([version, f"l{level} > :zero", *shape]),
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",

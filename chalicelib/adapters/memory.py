@@ -235,12 +235,14 @@ class MemoryControlStore:
         with self._mutex:
             counts = list(self._state.counts)
             counts[level] += delta
-            self._state = replace(self._state, counts=tuple(counts), version=self._state.version + 1)
+            self._state = replace(self._state, counts=tuple(counts))
 
     def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
         with self._mutex:
-            if self._state.version != seen.version or self._state.counts[level] <= 0:
-                return False, self._clamped()
+            current = self._clamped()
+            same_shape = all((a > 0) == (b > 0) for a, b in zip(current.counts, seen.counts, strict=True))
+            if current.version != seen.version or current.counts[level] <= 0 or not same_shape:
+                return False, current
             counts = list(self._state.counts)
             counts[level] -= 1
             self._state = Backlog(tuple(counts), after.passes, after.vtime, self._state.version + 1)

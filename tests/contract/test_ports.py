@@ -187,7 +187,7 @@ def test_backlog_counts(ports: Ports) -> None:
     ports.control.add_backlog(2, -1)
     state = ports.control.backlog()
     assert state.counts == (0, 0, 2, 0, 0, 1)
-    assert state.version == 3  # every write moves the version on
+    assert state.version == 0  # only picks move the version on
 
 
 def test_a_pick_commits_only_from_the_current_state(ports: Ports) -> None:
@@ -195,17 +195,20 @@ def test_a_pick_commits_only_from_the_current_state(ports: Ports) -> None:
     ports.control.add_backlog(3, 2)
     seen = ports.control.backlog()
     after = Backlog(seen.counts, (0.0, 0.0, 0.0, 0.25, 0.0, 0.0), 0.125, seen.version + 1)
+    ports.control.add_backlog(3, 1)  # a submit to a level that had tasks: the choice stands
     taken, now = ports.control.commit_pick(seen, after, 3)
     assert taken
-    assert (now.counts, now.passes, now.vtime, now.version) == ((0, 0, 0, 1, 0, 0), after.passes, 0.125, 2)
-    # A submit lands between reading and committing: the stale pick is refused,
-    # and the refusal carries the current state to choose again from.
+    assert (now.counts, now.passes, now.vtime, now.version) == ((0, 0, 0, 2, 0, 0), after.passes, 0.125, 1)
+    assert not ports.control.commit_pick(seen, after, 3)[0]  # another pick came in between
+    # A submit to an empty level lands between reading and committing: the stale
+    # pick is refused, and the refusal carries the current state to choose again from.
+    seen = now
     ports.control.add_backlog(0, 1)
     taken, current = ports.control.commit_pick(seen, after, 3)
     assert not taken
-    assert (current.counts, current.version) == ((1, 0, 0, 1, 0, 0), 3)
+    assert (current.counts, current.version) == ((1, 0, 0, 2, 0, 0), 1)
     taken, now = ports.control.commit_pick(current, current, 0)
-    assert taken and now.counts == (0, 0, 0, 1, 0, 0)
+    assert taken and now.counts == (0, 0, 0, 2, 0, 0)
     assert not ports.control.commit_pick(now, now, 0)[0]  # level 0 has none left
 
 
