@@ -115,6 +115,14 @@ def get_result(task_id: str) -> dict[str, Any]:
     return views.result(wiring.services().result(task_id))
 
 
+@app.route("/task/{task_id}", methods=["DELETE"])
+@api_errors
+def cancel_task(task_id: str) -> Response:
+    """Cancel a queued task (200), or ask a running one to stop (202)."""
+    task = wiring.services().cancel(task_id)
+    return Response(status_code=202 if task.task_status == "STARTED" else 200, body=views.result(task))
+
+
 @app.route("/admin/users/{user_id}", methods=["GET"])
 @api_errors
 def get_user(user_id: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ PENDING = "PENDING"
 STARTED = "STARTED"
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
-FINISHED = (SUCCESS, FAILURE)
+CANCELLED = "CANCELLED"
+FINISHED = (SUCCESS, FAILURE, CANCELLED)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Task:
     run_lease_until: float | None = None
     attempts: int = 0
     tag: float = 0.0  # count before / weight at submit: orders tasks inside a level
+    cancel_requested: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,6 +104,11 @@ class UnsupportedMediaTypeError(PqhError):
 class NotFoundError(PqhError):
     status = 404
     code = "not_found"
+
+
+class ConflictError(PqhError):
+    status = 409
+    code = "conflict"
 
 
 class ForbiddenError(PqhError):

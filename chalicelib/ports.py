@@ -23,6 +23,9 @@ class UsageStore(Protocol):
 
     def set_weight(self, user_id: str, weight: int) -> None: ...
 
+    def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
+        """Take back one submission made at ``submitted_at``, if its bucket still counts."""
+
 
 class TaskStore(Protocol):
     def create(self, task: Task) -> None: ...
@@ -30,6 +33,12 @@ class TaskStore(Protocol):
     def get(self, task_id: str) -> Task | None: ...
 
     def delete(self, task_id: str) -> None: ...
+
+    def cancel_pending(self, task_id: str, now: float, expires_at: float) -> bool:
+        """PENDING -> CANCELLED; False if the task is not PENDING (any more)."""
+
+    def request_cancel(self, task_id: str) -> bool:
+        """Flag a STARTED task for its worker to stop; False if it is not STARTED."""
 
     def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
         """Mark STARTED unless finished or running under a live lease; return the outcome."""

@@ -12,7 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib import policy
-from chalicelib.domain import FAILURE, SUCCESS, Handoff, NotFoundError, QueuedMessage, Task
+from chalicelib.domain import (
+    CANCELLED,
+    FAILURE,
+    PENDING,
+    STARTED,
+    SUCCESS,
+    ConflictError,
+    Handoff,
+    NotFoundError,
+    QueuedMessage,
+    Task,
+)
 from chalicelib.ports import (
     ALREADY_FINISHED,
     MISSING,
@@ -25,7 +36,7 @@ from chalicelib.ports import (
     UsageStore,
 )
 from chalicelib.settings import Settings
-from chalicelib.tasks import TaskContext, TaskFunction, load_task_function
+from chalicelib.tasks import TaskCancelledError, TaskContext, TaskFunction, load_task_function, supports_cancel
 from chalicelib.validation import is_task_id
 
 log = logging.getLogger("pqh")
@@ -167,6 +178,52 @@ class Services:
         if task is None or not policy.is_live(task.expires_at, self.clock()):
             raise NotFoundError(f"no task with id {task_id!r} (it never existed or its result has expired)")
         return task
+
+    def cancel(self, task_id: str) -> Task:
+        """Cancel a queued task, or ask a running one to stop; 409 when neither can be done.
+
+        A queued task is cancelled with a conditional write (PENDING -> CANCELLED),
+        so it races safely with a worker's start (PENDING -> STARTED): exactly one
+        wins. It is taken out of the user's usage window and the level's count.
+        """
+        s = self.settings
+        task = self.result(task_id)
+        now = self.clock()
+        if task.task_status == PENDING:
+            if self.tasks.cancel_pending(task.task_id, now, now + s.result_ttl_seconds):
+                self.usage.refund(task.user_id, task.submitted_at, now, s.bucket_seconds, s.window_seconds)
+                self.control.add_backlog(policy.queue_level(task.priority_level, s.policy), -1)
+                log.info("cancelled task=%s user=%s level=%d", task.task_id, task.user_id, task.priority_level)
+                return self.result(task_id)
+            task = self.result(task_id)  # a worker started it meanwhile
+        if task.task_status == STARTED:
+            if not supports_cancel(self._task_function()):
+                raise ConflictError(
+                    f"task {task_id} is running and the task function ({s.task_function}) cannot be stopped; "
+                    "wait for its result"
+                )
+            if self.tasks.request_cancel(task.task_id):
+                log.info("cancel requested task=%s user=%s", task.task_id, task.user_id)
+                return self.result(task_id)
+            task = self.result(task_id)
+        raise ConflictError(f"task {task_id} has already finished ({task.task_status}); there is nothing to cancel")
+
+    def _task_function(self) -> TaskFunction:
+        if self.task_function is None:
+            self.task_function = load_task_function(self.settings.task_function)
+        return self.task_function
+
+    def _cancel_check(self, task_id: str) -> Callable[[], bool]:
+        """ctx.cancelled for a running task: reads the flag at most once a second."""
+        last = {"at": -1e9, "value": False}
+
+        def cancelled() -> bool:
+            if not last["value"] and time.monotonic() - float(last["at"]) >= 1.0:
+                task = self.tasks.get(task_id)
+                last["at"], last["value"] = time.monotonic(), bool(task and task.cancel_requested)
+            return bool(last["value"])
+
+        return cancelled
 
     def set_weight(self, user_id: str, weight: int) -> None:
         self.usage.set_weight(user_id, weight)
@@ -362,12 +419,18 @@ class Services:
         return status
 
     def _execute(self, task: Task) -> tuple[str, Any, str | None]:
-        if self.task_function is None:
-            self.task_function = load_task_function(self.settings.task_function)
-        ctx = TaskContext(task_id=task.task_id, user_id=task.user_id, task_seconds=self.settings.task_seconds)
+        function = self._task_function()
+        ctx = TaskContext(
+            task_id=task.task_id,
+            user_id=task.user_id,
+            task_seconds=self.settings.task_seconds,
+            cancelled=self._cancel_check(task.task_id),
+        )
         try:
-            result = self.task_function(task.x, ctx)
+            result = function(task.x, ctx)
             size = len(json.dumps(result, ensure_ascii=False).encode())
+        except TaskCancelledError:
+            return CANCELLED, None, None
         except Exception as exc:  # the task's own failure is its result
             return FAILURE, None, f"{type(exc).__name__}: {exc}"
         if size > MAX_RESULT_BYTES:

@@ -12,21 +12,47 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+TaskFunction = Callable[[Any, "TaskContext"], Any]
+
+
+class TaskCancelledError(Exception):
+    """Raised by a task function that stops because its task was cancelled."""
+
+
+def _never() -> bool:
+    return False
+
 
 @dataclass(frozen=True)
 class TaskContext:
     task_id: str
     user_id: str
     task_seconds: float
+    cancelled: Callable[[], bool] = _never  # True once someone cancelled the running task
 
 
-TaskFunction = Callable[[Any, TaskContext], Any]
+def cancellable(function: TaskFunction) -> TaskFunction:
+    """Mark a task function that checks ``ctx.cancelled()`` and raises TaskCancelledError."""
+    function.supports_cancel = True  # type: ignore[attr-defined]
+    return function
 
 
+def supports_cancel(function: TaskFunction) -> bool:
+    return bool(getattr(function, "supports_cancel", False))
+
+
+@cancellable
 def limited_f(x: Any, ctx: TaskContext) -> dict[str, Any]:
-    """The old service's task: sleep PQH_TASK_SECONDS, return the seed's result fields."""
+    """The old service's task: sleep PQH_TASK_SECONDS, return the seed's result fields.
+
+    It sleeps in steps of at most half a second, so a cancelled task stops soon.
+    """
     init_timestamp = time.time()
-    time.sleep(ctx.task_seconds)
+    deadline = time.monotonic() + ctx.task_seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if ctx.cancelled():
+            raise TaskCancelledError(f"task {ctx.task_id} was cancelled")
+        time.sleep(min(0.5, left))
     return {"init_timestamp": init_timestamp, "input_x": x, "done_timestamp": time.time()}
 
 

@@ -31,6 +31,7 @@ def result(task: Task) -> dict[str, Any]:
         "submitted_at": task.submitted_at,
         "started_at": task.started_at,
         "finished_at": task.finished_at,
+        **({"cancel_requested": True} if task.cancel_requested and task.task_status == "STARTED" else {}),
     }
 
 

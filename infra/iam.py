@@ -25,7 +25,7 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
             ["dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:PutItem"],
             ["UsageTable"],
         ),
-        (["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], ["TasksTable"]),
+        (["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"], ["TasksTable"]),
         (["dynamodb:UpdateItem"], ["ControlTable"]),
         (["sqs:SendMessage", "sqs:GetQueueUrl"], LEVEL_QUEUES),
         (["lambda:InvokeFunction"], ["function:dispatcher"]),

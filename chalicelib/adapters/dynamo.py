@@ -12,7 +12,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib import policy
-from chalicelib.domain import FINISHED, PENDING, STARTED, Task
+from chalicelib.domain import CANCELLED, FINISHED, PENDING, STARTED, Task
 from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 
@@ -92,6 +92,23 @@ class DynamoUsageStore:
                 buckets.append((_num(item, "expires_at") or 0.0, int(item["n"]["N"])))
         return policy.live_count(buckets, now), weight
 
+    def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
+        start = policy.bucket_start(submitted_at, bucket_seconds)
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key={"user_id": {"S": user_id}, "sk": {"S": _bucket_key(start)}},
+                UpdateExpression="ADD #n :minus",
+                ConditionExpression="#n > :zero AND expires_at > :now",
+                ExpressionAttributeNames={"#n": "n"},
+                ExpressionAttributeValues={":minus": {"N": "-1"}, ":zero": {"N": "0"}, ":now": _n(now)},
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False  # the bucket has left the window: nothing to take back
+            raise
+        return True
+
     def set_weight(self, user_id: str, weight: int) -> None:
         self._db.put_item(
             TableName=self._table,
@@ -120,6 +137,7 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         run_lease_until=_num(item, "run_lease_until"),
         attempts=int(_num(item, "attempts") or 0),
         tag=_num(item, "tag") or 0.0,
+        cancel_requested=bool(item.get("cancel_requested", {}).get("BOOL", False)),
     )
 
 
@@ -153,6 +171,36 @@ class DynamoTaskStore:
 
     def delete(self, task_id: str) -> None:
         self._db.delete_item(TableName=self._table, Key={"task_id": {"S": task_id}})
+
+    def _conditional(self, **kwargs: Any) -> bool:
+        try:
+            self._db.update_item(TableName=self._table, **kwargs)
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return False
+            raise
+        return True
+
+    def cancel_pending(self, task_id: str, now: float, expires_at: float) -> bool:
+        return self._conditional(
+            Key={"task_id": {"S": task_id}},
+            UpdateExpression="SET task_status = :cancelled, finished_at = :now, expires_at = :exp",
+            ConditionExpression="task_status = :pending",
+            ExpressionAttributeValues={
+                ":cancelled": {"S": CANCELLED},
+                ":pending": {"S": PENDING},
+                ":now": _n(now),
+                ":exp": {"N": str(int(expires_at))},
+            },
+        )
+
+    def request_cancel(self, task_id: str) -> bool:
+        return self._conditional(
+            Key={"task_id": {"S": task_id}},
+            UpdateExpression="SET cancel_requested = :t",
+            ConditionExpression="task_status = :started",
+            ExpressionAttributeValues={":t": {"BOOL": True}, ":started": {"S": STARTED}},
+        )
 
     def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
         try:

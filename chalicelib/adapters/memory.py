@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from chalicelib import policy
-from chalicelib.domain import FINISHED, PENDING, STARTED, Handoff, QueuedMessage, Task
+from chalicelib.domain import CANCELLED, FINISHED, PENDING, STARTED, Handoff, QueuedMessage, Task
 from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 
@@ -39,6 +39,15 @@ class MemoryUsageStore:
         with self._lock:
             self._weights[user_id] = weight
 
+    def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
+        key = (user_id, policy.bucket_start(submitted_at, bucket_seconds))
+        with self._lock:
+            count, expires = self._buckets.get(key, (0, 0))
+            if count <= 0 or not policy.is_live(expires, now):
+                return False
+            self._buckets[key] = (count - 1, expires)
+            return True
+
 
 class MemoryTaskStore:
     def __init__(self) -> None:
@@ -59,6 +68,22 @@ class MemoryTaskStore:
     def delete(self, task_id: str) -> None:
         with self._lock:
             self._tasks.pop(task_id, None)
+
+    def cancel_pending(self, task_id: str, now: float, expires_at: float) -> bool:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.task_status != PENDING:
+                return False
+            self._tasks[task_id] = replace(task, task_status=CANCELLED, finished_at=now, expires_at=int(expires_at))
+            return True
+
+    def request_cancel(self, task_id: str) -> bool:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.task_status != STARTED:
+                return False
+            self._tasks[task_id] = replace(task, cancel_requested=True)
+            return True
 
     def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
         with self._lock:

@@ -219,3 +219,30 @@ def test_give_back_makes_a_message_visible_again(ports: Ports) -> None:
     ports.queues.give_back(2, [message.receipt_handle])
     (again,) = ports.queues.receive(2, 10, wait_seconds=1)
     assert again.task_id == message.task_id
+
+
+def test_cancel_pending_and_request_cancel(ports: Ports) -> None:
+    queued, running = make_task(), make_task(task_id="44444444-4444-4444-8444-444444444444")
+    ports.tasks.create(queued)
+    ports.tasks.create(running)
+    assert ports.tasks.start(running.task_id, "run", NOW, NOW + 900)[0] == STARTED_NOW
+    assert not ports.tasks.request_cancel(queued.task_id)  # not running
+    assert ports.tasks.cancel_pending(queued.task_id, NOW + 1, NOW + 100)
+    assert not ports.tasks.cancel_pending(queued.task_id, NOW + 2, NOW + 100)  # once
+    cancelled = ports.tasks.get(queued.task_id)
+    assert (cancelled.task_status, cancelled.finished_at, cancelled.expires_at) == ("CANCELLED", NOW + 1, NOW + 100)
+    assert ports.tasks.start(queued.task_id, "late", NOW + 3, NOW + 900)[0] == ALREADY_FINISHED
+    assert not ports.tasks.cancel_pending(running.task_id, NOW, NOW + 100)  # running: not pending
+    assert ports.tasks.request_cancel(running.task_id)
+    assert ports.tasks.get(running.task_id).cancel_requested
+
+
+def test_refund_takes_back_one_live_submission(ports: Ports) -> None:
+    for _ in range(2):
+        ports.usage.record_submission("u1", NOW, 600, 6000)
+    assert ports.usage.refund("u1", NOW, NOW + 5, 600, 6000)
+    assert ports.usage.usage("u1", NOW + 5, 600, 6000) == (1, 1)
+    assert ports.usage.refund("u1", NOW, NOW + 5, 600, 6000)
+    assert not ports.usage.refund("u1", NOW, NOW + 5, 600, 6000)  # never below zero
+    ports.usage.record_submission("u1", NOW, 600, 6000)
+    assert not ports.usage.refund("u1", NOW, NOW + 7000, 600, 6000)  # out of the window already

@@ -168,3 +168,41 @@ def test_setting_a_weight_needs_the_admin_token_and_changes_levels(
     assert levels == [0] * 6 + [1, 1]
     usage = harness.client.http.get("/admin/users/vip", headers=auth).json_body
     assert usage["count_in_window"] == 8 and usage["weight"] == 6
+
+
+def test_delete_cancels_a_queued_task_and_answers_conflicts_as_json(harness: Harness) -> None:
+    task_id = harness.submit("u", 1).json_body["task_id"]
+    response = harness.client.http.delete(f"/task/{task_id}")
+    assert response.status_code == 200
+    assert response.json_body["task_status"] == "CANCELLED"
+    assert harness.result(task_id).json_body["task_status"] == "CANCELLED"
+    again = harness.client.http.delete(f"/task/{task_id}")
+    assert (again.status_code, again.json_body["error"]) == (409, "conflict")
+    missing = harness.client.http.delete("/task/00000000-0000-4000-8000-000000000000")
+    assert (missing.status_code, missing.json_body["error"]) == (404, "not_found")
+    harness.client.lambda_.invoke(
+        "dispatch_tick",
+        {
+            "version": "0",
+            "id": "x",
+            "detail-type": "x",
+            "source": "x",
+            "account": "1",
+            "time": "t",
+            "region": "r",
+            "resources": [],
+            "detail": {},
+        },
+    )
+    assert harness.outcomes() == ["finished"]  # the tick's worker met its message and dropped it
+    assert harness.queue_depths() == [0] * 6
+
+
+def test_delete_of_a_finished_task_is_a_conflict(harness: Harness) -> None:
+    task_id = harness.submit("u", 1).json_body["task_id"]
+    harness.dispatch()
+    harness.outcomes()
+    response = harness.client.http.delete(f"/task/{task_id}")
+    assert response.status_code == 409
+    assert "already finished" in response.json_body["message"]
+    assert harness.result(task_id).json_body["task_status"] == "SUCCESS"

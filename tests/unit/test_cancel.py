@@ -1,0 +1,145 @@
+"""Cancellation: queued tasks never run; running ones stop if their function can; races are safe."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from chalicelib.domain import CANCELLED, PENDING, STARTED, SUCCESS, ConflictError, NotFoundError
+from chalicelib.policy import LEVELS
+from chalicelib.tasks import TaskCancelledError, TaskContext, cancellable
+from tests.fakes import make_world
+
+LEVEL_COUNTS = [0, 1, 6, 16, 26, 36]  # submissions before one that lands at each level
+
+
+@pytest.mark.parametrize("level", range(LEVELS))
+def test_a_task_cancelled_while_queued_at_any_level_never_runs(level: int) -> None:
+    w = make_world(capacity=1, policy="strict")
+    for i in range(LEVEL_COUNTS[level]):
+        w.services.submit("u", f"before{i}")
+    task = w.services.submit("u", "target")
+    assert task.priority_level == level
+    usage_before = w.services.user_usage("u")["count_in_window"]
+    counts_before = w.control.backlog().counts
+    cancelled = w.services.cancel(task.task_id)
+    assert cancelled.task_status == CANCELLED and cancelled.finished_at is not None
+    # It no longer counts against the user's window, nor as queued.
+    assert w.services.user_usage("u")["count_in_window"] == usage_before - 1
+    assert w.control.backlog().counts[level] == counts_before[level] - 1
+    w.services.dispatch()
+    w.run_workers()
+    assert task.task_id not in w.ran
+    assert w.tasks.get(task.task_id).task_status == CANCELLED  # type: ignore[union-attr]
+    assert all(t.task_status == SUCCESS for t in w.tasks.all() if t.task_id != task.task_id)
+    # Its message is deleted by the next worker that meets it, or by the tick's walk.
+    w.services.dispatch(full_walk=True)
+    w.run_workers()
+    assert all(w.queues.depth(lvl) == 0 for lvl in range(LEVELS))
+    assert task.task_id not in w.ran
+
+
+def test_cancelling_a_running_task_stops_a_function_that_supports_it() -> None:
+    w = make_world(capacity=1)
+    started = threading.Event()
+
+    @cancellable
+    def long_task(x: Any, ctx: TaskContext) -> None:
+        started.set()
+        while not ctx.cancelled():
+            threading.Event().wait(0.01)
+        raise TaskCancelledError("stopped")
+
+    w.services.task_function = long_task
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    (handoff,) = w.invoker.take_handoffs()
+    worker = threading.Thread(target=w.services.run, args=(handoff,))
+    worker.start()
+    assert started.wait(5)
+    asked = w.services.cancel(task.task_id)
+    assert asked.task_status == STARTED and asked.cancel_requested
+    worker.join(10)
+    assert not worker.is_alive()
+    assert w.tasks.get(task.task_id).task_status == CANCELLED  # type: ignore[union-attr]
+    assert w.control.slots(1)[0].is_free(w.clock.now)
+
+
+def test_the_default_task_stops_when_cancelled() -> None:
+    from chalicelib.tasks import limited_f
+
+    flag = {"cancelled": False}
+    ctx = TaskContext("t", "u", task_seconds=30, cancelled=lambda: flag["cancelled"])
+    timer = threading.Timer(0.2, lambda: flag.update(cancelled=True))
+    timer.start()
+    with pytest.raises(TaskCancelledError):
+        limited_f("x", ctx)
+
+
+def test_a_running_task_whose_function_cannot_stop_is_a_conflict() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("u", 1)
+    w.tasks.start(task.task_id, "run", w.clock.now, w.clock.now + 900)
+    w.services.task_function = lambda x, ctx: None  # not marked cancellable
+    with pytest.raises(ConflictError, match="cannot be stopped"):
+        w.services.cancel(task.task_id)
+    assert w.tasks.get(task.task_id).task_status == STARTED  # type: ignore[union-attr]
+
+
+def test_finished_unknown_and_already_cancelled_tasks_change_nothing() -> None:
+    w = make_world(capacity=1)
+    done = w.services.submit("u", 1)
+    w.services.dispatch()
+    w.run_workers()
+    before = w.tasks.get(done.task_id)
+    with pytest.raises(ConflictError, match="already finished"):
+        w.services.cancel(done.task_id)
+    assert w.tasks.get(done.task_id) == before
+    with pytest.raises(NotFoundError):
+        w.services.cancel("00000000-0000-4000-8000-000000000000")
+    queued = w.services.submit("u", 2)
+    w.services.cancel(queued.task_id)
+    usage = w.services.user_usage("u")
+    with pytest.raises(ConflictError):
+        w.services.cancel(queued.task_id)
+    assert w.services.user_usage("u") == usage  # not refunded twice
+
+
+def test_cancel_racing_with_dispatch_either_runs_or_cancels_never_both() -> None:
+    w = make_world(capacity=3)
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    def task(x: Any, ctx: TaskContext) -> None:
+        with lock:
+            ran.append(ctx.task_id)
+
+    w.services.task_function = task
+    tasks = [w.services.submit(f"u{i % 5}", i) for i in range(60)]
+    w.services.dispatch()
+    handoffs = w.invoker.take_handoffs()
+
+    def cancel(task_id: str) -> str:
+        try:
+            return w.services.cancel(task_id).task_status
+        except ConflictError:
+            return "too late"
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        workers = [pool.submit(w.services.run, h) for h in handoffs]
+        outcomes = list(pool.map(cancel, [t.task_id for t in tasks[::2]]))
+        for future in workers:
+            future.result()
+    w.services.dispatch(full_walk=True)
+    w.run_workers()
+    final = {t.task_id: w.tasks.get(t.task_id).task_status for t in tasks}  # type: ignore[union-attr]
+    assert set(final.values()) <= {SUCCESS, CANCELLED}
+    assert PENDING not in final.values()
+    for t in tasks:
+        assert (t.task_id in ran) == (final[t.task_id] == SUCCESS)  # ran exactly when it succeeded
+    assert ran.count(tasks[0].task_id) <= 1 and len(ran) == len(set(ran))
+    assert outcomes.count(CANCELLED) == sum(1 for s in final.values() if s == CANCELLED)
+    assert all(slot.is_free(w.clock.now) for slot in w.control.slots(3))
