@@ -112,7 +112,9 @@ def submit_task() -> Response:
 @app.route("/result/{task_id}", methods=["GET"])
 @api_errors
 def get_result(task_id: str) -> dict[str, Any]:
-    return views.result(wiring.services().result(task_id))
+    svc = wiring.services()
+    task = svc.result(task_id)
+    return views.result(task, svc.progress(task))
 
 
 @app.route("/task/{task_id}", methods=["DELETE"])

@@ -33,6 +33,7 @@ class Task:
     attempts: int = 0
     tag: float = 0.0  # count before / weight at submit: orders tasks inside a level
     cancel_requested: bool = False
+    queue_seq: int = 0  # its number in its level's queue, for the queue position
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

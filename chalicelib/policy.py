@@ -7,7 +7,7 @@ fair allocation is tested exhaustively in milliseconds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 LEVELS = 6
@@ -133,6 +133,9 @@ class Backlog:
     passes: tuple[float, ...] = (0.0,) * LEVELS
     vtime: float = 0.0
     version: int = 0
+    enqueued: tuple[int, ...] = (0,) * LEVELS  # tasks ever queued per level: a task's sequence number
+    dequeued: tuple[int, ...] = (0,) * LEVELS  # tasks ever taken per level
+    run_seconds: float = 0.0  # moving average of recent run times (0: none yet)
 
 
 def validate_shares(shares: Sequence[int]) -> None:
@@ -168,12 +171,60 @@ def after_pick(state: Backlog, level: int, policy_name: str, shares: Sequence[in
     """The state once a task of ``level`` has been taken."""
     counts = list(state.counts)
     counts[level] -= 1
+    dequeued = list(state.dequeued)
+    dequeued[level] += 1
+    taken = replace(state, counts=tuple(counts), dequeued=tuple(dequeued), version=state.version + 1)
     if policy_name != "fair":
-        return Backlog(tuple(counts), state.passes, state.vtime, state.version + 1)
+        return taken
     start = max(state.passes[level], state.vtime)
     passes = list(state.passes)
     passes[level] = start + 1.0 / shares[level]
-    return Backlog(tuple(counts), tuple(passes), start, state.version + 1)
+    return replace(taken, passes=tuple(passes), vtime=start)
+
+
+def moving_average(previous: float, sample: float, weight: float = 0.2) -> float:
+    """Recent run times, smoothed; the first sample stands alone."""
+    return sample if previous <= 0 else (1 - weight) * previous + weight * sample
+
+
+# --- Queue position and ETA ---------------------------------------------------
+
+POSITION_LIMIT = 100_000
+
+
+def queue_position(
+    state: Backlog, level: int, seq: int, policy_name: str, shares: Sequence[int] = DEFAULT_SHARES
+) -> int:
+    """How many queued tasks the policy will start before a task, if nothing else arrives.
+
+    ``seq`` is the task's sequence number in its level's queue (1 = the first
+    ever). Tasks of its level with smaller numbers that are not yet taken are
+    ahead of it (approximate: a standard queue is only roughly FIFO, and the fair
+    policy orders a level by usage). Other levels' tasks come in between as the
+    policy would choose them; this replays the policy on a copy of the state.
+    """
+    ahead_in_level = max(0, seq - state.dequeued[level] - 1)
+    counts = list(state.counts)
+    counts[level] = max(counts[level], ahead_in_level + 1)
+    sim = replace(state, counts=tuple(counts))
+    position = 0
+    taken_from_level = 0
+    while position < POSITION_LIMIT:
+        chosen = choose_level(sim, policy_name, shares)
+        if chosen is None:
+            break
+        if chosen == level:
+            if taken_from_level == ahead_in_level:
+                return position
+            taken_from_level += 1
+        position += 1
+        sim = after_pick(sim, chosen, policy_name, shares)
+    return position
+
+
+def eta_seconds(position: int, capacity: int, run_seconds: float) -> float:
+    """Expected wait before a task starts: the tasks ahead, run ``capacity`` at a time."""
+    return position * run_seconds / capacity
 
 
 def guaranteed_share(level: int, backlogged: Iterable[int], shares: Sequence[int] = DEFAULT_SHARES) -> float:

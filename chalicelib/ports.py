@@ -84,7 +84,10 @@ class ControlStore(Protocol):
     def backlog(self) -> Backlog: ...
 
     def add_backlog(self, level: int, delta: int) -> None:
-        """Add to a level's queued count (and move the state's version on)."""
+        """Add to a level's queued count."""
+
+    def enqueue(self, level: int) -> int:
+        """Count one more queued task at ``level``; return its sequence number there."""
 
     def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
         """Take one task of ``level``: store ``after`` if the state is still ``seen``.

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chalicelib import policy
@@ -51,6 +51,12 @@ QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
 MAX_ATTEMPTS = 3
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
+
+
+@dataclass(frozen=True)
+class Progress:
+    queue_position: int  # queued tasks the policy will start first (approximate)
+    eta_seconds: float  # expected wait before it starts
 
 
 @dataclass
@@ -131,6 +137,10 @@ class Services:
         now = self.clock()
         count_before, weight = self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds)
         level = policy.level_for(count_before, weight, s.thresholds)
+        queue = policy.queue_level(level, s.policy)
+        # Counted before it is sent (for its queue position): a worker that takes the
+        # count in between waits for the message with its long poll.
+        seq = self.control.enqueue(queue)
         task = Task(
             task_id=str(uuid.uuid4()),
             user_id=user_id,
@@ -141,19 +151,19 @@ class Services:
             # finish + PQH_RESULT_TTL_SECONDS.
             expires_at=int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds,
             tag=count_before / weight,
+            queue_seq=seq,
         )
-        self.tasks.create(task)
-        queue = policy.queue_level(level, s.policy)
         try:
-            self.queues.send(queue, task)
+            self.tasks.create(task)
+            try:
+                self.queues.send(queue, task)
+            except Exception:
+                # Not queued means not accepted: drop the record so no PENDING task is orphaned.
+                self.tasks.delete(task.task_id)
+                raise
         except Exception:
-            # Not queued means not accepted: drop the record so no PENDING task is orphaned.
-            self.tasks.delete(task.task_id)
+            self.control.add_backlog(queue, -1)
             raise
-        try:
-            self.control.add_backlog(queue, 1)
-        except Exception:  # queued is accepted: the tick's full walk finds an uncounted message
-            log.exception("task=%s is queued but not counted; the next tick will find it", task.task_id)
         log.info(
             "submitted task=%s user=%s level=%d count_before=%d weight=%d",
             task.task_id,
@@ -178,6 +188,17 @@ class Services:
         if task is None or not policy.is_live(task.expires_at, self.clock()):
             raise NotFoundError(f"no task with id {task_id!r} (it never existed or its result has expired)")
         return task
+
+    def progress(self, task: Task) -> Progress | None:
+        """Queue position and ETA of a queued task; one DynamoDB GetItem, no queue scan."""
+        if task.task_status != PENDING or not task.queue_seq:
+            return None
+        s = self.settings
+        state = self.control.backlog()
+        queue = policy.queue_level(task.priority_level, s.policy)
+        position = policy.queue_position(state, queue, task.queue_seq, s.policy, s.shares)
+        run_seconds = state.run_seconds or s.task_seconds
+        return Progress(position, policy.eta_seconds(position, s.capacity, run_seconds))
 
     def cancel(self, task_id: str) -> Task:
         """Cancel a queued task, or ask a running one to stop; 409 when neither can be done.
@@ -301,6 +322,7 @@ class Services:
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
                 snapshot: policy.Backlog | None = None
+                last_run: float | None = None
                 while True:
                     if heartbeat.lost:
                         report.stopped_because = "slot lost"
@@ -308,7 +330,7 @@ class Services:
                     if self.clock() - began >= s.runner_seconds:
                         report.stopped_because = "time up"
                         break
-                    picked = self._pick_next(snapshot, handoff.full_walk)
+                    picked = self._pick_next(snapshot, handoff.full_walk, last_run)
                     if picked is None:
                         report.stopped_because = "queues empty"
                         break
@@ -322,14 +344,17 @@ class Services:
                         self.clock() - message.submitted_at if message.submitted_at else 0.0,
                     )
                     report.levels.append(level)
-                    report.outcomes.append(self._run_one(level, message))
+                    began_task = self.clock()
+                    outcome = self._run_one(level, message)
+                    report.outcomes.append(outcome)
+                    last_run = self.clock() - began_task if outcome in (SUCCESS, FAILURE) else None
         finally:
             self.control.release_slot(handoff.slot_id, holder)
             self._nudge_dispatcher()
         return report
 
     def _pick_next(
-        self, snapshot: policy.Backlog | None, full_walk: bool
+        self, snapshot: policy.Backlog | None, full_walk: bool, last_run: float | None = None
     ) -> tuple[int, QueuedMessage, policy.Backlog] | None:
         """Choose a level by the policy, take one of its count, then one of its messages."""
         s = self.settings
@@ -338,7 +363,10 @@ class Services:
             state = self.control.backlog()  # the snapshot predates the last task: look again
         sample = s.fair_sample if s.policy == "fair" else 1
         while (level := policy.choose_level(state, s.policy, s.shares)) is not None:
-            taken, state = self.control.commit_pick(state, policy.after_pick(state, level, s.policy, s.shares), level)
+            after = policy.after_pick(state, level, s.policy, s.shares)
+            if last_run is not None:  # the run time of this worker's last task, for ETAs
+                after = replace(after, run_seconds=policy.moving_average(state.run_seconds, last_run))
+            taken, state = self.control.commit_pick(state, after, level)
             if not taken:
                 continue  # the state moved (a submit, or another worker's pick): choose again
             messages = self.queues.receive(level, sample, wait_seconds=0)

@@ -17,7 +17,7 @@ def submitted(task: Task) -> dict[str, Any]:
     }
 
 
-def result(task: Task) -> dict[str, Any]:
+def result(task: Task, progress: Any = None) -> dict[str, Any]:
     task_result: Any = None
     if task.task_status == SUCCESS:
         task_result = task.result
@@ -32,6 +32,15 @@ def result(task: Task) -> dict[str, Any]:
         "started_at": task.started_at,
         "finished_at": task.finished_at,
         **({"cancel_requested": True} if task.cancel_requested and task.task_status == "STARTED" else {}),
+        **(
+            {
+                "queue_position": progress.queue_position,
+                "queue_position_approximate": True,
+                "eta_seconds": round(progress.eta_seconds, 3),
+            }
+            if progress is not None
+            else {}
+        ),
     }
 
 

@@ -138,6 +138,7 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         attempts=int(_num(item, "attempts") or 0),
         tag=_num(item, "tag") or 0.0,
         cancel_requested=bool(item.get("cancel_requested", {}).get("BOOL", False)),
+        queue_seq=int(_num(item, "queue_seq") or 0),
     )
 
 
@@ -160,6 +161,7 @@ class DynamoTaskStore:
                 "expires_at": _n(task.expires_at),
                 "task_status": {"S": task.task_status},
                 "tag": _n(float(task.tag)),
+                "queue_seq": {"N": str(task.queue_seq)},
             },
             ConditionExpression="attribute_not_exists(task_id)",
         )
@@ -295,6 +297,9 @@ def _backlog_from(item: dict[str, Any]) -> Backlog:
         passes=tuple(_num(item, f"p{level}") or 0.0 for level in range(policy.LEVELS)),
         vtime=_num(item, "vt") or 0.0,
         version=int(_num(item, "v") or 0),
+        enqueued=tuple(int(_num(item, f"e{level}") or 0) for level in range(policy.LEVELS)),
+        dequeued=tuple(int(_num(item, f"d{level}") or 0) for level in range(policy.LEVELS)),
+        run_seconds=_num(item, "rt") or 0.0,
     )
 
 
@@ -389,6 +394,17 @@ class DynamoControlStore:
             ExpressionAttributeValues={":d": {"N": str(delta)}},
         )
 
+    def enqueue(self, level: int) -> int:
+        response = self._db.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": BACKLOG_KEY}},
+            UpdateExpression="ADD #l :one, #e :one",
+            ExpressionAttributeNames={"#l": f"l{level}", "#e": f"e{level}"},
+            ExpressionAttributeValues={":one": {"N": "1"}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(response["Attributes"][f"e{level}"]["N"])
+
     def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
         # Optimistic concurrency: the pick was chosen from ``seen``; it stands only if
         # what the choice depends on is unchanged: no other pick since (the version,
@@ -406,6 +422,9 @@ class DynamoControlStore:
             ":vt": _n(after.vtime),
         }
         sets = ["vt = :vt"]
+        if after.run_seconds > 0:
+            values[":rt"] = _n(float(after.run_seconds))
+            sets.append("rt = :rt")
         for lvl, value in enumerate(after.passes):
             values[f":p{lvl}"] = _n(float(value))
             sets.append(f"p{lvl} = :p{lvl}")
@@ -415,7 +434,7 @@ class DynamoControlStore:
             response = self._db.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": BACKLOG_KEY}},
-                UpdateExpression=f"SET {', '.join(sets)} ADD l{level} :minus, v :one",
+                UpdateExpression=f"SET {', '.join(sets)} ADD l{level} :minus, d{level} :one, v :one",
                 ConditionExpression=" AND ".join([version, f"l{level} > :zero", *shape]),
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",

@@ -262,15 +262,32 @@ class MemoryControlStore:
             counts[level] += delta
             self._state = replace(self._state, counts=tuple(counts))
 
+    def enqueue(self, level: int) -> int:
+        with self._mutex:
+            counts, enqueued = list(self._state.counts), list(self._state.enqueued)
+            counts[level] += 1
+            enqueued[level] += 1
+            self._state = replace(self._state, counts=tuple(counts), enqueued=tuple(enqueued))
+            return enqueued[level]
+
     def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
         with self._mutex:
             current = self._clamped()
             same_shape = all((a > 0) == (b > 0) for a, b in zip(current.counts, seen.counts, strict=True))
             if current.version != seen.version or current.counts[level] <= 0 or not same_shape:
                 return False, current
-            counts = list(self._state.counts)
+            counts, dequeued = list(self._state.counts), list(self._state.dequeued)
             counts[level] -= 1
-            self._state = Backlog(tuple(counts), after.passes, after.vtime, self._state.version + 1)
+            dequeued[level] += 1
+            self._state = replace(
+                self._state,
+                counts=tuple(counts),
+                dequeued=tuple(dequeued),
+                passes=after.passes,
+                vtime=after.vtime,
+                version=self._state.version + 1,
+                run_seconds=after.run_seconds if after.run_seconds > 0 else self._state.run_seconds,
+            )
             return True, self._clamped()
 
     def _clamped(self) -> Backlog:

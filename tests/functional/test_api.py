@@ -206,3 +206,17 @@ def test_delete_of_a_finished_task_is_a_conflict(harness: Harness) -> None:
     assert response.status_code == 409
     assert "already finished" in response.json_body["message"]
     assert harness.result(task_id).json_body["task_status"] == "SUCCESS"
+
+
+def test_a_queued_task_reports_its_position_and_eta(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PQH_TASK_SECONDS", "1.5")
+    monkeypatch.setenv("PQH_POLICY", "strict")
+    ids = [harness.submit(f"user{i}", i).json_body["task_id"] for i in range(3)]  # all level 0
+    heavy = [harness.submit("heavy", i).json_body["task_id"] for i in range(3)]  # heavy's 2nd, 3rd: level 1
+    body = harness.result(ids[2]).json_body
+    assert (body["queue_position"], body["queue_position_approximate"], body["eta_seconds"]) == (2, True, 3.0)
+    assert harness.result(heavy[2]).json_body["queue_position"] == 4 + 1  # all of level 0, then heavy's 2nd
+    harness.dispatch()
+    harness.outcomes()
+    done = harness.result(ids[2]).json_body
+    assert done["task_status"] == "SUCCESS" and "queue_position" not in done

@@ -376,20 +376,29 @@ def test_a_duplicate_message_does_not_use_up_another_tasks_count() -> None:
     assert report.levels[-1] == 1  # b (level 0) went before a's level-1 task
 
 
-def test_a_failed_count_after_the_send_still_accepts_the_task() -> None:
+def test_a_failed_count_rejects_the_submit_and_leaves_nothing() -> None:
     w = make_world(capacity=1)
 
-    def throttled(level: int, delta: int) -> None:
+    def throttled(level: int) -> int:
         raise RuntimeError("throttled")
 
-    original = w.control.add_backlog
-    w.control.add_backlog = throttled  # type: ignore[method-assign]
-    task = w.services.submit("u", 1)  # queued: accepted, not an error
-    w.control.add_backlog = original  # type: ignore[method-assign]
-    assert w.queues.depth(0) == 1
-    w.services.dispatch(full_walk=True)  # the tick finds it
-    assert w.outcomes() == [SUCCESS]
-    assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
+    w.control.enqueue = throttled  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        w.services.submit("u", 1)
+    assert w.tasks.all() == [] and w.queues.depth(0) == 0
+
+
+def test_a_failed_send_takes_its_count_back() -> None:
+    w = make_world(capacity=1)
+
+    def down(level: int, task: object) -> None:
+        raise RuntimeError("sqs is down")
+
+    w.queues.send = down  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        w.services.submit("u", 1)
+    assert w.control.backlog().counts == (0,) * LEVELS
+    assert w.tasks.all() == []
 
 
 def test_a_worker_takes_tasks_that_arrived_during_its_last_one() -> None:
