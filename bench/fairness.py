@@ -44,11 +44,16 @@ class Run:
     tasks: list[tuple[str, str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     weights: dict[str, int] = field(default_factory=dict)
+    predicted: dict[str, float] = field(default_factory=dict)  # task id -> eta_seconds when submitted
 
     def submit(self, system: LocalSystem, user: str, klass: str, x: Any = None) -> str:
         task_id = str(system.submit(user, x)["task_id"])
+        # Ask at once where it is and when it will start: checked against the real start later.
+        body = system.result(task_id)
         with self.lock:
             self.tasks.append((user, klass, task_id))
+            if "eta_seconds" in body:
+                self.predicted[task_id] = float(body["eta_seconds"])
         return task_id
 
 
@@ -194,9 +199,16 @@ def analyse(run: Run, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             if o["priority_level"] < r["priority_level"] and o["submitted_at"] < r["started_at"] < o["started_at"]
         ]
         inversions += bool(waiting_higher)
+    errors = [
+        abs((r["started_at"] - r["submitted_at"]) - run.predicted[task_id])
+        for (_, _, task_id), r in zip(run.tasks, rows, strict=True)
+        if task_id in run.predicted
+    ]
     return {
         "workload": run.name,
         "tasks": len(rows),
+        "eta_error_p50": percentile(errors, 50) if errors else None,
+        "eta_error_p90": percentile(errors, 90) if errors else None,
         "waits": waits,
         "jain": jain(normalised),
         "heavy_share": heavy_share if any(u.endswith("-heavy") for u in service) else None,
@@ -264,8 +276,9 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 def table(by_policy: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
-        "| workload | policy | wait p50 / p95 / max (s) by class | Jain | heavy share | utilisation | inversions |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| workload | policy | wait p50 / p95 / max (s) by class | Jain | heavy share | utilisation | inversions "
+        "| ETA error p50 / p90 (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for index in range(len(WORKLOADS)):
         for policy, analyses in by_policy.items():
@@ -275,7 +288,8 @@ def table(by_policy: dict[str, list[dict[str, Any]]]) -> str:
             )
             lines.append(
                 f"| {a['workload']} | {policy} | {waits} | {fmt(a['jain'])} | {fmt(a['heavy_share'])} "
-                f"| {a['utilisation']:.2f} | {a['inversions']} |"
+                f"| {a['utilisation']:.2f} | {a['inversions']} "
+                f"| {fmt(a['eta_error_p50'], 1)} / {fmt(a['eta_error_p90'], 1)} |"
             )
     return "\n".join(lines)
 

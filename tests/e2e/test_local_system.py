@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -114,3 +116,28 @@ def test_the_runner_uses_an_existing_emulator_when_aws_endpoint_url_is_set(
         assert sum(1 for name in names if name.endswith(("-level-0", "-level-5-dlq"))) == 2
     finally:
         emulator.stop()
+
+
+def test_the_cli_follows_position_and_eta_and_cancels(local_system: Callable[..., LocalSystem]) -> None:
+    system = local_system(PQH_CAPACITY="1", PQH_TASK_SECONDS="0.4", PQH_POLICY="strict")
+    env = {**os.environ, "PQH_URL": system.base_url}
+    pqh = [sys.executable, "-m", "pqhcli.main"]
+    blockers = [system.submit("busy", i)["task_id"] for i in range(3)]
+    queued = system.submit("other", "to cancel")["task_id"]
+    cancelled = subprocess.run([*pqh, "cancel", queued], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "CANCELLED" in cancelled.stdout
+    waited = subprocess.run(
+        [*pqh, "submit", "cli_user", '{"n": 1}', "--wait", "--every", "0.1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert waited.returncode == 0, waited.stderr
+    assert "PENDING  position" in waited.stdout and "starts in ~" in waited.stdout
+    assert "SUCCESS" in waited.stdout and '"n": 1' in waited.stdout
+    again = subprocess.run([*pqh, "cancel", queued], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 1 and "409" in again.stderr  # already cancelled: a clear error
+    system.wait_all(blockers)
