@@ -322,7 +322,10 @@ class Services:
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
                 snapshot: policy.Backlog | None = None
-                last_run: float | None = None
+                # Seconds per task on this slot (run plus the writes and the pick
+                # between two tasks): what an ETA needs.
+                cycle: float | None = None
+                previous_pick: float | None = None
                 while True:
                     if heartbeat.lost:
                         report.stopped_because = "slot lost"
@@ -330,7 +333,10 @@ class Services:
                     if self.clock() - began >= s.runner_seconds:
                         report.stopped_because = "time up"
                         break
-                    picked = self._pick_next(snapshot, handoff.full_walk, last_run)
+                    pick_at = self.clock()
+                    if previous_pick is not None and cycle is None:
+                        cycle = pick_at - previous_pick
+                    picked = self._pick_next(snapshot, handoff.full_walk, cycle)
                     if picked is None:
                         report.stopped_because = "queues empty"
                         break
@@ -344,10 +350,10 @@ class Services:
                         self.clock() - message.submitted_at if message.submitted_at else 0.0,
                     )
                     report.levels.append(level)
-                    began_task = self.clock()
                     outcome = self._run_one(level, message)
                     report.outcomes.append(outcome)
-                    last_run = self.clock() - began_task if outcome in (SUCCESS, FAILURE) else None
+                    # Only a task that ran gives a cycle time; the next pick records it.
+                    previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
         finally:
             self.control.release_slot(handoff.slot_id, holder)
             self._nudge_dispatcher()
@@ -364,7 +370,7 @@ class Services:
         sample = s.fair_sample if s.policy == "fair" else 1
         while (level := policy.choose_level(state, s.policy, s.shares)) is not None:
             after = policy.after_pick(state, level, s.policy, s.shares)
-            if last_run is not None:  # the run time of this worker's last task, for ETAs
+            if last_run is not None:  # this slot's last seconds per task, for ETAs
                 after = replace(after, run_seconds=policy.moving_average(state.run_seconds, last_run))
             taken, state = self.control.commit_pick(state, after, level)
             if not taken:
