@@ -1,0 +1,147 @@
+"""AWS requests per task, counted by operation with botocore event hooks, and what they cost.
+
+Runs the real handlers (chalice.test.Client) under moto: N tasks from U users are
+submitted over the API, the dispatcher and workers run them, and each result is
+read once. Every DynamoDB and SQS call is counted by a botocore `before-call`
+hook; Lambda invocations by the invoker. Prints a table and the cost per million
+tasks at the public on-demand prices listed below.
+
+    python -m bench.requests_per_task [--tasks 200 --users 20 --capacity 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+# Public on-demand prices, us-east-1, as published by AWS (checked for this
+# project in 2026; verify before relying on them).
+PRICES = {
+    "API Gateway REST request": 3.50 / 1e6,
+    "Lambda request": 0.20 / 1e6,
+    "Lambda GB-second": 0.0000166667,
+    "DynamoDB write request unit": 0.625 / 1e6,
+    "DynamoDB read request unit": 0.125 / 1e6,
+    "SQS request": 0.40 / 1e6,
+}
+# Overhead functions only (the task itself is the service being shared): about
+# 60 ms at 256 MB per dispatcher run, and per worker start, outside the task.
+OVERHEAD_GB_SECONDS = 0.06 * 0.25
+
+WRITES = {"PutItem", "UpdateItem", "DeleteItem"}
+READS = {"GetItem", "Query", "BatchGetItem"}
+
+
+def run(tasks: int, users: int, capacity: int, backlog: bool) -> dict[str, Any]:
+    from chalice.test import Client
+    from moto import mock_aws
+
+    from app import app
+    from chalicelib import aws, wiring
+    from chalicelib.adapters.memory import RecordingInvoker
+    from infra.provision import provision
+    from local.fast_moto import atomic_writes
+
+    config = json.loads((Path(__file__).resolve().parent.parent / ".chalice" / "config.json").read_text())
+    os.environ.update(config["stages"]["dev"]["environment_variables"])
+    os.environ.update(PQH_TASK_SECONDS="0", PQH_CAPACITY=str(capacity))
+    for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL")]:
+        del os.environ[key]
+    os.environ.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1")
+    atomic_writes()
+    calls: Counter[str] = Counter()
+    lambda_calls: Counter[str] = Counter()
+    with mock_aws():
+        provision("pqh-dev", aws.client("dynamodb"), aws.client("sqs"))
+        invoker = RecordingInvoker()
+        wiring.configure(invoker_factory=lambda settings: invoker)
+        for service in ("dynamodb", "sqs"):
+            aws.client(service).meta.events.register(
+                "before-call.*.*",
+                lambda model, **kw: calls.update([f"{model.service_model.service_name}:{model.name}"]),
+            )
+        aws.client("sqs").get_queue_url(QueueName="pqh-dev-level-0")  # warm-up, not counted below
+        calls.clear()
+        with Client(app, stage_name="dev") as client:
+            ids = []
+            api_requests = 0
+            for i in range(tasks):
+                response = client.http.post(
+                    "/task",
+                    headers={"Content-Type": "application/json"},
+                    body=json.dumps({"x": i, "user_id": f"user{i % users}"}),
+                )
+                api_requests += 1
+                ids.append(response.json_body["task_id"])
+                # Idle: each submit's dispatcher invocation and the worker it starts
+                # run at once. Backlog: everything is submitted first.
+                while not backlog and (invoker.dispatch_triggers or invoker.handoffs):
+                    if invoker.dispatch_triggers:
+                        invoker.dispatch_triggers -= 1
+                        lambda_calls["dispatcher"] += 1
+                        client.lambda_.invoke("dispatcher", {})
+                    for handoff in invoker.take_handoffs():
+                        lambda_calls["worker"] += 1
+                        client.lambda_.invoke("worker", handoff.to_payload())
+            while invoker.dispatch_triggers or invoker.handoffs:
+                if invoker.dispatch_triggers:
+                    invoker.dispatch_triggers -= 1
+                    lambda_calls["dispatcher"] += 1
+                    client.lambda_.invoke("dispatcher", {})
+                for handoff in invoker.take_handoffs():
+                    lambda_calls["worker"] += 1
+                    client.lambda_.invoke("worker", handoff.to_payload())
+            for task_id in ids:
+                assert client.http.get(f"/result/{task_id}").json_body["task_status"] == "SUCCESS"
+                api_requests += 1
+    return {"calls": calls, "lambda": lambda_calls, "api": api_requests, "tasks": tasks}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--capacity", type=int, default=4)
+    args = parser.parse_args()
+    for backlog in (False, True):
+        report(run(args.tasks, args.users, args.capacity, backlog), args, backlog)
+    print(
+        "prices used (per million): API Gateway REST requests $3.50; Lambda requests $0.20; Lambda GB-seconds "
+        "$16.67; DynamoDB on-demand write units $0.625, read units $0.125; SQS requests $0.40"
+    )
+
+
+def report(result: dict[str, Any], args: argparse.Namespace, backlog: bool) -> None:
+    n = result["tasks"]
+    calls: Counter[str] = result["calls"]
+    scenario = "all submitted first (a backlog)" if backlog else "each runs as it arrives (an idle system)"
+    print(f"\n{n} tasks from {args.users} users, capacity {args.capacity}, {scenario}; each result read once")
+    print("| operation | per task |")
+    print("|---|---:|")
+    for op, count in sorted(calls.items()):
+        print(f"| {op} | {count / n:.2f} |")
+    for name, count in sorted(result["lambda"].items()):
+        print(f"| lambda:Invoke {name} | {count / n:.2f} |")
+    print(f"| API Gateway requests | {result['api'] / n:.2f} |")
+    aws_requests = sum(calls.values()) + sum(result["lambda"].values())
+    print(f"| **AWS requests (DynamoDB + SQS + Lambda)** | **{aws_requests / n:.2f}** |")
+    writes = sum(c for op, c in calls.items() if op.split(":")[1] in WRITES)
+    reads = sum(c for op, c in calls.items() if op.split(":")[1] in READS)
+    sqs = sum(c for op, c in calls.items() if op.startswith("sqs:"))
+    invokes = sum(result["lambda"].values()) + result["api"]  # API handler invocations too
+    cost = (
+        result["api"] * PRICES["API Gateway REST request"]
+        + invokes * (PRICES["Lambda request"] + OVERHEAD_GB_SECONDS * PRICES["Lambda GB-second"])
+        + writes * PRICES["DynamoDB write request unit"]
+        + reads * PRICES["DynamoDB read request unit"]
+        + sqs * PRICES["SQS request"]
+    ) / n
+    print(f"cost per million tasks, excluding the tasks' own run time: ${cost * 1e6:,.2f}")
+
+
+if __name__ == "__main__":
+    main()
