@@ -86,8 +86,8 @@ class ControlStore(Protocol):
     def add_backlog(self, level: int, delta: int) -> None:
         """Add to a level's queued count."""
 
-    def enqueue(self, level: int) -> int:
-        """Count one more queued task at ``level``; return its sequence number there."""
+    def next_seq(self, level: int) -> int:
+        """Hand out the next sequence number of ``level``'s queue (the count is add_backlog's)."""
 
     def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
         """Take one task of ``level``: store ``after`` if the state is still ``seen``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -138,22 +139,20 @@ class Services:
         count_before, weight = self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds)
         level = policy.level_for(count_before, weight, s.thresholds)
         queue = policy.queue_level(level, s.policy)
-        # Counted before it is sent (for its queue position): a worker that takes the
-        # count in between waits for the message with its long poll.
-        seq = self.control.enqueue(queue)
-        task = Task(
-            task_id=str(uuid.uuid4()),
-            user_id=user_id,
-            x=x,
-            priority_level=level,
-            submitted_at=now,
-            # Kept while its message may still be queued; finishing resets it to
-            # finish + PQH_RESULT_TTL_SECONDS.
-            expires_at=int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds,
-            tag=count_before / weight,
-            queue_seq=seq,
-        )
         try:
+            seq = self.control.next_seq(queue)  # its number in the level's queue, for its position
+            task = Task(
+                task_id=str(uuid.uuid4()),
+                user_id=user_id,
+                x=x,
+                priority_level=level,
+                submitted_at=now,
+                # Kept while its message may still be queued; finishing resets it to
+                # finish + PQH_RESULT_TTL_SECONDS.
+                expires_at=int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds,
+                tag=count_before / weight,
+                queue_seq=seq,
+            )
             self.tasks.create(task)
             try:
                 self.queues.send(queue, task)
@@ -162,8 +161,16 @@ class Services:
                 self.tasks.delete(task.task_id)
                 raise
         except Exception:
-            self.control.add_backlog(queue, -1)
+            # Not accepted: not counted either (best effort; the error goes to the client).
+            with contextlib.suppress(Exception):
+                self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
             raise
+        try:
+            # Counted only once the message exists: a worker that takes a count always
+            # finds a message to take.
+            self.control.add_backlog(queue, 1)
+        except Exception:  # queued is accepted: the tick's full walk finds an uncounted message
+            log.exception("task=%s is queued but not counted; the next tick will find it", task.task_id)
         log.info(
             "submitted task=%s user=%s level=%d count_before=%d weight=%d",
             task.task_id,
@@ -212,8 +219,11 @@ class Services:
         now = self.clock()
         if task.task_status == PENDING:
             if self.tasks.cancel_pending(task.task_id, now, now + s.result_ttl_seconds):
-                self.usage.refund(task.user_id, task.submitted_at, now, s.bucket_seconds, s.window_seconds)
-                self.control.add_backlog(policy.queue_level(task.priority_level, s.policy), -1)
+                try:  # the cancel stands even if these fail: they are bookkeeping
+                    self.usage.refund(task.user_id, task.submitted_at, now, s.bucket_seconds, s.window_seconds)
+                    self.control.add_backlog(policy.queue_level(task.priority_level, s.policy), -1)
+                except Exception:
+                    log.exception("task=%s cancelled, but its usage or count was not taken back", task.task_id)
                 log.info("cancelled task=%s user=%s level=%d", task.task_id, task.user_id, task.priority_level)
                 return self.result(task_id)
             task = self.result(task_id)  # a worker started it meanwhile
@@ -340,7 +350,7 @@ class Services:
                     if picked is None:
                         report.stopped_because = "queues empty"
                         break
-                    level, message, snapshot = picked
+                    level, message, snapshot, counted = picked
                     log.info(
                         "dispatched task=%s user=%s level=%d slot=%d wait=%.3fs",
                         message.task_id,
@@ -350,7 +360,7 @@ class Services:
                         self.clock() - message.submitted_at if message.submitted_at else 0.0,
                     )
                     report.levels.append(level)
-                    outcome = self._run_one(level, message)
+                    outcome = self._run_one(level, message, counted)
                     report.outcomes.append(outcome)
                     # Only a task that ran gives a cycle time; the next pick records it.
                     previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
@@ -361,8 +371,12 @@ class Services:
 
     def _pick_next(
         self, snapshot: policy.Backlog | None, full_walk: bool, last_run: float | None = None
-    ) -> tuple[int, QueuedMessage, policy.Backlog] | None:
-        """Choose a level by the policy, take one of its count, then one of its messages."""
+    ) -> tuple[int, QueuedMessage, policy.Backlog, bool] | None:
+        """Choose a level by the policy, take one of its count, then one of its messages.
+
+        The last value says whether the message was taken against a count (False for
+        the tick's walk over uncounted messages).
+        """
         s = self.settings
         state = snapshot if snapshot is not None else self.control.backlog()
         if snapshot is not None and policy.choose_level(state, s.policy, s.shares) is None:
@@ -382,14 +396,14 @@ class Services:
                 # ahead of the queue, and this pick has corrected it.
                 messages = self.queues.receive(level, sample, wait_seconds=1)
             if messages:
-                return level, self._one_of(level, messages), state
+                return level, self._one_of(level, messages), state, True
         if full_walk:
             # The tick also looks at levels counted empty, for messages the counts
             # missed (a fault between send and count, or a message SQS redelivered).
             for level in range(policy.LEVELS):
                 messages = self.queues.receive(level, 1, wait_seconds=0)
                 if messages:
-                    return level, messages[0], state
+                    return level, messages[0], state, False
         return None
 
     def _one_of(self, level: int, messages: list[QueuedMessage]) -> QueuedMessage:
@@ -400,12 +414,12 @@ class Services:
         self.queues.give_back(level, [m.receipt_handle for i, m in enumerate(messages) if i != chosen])
         return messages[chosen]
 
-    def _run_one(self, level: int, message: QueuedMessage) -> str:
+    def _run_one(self, level: int, message: QueuedMessage, counted: bool = True) -> str:
         """Run one task at most once and record its outcome."""
         run_id = uuid.uuid4().hex
         now = self.clock()
         outcome, task = self.tasks.start(message.task_id, run_id, now, now + TASK_RUN_LEASE_SECONDS)
-        if outcome != STARTED_NOW or (task is not None and task.attempts > 1):
+        if counted and (outcome != STARTED_NOW or (task is not None and task.attempts > 1)):
             # This message was a duplicate or a redelivery, and was not counted; the
             # count the pick took belongs to another message of the level: give it back.
             self.control.add_backlog(level, 1)

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from typing import Any
+from urllib.parse import quote
 
 import click
 import requests
@@ -33,7 +34,7 @@ class Api:
     def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 202)) -> Any:
         try:
             response = self.http.request(method, self.url + path, json=body, timeout=30)
-        except requests.ConnectionError as exc:
+        except requests.RequestException as exc:
             raise click.ClickException(
                 f"cannot reach {self.url} ({exc.__class__.__name__}); is `make run` going?"
             ) from exc
@@ -127,7 +128,7 @@ def cancel(api: Api, task_id: str) -> None:
 @click.pass_obj
 def weight(api: Api, user_id: str, weight: int) -> None:
     """Set a user's weight (needs PQH_ADMIN_TOKEN)."""
-    body = api.call("PUT", f"/admin/users/{user_id}/weight", {"weight": weight})
+    body = api.call("PUT", f"/admin/users/{quote(user_id, safe='')}/weight", {"weight": weight})
     click.echo(json.dumps(body))
 
 

@@ -262,12 +262,11 @@ class MemoryControlStore:
             counts[level] += delta
             self._state = replace(self._state, counts=tuple(counts))
 
-    def enqueue(self, level: int) -> int:
+    def next_seq(self, level: int) -> int:
         with self._mutex:
-            counts, enqueued = list(self._state.counts), list(self._state.enqueued)
-            counts[level] += 1
+            enqueued = list(self._state.enqueued)
             enqueued[level] += 1
-            self._state = replace(self._state, counts=tuple(counts), enqueued=tuple(enqueued))
+            self._state = replace(self._state, enqueued=tuple(enqueued))
             return enqueued[level]
 
     def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:

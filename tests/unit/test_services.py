@@ -194,7 +194,7 @@ def test_a_dead_worker_frees_its_slot_when_the_lease_runs_out() -> None:
 def test_a_task_whose_worker_died_mid_run_runs_again_once_sqs_redelivers_it() -> None:
     w = make_world(capacity=1)
     task = w.services.submit("u", "x")
-    level, message, _ = w.services._pick_next(None, False)  # type: ignore[misc]
+    level, message, _, _ = w.services._pick_next(None, False)  # type: ignore[misc]
     w.tasks.start(task.task_id, "dead-run", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
     # The worker dies here. After the visibility timeout SQS shows the message again,
     # uncounted: the tick's worker finds it, and the run lease has expired by then.
@@ -376,16 +376,34 @@ def test_a_duplicate_message_does_not_use_up_another_tasks_count() -> None:
     assert report.levels[-1] == 1  # b (level 0) went before a's level-1 task
 
 
-def test_a_failed_count_rejects_the_submit_and_leaves_nothing() -> None:
+def test_a_failure_before_the_send_rejects_the_submit_and_takes_its_usage_back() -> None:
     w = make_world(capacity=1)
 
     def throttled(level: int) -> int:
         raise RuntimeError("throttled")
 
-    w.control.enqueue = throttled  # type: ignore[method-assign]
+    w.control.next_seq = throttled  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         w.services.submit("u", 1)
     assert w.tasks.all() == [] and w.queues.depth(0) == 0
+    assert w.services.user_usage("u")["count_in_window"] == 0  # a rejected request is not counted
+
+
+def test_a_failed_count_after_the_send_still_accepts_the_task() -> None:
+    w = make_world(capacity=1)
+
+    def throttled(level: int, delta: int) -> None:
+        raise RuntimeError("throttled")
+
+    original = w.control.add_backlog
+    w.control.add_backlog = throttled  # type: ignore[method-assign]
+    task = w.services.submit("u", 1)  # queued: accepted, not an error
+    w.control.add_backlog = original  # type: ignore[method-assign]
+    assert w.queues.depth(0) == 1 and w.control.backlog().counts == (0,) * LEVELS
+    w.services.dispatch(full_walk=True)  # the tick finds it, and invents no count for it
+    assert w.outcomes() == [SUCCESS]
+    assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
+    assert w.control.backlog().counts == (0,) * LEVELS
 
 
 def test_a_failed_send_takes_its_count_back() -> None:
