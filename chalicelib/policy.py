@@ -203,7 +203,9 @@ def queue_position(
     policy orders a level by usage). Other levels' tasks come in between as the
     policy would choose them; this replays the policy on a copy of the state.
     """
-    ahead_in_level = max(0, seq - state.dequeued[level] - 1)
+    # Never more ahead than are queued there: the counters can drift (failed
+    # submits, duplicates), the count is kept right by the workers.
+    ahead_in_level = max(0, min(seq - state.dequeued[level] - 1, state.counts[level] - 1))
     counts = list(state.counts)
     counts[level] = max(counts[level], ahead_in_level + 1)
     sim = replace(state, counts=tuple(counts))

@@ -84,3 +84,9 @@ def test_positions_of_tasks_at_different_levels_and_as_they_move() -> None:
         w.services.submit(f"n{i}", i)
     late = w.services.submit("late", 0)
     assert position(late.task_id) == (3, pytest.approx(9.0))
+
+
+def test_drifted_counters_never_put_more_ahead_than_are_queued() -> None:
+    # Sequence numbers say 50 are ahead, but only 3 tasks are queued at the level.
+    state = Backlog(counts=(0, 0, 3, 0, 0, 0), enqueued=(0, 0, 60, 0, 0, 0), dequeued=(0, 0, 9, 0, 0, 0))
+    assert policy.queue_position(state, 2, 60, "strict") == 2
