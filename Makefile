@@ -45,9 +45,10 @@ clean: ## remove build output and caches
 
 .PHONY: help venv test lint format package clean
 
-bench: $(STAMP) ## benchmarks: start delay, utilisation, SQS depth (prints tables, saves bench/results/)
+bench: $(STAMP) ## benchmarks: start delay, utilisation, SQS depth, AWS requests per task (prints tables, saves bench/results/)
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.sqs_depth
+	$(BIN)/python -m bench.requests_per_task
 
 bench-fairness: $(STAMP) ## fairness benchmark: 4 workloads x fifo/strict/fair, table and plots in bench/results/
 	$(BIN)/python -m bench.fairness
