@@ -36,6 +36,18 @@ WRITES = {"PutItem", "UpdateItem", "DeleteItem"}
 READS = {"GetItem", "Query", "BatchGetItem"}
 
 
+def run_invocations(client: Any, invoker: Any, lambda_calls: Counter[str]) -> None:
+    """Run the pending asynchronous invocations (dispatcher, workers) until none are left."""
+    while invoker.dispatch_triggers or invoker.handoffs:
+        if invoker.dispatch_triggers:
+            invoker.dispatch_triggers -= 1
+            lambda_calls["dispatcher"] += 1
+            client.lambda_.invoke("dispatcher", {})
+        for handoff in invoker.take_handoffs():
+            lambda_calls["worker"] += 1
+            client.lambda_.invoke("worker", handoff.to_payload())
+
+
 def run(tasks: int, users: int, capacity: int, backlog: bool) -> dict[str, Any]:
     from chalice.test import Client
     from moto import mock_aws
@@ -79,22 +91,9 @@ def run(tasks: int, users: int, capacity: int, backlog: bool) -> dict[str, Any]:
                 ids.append(response.json_body["task_id"])
                 # Idle: each submit's dispatcher invocation and the worker it starts
                 # run at once. Backlog: everything is submitted first.
-                while not backlog and (invoker.dispatch_triggers or invoker.handoffs):
-                    if invoker.dispatch_triggers:
-                        invoker.dispatch_triggers -= 1
-                        lambda_calls["dispatcher"] += 1
-                        client.lambda_.invoke("dispatcher", {})
-                    for handoff in invoker.take_handoffs():
-                        lambda_calls["worker"] += 1
-                        client.lambda_.invoke("worker", handoff.to_payload())
-            while invoker.dispatch_triggers or invoker.handoffs:
-                if invoker.dispatch_triggers:
-                    invoker.dispatch_triggers -= 1
-                    lambda_calls["dispatcher"] += 1
-                    client.lambda_.invoke("dispatcher", {})
-                for handoff in invoker.take_handoffs():
-                    lambda_calls["worker"] += 1
-                    client.lambda_.invoke("worker", handoff.to_payload())
+                if not backlog:
+                    run_invocations(client, invoker, lambda_calls)
+            run_invocations(client, invoker, lambda_calls)
             for task_id in ids:
                 assert client.http.get(f"/result/{task_id}").json_body["task_status"] == "SUCCESS"
                 api_requests += 1

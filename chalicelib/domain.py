@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 PENDING = "PENDING"
@@ -34,7 +34,6 @@ class Task:
     tag: float = 0.0  # count before / weight at submit: orders tasks inside a level
     cancel_requested: bool = False
     queue_seq: int = 0  # its number in its level's queue, for the queue position
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_finished(self) -> bool:

@@ -23,6 +23,17 @@ def _is_conditional_failure(exc: ClientError) -> bool:
     return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
 
 
+def _conditional_update(client: Any, table: str, **kwargs: Any) -> bool:
+    """One UpdateItem whose condition may fail: True if it was applied, False if not."""
+    try:
+        client.update_item(TableName=table, **kwargs)
+    except ClientError as exc:
+        if _is_conditional_failure(exc):
+            return False
+        raise
+    return True
+
+
 def _n(value: float | int) -> dict[str, str]:
     return {"N": repr(value) if isinstance(value, float) else str(value)}
 
@@ -94,20 +105,16 @@ class DynamoUsageStore:
 
     def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
         start = policy.bucket_start(submitted_at, bucket_seconds)
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key={"user_id": {"S": user_id}, "sk": {"S": _bucket_key(start)}},
-                UpdateExpression="ADD #n :minus",
-                ConditionExpression="#n > :zero AND expires_at > :now",
-                ExpressionAttributeNames={"#n": "n"},
-                ExpressionAttributeValues={":minus": {"N": "-1"}, ":zero": {"N": "0"}, ":now": _n(now)},
-            )
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False  # the bucket has left the window: nothing to take back
-            raise
-        return True
+        # False when the bucket has left the window: nothing to take back.
+        return _conditional_update(
+            self._db,
+            self._table,
+            Key={"user_id": {"S": user_id}, "sk": {"S": _bucket_key(start)}},
+            UpdateExpression="ADD #n :minus",
+            ConditionExpression="#n > :zero AND expires_at > :now",
+            ExpressionAttributeNames={"#n": "n"},
+            ExpressionAttributeValues={":minus": {"N": "-1"}, ":zero": {"N": "0"}, ":now": _n(now)},
+        )
 
     def set_weight(self, user_id: str, weight: int) -> None:
         self._db.put_item(
@@ -175,13 +182,7 @@ class DynamoTaskStore:
         self._db.delete_item(TableName=self._table, Key={"task_id": {"S": task_id}})
 
     def _conditional(self, **kwargs: Any) -> bool:
-        try:
-            self._db.update_item(TableName=self._table, **kwargs)
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
-        return True
+        return _conditional_update(self._db, self._table, **kwargs)
 
     def cancel_pending(self, task_id: str, now: float, expires_at: float) -> bool:
         return self._conditional(
@@ -267,21 +268,14 @@ class DynamoTaskStore:
         kwargs: dict[str, Any] = {}
         if error is not None:
             kwargs["ExpressionAttributeNames"] = {"#err": "error"}
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key={"task_id": {"S": task_id}},
-                UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until",
-                # Only the run that owns the task may finish it, and only once.
-                ConditionExpression="task_status = :started AND run_id = :run",
-                ExpressionAttributeValues=values,
-                **kwargs,
-            )
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
-        return True
+        return self._conditional(
+            Key={"task_id": {"S": task_id}},
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until",
+            # Only the run that owns the task may finish it, and only once.
+            ConditionExpression="task_status = :started AND run_id = :run",
+            ExpressionAttributeValues=values,
+            **kwargs,
+        )
 
 
 BACKLOG_KEY = "backlog"
@@ -318,13 +312,7 @@ class DynamoControlStore:
         self._table = table
 
     def _update(self, key: str, **kwargs: Any) -> bool:
-        try:
-            self._db.update_item(TableName=self._table, Key={"pk": {"S": key}}, **kwargs)
-        except ClientError as exc:
-            if _is_conditional_failure(exc):
-                return False
-            raise
-        return True
+        return _conditional_update(self._db, self._table, Key={"pk": {"S": key}}, **kwargs)
 
     def slots(self, capacity: int) -> list[Slot]:
         found: list[Slot] = []
