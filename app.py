@@ -10,13 +10,14 @@ import functools
 import hmac
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 from chalice.app import Chalice, Rate, Request, Response
 
 from chalicelib import views, wiring
-from chalicelib.domain import ForbiddenError, Handoff, PqhError
+from chalicelib.domain import ForbiddenError, Handoff, PqhError, ValidationError
 from chalicelib.settings import ConfigError
 from chalicelib.validation import check_user_id, parse_submission, parse_weight
 
@@ -90,6 +91,21 @@ def _require_admin() -> None:
         raise ForbiddenError("admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'")
 
 
+def _require_admin_if_configured() -> None:
+    """Operator views are open only when no admin token is configured (local use)."""
+    if wiring.services().settings.admin_token:
+        _require_admin()
+
+
+def _level(raw: str) -> int:
+    if not raw.isdigit() or len(raw) > 1:
+        raise ValidationError(f"level must be 0..5, got {raw!r}")
+    return int(raw)
+
+
+DASHBOARD = Path(__file__).resolve().parent / "chalicelib" / "dashboard.html"
+
+
 # --- HTTP routes ------------------------------------------------------------
 
 
@@ -143,6 +159,47 @@ def put_weight(user_id: str) -> dict[str, Any]:
     weight = parse_weight(_body(request), request.headers.get("content-type"), svc.settings.max_weight)
     svc.set_weight(user_id, weight)
     return svc.user_usage(user_id)
+
+
+# --- Operators: stats, dashboard, dead letters ----------------------------------
+
+
+@app.route("/stats", methods=["GET"])
+@api_errors
+def get_stats() -> dict[str, Any]:
+    _require_admin_if_configured()
+    return wiring.services().stats()
+
+
+@app.route("/dashboard", methods=["GET"])
+def dashboard() -> Response:
+    """The page holds no data: it fetches ./stats (which checks the admin token)."""
+    return Response(
+        status_code=200,
+        body=DASHBOARD.read_text(encoding="utf-8"),
+        headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"},
+    )
+
+
+@app.route("/admin/dead-letters/{level}", methods=["GET"])
+@api_errors
+def get_dead_letters(level: str) -> dict[str, Any]:
+    _require_admin()
+    return wiring.services().dead_letters(_level(level))
+
+
+@app.route("/admin/dead-letters/{level}/redrive", methods=["POST"], content_types=["*/*"])
+@api_errors
+def redrive_dead_letters(level: str) -> dict[str, Any]:
+    _require_admin()
+    return dict(wiring.services().redrive(_level(level)))
+
+
+@app.route("/admin/dead-letters/{level}", methods=["DELETE"])
+@api_errors
+def purge_dead_letters(level: str) -> dict[str, Any]:
+    _require_admin()
+    return dict(wiring.services().purge_dead_letters(_level(level)))
 
 
 # --- Dispatcher and worker ----------------------------------------------------

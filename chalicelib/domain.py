@@ -77,6 +77,46 @@ class QueuedMessage:
     user_id: str = ""
     submitted_at: float = 0.0
     tag: float = 0.0  # the user's charged usage at submit (count before / weight)
+    reason: str = ""  # why it is a dead letter (dead-letter queues only)
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """A finished task as the dashboard lists it (no payload, no result)."""
+
+    task_id: str
+    user_id: str
+    task_status: str
+    priority_level: int
+    submitted_at: float
+    started_at: float | None
+    finished_at: float
+    error: str | None = None
+
+    @property
+    def wait_seconds(self) -> float | None:
+        return None if self.started_at is None else max(0.0, self.started_at - self.submitted_at)
+
+    @property
+    def run_seconds(self) -> float | None:
+        return None if self.started_at is None else max(0.0, self.finished_at - self.started_at)
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Approximate message counts of one level's queue and of its dead-letter queue."""
+
+    level: int
+    queued: int
+    in_flight: int
+    dead: int
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    user_id: str
+    count_in_window: int
+    weight: int
 
 
 class PqhError(Exception):

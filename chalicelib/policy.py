@@ -136,6 +136,21 @@ class Backlog:
     enqueued: tuple[int, ...] = (0,) * LEVELS  # tasks ever queued per level: a task's sequence number
     dequeued: tuple[int, ...] = (0,) * LEVELS  # tasks ever taken per level
     run_seconds: float = 0.0  # moving average of recent run times (0: none yet)
+    # Tasks finished since the start, by outcome (TALLIES order), for the dashboard.
+    tallies: tuple[int, ...] = (0,) * 3
+
+
+# The outcomes counted in Backlog.tallies, in order.
+TALLIES = ("SUCCESS", "FAILURE", "CANCELLED")
+
+
+def tally(status: str) -> tuple[int, ...]:
+    """A tallies vector counting one task finished with ``status``."""
+    return tuple(int(name == status) for name in TALLIES)
+
+
+def add_tallies(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    return tuple(x + y for x, y in zip(a or (0,) * len(TALLIES), b or (0,) * len(TALLIES), strict=True))
 
 
 def validate_shares(shares: Sequence[int]) -> None:
@@ -180,6 +195,14 @@ def after_pick(state: Backlog, level: int, policy_name: str, shares: Sequence[in
     passes = list(state.passes)
     passes[level] = start + 1.0 / shares[level]
     return replace(taken, passes=tuple(passes), vtime=start)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of sorted values, nearest rank; None when empty."""
+    if not sorted_values:
+        return None
+    rank = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[rank]
 
 
 def moving_average(previous: float, sample: float, weight: float = 0.2) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from chalicelib.domain import Handoff, QueuedMessage, Task
+from chalicelib.domain import Handoff, QueueDepth, QueuedMessage, Task, TaskSummary, UserUsage
 from chalicelib.policy import Backlog, Slot
 
 # Outcomes of TaskStore.start
@@ -25,6 +26,11 @@ class UsageStore(Protocol):
 
     def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
         """Take back one submission made at ``submitted_at``, if its bucket still counts."""
+
+    def top_users(
+        self, now: float, bucket_seconds: int, window_seconds: int, limit: int, max_items: int
+    ) -> tuple[list[UserUsage], bool]:
+        """The users with the most submissions in the window, most first; True if the scan stopped early."""
 
 
 class TaskStore(Protocol):
@@ -55,6 +61,15 @@ class TaskStore(Protocol):
     ) -> bool:
         """Record the final status if ``run_id`` still owns the task; never overwrite a finished one."""
 
+    def requeue(self, task_id: str, queue_seq: int, expires_at: float) -> Task | None:
+        """FAILURE -> PENDING with its attempts reset (a dead letter redriven); None if not FAILURE."""
+
+    def recent(self, now: float, limit: int) -> list[TaskSummary]:
+        """The last finished tasks, newest first (from a sparse index: eventually consistent)."""
+
+    def queued_count(self, user_id: str) -> int:
+        """How many of the user's tasks are PENDING (from a sparse index: eventually consistent)."""
+
 
 class TaskQueues(Protocol):
     def send(self, level: int, task: Task) -> None: ...
@@ -65,6 +80,20 @@ class TaskQueues(Protocol):
 
     def give_back(self, level: int, receipt_handles: list[str]) -> None:
         """Make received messages visible again at once."""
+
+    def depths(self) -> list[QueueDepth]:
+        """Approximate depth of every level's queue and dead-letter queue."""
+
+    def send_dead(self, level: int, message: QueuedMessage, reason: str) -> None:
+        """Put a copy of ``message`` on the level's dead-letter queue (the caller deletes the original)."""
+
+    def receive_dead(self, level: int, max_count: int, hide_seconds: int) -> list[QueuedMessage]:
+        """Read dead letters; ``hide_seconds=0`` only looks, leaving them visible."""
+
+    def delete_dead(self, level: int, receipt_handle: str) -> None: ...
+
+    def purge_dead(self, level: int) -> int:
+        """Empty the level's dead-letter queue; return about how many it held."""
 
 
 class ControlStore(Protocol):
@@ -83,14 +112,18 @@ class ControlStore(Protocol):
 
     def backlog(self) -> Backlog: ...
 
-    def add_backlog(self, level: int, delta: int) -> None:
-        """Add to a level's queued count."""
+    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> None:
+        """Add to a level's queued count, and to the finished tallies (policy.TALLIES order)."""
 
     def next_seq(self, level: int) -> int:
         """Hand out the next sequence number of ``level``'s queue (the count is add_backlog's)."""
 
-    def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
+    def commit_pick(
+        self, seen: Backlog, after: Backlog, level: int, tallies: Sequence[int] = ()
+    ) -> tuple[bool, Backlog]:
         """Take one task of ``level``: store ``after`` if the state is still ``seen``.
+
+        ``tallies`` (finished tasks not yet counted) are added with the same write.
 
         Returns (taken, the state now): the new one, or the current one to retry from.
         """

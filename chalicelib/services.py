@@ -24,6 +24,7 @@ from chalicelib.domain import (
     NotFoundError,
     QueuedMessage,
     Task,
+    ValidationError,
 )
 from chalicelib.ports import (
     ALREADY_FINISHED,
@@ -52,6 +53,12 @@ QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
 MAX_ATTEMPTS = 3
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
+# /stats: how many users and recent tasks it lists, and how many usage items it reads at most.
+STATS_TOP_USERS = 10
+STATS_RECENT_TASKS = 20
+STATS_MAX_USAGE_ITEMS = 5000
+# A redrive call moves at most this many dead letters (call it again for more).
+REDRIVE_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -221,7 +228,9 @@ class Services:
             if self.tasks.cancel_pending(task.task_id, now, now + s.result_ttl_seconds):
                 try:  # the cancel stands even if these fail: they are bookkeeping
                     self.usage.refund(task.user_id, task.submitted_at, now, s.bucket_seconds, s.window_seconds)
-                    self.control.add_backlog(policy.queue_level(task.priority_level, s.policy), -1)
+                    self.control.add_backlog(
+                        policy.queue_level(task.priority_level, s.policy), -1, policy.tally(CANCELLED)
+                    )
                 except Exception:
                     log.exception("task=%s cancelled, but its usage or count was not taken back", task.task_id)
                 log.info("cancelled task=%s user=%s level=%d", task.task_id, task.user_id, task.priority_level)
@@ -269,6 +278,140 @@ class Services:
             "weight": weight,
             "next_priority_level": policy.level_for(count, weight, s.thresholds),
         }
+
+    # --- operators ----------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """What the dashboard shows: queues, capacity, totals, top users, recent tasks."""
+        s = self.settings
+        now = self.clock()
+        state = self.control.backlog()
+        running = sum(1 for slot in self.control.slots(s.capacity) if not slot.is_free(now))
+        depths = self.queues.depths()
+        users, truncated = self.usage.top_users(
+            now, s.bucket_seconds, s.window_seconds, STATS_TOP_USERS, STATS_MAX_USAGE_ITEMS
+        )
+        recent = self.tasks.recent(now, STATS_RECENT_TASKS)
+        waits = sorted(t.wait_seconds for t in recent if t.wait_seconds is not None)
+        succeeded, failed, cancelled = state.tallies
+        return {
+            "generated_at": now,
+            "policy": s.policy,
+            "capacity": s.capacity,
+            "running": running,
+            "queues": [
+                {
+                    "level": d.level,
+                    "queued": d.queued,
+                    "in_flight": d.in_flight,
+                    "counted": state.counts[d.level],
+                    "dead_letters": d.dead,
+                }
+                for d in depths
+            ],
+            "tasks": {
+                "submitted": sum(state.enqueued),
+                "queued": sum(state.counts),
+                "running": running,
+                "succeeded": succeeded,
+                "failed": failed,
+                "cancelled": cancelled,
+                "dead_letters": sum(d.dead for d in depths),
+            },
+            "users": [
+                {
+                    "user_id": u.user_id,
+                    "count_in_window": u.count_in_window,
+                    "weight": u.weight,
+                    "priority_level": policy.level_for(u.count_in_window, u.weight, s.thresholds),
+                    "queued": self.tasks.queued_count(u.user_id),
+                }
+                for u in users
+            ],
+            "users_truncated": truncated,
+            "recent": [
+                {
+                    "task_id": t.task_id,
+                    "user_id": t.user_id,
+                    "task_status": t.task_status,
+                    "priority_level": t.priority_level,
+                    "finished_at": t.finished_at,
+                    "wait_seconds": _rounded(t.wait_seconds),
+                    "run_seconds": _rounded(t.run_seconds),
+                    "error": t.error,
+                }
+                for t in recent
+            ],
+            "wait_seconds": {
+                "p50": _rounded(policy.percentile(waits, 0.5)),
+                "p90": _rounded(policy.percentile(waits, 0.9)),
+                "max": _rounded(waits[-1] if waits else None),
+            },
+            "run_seconds_average": _rounded(state.run_seconds or None),
+        }
+
+    def dead_letters(self, level: int, limit: int = 10) -> dict[str, Any]:
+        """A look at a level's dead letters (they stay where they are) with their tasks' state."""
+        _check_level(level)
+        messages = self.queues.receive_dead(level, limit, hide_seconds=0)
+        shown = []
+        for m in messages:
+            task = self.tasks.get(m.task_id)
+            shown.append(
+                {
+                    "task_id": m.task_id,
+                    "user_id": m.user_id,
+                    "reason": m.reason or (task.error if task else "") or "too many receives",
+                    "task_status": task.task_status if task else None,
+                }
+            )
+        return {"level": level, "dead_letters": self.queues.depths()[level].dead, "messages": shown}
+
+    def redrive(self, level: int, limit: int = REDRIVE_MAX) -> dict[str, int]:
+        """Queue a level's failed tasks again (FAILURE -> PENDING, attempts reset).
+
+        A dead letter whose task is gone or finished otherwise is dropped.
+        """
+        _check_level(level)
+        redriven = dropped = 0
+        while redriven + dropped < limit:
+            batch = self.queues.receive_dead(level, min(10, limit - redriven - dropped), hide_seconds=60)
+            if not batch:
+                break
+            for m in batch:
+                if self._redrive_one(level, m.task_id):
+                    redriven += 1
+                else:
+                    dropped += 1
+                self.queues.delete_dead(level, m.receipt_handle)
+        if redriven:
+            log.info("redrove %d dead letters of level %d (dropped %d)", redriven, level, dropped)
+            self._nudge_dispatcher()
+        return {"redriven": redriven, "dropped": dropped}
+
+    def _redrive_one(self, level: int, task_id: str) -> bool:
+        s = self.settings
+        task = self.tasks.get(task_id) if is_task_id(task_id) else None
+        if task is None or task.task_status not in (FAILURE, PENDING):
+            return False
+        queue = policy.queue_level(task.priority_level, s.policy)
+        if task.task_status == FAILURE:
+            expires_at = int(self.clock()) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
+            requeued = self.tasks.requeue(task_id, self.control.next_seq(queue), expires_at)
+            if requeued is None:
+                return False
+            task = requeued
+        # PENDING: SQS moved it after too many receives; it never ran.
+        self.queues.send(queue, task)
+        self.control.add_backlog(queue, 1)
+        return True
+
+    def purge_dead_letters(self, level: int) -> dict[str, int]:
+        """Drop a level's dead letters; their tasks stay FAILURE."""
+        _check_level(level)
+        purged = self.queues.purge_dead(level)
+        log.info("purged about %d dead letters of level %d", purged, level)
+        return {"purged": purged}
 
     # --- dispatch ---------------------------------------------------------
 
@@ -329,6 +472,9 @@ class Services:
             until = self.clock() + s.lease_seconds
             return until if self.control.renew_slot(handoff.slot_id, holder, until) else None
 
+        # Finished tasks not yet counted in the backlog item's tallies: added by the
+        # next pick's write, or by one write when the worker stops.
+        unflushed = [0] * len(policy.TALLIES)
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
                 snapshot: policy.Backlog | None = None
@@ -346,7 +492,7 @@ class Services:
                     pick_at = self.clock()
                     if previous_pick is not None and cycle is None:
                         cycle = pick_at - previous_pick
-                    picked = self._pick_next(snapshot, handoff.full_walk, cycle)
+                    picked = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed)
                     if picked is None:
                         report.stopped_because = "queues empty"
                         break
@@ -362,20 +508,32 @@ class Services:
                     report.levels.append(level)
                     outcome = self._run_one(level, message, counted)
                     report.outcomes.append(outcome)
+                    if outcome in policy.TALLIES:
+                        unflushed[:] = policy.add_tallies(unflushed, policy.tally(outcome))
                     # Only a task that ran gives a cycle time; the next pick records it.
                     previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
         finally:
+            if any(unflushed):
+                try:
+                    self.control.add_backlog(0, 0, unflushed)
+                except Exception:  # only the dashboard's totals are short
+                    log.exception("could not count %s finished tasks in the totals", unflushed)
             self.control.release_slot(handoff.slot_id, holder)
             self._nudge_dispatcher()
         return report
 
     def _pick_next(
-        self, snapshot: policy.Backlog | None, full_walk: bool, last_run: float | None = None
+        self,
+        snapshot: policy.Backlog | None,
+        full_walk: bool,
+        last_run: float | None = None,
+        unflushed: list[int] | None = None,
     ) -> tuple[int, QueuedMessage, policy.Backlog, bool] | None:
         """Choose a level by the policy, take one of its count, then one of its messages.
 
         The last value says whether the message was taken against a count (False for
-        the tick's walk over uncounted messages).
+        the tick's walk over uncounted messages). ``unflushed`` tallies ride on the
+        pick's write and are zeroed once written.
         """
         s = self.settings
         state = snapshot if snapshot is not None else self.control.backlog()
@@ -386,9 +544,11 @@ class Services:
             after = policy.after_pick(state, level, s.policy, s.shares)
             if last_run is not None:  # this slot's last seconds per task, for ETAs
                 after = replace(after, run_seconds=policy.moving_average(state.run_seconds, last_run))
-            taken, state = self.control.commit_pick(state, after, level)
+            taken, state = self.control.commit_pick(state, after, level, tuple(unflushed or ()))
             if not taken:
                 continue  # the state moved (a submit, or another worker's pick): choose again
+            if unflushed:
+                unflushed[:] = [0] * len(unflushed)
             messages = self.queues.receive(level, sample, wait_seconds=0)
             if not messages:
                 # A short poll samples some SQS servers and may miss a message that
@@ -437,7 +597,7 @@ class Services:
             # Its worker died MAX_ATTEMPTS times while running it (a poison task).
             reason = f"gave up: the worker stopped {task.attempts - 1} times while running this task"
             self.tasks.finish(task.task_id, run_id, FAILURE, now, now + self.settings.result_ttl_seconds, error=reason)
-            self.queues.delete(level, message.receipt_handle)
+            self._to_dead_letters(level, message, reason)
             log.warning("failed task=%s user=%s: %s", task.task_id, task.user_id, reason)
             return FAILURE
         log.info(
@@ -463,8 +623,19 @@ class Services:
         else:
             log.warning("task=%s lost its run lease before finishing; result not recorded", task.task_id)
         # After the outcome is recorded: a crash between the two leaves a redelivery, not a loss.
-        self.queues.delete(level, message.receipt_handle)
+        if status == FAILURE:
+            self._to_dead_letters(level, message, error or "failed")
+        else:
+            self.queues.delete(level, message.receipt_handle)
         return status
+
+    def _to_dead_letters(self, level: int, message: QueuedMessage, reason: str) -> None:
+        """A failed task's message goes to the level's dead-letter queue, for operators to look at or redrive."""
+        try:
+            self.queues.send_dead(level, message, reason)
+        except Exception:  # the task is FAILURE with its reason either way
+            log.exception("could not dead-letter task=%s; it stays FAILURE", message.task_id)
+        self.queues.delete(level, message.receipt_handle)
 
     def _execute(self, task: Task) -> tuple[str, Any, str | None]:
         function = self._task_function()
@@ -484,3 +655,12 @@ class Services:
         if size > MAX_RESULT_BYTES:
             return FAILURE, None, f"result is {size} bytes; the limit is {MAX_RESULT_BYTES}"
         return SUCCESS, result, None
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _check_level(level: int) -> None:
+    if not 0 <= level < policy.LEVELS:
+        raise ValidationError(f"level must be 0..{policy.LEVELS - 1}, got {level}")

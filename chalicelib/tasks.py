@@ -56,6 +56,14 @@ def limited_f(x: Any, ctx: TaskContext) -> dict[str, Any]:
     return {"init_timestamp": init_timestamp, "input_x": x, "done_timestamp": time.time()}
 
 
+@cancellable
+def fails_on_poison(x: Any, ctx: TaskContext) -> Any:
+    """limited_f, except that x == "poison" always fails: for tests and the chaos script."""
+    if x == "poison":
+        raise RuntimeError(f"task {ctx.task_id} is poison: it always fails")
+    return limited_f(x, ctx)
+
+
 def always_fails(x: Any, ctx: TaskContext) -> Any:
     """A poison task, for tests and the chaos script."""
     raise RuntimeError(f"task {ctx.task_id} always fails")

@@ -54,7 +54,7 @@ def build(settings: Settings) -> Services:
         settings=settings,
         usage=DynamoUsageStore(dynamodb, settings.usage_table),
         tasks=DynamoTaskStore(dynamodb, settings.tasks_table),
-        queues=SqsTaskQueues(aws.client("sqs"), settings.queue_name),
+        queues=SqsTaskQueues(aws.client("sqs"), settings.queue_name, settings.dlq_name),
         control=DynamoControlStore(dynamodb, settings.control_table),
         invoker=invoker,
         clock=_clock,

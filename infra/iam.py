@@ -16,18 +16,31 @@ from pathlib import Path
 from typing import Any
 
 LEVEL_QUEUES = [f"Level{level}Queue" for level in range(6)]
+DEAD_LETTER_QUEUES = [f"Level{level}DeadLetterQueue" for level in range(6)]
 
 # Chalice's function name -> [(actions, resources)]. A resource is a logical id of
-# infra/resources.json, or "function:<name>" for one of this app's functions.
+# infra/resources.json, "<table id>/index/*" for a table's indexes, or
+# "function:<name>" for one of this app's functions.
 GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
     "api_handler": [
         (
-            ["dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:PutItem"],
+            ["dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:Scan"],
             ["UsageTable"],
         ),
         (["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"], ["TasksTable"]),
-        (["dynamodb:UpdateItem"], ["ControlTable"]),
-        (["sqs:SendMessage", "sqs:GetQueueUrl"], LEVEL_QUEUES),
+        (["dynamodb:Query"], ["TasksTable/index/*"]),
+        (["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:BatchGetItem"], ["ControlTable"]),
+        (["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"], LEVEL_QUEUES),
+        (
+            [
+                "sqs:GetQueueUrl",
+                "sqs:GetQueueAttributes",
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:PurgeQueue",
+            ],
+            DEAD_LETTER_QUEUES,
+        ),
         (["lambda:InvokeFunction"], ["function:dispatcher"]),
     ],
     "dispatcher": [
@@ -37,6 +50,7 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
     "worker": [
         (["dynamodb:GetItem", "dynamodb:UpdateItem"], ["TasksTable", "ControlTable"]),
         (["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"], LEVEL_QUEUES),
+        (["sqs:SendMessage", "sqs:GetQueueUrl"], DEAD_LETTER_QUEUES),
         (["lambda:InvokeFunction"], ["function:dispatcher"]),
     ],
 }
@@ -76,8 +90,12 @@ def stage_policy(function: str, prefix: str) -> dict[str, Any]:
         if resource.startswith("function:"):
             name = resource.split(":", 1)[1]
             return f"arn:aws:lambda:*:*:function:{prefix}-{name}"
-        if resource in TABLE_SUFFIX:
-            return f"arn:aws:dynamodb:*:*:table/{prefix}-{TABLE_SUFFIX[resource]}"
+        table, _, index = resource.partition("/")
+        if table in TABLE_SUFFIX:
+            return f"arn:aws:dynamodb:*:*:table/{prefix}-{TABLE_SUFFIX[table]}" + (f"/{index}" if index else "")
+        if resource.endswith("DeadLetterQueue"):
+            level = resource.removeprefix("Level").removesuffix("DeadLetterQueue")
+            return f"arn:aws:sqs:*:*:{prefix}-level-{level}-dlq"
         level = resource.removeprefix("Level").removesuffix("Queue")
         return f"arn:aws:sqs:*:*:{prefix}-level-{level}"
 
@@ -91,6 +109,9 @@ def template_policy(function: str) -> dict[str, Any]:
         if resource.startswith("function:"):
             name = FUNCTION_SUFFIX[resource.split(":", 1)[1]]
             return {"Fn::Sub": f"{ARN_BASE}:lambda:{REGION_ACCOUNT}:function:${{AWS::StackName}}-{name}"}
+        table, _, index = resource.partition("/")
+        if index:
+            return {"Fn::Sub": f"${{{table}.Arn}}/{index}"}
         return {"Fn::GetAtt": [resource, "Arn"]}
 
     log_groups = {"Fn::Sub": f"{ARN_BASE}:logs:{REGION_ACCOUNT}:log-group:/aws/lambda/${{AWS::StackName}}-*"}

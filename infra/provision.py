@@ -47,6 +47,7 @@ def _create_table(dynamodb: Any, props: dict[str, Any]) -> str:
             AttributeDefinitions=props["AttributeDefinitions"],
             KeySchema=props["KeySchema"],
             BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
+            **{key: props[key] for key in ("GlobalSecondaryIndexes",) if key in props},
         )
     dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     ttl = props.get("TimeToLiveSpecification")

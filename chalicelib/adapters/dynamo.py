@@ -7,12 +7,13 @@ TTL attributes only clean up: every read compares the expiry with ``now``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib import policy
-from chalicelib.domain import CANCELLED, FINISHED, PENDING, STARTED, Task
+from chalicelib.domain import CANCELLED, FAILURE, FINISHED, PENDING, STARTED, Task, TaskSummary, UserUsage
 from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 
@@ -116,11 +117,54 @@ class DynamoUsageStore:
             ExpressionAttributeValues={":minus": {"N": "-1"}, ":zero": {"N": "0"}, ":now": _n(now)},
         )
 
+    def top_users(
+        self, now: float, bucket_seconds: int, window_seconds: int, limit: int, max_items: int
+    ) -> tuple[list[UserUsage], bool]:
+        # A Scan reads every live bucket: the dashboard's cost, paid per refresh,
+        # bounded by ``max_items`` (the answer says when it stopped early).
+        current = _bucket_key(policy.bucket_start(now, bucket_seconds))
+        counts: dict[str, int] = {}
+        weights: dict[str, int] = {}
+        kwargs: dict[str, Any] = {"TableName": self._table}
+        read = 0
+        while True:
+            response = self._db.scan(**kwargs)
+            for item in response.get("Items", []):
+                user, sk = item["user_id"]["S"], item["sk"]["S"]
+                if sk == WEIGHT_SK:
+                    weights[user] = int(item["weight"]["N"])
+                elif sk <= current and policy.is_live(_num(item, "expires_at") or 0.0, now):
+                    counts[user] = counts.get(user, 0) + int(item["n"]["N"])
+            read += len(response.get("Items", []))
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                break
+            if read >= max_items:
+                return _top(counts, weights, limit), True
+            kwargs["ExclusiveStartKey"] = last
+        return _top(counts, weights, limit), False
+
     def set_weight(self, user_id: str, weight: int) -> None:
         self._db.put_item(
             TableName=self._table,
             Item={"user_id": {"S": user_id}, "sk": {"S": WEIGHT_SK}, "weight": {"N": str(weight)}},
         )
+
+
+def _top(counts: dict[str, int], weights: dict[str, int], limit: int) -> list[UserUsage]:
+    users = sorted((-n, user) for user, n in counts.items() if n > 0)[:limit]
+    return [UserUsage(user, -n, weights.get(user, 1)) for n, user in users]
+
+
+# Sparse indexes of the tasks table (infra/resources.json): a task is in
+# QUEUED_INDEX (key queued_user) while PENDING, and in RECENT_INDEX (key
+# done_hour, sorted by finished_at) once finished.
+QUEUED_INDEX = "queued-by-user"
+RECENT_INDEX = "recent"
+
+
+def done_hour(finished_at: float) -> str:
+    return f"h{int(finished_at // 3600)}"
 
 
 def _task_from_item(item: dict[str, Any]) -> Task:
@@ -169,6 +213,7 @@ class DynamoTaskStore:
                 "task_status": {"S": task.task_status},
                 "tag": _n(float(task.tag)),
                 "queue_seq": {"N": str(task.queue_seq)},
+                **({"queued_user": {"S": task.user_id}} if task.task_status == PENDING else {}),
             },
             ConditionExpression="attribute_not_exists(task_id)",
         )
@@ -187,13 +232,17 @@ class DynamoTaskStore:
     def cancel_pending(self, task_id: str, now: float, expires_at: float) -> bool:
         return self._conditional(
             Key={"task_id": {"S": task_id}},
-            UpdateExpression="SET task_status = :cancelled, finished_at = :now, expires_at = :exp",
+            UpdateExpression=(
+                "SET task_status = :cancelled, finished_at = :now, expires_at = :exp, done_hour = :hour "
+                "REMOVE queued_user"
+            ),
             ConditionExpression="task_status = :pending",
             ExpressionAttributeValues={
                 ":cancelled": {"S": CANCELLED},
                 ":pending": {"S": PENDING},
                 ":now": _n(now),
                 ":exp": {"N": str(int(expires_at))},
+                ":hour": {"S": done_hour(now)},
             },
         )
 
@@ -212,7 +261,7 @@ class DynamoTaskStore:
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
                     "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease "
-                    "ADD attempts :one"
+                    "ADD attempts :one REMOVE queued_user"
                 ),
                 # Runnable when never started, or when the run that started it has
                 # lost its lease (it crashed or timed out): at-least-once delivery.
@@ -257,8 +306,9 @@ class DynamoTaskStore:
             ":exp": {"N": str(int(expires_at))},
             ":run": {"S": run_id},
             ":started": {"S": STARTED},
+            ":hour": {"S": done_hour(now)},
         }
-        sets = ["task_status = :status", "finished_at = :now", "expires_at = :exp"]
+        sets = ["task_status = :status", "finished_at = :now", "expires_at = :exp", "done_hour = :hour"]
         if error is None:
             values[":result"] = {"S": json.dumps(result, ensure_ascii=False)}
             sets.append("task_result = :result")
@@ -277,8 +327,80 @@ class DynamoTaskStore:
             **kwargs,
         )
 
+    def requeue(self, task_id: str, queue_seq: int, expires_at: float) -> Task | None:
+        try:
+            response = self._db.update_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                UpdateExpression=(
+                    "SET task_status = :pending, queue_seq = :seq, expires_at = :exp, queued_user = user_id, "
+                    "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, #err, done_hour, "
+                    "task_result, cancel_requested"
+                ),
+                ConditionExpression="task_status = :failure",
+                ExpressionAttributeNames={"#err": "error"},
+                ExpressionAttributeValues={
+                    ":pending": {"S": PENDING},
+                    ":failure": {"S": FAILURE},
+                    ":seq": {"N": str(queue_seq)},
+                    ":exp": {"N": str(int(expires_at))},
+                    ":zero": {"N": "0"},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _is_conditional_failure(exc):
+                return None
+            raise
+        return _task_from_item(response["Attributes"])
+
+    def recent(self, now: float, limit: int) -> list[TaskSummary]:
+        found: list[TaskSummary] = []
+        for hour in (done_hour(now), done_hour(now - 3600)):
+            response = self._db.query(
+                TableName=self._table,
+                IndexName=RECENT_INDEX,
+                KeyConditionExpression="done_hour = :h",
+                ExpressionAttributeValues={":h": {"S": hour}},
+                ScanIndexForward=False,
+                Limit=limit - len(found),
+            )
+            for item in response.get("Items", []):
+                found.append(
+                    TaskSummary(
+                        task_id=item["task_id"]["S"],
+                        user_id=item["user_id"]["S"],
+                        task_status=item["task_status"]["S"],
+                        priority_level=int(_num(item, "priority_level") or 0),
+                        submitted_at=_num(item, "submitted_at") or 0.0,
+                        started_at=_num(item, "started_at"),
+                        finished_at=_num(item, "finished_at") or 0.0,
+                        error=item["error"]["S"] if "error" in item else None,
+                    )
+                )
+            if len(found) >= limit:
+                break
+        return found
+
+    def queued_count(self, user_id: str) -> int:
+        total = 0
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": QUEUED_INDEX,
+            "KeyConditionExpression": "queued_user = :u",
+            "ExpressionAttributeValues": {":u": {"S": user_id}},
+            "Select": "COUNT",
+        }
+        while True:
+            response = self._db.query(**kwargs)
+            total += int(response.get("Count", 0))
+            if not response.get("LastEvaluatedKey"):
+                return total
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
 
 BACKLOG_KEY = "backlog"
+TALLY_ATTRS = ("ts", "tf", "tc")  # policy.TALLIES: succeeded, failed, cancelled
 
 
 def _slot_key(slot_id: int) -> str:
@@ -294,7 +416,18 @@ def _backlog_from(item: dict[str, Any]) -> Backlog:
         enqueued=tuple(int(_num(item, f"e{level}") or 0) for level in range(policy.LEVELS)),
         dequeued=tuple(int(_num(item, f"d{level}") or 0) for level in range(policy.LEVELS)),
         run_seconds=_num(item, "rt") or 0.0,
+        tallies=tuple(int(_num(item, name) or 0) for name in TALLY_ATTRS),
     )
+
+
+def _tally_adds(tallies: Sequence[int], values: dict[str, Any]) -> list[str]:
+    """ADD clauses for the non-zero tallies (their values go into ``values``)."""
+    adds = []
+    for name, count in zip(TALLY_ATTRS, tallies or (0,) * len(TALLY_ATTRS), strict=True):
+        if count:
+            values[f":{name}"] = {"N": str(count)}
+            adds.append(f"{name} :{name}")
+    return adds
 
 
 class DynamoControlStore:
@@ -374,12 +507,14 @@ class DynamoControlStore:
         response = self._db.get_item(TableName=self._table, Key={"pk": {"S": BACKLOG_KEY}}, ConsistentRead=True)
         return _backlog_from(response.get("Item", {}))
 
-    def add_backlog(self, level: int, delta: int) -> None:
+    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> None:
+        values: dict[str, Any] = {":d": {"N": str(delta)}}
+        adds = ["#l :d", *_tally_adds(tallies, values)]
         self._update(
             BACKLOG_KEY,
-            UpdateExpression="ADD #l :d",
+            UpdateExpression="ADD " + ", ".join(adds),
             ExpressionAttributeNames={"#l": f"l{level}"},
-            ExpressionAttributeValues={":d": {"N": str(delta)}},
+            ExpressionAttributeValues=values,
         )
 
     def next_seq(self, level: int) -> int:
@@ -393,7 +528,9 @@ class DynamoControlStore:
         )
         return int(response["Attributes"][f"e{level}"]["N"])
 
-    def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
+    def commit_pick(
+        self, seen: Backlog, after: Backlog, level: int, tallies: Sequence[int] = ()
+    ) -> tuple[bool, Backlog]:
         # Optimistic concurrency: the pick was chosen from ``seen``; it stands only if
         # what the choice depends on is unchanged: no other pick since (the version,
         # which only picks move on), and the same levels empty and non-empty (a
@@ -418,11 +555,12 @@ class DynamoControlStore:
             sets.append(f"p{lvl} = :p{lvl}")
         if seen.version:
             values[":v"] = {"N": str(seen.version)}
+        adds = [f"l{level} :minus", f"d{level} :one", "v :one", *_tally_adds(tallies, values)]
         try:
             response = self._db.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": BACKLOG_KEY}},
-                UpdateExpression=f"SET {', '.join(sets)} ADD l{level} :minus, d{level} :one, v :one",
+                UpdateExpression=f"SET {', '.join(sets)} ADD {', '.join(adds)}",
                 ConditionExpression=" AND ".join([version, f"l{level} > :zero", *shape]),
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",

@@ -5,11 +5,23 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from chalicelib import policy
-from chalicelib.domain import CANCELLED, FINISHED, PENDING, STARTED, Handoff, QueuedMessage, Task
+from chalicelib.domain import (
+    CANCELLED,
+    FAILURE,
+    FINISHED,
+    PENDING,
+    STARTED,
+    Handoff,
+    QueueDepth,
+    QueuedMessage,
+    Task,
+    TaskSummary,
+    UserUsage,
+)
 from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 
@@ -47,6 +59,18 @@ class MemoryUsageStore:
                 return False
             self._buckets[key] = (count - 1, expires)
             return True
+
+    def top_users(
+        self, now: float, bucket_seconds: int, window_seconds: int, limit: int, max_items: int
+    ) -> tuple[list[UserUsage], bool]:
+        current = policy.bucket_start(now, bucket_seconds)
+        with self._lock:
+            counts: dict[str, int] = {}
+            for (user, start), (n, expires) in self._buckets.items():
+                if start <= current and policy.is_live(expires, now):
+                    counts[user] = counts.get(user, 0) + n
+            ranked = sorted((-n, user) for user, n in counts.items() if n > 0)[:limit]
+            return [UserUsage(user, -n, self._weights.get(user, 1)) for n, user in ranked], False
 
 
 class MemoryTaskStore:
@@ -131,6 +155,52 @@ class MemoryTaskStore:
             )
             return True
 
+    def requeue(self, task_id: str, queue_seq: int, expires_at: float) -> Task | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.task_status != FAILURE:
+                return None
+            task = replace(
+                task,
+                task_status=PENDING,
+                queue_seq=queue_seq,
+                expires_at=int(expires_at),
+                attempts=0,
+                started_at=None,
+                finished_at=None,
+                run_id=None,
+                run_lease_until=None,
+                error=None,
+                result=None,
+                cancel_requested=False,
+            )
+            self._tasks[task_id] = task
+            return copy.deepcopy(task)
+
+    def recent(self, now: float, limit: int) -> list[TaskSummary]:
+        with self._lock:
+            done = [t for t in self._tasks.values() if t.task_status in FINISHED and t.finished_at is not None]
+        done.sort(key=lambda t: t.finished_at or 0.0, reverse=True)
+        return [
+            TaskSummary(
+                t.task_id,
+                t.user_id,
+                t.task_status,
+                t.priority_level,
+                t.submitted_at,
+                t.started_at,
+                t.finished_at or 0.0,
+                t.error,
+            )
+            for t in done
+            # as the DynamoDB index: this hour's and the last hour's
+            if int((t.finished_at or 0.0) // 3600) in (int(now // 3600), int((now - 3600) // 3600))
+        ][:limit]
+
+    def queued_count(self, user_id: str) -> int:
+        with self._lock:
+            return sum(1 for t in self._tasks.values() if t.user_id == user_id and t.task_status == PENDING)
+
     def all(self) -> list[Task]:
         with self._lock:
             return [copy.deepcopy(t) for t in self._tasks.values()]
@@ -146,6 +216,7 @@ class _Message:
     visible_at: float = 0.0
     receipt: str | None = None
     receives: int = 0
+    reason: str = ""
 
 
 @dataclass
@@ -160,6 +231,7 @@ class MemoryTaskQueues:
     visibility_timeout: float = 960.0  # as the queues in infra/resources.json
     flaky_short_poll: bool = False
     queues: dict[int, list[_Message]] = field(default_factory=lambda: {lvl: [] for lvl in range(policy.LEVELS)})
+    dead: dict[int, list[_Message]] = field(default_factory=lambda: {lvl: [] for lvl in range(policy.LEVELS)})
     calls: list[tuple[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -177,23 +249,31 @@ class MemoryTaskQueues:
     def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
         with self._lock:
             self.calls.append(("receive", level))
-            now = self.clock()
             if self.flaky_short_poll and wait_seconds == 0:
                 return []
-            out: list[QueuedMessage] = []
-            for message in self.queues[level]:
-                if len(out) >= max(1, min(10, max_count)):
-                    break
-                if message.visible_at <= now:
-                    message.receives += 1
-                    message.receipt = f"{message.message_id}:{message.receives}"
-                    message.visible_at = now + self.visibility_timeout
-                    out.append(
-                        QueuedMessage(
-                            message.task_id, message.receipt, message.user_id, message.submitted_at, message.tag
-                        )
+            return self._take(self.queues[level], max_count, self.visibility_timeout)
+
+    def _take(self, queue: list[_Message], max_count: int, hide_seconds: float) -> list[QueuedMessage]:
+        now = self.clock()
+        out: list[QueuedMessage] = []
+        for message in queue:
+            if len(out) >= max(1, min(10, max_count)):
+                break
+            if message.visible_at <= now:
+                message.receives += 1
+                message.receipt = f"{message.message_id}:{message.receives}"
+                message.visible_at = now + hide_seconds
+                out.append(
+                    QueuedMessage(
+                        message.task_id,
+                        message.receipt,
+                        message.user_id,
+                        message.submitted_at,
+                        message.tag,
+                        message.reason,
                     )
-            return out
+                )
+        return out
 
     def delete(self, level: int, receipt_handle: str) -> None:
         with self._lock:
@@ -208,6 +288,46 @@ class MemoryTaskQueues:
     def depth(self, level: int) -> int:
         with self._lock:
             return len(self.queues[level])
+
+    def depths(self) -> list[QueueDepth]:
+        with self._lock:
+            now = self.clock()
+            return [
+                QueueDepth(
+                    level,
+                    queued=sum(1 for m in self.queues[level] if m.visible_at <= now),
+                    in_flight=sum(1 for m in self.queues[level] if m.visible_at > now),
+                    dead=len(self.dead[level]),
+                )
+                for level in range(policy.LEVELS)
+            ]
+
+    def send_dead(self, level: int, message: QueuedMessage, reason: str) -> None:
+        with self._lock:
+            self.dead[level].append(
+                _Message(
+                    message.task_id,
+                    next(self._ids),
+                    user_id=message.user_id,
+                    submitted_at=message.submitted_at,
+                    tag=message.tag,
+                    reason=reason,
+                )
+            )
+
+    def receive_dead(self, level: int, max_count: int, hide_seconds: int) -> list[QueuedMessage]:
+        with self._lock:
+            return self._take(self.dead[level], max_count, hide_seconds)
+
+    def delete_dead(self, level: int, receipt_handle: str) -> None:
+        with self._lock:
+            self.dead[level] = [m for m in self.dead[level] if m.receipt != receipt_handle]
+
+    def purge_dead(self, level: int) -> int:
+        with self._lock:
+            count = len(self.dead[level])
+            self.dead[level] = []
+            return count
 
 
 class MemoryControlStore:
@@ -256,11 +376,13 @@ class MemoryControlStore:
         with self._mutex:
             return self._clamped()
 
-    def add_backlog(self, level: int, delta: int) -> None:
+    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> None:
         with self._mutex:
             counts = list(self._state.counts)
             counts[level] += delta
-            self._state = replace(self._state, counts=tuple(counts))
+            self._state = replace(
+                self._state, counts=tuple(counts), tallies=policy.add_tallies(self._state.tallies, tallies)
+            )
 
     def next_seq(self, level: int) -> int:
         with self._mutex:
@@ -269,7 +391,9 @@ class MemoryControlStore:
             self._state = replace(self._state, enqueued=tuple(enqueued))
             return enqueued[level]
 
-    def commit_pick(self, seen: Backlog, after: Backlog, level: int) -> tuple[bool, Backlog]:
+    def commit_pick(
+        self, seen: Backlog, after: Backlog, level: int, tallies: Sequence[int] = ()
+    ) -> tuple[bool, Backlog]:
         with self._mutex:
             current = self._clamped()
             same_shape = all((a > 0) == (b > 0) for a, b in zip(current.counts, seen.counts, strict=True))
@@ -286,6 +410,7 @@ class MemoryControlStore:
                 vtime=after.vtime,
                 version=self._state.version + 1,
                 run_seconds=after.run_seconds if after.run_seconds > 0 else self._state.run_seconds,
+                tallies=policy.add_tallies(self._state.tallies, tallies),
             )
             return True, self._clamped()
 

@@ -8,24 +8,50 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from chalicelib.domain import QueuedMessage, Task
+from botocore.exceptions import ClientError
+
+from chalicelib.domain import ConflictError, QueueDepth, QueuedMessage, Task
 
 log = logging.getLogger(__name__)
 
 
-class SqsTaskQueues:
-    """Queue ``level`` is the queue named ``queue_name(level)``; URLs are looked up once."""
+# Dead-letter queues are numbered after the six level queues in the URL cache.
+DEAD = 100
 
-    def __init__(self, client: Any, queue_name: Callable[[int], str]) -> None:
+
+def _parse(raw: dict[str, Any]) -> QueuedMessage:
+    body = json.loads(raw["Body"])
+    return QueuedMessage(
+        task_id=str(body["task_id"]),
+        receipt_handle=raw["ReceiptHandle"],
+        user_id=str(body.get("user_id", "")),
+        submitted_at=float(body.get("submitted_at", 0.0)),
+        tag=float(body.get("tag", 0.0)),
+        reason=str(body.get("reason", "")),
+    )
+
+
+class SqsTaskQueues:
+    """Queue ``level`` is the queue named ``queue_name(level)``; URLs are looked up once.
+
+    Each level's dead-letter queue is ``dlq_name(level)``: SQS moves a message there
+    after too many receives, and the worker moves a failed task's message there.
+    """
+
+    def __init__(
+        self, client: Any, queue_name: Callable[[int], str], dlq_name: Callable[[int], str] | None = None
+    ) -> None:
         self._sqs = client
         self._queue_name = queue_name
+        self._dlq_name = dlq_name or (lambda level: f"{queue_name(level)}-dlq")
         self._urls: dict[int, str] = {}
         self._lock = threading.Lock()
 
     def url(self, level: int) -> str:
         with self._lock:
             if level not in self._urls:
-                self._urls[level] = self._sqs.get_queue_url(QueueName=self._queue_name(level))["QueueUrl"]
+                name = self._dlq_name(level - DEAD) if level >= DEAD else self._queue_name(level)
+                self._urls[level] = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
             return self._urls[level]
 
     def send(self, level: int, task: Task) -> None:
@@ -35,32 +61,69 @@ class SqsTaskQueues:
         self._sqs.send_message(QueueUrl=self.url(level), MessageBody=json.dumps(body), MessageGroupId=task.user_id)
 
     def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
+        return self._receive(level, max_count, WaitTimeSeconds=wait_seconds)
+
+    def _receive(self, queue: int, max_count: int, **kwargs: Any) -> list[QueuedMessage]:
         response = self._sqs.receive_message(
-            QueueUrl=self.url(level),
-            MaxNumberOfMessages=max(1, min(10, max_count)),
-            WaitTimeSeconds=wait_seconds,
+            QueueUrl=self.url(queue), MaxNumberOfMessages=max(1, min(10, max_count)), **kwargs
         )
         messages = []
         for raw in response.get("Messages", []):
             try:
-                body = json.loads(raw["Body"])
-                message = QueuedMessage(
-                    task_id=str(body["task_id"]),
-                    receipt_handle=raw["ReceiptHandle"],
-                    user_id=str(body.get("user_id", "")),
-                    submitted_at=float(body.get("submitted_at", 0.0)),
-                    tag=float(body.get("tag", 0.0)),
-                )
+                message = _parse(raw)
             except (ValueError, KeyError, TypeError, AttributeError):
                 # Not ours (someone wrote to the queue by hand): drop it, say so.
-                log.warning("dropping malformed message on level %s: %.200s", level, raw.get("Body"))
-                self.delete(level, raw["ReceiptHandle"])
+                log.warning("dropping malformed message on queue %s: %.200s", queue, raw.get("Body"))
+                self._sqs.delete_message(QueueUrl=self.url(queue), ReceiptHandle=raw["ReceiptHandle"])
                 continue
             messages.append(message)
         return messages
 
     def delete(self, level: int, receipt_handle: str) -> None:
         self._sqs.delete_message(QueueUrl=self.url(level), ReceiptHandle=receipt_handle)
+
+    def depths(self) -> list[QueueDepth]:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        found = []
+        for level in range(6):
+            live = self._sqs.get_queue_attributes(QueueUrl=self.url(level), AttributeNames=names)["Attributes"]
+            dead = self._sqs.get_queue_attributes(QueueUrl=self.url(DEAD + level), AttributeNames=names[:1])
+            found.append(
+                QueueDepth(
+                    level=level,
+                    queued=int(live.get(names[0], 0)),
+                    in_flight=int(live.get(names[1], 0)),
+                    dead=int(dead["Attributes"].get(names[0], 0)),
+                )
+            )
+        return found
+
+    def send_dead(self, level: int, message: QueuedMessage, reason: str) -> None:
+        body = {
+            "task_id": message.task_id,
+            "user_id": message.user_id,
+            "submitted_at": message.submitted_at,
+            "tag": message.tag,
+            "reason": reason[:1000],
+        }
+        self._sqs.send_message(QueueUrl=self.url(DEAD + level), MessageBody=json.dumps(body))
+
+    def receive_dead(self, level: int, max_count: int, hide_seconds: int) -> list[QueuedMessage]:
+        return self._receive(DEAD + level, max_count, WaitTimeSeconds=0, VisibilityTimeout=hide_seconds)
+
+    def delete_dead(self, level: int, receipt_handle: str) -> None:
+        self._sqs.delete_message(QueueUrl=self.url(DEAD + level), ReceiptHandle=receipt_handle)
+
+    def purge_dead(self, level: int) -> int:
+        url = self.url(DEAD + level)
+        attributes = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+        try:
+            self._sqs.purge_queue(QueueUrl=url)
+        except ClientError as exc:
+            if "PurgeQueueInProgress" in str(exc.response.get("Error", {}).get("Code", "")):
+                raise ConflictError("this dead-letter queue was purged less than 60 s ago; try again later") from exc
+            raise
+        return int(attributes["Attributes"].get("ApproximateNumberOfMessages", 0))
 
     def give_back(self, level: int, receipt_handles: list[str]) -> None:
         for start in range(0, len(receipt_handles), 10):

@@ -92,9 +92,20 @@ def test_packaged_template_has_least_privilege_roles(packaged: dict[str, Any]) -
     by_role: dict[str, set[str]] = {}
     for logical, statement in statements:
         by_role.setdefault(logical, set()).update(statement["Action"])
-    assert "sqs:SendMessage" not in by_role["WorkerRole"] | by_role["DispatcherRole"]  # only the API queues
     assert not any(a.startswith("sqs:") for a in by_role["DispatcherRole"])  # the dispatcher only hands out slots
-    assert "sqs:ReceiveMessage" not in by_role["ApiHandlerRole"]
+
+    def targets(role: str, action: str) -> set[str]:
+        found = set()
+        for logical, statement in statements:
+            if logical == role and action in statement["Action"]:
+                found |= {json.dumps(r, sort_keys=True) for r in statement["Resource"]}
+        return found
+
+    dead_letter_queues = {json.dumps({"Fn::GetAtt": [f"Level{n}DeadLetterQueue", "Arn"]}) for n in range(6)}
+    # The worker sends only to dead-letter queues; the API reads only dead-letter queues.
+    assert targets("WorkerRole", "sqs:SendMessage") == dead_letter_queues
+    assert targets("ApiHandlerRole", "sqs:ReceiveMessage") == dead_letter_queues
+    assert targets("ApiHandlerRole", "sqs:PurgeQueue") == dead_letter_queues
 
 
 def test_packaged_functions_point_at_the_stacks_own_resources(packaged: dict[str, Any]) -> None:

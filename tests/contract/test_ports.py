@@ -246,3 +246,95 @@ def test_refund_takes_back_one_live_submission(ports: Ports) -> None:
     assert not ports.usage.refund("u1", NOW, NOW + 5, 600, 6000)  # never below zero
     ports.usage.record_submission("u1", NOW, 600, 6000)
     assert not ports.usage.refund("u1", NOW, NOW + 7000, 600, 6000)  # out of the window already
+
+
+# --- what the dashboard and the dead-letter commands read ----------------------
+
+
+def test_top_users_ranks_live_counts_with_weights(ports: Ports) -> None:
+    for user, n in (("light", 1), ("heavy", 4), ("middle", 2)):
+        for _ in range(n):
+            ports.usage.record_submission(user, NOW, 600, 6000)
+    ports.usage.record_submission("gone", NOW - 20000, 600, 6000)  # expired: not listed
+    ports.usage.set_weight("heavy", 3)
+    users, truncated = ports.usage.top_users(NOW + 1, 600, 6000, 2, 5000)
+    assert [(u.user_id, u.count_in_window, u.weight) for u in users] == [("heavy", 4, 3), ("middle", 2, 1)]
+    assert truncated is False
+
+
+def test_recent_lists_finished_tasks_newest_first_with_their_times(ports: Ports) -> None:
+    ids = [f"{n}1111111-1111-4111-8111-111111111111" for n in range(3)]
+    for n, task_id in enumerate(ids):
+        ports.tasks.create(make_task(task_id))
+        ports.tasks.start(task_id, f"run-{n}", NOW + 10 + n, NOW + 300)
+        ports.tasks.finish(
+            task_id, f"run-{n}", SUCCESS if n else FAILURE, NOW + 20 + n, NOW + 1000, error=None if n else "boom"
+        )
+    ports.tasks.create(make_task("91111111-1111-4111-8111-111111111111"))  # still queued: not listed
+    recent = ports.tasks.recent(NOW + 30, 2)
+    assert [t.task_id for t in recent] == [ids[2], ids[1]]
+    assert recent[0].wait_seconds == pytest.approx(12 - 0.125)
+    assert recent[0].run_seconds == pytest.approx(10)
+    oldest = ports.tasks.recent(NOW + 30, 10)[-1]
+    assert (oldest.task_id, oldest.task_status, oldest.error) == (ids[0], FAILURE, "boom")
+
+
+def test_queued_count_follows_a_task_from_queued_to_started_or_cancelled(ports: Ports) -> None:
+    first, second = make_task(), make_task("21111111-1111-4111-8111-111111111111")
+    ports.tasks.create(first)
+    ports.tasks.create(second)
+    assert ports.tasks.queued_count("u1") == 2
+    ports.tasks.start(first.task_id, "run", NOW, NOW + 300)
+    ports.tasks.cancel_pending(second.task_id, NOW, NOW + 1000)
+    assert ports.tasks.queued_count("u1") == 0
+    assert ports.tasks.queued_count("nobody") == 0
+
+
+def test_requeue_turns_only_a_failed_task_back_into_a_queued_one(ports: Ports) -> None:
+    task = make_task()
+    ports.tasks.create(task)
+    assert ports.tasks.requeue(task.task_id, 7, NOW + 5000) is None  # PENDING: nothing to do
+    ports.tasks.start(task.task_id, "run", NOW, NOW + 300)
+    ports.tasks.finish(task.task_id, "run", FAILURE, NOW + 1, NOW + 1000, error="boom")
+    again = ports.tasks.requeue(task.task_id, 7, NOW + 5000)
+    assert again is not None
+    assert (again.task_status, again.attempts, again.error, again.queue_seq, again.started_at) == (
+        PENDING,
+        0,
+        None,
+        7,
+        None,
+    )
+    assert ports.tasks.queued_count("u1") == 1
+    assert ports.tasks.start(task.task_id, "run-2", NOW + 2, NOW + 300)[0] == STARTED_NOW
+
+
+def test_dead_letters_can_be_looked_at_moved_and_purged(ports: Ports) -> None:
+    task = make_task()
+    ports.queues.send(2, task)
+    [message] = ports.queues.receive(2, 1, 0)
+    ports.queues.send_dead(2, message, "RuntimeError: boom")
+    ports.queues.delete(2, message.receipt_handle)
+    depths = ports.queues.depths()
+    assert [(d.level, d.queued, d.dead) for d in depths][2] == (2, 0, 1)
+    # A look leaves them where they are.
+    for _ in range(2):
+        [seen] = ports.queues.receive_dead(2, 10, hide_seconds=0)
+        assert (seen.task_id, seen.user_id, seen.reason) == (task.task_id, "u1", "RuntimeError: boom")
+    [taken] = ports.queues.receive_dead(2, 10, hide_seconds=60)
+    ports.queues.delete_dead(2, taken.receipt_handle)
+    assert ports.queues.depths()[2].dead == 0
+    ports.queues.send_dead(4, message, "again")
+    assert ports.queues.purge_dead(4) == 1
+    assert ports.queues.depths()[4].dead == 0
+
+
+def test_tallies_ride_on_backlog_writes_and_picks(ports: Ports) -> None:
+    ports.control.add_backlog(1, 2, (1, 0, 0))
+    ports.control.add_backlog(1, -1, (0, 0, 1))
+    seen = ports.control.backlog()
+    assert seen.tallies == (1, 0, 1)
+    taken, after = ports.control.commit_pick(seen, seen, 1, (2, 1, 0))
+    assert taken and after.tallies == (3, 1, 1) and after.counts[1] == 0
+    ports.control.add_backlog(0, 0, (0, 1, 0))
+    assert ports.control.backlog().tallies == (3, 2, 1) and ports.control.backlog().counts == (0,) * 6

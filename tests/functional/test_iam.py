@@ -21,6 +21,8 @@ def granted(function: str) -> set[str]:
 
 def test_every_call_a_function_makes_is_granted_to_it(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PQH_ADMIN_TOKEN", "t")
+    monkeypatch.setenv("PQH_TASK_FUNCTION", "chalicelib.tasks.fails_on_poison")
+    admin = {"Authorization": "Bearer t"}
     calls: dict[str, set[str]] = defaultdict(set)
     current = {"function": "test-setup"}
 
@@ -51,6 +53,7 @@ def test_every_call_a_function_makes_is_granted_to_it(harness: Harness, monkeypa
     current["function"] = "api_handler"
     task_id = harness.submit("u", 1).json_body["task_id"]
     harness.submit("v", 1)  # a second user at the same level: the worker samples both, gives one back
+    harness.submit("w", "poison")  # fails: the worker dead-letters it
     harness.result(task_id)
     harness.client.http.get("/result/00000000-0000-4000-8000-000000000000")
     current["function"] = "dispatcher"
@@ -64,6 +67,11 @@ def test_every_call_a_function_makes_is_granted_to_it(harness: Harness, monkeypa
     harness.submit("u", 2)
     current["function"] = "dispatch_tick"
     harness.client.lambda_.invoke("dispatch_tick", event)
+    current["function"] = "api_handler"
+    assert harness.client.http.get("/stats", headers=admin).status_code == 200
+    assert harness.client.http.get("/admin/dead-letters/0", headers=admin).json_body["dead_letters"] == 1
+    assert harness.client.http.post("/admin/dead-letters/0/redrive", headers=admin).json_body["redriven"] == 1
+    assert harness.client.http.delete("/admin/dead-letters/0", headers=admin).status_code == 200
 
     for function in ("api_handler", "dispatcher", "worker"):
         assert calls[function], function

@@ -206,6 +206,25 @@ def test_a_task_whose_worker_died_mid_run_runs_again_once_sqs_redelivers_it() ->
     assert (level, message.task_id) == (0, task.task_id)
 
 
+def test_a_task_whose_worker_dies_every_time_ends_failure_in_the_dead_letter_queue() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("u", "x")
+    for attempt in range(3):
+        picked = w.services._pick_next(None, full_walk=True)
+        assert picked is not None and picked[1].task_id == task.task_id
+        w.tasks.start(task.task_id, f"dead-run-{attempt}", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
+        w.clock.advance(w.queues.visibility_timeout + 1)  # the worker died; SQS shows the message again
+    w.services.dispatch(full_walk=True)
+    assert w.outcomes() == [FAILURE]
+    assert w.ran == []  # not run a fourth time
+    final = w.tasks.get(task.task_id)
+    assert final is not None and final.task_status == FAILURE
+    assert final.error == "gave up: the worker stopped 3 times while running this task"
+    assert w.queues.depth(0) == 0
+    [dead] = w.queues.receive_dead(0, 10, hide_seconds=0)
+    assert (dead.task_id, dead.reason) == (task.task_id, final.error)
+
+
 def test_a_task_delivered_twice_runs_once_and_keeps_its_result() -> None:
     w = make_world(capacity=2)
     task = w.services.submit("u", "x")
@@ -248,7 +267,10 @@ def test_a_failing_task_is_marked_failure_with_the_reason() -> None:
     assert w.outcomes() == [FAILURE]
     final = w.tasks.get(task.task_id)
     assert final is not None and final.error == "ValueError: bad input" and final.finished_at is not None
-    assert w.queues.depth(0) == 0  # finished: its message is gone
+    assert w.queues.depth(0) == 0  # finished: its message is gone from the level's queue...
+    [dead] = w.queues.receive_dead(0, 10, hide_seconds=0)  # ...to the dead-letter queue, with the reason
+    assert (dead.task_id, dead.reason) == (task.task_id, "ValueError: bad input")
+    assert w.control.backlog().tallies == (0, 1, 0)  # counted as failed when the worker stopped
 
 
 def test_a_result_that_is_not_json_is_a_failure_not_a_crash() -> None:

@@ -1,0 +1,138 @@
+"""/stats, /dashboard and the dead-letter routes under moto, through Chalice's test client."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.functional.conftest import Harness
+
+ADMIN = {"Authorization": "Bearer secret"}
+
+
+@pytest.fixture
+def poison(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PQH_TASK_FUNCTION", "chalicelib.tasks.fails_on_poison")
+
+
+def stats(harness: Harness) -> dict:  # type: ignore[type-arg]
+    response = harness.client.http.get("/stats")
+    assert response.status_code == 200, response.body
+    return response.json_body  # type: ignore[no-any-return]
+
+
+def test_stats_of_an_idle_system(harness: Harness) -> None:
+    s = stats(harness)
+    assert s["capacity"] == 1 and s["running"] == 0 and s["policy"] == "fair"
+    assert [q["level"] for q in s["queues"]] == [0, 1, 2, 3, 4, 5]
+    assert all(q["queued"] == q["dead_letters"] == 0 for q in s["queues"])
+    assert s["tasks"] == {
+        "submitted": 0,
+        "queued": 0,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "dead_letters": 0,
+    }
+    assert s["users"] == [] and s["recent"] == []
+    assert s["wait_seconds"] == {"p50": None, "p90": None, "max": None}
+
+
+def test_stats_follow_tasks_from_submit_to_result(harness: Harness) -> None:
+    for _ in range(3):
+        harness.submit("heavy")
+    harness.submit("light")
+    s = stats(harness)
+    assert s["tasks"]["submitted"] == 4 and s["tasks"]["queued"] == 4
+    assert [q["queued"] for q in s["queues"]] == [2, 2, 0, 0, 0, 0]  # heavy's 2nd and 3rd are level 1
+    assert [q["counted"] for q in s["queues"]] == [2, 2, 0, 0, 0, 0]
+    assert [(u["user_id"], u["count_in_window"], u["priority_level"], u["queued"]) for u in s["users"]] == [
+        ("heavy", 3, 1, 3),
+        ("light", 1, 1, 1),
+    ]
+
+    harness.clock.now += 2.0  # they waited two seconds
+    harness.dispatch()
+    assert len(harness.outcomes()) == 4
+    s = stats(harness)
+    assert s["tasks"]["queued"] == 0 and s["tasks"]["succeeded"] == 4 and s["running"] == 0
+    assert [u["queued"] for u in s["users"]] == [0, 0]
+    assert len(s["recent"]) == 4 and {t["task_status"] for t in s["recent"]} == {"SUCCESS"}
+    assert all(t["wait_seconds"] == 2.0 and t["run_seconds"] == 0.0 for t in s["recent"])
+    assert s["wait_seconds"]["p50"] == 2.0
+
+
+def test_a_cancelled_task_is_counted(harness: Harness) -> None:
+    task_id = harness.submit("u").json_body["task_id"]
+    assert harness.client.http.delete(f"/task/{task_id}").status_code == 200
+    s = stats(harness)
+    assert s["tasks"]["cancelled"] == 1 and s["tasks"]["queued"] == 0
+    assert [t["task_status"] for t in s["recent"]] == ["CANCELLED"]
+
+
+def test_a_poison_task_is_failed_dead_lettered_and_can_be_redriven_or_purged(
+    harness: Harness, poison: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PQH_ADMIN_TOKEN", "secret")
+    task_id = harness.submit("u", "poison").json_body["task_id"]
+    harness.dispatch()
+    assert harness.outcomes() == ["FAILURE"]
+    result = harness.result(task_id).json_body
+    assert result["task_status"] == "FAILURE" and "poison" in result["task_result"]["error"]
+    s = harness.client.http.get("/stats", headers=ADMIN).json_body
+    assert s["tasks"]["failed"] == 1 and s["tasks"]["dead_letters"] == 1 and s["queues"][0]["dead_letters"] == 1
+    assert "poison" in s["recent"][0]["error"]
+
+    look = harness.client.http.get("/admin/dead-letters/0", headers=ADMIN).json_body
+    assert look["dead_letters"] == 1
+    [letter] = look["messages"]
+    assert letter["task_id"] == task_id and letter["task_status"] == "FAILURE" and "poison" in letter["reason"]
+
+    assert harness.client.http.post("/admin/dead-letters/0/redrive", headers=ADMIN).json_body == {
+        "redriven": 1,
+        "dropped": 0,
+    }
+    assert harness.result(task_id).json_body["task_status"] == "PENDING"
+    s = harness.client.http.get("/stats", headers=ADMIN).json_body
+    assert s["queues"][0]["queued"] == 1 and s["queues"][0]["dead_letters"] == 0
+    harness.dispatch()
+    assert harness.outcomes() == ["FAILURE"]  # still poison: back in the dead-letter queue
+
+    assert harness.client.http.delete("/admin/dead-letters/0", headers=ADMIN).json_body == {"purged": 1}
+    assert harness.client.http.get("/admin/dead-letters/0", headers=ADMIN).json_body["dead_letters"] == 0
+    assert harness.result(task_id).json_body["task_status"] == "FAILURE"  # purging keeps the result
+
+
+def test_operator_routes_need_the_admin_token_when_one_is_set(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert harness.client.http.get("/admin/dead-letters/0").status_code == 403  # no token set: disabled
+    monkeypatch.setenv("PQH_ADMIN_TOKEN", "secret")
+    for method, path in (
+        ("get", "/stats"),
+        ("get", "/admin/dead-letters/0"),
+        ("post", "/admin/dead-letters/0/redrive"),
+        ("delete", "/admin/dead-letters/0"),
+    ):
+        response = getattr(harness.client.http, method)(path, headers={"Authorization": "Bearer wrong"})
+        assert response.status_code == 403, path
+        assert response.json_body["error"] == "forbidden"
+    assert harness.client.http.get("/stats", headers=ADMIN).status_code == 200
+
+
+@pytest.mark.parametrize("level", ["6", "-1", "x", "00", "1.5"])
+def test_a_bad_level_is_a_400(harness: Harness, monkeypatch: pytest.MonkeyPatch, level: str) -> None:
+    monkeypatch.setenv("PQH_ADMIN_TOKEN", "secret")
+    response = harness.client.http.get(f"/admin/dead-letters/{level}", headers=ADMIN)
+    assert response.status_code == 400 and response.json_body["error"] == "invalid_request"
+
+
+def test_the_dashboard_is_one_offline_page_that_reads_stats(harness: Harness) -> None:
+    response = harness.client.http.get("/dashboard")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    page = response.body.decode()
+    assert 'fetch("stats"' in page  # relative: works under API Gateway's stage path too
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing loaded from elsewhere
