@@ -20,8 +20,16 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 
 venv: $(STAMP) ## create .venv and install the pinned dependencies
 
-test: $(STAMP) ## run the whole suite (unit, contract, functional, end-to-end)
+test: $(STAMP) browser ## run the whole suite (unit, contract, functional, end-to-end, the dashboard in Chromium)
 	$(BIN)/python -m pytest
+
+# Debian's chromium, for the dashboard's browser test (Playwright drives it; it never downloads one).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser: ## install Debian's chromium if it is missing (the dashboard test needs it)
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the dashboard test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null \
+	  || echo "could not install chromium: the dashboard's browser test will be skipped"; }
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .
@@ -43,7 +51,7 @@ package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ a
 clean: ## remove build output and caches
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv test lint format package clean
+.PHONY: help venv test browser lint format package clean
 
 bench: $(STAMP) ## benchmarks: start delay, utilisation, SQS depth, AWS requests per task (prints tables, saves bench/results/)
 	$(BIN)/python -m bench.dispatch

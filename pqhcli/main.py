@@ -6,7 +6,9 @@ it works wherever the API is reachable: set PQH_URL (default http://127.0.0.1:80
     pqh submit user_1 '"foo"' --wait     # submit, then show position and ETA until done
     pqh result <task_id>
     pqh cancel <task_id>
-    pqh weight user_1 6                   # needs PQH_ADMIN_TOKEN
+    pqh stats                             # the dashboard's numbers as tables
+    pqh weight user_1 6                   # needs PQH_ADMIN_TOKEN (as do the dlq commands)
+    pqh dlq show 0 | pqh dlq redrive 0 | pqh dlq purge 0 --yes
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from urllib.parse import quote
 
 import click
 import requests
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 DONE = ("SUCCESS", "FAILURE", "CANCELLED")
 
@@ -86,19 +91,46 @@ def submit(api: Api, user_id: str, x: str, wait: bool, every: float) -> None:
 
 
 def follow(api: Api, task_id: str, every: float) -> None:
-    last = ""
-    while True:
-        body = api.call("GET", f"/result/{task_id}")
-        line = describe(body)
-        if line != last:
-            click.echo(line)
-            last = line
-        if body["task_status"] in DONE:
-            click.echo(json.dumps(body["task_result"], indent=2))
-            if body["task_status"] != "SUCCESS":
-                sys.exit(1)
-            return
-        time.sleep(every)
+    """Poll until the task finishes: a progress bar on a terminal, one line per change otherwise."""
+    if sys.stdout.isatty():
+        body = follow_with_bar(api, task_id, every)
+    else:
+        last = ""
+        while True:
+            body = api.call("GET", f"/result/{task_id}")
+            line = describe(body)
+            if line != last:
+                click.echo(line)
+                last = line
+            if body["task_status"] in DONE:
+                break
+            time.sleep(every)
+    click.echo(json.dumps(body["task_result"], indent=2))
+    if body["task_status"] != "SUCCESS":
+        sys.exit(1)
+
+
+def follow_with_bar(api: Api, task_id: str, every: float) -> dict[str, Any]:
+    """The bar fills as the tasks ahead of this one start; then it shows the run."""
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        bar = progress.add_task("submitted", total=None)
+        first_position: int | None = None
+        while True:
+            body: dict[str, Any] = api.call("GET", f"/result/{task_id}")
+            status = body["task_status"]
+            if status == "PENDING" and "queue_position" in body:
+                position = int(body["queue_position"])
+                first_position = position if first_position is None else max(first_position, position)
+                progress.update(
+                    bar, description=describe(body), total=first_position + 1, completed=first_position - position
+                )
+            elif status == "STARTED":
+                progress.update(bar, description=describe(body), total=None)
+            if status in DONE:
+                progress.update(bar, description=status, total=1, completed=1)
+                return body
+            time.sleep(every)
 
 
 @cli.command()
@@ -130,6 +162,98 @@ def weight(api: Api, user_id: str, weight: int) -> None:
     """Set a user's weight (needs PQH_ADMIN_TOKEN)."""
     body = api.call("PUT", f"/admin/users/{quote(user_id, safe='')}/weight", {"weight": weight})
     click.echo(json.dumps(body))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON of GET /stats")
+@click.pass_obj
+def stats(api: Api, as_json: bool) -> None:
+    """Queues, capacity, totals, top users and recent tasks (GET /stats)."""
+    body = api.call("GET", "/stats")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    console = Console()
+    t = body["tasks"]
+    waits = body["wait_seconds"]
+    console.print(
+        f"[bold]running {body['running']}/{body['capacity']}[/]  queued {t['queued']}  submitted {t['submitted']}  "
+        f"succeeded {t['succeeded']}  failed {t['failed']}  cancelled {t['cancelled']}  "
+        f"dead letters {t['dead_letters']}  wait p50 {waits['p50']}s p90 {waits['p90']}s  (policy {body['policy']})"
+    )
+    console.print(
+        _table(
+            "Queues",
+            ["level", "queued", "in flight", "counted", "dead letters"],
+            [[q["level"], q["queued"], q["in_flight"], q["counted"], q["dead_letters"]] for q in body["queues"]],
+        )
+    )
+    console.print(
+        _table(
+            "Top users" + (" (first part of the usage table)" if body["users_truncated"] else ""),
+            ["user", "count", "weight", "level", "queued"],
+            [
+                [u["user_id"], u["count_in_window"], u["weight"], u["priority_level"], u["queued"]]
+                for u in body["users"]
+            ],
+        )
+    )
+    console.print(
+        _table(
+            "Recent tasks",
+            ["task", "user", "status", "level", "wait s", "run s"],
+            [
+                [r["task_id"], r["user_id"], r["task_status"], r["priority_level"], r["wait_seconds"], r["run_seconds"]]
+                for r in body["recent"]
+            ],
+        )
+    )
+
+
+def _table(title: str, headers: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 or header in ("user", "status") else "right")
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row))
+    return table
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead letters: failed tasks, per priority level (needs PQH_ADMIN_TOKEN)."""
+
+
+@dlq.command("show")
+@click.argument("level", type=click.IntRange(0, 5))
+@click.pass_obj
+def dlq_show(api: Api, level: int) -> None:
+    """Show up to 10 dead letters of LEVEL and why their tasks failed (they stay there)."""
+    body = api.call("GET", f"/admin/dead-letters/{level}")
+    click.echo(f"level {level}: about {body['dead_letters']} dead letters")
+    for m in body["messages"]:
+        click.echo(f"  {m['task_id']}  user={m['user_id']}  {m['task_status']}  {m['reason']}")
+
+
+@dlq.command("redrive")
+@click.argument("level", type=click.IntRange(0, 5))
+@click.pass_obj
+def dlq_redrive(api: Api, level: int) -> None:
+    """Queue LEVEL's failed tasks again (up to 100 per call)."""
+    body = api.call("POST", f"/admin/dead-letters/{level}/redrive")
+    click.echo(f"level {level}: {body['redriven']} queued again, {body['dropped']} dropped (task gone or finished)")
+
+
+@dlq.command("purge")
+@click.argument("level", type=click.IntRange(0, 5))
+@click.option("--yes", is_flag=True, help="do not ask")
+@click.pass_obj
+def dlq_purge(api: Api, level: int, yes: bool) -> None:
+    """Delete LEVEL's dead letters; their tasks stay FAILURE."""
+    if not yes:
+        click.confirm(f"purge the dead letters of level {level}?", abort=True)
+    body = api.call("DELETE", f"/admin/dead-letters/{level}")
+    click.echo(f"level {level}: purged about {body['purged']} dead letters")
 
 
 def main() -> None:

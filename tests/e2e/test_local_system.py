@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -141,3 +142,46 @@ def test_the_cli_follows_position_and_eta_and_cancels(local_system: Callable[...
     again = subprocess.run([*pqh, "cancel", queued], env=env, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 1 and "409" in again.stderr  # already cancelled: a clear error
     system.wait_all(blockers)
+
+
+def test_the_cli_shows_stats_and_looks_at_redrives_and_purges_dead_letters(
+    local_system: Callable[..., LocalSystem],
+) -> None:
+    system = local_system(
+        PQH_CAPACITY="2",
+        PQH_TASK_SECONDS="0.1",
+        PQH_TASK_FUNCTION="chalicelib.tasks.fails_on_poison",
+        PQH_ADMIN_TOKEN="op-secret",
+    )
+    env = {**os.environ, "PQH_URL": system.base_url, "PQH_ADMIN_TOKEN": "op-secret", "COLUMNS": "200"}
+
+    def pqh(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "pqhcli.main", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    good = system.submit("alice", "fine")["task_id"]
+    bad = system.submit("mallory", "poison")["task_id"]
+    results = system.wait_all([good, bad])
+    assert [r["task_status"] for r in results] == ["SUCCESS", "FAILURE"]
+
+    shown = pqh("stats")
+    assert "succeeded 1" in shown and "failed 1" in shown and "dead letters 1" in shown
+    assert "alice" in shown and "mallory" in shown
+    assert json.loads(pqh("stats", "--json"))["tasks"]["dead_letters"] == 1
+
+    level = results[1]["priority_level"]
+    looked = pqh("dlq", "show", str(level))
+    assert bad in looked and "poison" in looked
+    assert "1 queued again" in pqh("dlq", "redrive", str(level))
+    # Redriven, it runs again and, still poison, fails again: back among the dead letters.
+    assert system.result(bad)["task_status"] in ("PENDING", "STARTED", "FAILURE")
+    deadline = time.monotonic() + 30
+    while json.loads(pqh("stats", "--json"))["queues"][level]["dead_letters"] != 1:
+        assert time.monotonic() < deadline, "the redriven task did not fail again"
+        time.sleep(0.2)
+    assert json.loads(pqh("stats", "--json"))["tasks"]["failed"] == 2
+    assert "purged about 1" in pqh("dlq", "purge", str(level), "--yes")
+    assert system.result(bad)["task_status"] == "FAILURE"
