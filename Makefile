@@ -44,7 +44,9 @@ package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ a
 	$(BIN)/python -m infra.merge_template > build-merge.json.tmp
 	mkdir -p build && mv build-merge.json.tmp build/merge-template.json
 	rm -rf build/package
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) --merge-template build/merge-template.json build/package
+	@# Routes carry the API-key authorizer when app.py is imported with the stage's PQH_AUTH.
+	PQH_AUTH=$$($(BIN)/python -m infra.iam --auth $(STAGE)) AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} \
+	  $(BIN)/chalice package --stage $(STAGE) --merge-template build/merge-template.json build/package
 	$(BIN)/cfn-lint build/package/sam.json
 	@echo "template: build/package/sam.json"
 

@@ -9,17 +9,24 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
-from chalice.app import Chalice, Rate, Request, Response
+from chalice.app import AuthRequest, AuthResponse, Chalice, Rate, Request, Response
 
 from chalicelib import views, wiring
-from chalicelib.domain import ForbiddenError, Handoff, PqhError, ValidationError
-from chalicelib.settings import ConfigError
-from chalicelib.validation import check_user_id, parse_submission, parse_weight
+from chalicelib.domain import ForbiddenError, Handoff, Identity, PqhError, UnauthorizedError, ValidationError
+from chalicelib.settings import ConfigError, auth_mode
+from chalicelib.validation import (
+    check_idempotency_key,
+    check_user_id,
+    parse_json_object,
+    parse_submission,
+    parse_weight,
+)
 
 app = Chalice(app_name="pqh")
 app.log.setLevel(logging.INFO)
@@ -81,8 +88,50 @@ def _stage_prefix() -> str:
     return ""
 
 
+# --- Identity ---------------------------------------------------------------
+# PQH_AUTH=api_key: API Gateway runs the authorizer below before each route that
+# carries it, and passes on who the key belongs to. Whether routes carry it is
+# decided when this module is imported (a deploy setting: the Lambda environment,
+# or `make package`); every handler also checks the mode at run time, so a route
+# without the authorizer in api_key mode refuses to serve (401), never serves open.
+AUTH_AT_IMPORT = auth_mode(os.environ)
+
+
+@app.authorizer(ttl_seconds=60)
+def api_key_auth(auth_request: AuthRequest) -> AuthResponse:
+    """The key (Authorization: Bearer pqh_...) -> its user; unknown keys are denied (403)."""
+    identity = wiring.services().authenticate(auth_request.token)
+    if identity is None:
+        return AuthResponse(routes=[], principal_id="anonymous")
+    # Cached by API Gateway for ttl_seconds per key, for every route: admin rights
+    # travel in the context and are checked by the handlers.
+    return AuthResponse(
+        routes=["*"], principal_id=identity.user_id, context={"admin": "true" if identity.admin else "false"}
+    )
+
+
+AUTHORIZER = api_key_auth if AUTH_AT_IMPORT == "api_key" else None
+
+
+def _caller() -> Identity | None:
+    """The caller in api_key mode (None in no-auth mode, where the body names the user)."""
+    if wiring.services().settings.auth != "api_key":
+        return None
+    context = _request().context.get("authorizer") or {}
+    principal = context.get("principalId")
+    if not principal:
+        raise UnauthorizedError("API keys are on: send 'Authorization: Bearer <your API key>'")
+    return Identity(str(principal), admin=context.get("admin") == "true")
+
+
 def _require_admin() -> None:
-    expected = wiring.services().settings.admin_token
+    settings = wiring.services().settings
+    if settings.auth == "api_key":
+        caller = _caller()
+        if caller is None or not caller.admin:
+            raise ForbiddenError("this route needs an admin API key (or PQH_ADMIN_TOKEN)")
+        return
+    expected = settings.admin_token
     if not expected:
         raise ForbiddenError("admin routes are disabled; set PQH_ADMIN_TOKEN to enable them")
     given = _request().headers.get("authorization", "")
@@ -92,8 +141,9 @@ def _require_admin() -> None:
 
 
 def _require_admin_if_configured() -> None:
-    """Operator views are open only when no admin token is configured (local use)."""
-    if wiring.services().settings.admin_token:
+    """Operator views are open only with no API keys and no admin token (local use)."""
+    settings = wiring.services().settings
+    if settings.admin_token or settings.auth == "api_key":
         _require_admin()
 
 
@@ -109,39 +159,71 @@ DASHBOARD = Path(__file__).resolve().parent / "chalicelib" / "dashboard.html"
 # --- HTTP routes ------------------------------------------------------------
 
 
-@app.route("/task", methods=["POST"], content_types=["*/*"])
+@app.route("/task", methods=["POST"], content_types=["*/*"], authorizer=AUTHORIZER)
 @api_errors
 def submit_task() -> Response:
     svc = wiring.services()
     request = _request()
+    caller = _caller()
     user_id, x = parse_submission(
         _body(request),
         request.headers.get("content-type"),
         svc.settings.max_body_bytes,
         svc.settings.max_user_id_length,
+        svc.settings.max_x_bytes,
+        caller=caller.user_id if caller is not None and not caller.admin else None,
     )
-    task = svc.submit(user_id, x)
-    body = views.submitted(task)
-    return Response(status_code=202, body=body, headers={"Location": _stage_prefix() + body["result_url"]})
+    key = check_idempotency_key(request.headers.get("idempotency-key"))
+    headers: dict[str, str | list[str]] = {}
+    if key is None:
+        body = views.submitted(svc.submit(user_id, x))
+    else:
+        body, replayed = svc.submit_once(user_id, x, key, app.lambda_context)
+        headers["Idempotent-Replayed"] = "true" if replayed else "false"
+    headers["Location"] = _stage_prefix() + body["result_url"]
+    return Response(status_code=202, body=body, headers=headers)
 
 
-@app.route("/result/{task_id}", methods=["GET"])
+@app.route("/result/{task_id}", methods=["GET"], authorizer=AUTHORIZER)
 @api_errors
 def get_result(task_id: str) -> dict[str, Any]:
     svc = wiring.services()
-    task = svc.result(task_id)
+    task = svc.result(task_id, _caller())
     return views.result(task, svc.progress(task))
 
 
-@app.route("/task/{task_id}", methods=["DELETE"])
+@app.route("/task/{task_id}", methods=["DELETE"], authorizer=AUTHORIZER)
 @api_errors
 def cancel_task(task_id: str) -> Response:
     """Cancel a queued task (200), or ask a running one to stop (202)."""
-    task = wiring.services().cancel(task_id)
+    task = wiring.services().cancel(task_id, _caller())
     return Response(status_code=202 if task.task_status == "STARTED" else 200, body=views.result(task))
 
 
-@app.route("/admin/users/{user_id}", methods=["GET"])
+@app.route("/admin/keys", methods=["POST"], content_types=["*/*"], authorizer=AUTHORIZER)
+@api_errors
+def issue_key() -> Response:
+    """Issue an API key for a user (shown once; only its hash is stored)."""
+    _require_admin()
+    svc = wiring.services()
+    request = _request()
+    data = parse_json_object(_body(request), request.headers.get("content-type"), 4096)
+    user_id = check_user_id(data.get("user_id"), svc.settings.max_user_id_length)
+    admin = data.get("admin", False)
+    if not isinstance(admin, bool):
+        raise ValidationError("'admin' must be true or false")
+    return Response(status_code=201, body=svc.issue_key(user_id, admin))
+
+
+@app.route("/admin/keys/{key_id}", methods=["DELETE"], authorizer=AUTHORIZER)
+@api_errors
+def revoke_key(key_id: str) -> dict[str, Any]:
+    _require_admin()
+    wiring.services().revoke_key(key_id)
+    return {"revoked": key_id}
+
+
+@app.route("/admin/users/{user_id}", methods=["GET"], authorizer=AUTHORIZER)
 @api_errors
 def get_user(user_id: str) -> dict[str, Any]:
     _require_admin()
@@ -149,7 +231,7 @@ def get_user(user_id: str) -> dict[str, Any]:
     return svc.user_usage(check_user_id(user_id, svc.settings.max_user_id_length))
 
 
-@app.route("/admin/users/{user_id}/weight", methods=["PUT"], content_types=["*/*"])
+@app.route("/admin/users/{user_id}/weight", methods=["PUT"], content_types=["*/*"], authorizer=AUTHORIZER)
 @api_errors
 def put_weight(user_id: str) -> dict[str, Any]:
     _require_admin()
@@ -164,7 +246,7 @@ def put_weight(user_id: str) -> dict[str, Any]:
 # --- Operators: stats, dashboard, dead letters ----------------------------------
 
 
-@app.route("/stats", methods=["GET"])
+@app.route("/stats", methods=["GET"], authorizer=AUTHORIZER)
 @api_errors
 def get_stats() -> dict[str, Any]:
     _require_admin_if_configured()
@@ -181,21 +263,21 @@ def dashboard() -> Response:
     )
 
 
-@app.route("/admin/dead-letters/{level}", methods=["GET"])
+@app.route("/admin/dead-letters/{level}", methods=["GET"], authorizer=AUTHORIZER)
 @api_errors
 def get_dead_letters(level: str) -> dict[str, Any]:
     _require_admin()
     return wiring.services().dead_letters(_level(level))
 
 
-@app.route("/admin/dead-letters/{level}/redrive", methods=["POST"], content_types=["*/*"])
+@app.route("/admin/dead-letters/{level}/redrive", methods=["POST"], content_types=["*/*"], authorizer=AUTHORIZER)
 @api_errors
 def redrive_dead_letters(level: str) -> dict[str, Any]:
     _require_admin()
     return dict(wiring.services().redrive(_level(level)))
 
 
-@app.route("/admin/dead-letters/{level}", methods=["DELETE"])
+@app.route("/admin/dead-letters/{level}", methods=["DELETE"], authorizer=AUTHORIZER)
 @api_errors
 def purge_dead_letters(level: str) -> dict[str, Any]:
     _require_admin()

@@ -156,5 +156,28 @@ class ForbiddenError(PqhError):
     code = "forbidden"
 
 
+class UnauthorizedError(PqhError):
+    status = 401
+    code = "unauthorized"
+
+
+class IdempotencyConflictError(PqhError):
+    status = 409
+    code = "idempotency_in_progress"
+
+
+class IdempotencyMismatchError(PqhError):
+    status = 422
+    code = "idempotency_key_reused"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling, as the API-key authorizer established it."""
+
+    user_id: str
+    admin: bool = False
+
+
 class BadHandoffError(Exception):
     """The worker was invoked with a payload the dispatcher did not build."""

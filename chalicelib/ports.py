@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from chalicelib.domain import Handoff, QueueDepth, QueuedMessage, Task, TaskSummary, UserUsage
 from chalicelib.policy import Backlog, Slot
@@ -126,6 +126,29 @@ class ControlStore(Protocol):
         ``tallies`` (finished tasks not yet counted) are added with the same write.
 
         Returns (taken, the state now): the new one, or the current one to retry from.
+        """
+
+
+class KeyStore(Protocol):
+    """API keys, stored by the SHA-256 of the key: the key itself is never stored."""
+
+    def put_key(self, key_hash: str, user_id: str, admin: bool, now: float) -> None: ...
+
+    def get_key(self, key_hash: str) -> tuple[str, bool] | None:
+        """(user_id, admin) of a key, or None."""
+
+    def delete_key(self, key_hash: str) -> bool:
+        """False if there was no such key."""
+
+
+class Idempotency(Protocol):
+    def run(
+        self, user_id: str, key: str, x: Any, action: Callable[[], dict[str, Any]], lambda_context: Any = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Run ``action`` once per (user_id, key); return (its answer, whether this was a replay).
+
+        The same key with another ``x`` raises IdempotencyMismatchError; while the
+        first call runs, IdempotencyConflictError.
         """
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import re
+import secrets
 import threading
 import time
 import uuid
@@ -21,6 +25,7 @@ from chalicelib.domain import (
     SUCCESS,
     ConflictError,
     Handoff,
+    Identity,
     NotFoundError,
     QueuedMessage,
     Task,
@@ -32,12 +37,14 @@ from chalicelib.ports import (
     RUNNING_ELSEWHERE,
     STARTED_NOW,
     ControlStore,
+    Idempotency,
     Invoker,
+    KeyStore,
     TaskQueues,
     TaskStore,
     UsageStore,
 )
-from chalicelib.settings import Settings
+from chalicelib.settings import ConfigError, Settings
 from chalicelib.tasks import TaskCancelledError, TaskContext, TaskFunction, load_task_function, supports_cancel
 from chalicelib.validation import is_task_id
 
@@ -136,6 +143,8 @@ class Services:
     invoker: Invoker
     clock: Callable[[], float] = time.time
     task_function: TaskFunction | None = None
+    keys: KeyStore | None = None
+    idempotency: Idempotency | None = None
 
     # --- submit -----------------------------------------------------------
 
@@ -189,6 +198,14 @@ class Services:
         self._nudge_dispatcher()
         return task
 
+    def submit_once(self, user_id: str, x: Any, key: str, lambda_context: Any = None) -> tuple[dict[str, Any], bool]:
+        """submit() once per (user, Idempotency-Key): a retry gets the first answer back, counted once."""
+        if self.idempotency is None:
+            raise ConfigError("idempotent submits need an idempotency store")
+        from chalicelib import views  # views only shape JSON
+
+        return self.idempotency.run(user_id, key, x, lambda: views.submitted(self.submit(user_id, x)), lambda_context)
+
     def _nudge_dispatcher(self) -> None:
         try:
             self.invoker.trigger_dispatch()
@@ -197,9 +214,15 @@ class Services:
 
     # --- report -----------------------------------------------------------
 
-    def result(self, task_id: str) -> Task:
+    def result(self, task_id: str, caller: Identity | None = None) -> Task:
+        """The task, if it exists, is live, and (with API keys) is the caller's; else 404."""
         task = self.tasks.get(task_id) if is_task_id(task_id) else None
-        if task is None or not policy.is_live(task.expires_at, self.clock()):
+        if (
+            task is None
+            or not policy.is_live(task.expires_at, self.clock())
+            or (caller is not None and not caller.admin and task.user_id != caller.user_id)
+        ):
+            # Another user's task answers exactly as a missing one: ids reveal nothing.
             raise NotFoundError(f"no task with id {task_id!r} (it never existed or its result has expired)")
         return task
 
@@ -214,7 +237,7 @@ class Services:
         run_seconds = state.run_seconds or s.task_seconds
         return Progress(position, policy.eta_seconds(position, s.capacity, run_seconds))
 
-    def cancel(self, task_id: str) -> Task:
+    def cancel(self, task_id: str, caller: Identity | None = None) -> Task:
         """Cancel a queued task, or ask a running one to stop; 409 when neither can be done.
 
         A queued task is cancelled with a conditional write (PENDING -> CANCELLED),
@@ -222,7 +245,7 @@ class Services:
         wins. It is taken out of the user's usage window and the level's count.
         """
         s = self.settings
-        task = self.result(task_id)
+        task = self.result(task_id, caller)
         now = self.clock()
         if task.task_status == PENDING:
             if self.tasks.cancel_pending(task.task_id, now, now + s.result_ttl_seconds):
@@ -278,6 +301,41 @@ class Services:
             "weight": weight,
             "next_priority_level": policy.level_for(count, weight, s.thresholds),
         }
+
+    # --- API keys -------------------------------------------------------------
+
+    def issue_key(self, user_id: str, admin: bool = False) -> dict[str, Any]:
+        """A new API key for ``user_id``; only its SHA-256 is stored, so it is shown once."""
+        key = "pqh_" + secrets.token_urlsafe(32)
+        key_id = key_hash(key)
+        self._keys().put_key(key_id, user_id, admin, self.clock())
+        log.info("issued key=%s… user=%s admin=%s", key_id[:12], user_id, admin)
+        return {"api_key": key, "key_id": key_id, "user_id": user_id, "admin": admin}
+
+    def revoke_key(self, key_id: str) -> None:
+        if not re.fullmatch(r"[0-9a-f]{64}", key_id) or not self._keys().delete_key(key_id):
+            raise NotFoundError(f"no API key with id {key_id!r}")
+        log.info("revoked key=%s…", key_id[:12])
+
+    def authenticate(self, token: str | None) -> Identity | None:
+        """Who a bearer token is: the admin token, an issued key, or nobody (None)."""
+        token = (token or "").strip()
+        if token[:7].lower() == "bearer ":
+            token = token[7:].strip()
+        if not token:
+            return None
+        admin_token = self.settings.admin_token
+        if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
+            return Identity("admin", admin=True)
+        if not token.startswith("pqh_") or len(token) > 200:
+            return None
+        found = self._keys().get_key(key_hash(token))
+        return Identity(found[0], admin=found[1]) if found else None
+
+    def _keys(self) -> KeyStore:
+        if self.keys is None:
+            raise ConfigError("API keys need a key store")
+        return self.keys
 
     # --- operators ----------------------------------------------------------
 
@@ -655,6 +713,11 @@ class Services:
         if size > MAX_RESULT_BYTES:
             return FAILURE, None, f"result is {size} bytes; the limit is {MAX_RESULT_BYTES}"
         return SUCCESS, result, None
+
+
+def key_hash(key: str) -> str:
+    """Keys are 256-bit random strings, so a plain SHA-256 is enough to store them."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _rounded(value: float | None) -> float | None:

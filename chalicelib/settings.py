@@ -18,6 +18,7 @@ class ConfigError(Exception):
 
 
 HANDOFF_MODES = ("lambda", "local")
+AUTH_MODES = ("none", "api_key")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Settings:
     max_weight: int = 1000
     result_ttl_seconds: int = 7 * 24 * 3600
     admin_token: str = ""
+    auth: str = "none"  # none: user_id from the body (local use only); api_key: from the caller's key
+    max_x_bytes: int = 32768
+    idempotency_seconds: int = 24 * 3600
 
     @property
     def bucket_seconds(self) -> int:
@@ -126,6 +130,13 @@ def _task_seconds(env: Mapping[str, str]) -> float:
     return value
 
 
+def auth_mode(env: Mapping[str, str]) -> str:
+    mode = env.get("PQH_AUTH", "").strip() or "none"
+    if mode not in AUTH_MODES:
+        raise ConfigError(f"PQH_AUTH={mode!r} must be one of {', '.join(AUTH_MODES)}")
+    return mode
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build and check the settings from ``env`` (default: ``os.environ``)."""
     env = os.environ if env is None else env
@@ -140,6 +151,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             f"PQH_WINDOW_SECONDS={window_seconds} must be a multiple of PQH_WINDOW_BUCKETS={window_buckets}"
         )
     lease_seconds = _int(env, "PQH_LEASE_SECONDS", 60, 3, 900)
+    auth = auth_mode(env)
     policy_name = env.get("PQH_POLICY", "").strip() or "fair"
     if policy_name not in POLICIES:
         raise ConfigError(f"PQH_POLICY={policy_name!r} must be one of {', '.join(POLICIES)}")
@@ -168,4 +180,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_weight=_int(env, "PQH_MAX_WEIGHT", 1000, 1),
         result_ttl_seconds=_int(env, "PQH_RESULT_TTL_SECONDS", 7 * 24 * 3600, 60),
         admin_token=env.get("PQH_ADMIN_TOKEN", "").strip(),
+        auth=auth,
+        max_x_bytes=_int(env, "PQH_MAX_X_BYTES", 32768, 16, 131072),
+        idempotency_seconds=_int(env, "PQH_IDEMPOTENCY_SECONDS", 24 * 3600, 60, 30 * 24 * 3600),
     )

@@ -7,7 +7,7 @@ import re
 import unicodedata
 from typing import Any
 
-from chalicelib.domain import PayloadTooLargeError, UnsupportedMediaTypeError, ValidationError
+from chalicelib.domain import ForbiddenError, PayloadTooLargeError, UnsupportedMediaTypeError, ValidationError
 
 TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -80,16 +80,47 @@ def check_user_id(user_id: Any, max_length: int) -> str:
 
 
 def parse_submission(
-    raw_body: bytes | None, content_type: str | None, max_bytes: int, max_user_id_length: int
+    raw_body: bytes | None,
+    content_type: str | None,
+    max_bytes: int,
+    max_user_id_length: int,
+    max_x_bytes: int = 32768,
+    caller: str | None = None,
 ) -> tuple[str, Any]:
-    """Return (user_id, x) from a POST /task body, or raise a 4xx error."""
+    """Return (user_id, x) from a POST /task body, or raise a 4xx error.
+
+    With API keys, ``caller`` is the key's user: the body's user_id may be left
+    out, and if given it must be the caller's.
+    """
     data = parse_json_object(raw_body, content_type, max_bytes)
-    if "user_id" not in data:
+    if caller is not None:
+        if "user_id" in data and data["user_id"] != caller:
+            raise ForbiddenError(f"this API key belongs to {caller!r}; it cannot submit for another user")
+        user_id = caller
+    elif "user_id" not in data:
         raise _Invalid("missing_user_id", "the body has no 'user_id'; say who is submitting the task")
-    user_id = check_user_id(data["user_id"], max_user_id_length)
+    else:
+        user_id = check_user_id(data["user_id"], max_user_id_length)
     if "x" not in data:
         raise _Invalid("missing_x", "the body has no 'x'; put the task's input in 'x' (any JSON value, null included)")
+    size = len(json.dumps(data["x"], ensure_ascii=False).encode())
+    if size > max_x_bytes:
+        raise PayloadTooLargeError(f"'x' is {size} bytes as JSON; the limit is {max_x_bytes} bytes (PQH_MAX_X_BYTES)")
     return user_id, data["x"]
+
+
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """An Idempotency-Key header: 1-255 visible ASCII characters, or absent."""
+    if value is None:
+        return None
+    if not IDEMPOTENCY_KEY_RE.match(value):
+        raise _Invalid(
+            "invalid_idempotency_key", "the Idempotency-Key header must be 1 to 255 visible ASCII characters"
+        )
+    return value
 
 
 def parse_weight(raw_body: bytes | None, content_type: str | None, max_weight: int) -> int:

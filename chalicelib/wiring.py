@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 from chalicelib import aws
 from chalicelib import settings as settings_mod
-from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, DynamoUsageStore
+from chalicelib.adapters.dynamo import DynamoControlStore, DynamoKeyStore, DynamoTaskStore, DynamoUsageStore
+from chalicelib.adapters.idempotency import PowertoolsIdempotency
 from chalicelib.adapters.lambda_ import LambdaInvoker
 from chalicelib.adapters.sqs import SqsTaskQueues
 from chalicelib.ports import Invoker
@@ -58,6 +59,8 @@ def build(settings: Settings) -> Services:
         control=DynamoControlStore(dynamodb, settings.control_table),
         invoker=invoker,
         clock=_clock,
+        keys=DynamoKeyStore(dynamodb, settings.control_table),
+        idempotency=PowertoolsIdempotency(dynamodb, settings.tasks_table, settings.idempotency_seconds),
     )
 
 

@@ -54,6 +54,7 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
         (["lambda:InvokeFunction"], ["function:dispatcher"]),
     ],
 }
+GRANTS["api_key_auth"] = [(["dynamodb:GetItem"], ["ControlTable"])]  # looks a key's hash up
 GRANTS["dispatch_tick"] = GRANTS["dispatcher"]  # the tick is the same dispatcher on a schedule
 
 # Deployed function names: Chalice's `<app>-<stage>-<name>`; in the packaged
@@ -63,6 +64,7 @@ FUNCTION_SUFFIX = {
     "dispatcher": "dispatcher",
     "dispatch_tick": "dispatch-tick",
     "worker": "worker",
+    "api_key_auth": "api-key-auth",
 }
 TABLE_SUFFIX = {"TasksTable": "tasks", "UsageTable": "usage", "ControlTable": "control"}
 ARN_BASE = "arn:${AWS::Partition}"
@@ -131,7 +133,16 @@ def write_stage_policies(stage: str, prefix: str) -> list[Path]:
     return written
 
 
+def stage_auth(stage: str) -> str:
+    """The PQH_AUTH a stage deploys with (.chalice/config.json; none if unset)."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    return str(config["stages"][stage].get("environment_variables", {}).get("PQH_AUTH", "none"))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--auth"]:
+        print(stage_auth(sys.argv[2] if len(sys.argv) > 2 else "dev"))
+        sys.exit(0)
     stage = sys.argv[1] if len(sys.argv) > 1 else "dev"
     for written_path in write_stage_policies(stage, f"pqh-{stage}"):
         print(written_path.relative_to(ROOT))

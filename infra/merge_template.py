@@ -21,6 +21,7 @@ LOGICAL_IDS = {
     "dispatcher": ("Dispatcher", "DispatcherRole"),
     "dispatch_tick": ("DispatchTick", "DispatchTickRole"),
     "worker": ("Worker", "WorkerRole"),
+    "api_key_auth": ("ApiKeyAuth", "ApiKeyAuthRole"),
 }
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from chalicelib import policy
 from chalicelib.domain import (
@@ -16,6 +18,7 @@ from chalicelib.domain import (
     PENDING,
     STARTED,
     Handoff,
+    IdempotencyMismatchError,
     QueueDepth,
     QueuedMessage,
     Task,
@@ -418,6 +421,26 @@ class MemoryControlStore:
         return replace(self._state, counts=tuple(max(0, n) for n in self._state.counts))
 
 
+class MemoryKeyStore:
+    def __init__(self) -> None:
+        self._keys: dict[str, tuple[str, bool]] = {}
+        self._lock = threading.Lock()
+
+    def put_key(self, key_hash: str, user_id: str, admin: bool, now: float) -> None:
+        with self._lock:
+            if key_hash in self._keys:
+                raise ValueError("key exists")
+            self._keys[key_hash] = (user_id, admin)
+
+    def get_key(self, key_hash: str) -> tuple[str, bool] | None:
+        with self._lock:
+            return self._keys.get(key_hash)
+
+    def delete_key(self, key_hash: str) -> bool:
+        with self._lock:
+            return self._keys.pop(key_hash, None) is not None
+
+
 class RecordingInvoker:
     """Records hand-offs and dispatch triggers; tests run them when they choose."""
 
@@ -443,3 +466,25 @@ class RecordingInvoker:
             out: list[Handoff] = self.handoffs
             self.handoffs = []
             return out
+
+
+class MemoryIdempotency:
+    """The idempotency contract without DynamoDB: one answer per (user_id, key), x checked."""
+
+    def __init__(self) -> None:
+        self._answers: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def run(
+        self, user_id: str, key: str, x: Any, action: Callable[[], dict[str, Any]], lambda_context: Any = None
+    ) -> tuple[dict[str, Any], bool]:
+        fingerprint = json.dumps(x, sort_keys=True)
+        with self._lock:
+            found = self._answers.get((user_id, key))
+            if found is not None:
+                if found[0] != fingerprint:
+                    raise IdempotencyMismatchError("this Idempotency-Key was used with a different 'x'")
+                return dict(found[1]), True
+            answer = action()
+            self._answers[(user_id, key)] = (fingerprint, dict(answer))
+            return dict(answer), False

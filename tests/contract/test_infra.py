@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from chalicelib.services import TASK_RUN_LEASE_SECONDS
-from infra.iam import GRANTS, policy_path, stage_policy
+from infra.iam import GRANTS, policy_path, stage_auth, stage_policy
 from infra.merge_template import merge_template
 from infra.provision import load_template
 
@@ -62,7 +62,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("package")
     merge = out / "merge.json"
     merge.write_text(json.dumps(merge_template()))
-    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "PQH_AUTH": stage_auth("dev")}
     subprocess.run(
         [str(BIN / "chalice"), "package", "--stage", "dev", "--merge-template", str(merge), str(out / "pkg")],
         cwd=ROOT,
@@ -83,7 +83,7 @@ def test_packaged_template_is_cfn_lint_clean(packaged: dict[str, Any], tmp_path:
 def test_packaged_template_has_least_privilege_roles(packaged: dict[str, Any]) -> None:
     statements = _walk_statements(packaged)
     roles = {logical for logical, _ in statements}
-    assert roles == {"ApiHandlerRole", "DispatcherRole", "DispatchTickRole", "WorkerRole"}
+    assert roles == {"ApiHandlerRole", "DispatcherRole", "DispatchTickRole", "WorkerRole", "ApiKeyAuthRole"}
     for logical, statement in statements:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         assert all("*" not in action for action in actions), (logical, actions)
@@ -108,8 +108,18 @@ def test_packaged_template_has_least_privilege_roles(packaged: dict[str, Any]) -
     assert targets("ApiHandlerRole", "sqs:PurgeQueue") == dead_letter_queues
 
 
+def test_the_deployed_stage_uses_api_keys_on_every_route_but_the_dashboard_page(packaged: dict[str, Any]) -> None:
+    assert stage_auth("dev") == "api_key"  # no-auth mode is for local use only
+    paths = packaged["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    open_routes = {
+        (path, method) for path, ops in paths.items() for method, op in ops.items() if not op.get("security")
+    }
+    assert open_routes == {("/dashboard", "get")}  # a static page; the stats it reads need an admin key
+    assert len(paths) >= 10
+
+
 def test_packaged_functions_point_at_the_stacks_own_resources(packaged: dict[str, Any]) -> None:
-    for logical in ("APIHandler", "Dispatcher", "DispatchTick", "Worker"):
+    for logical in ("APIHandler", "Dispatcher", "DispatchTick", "Worker", "ApiKeyAuth"):
         props = packaged["Resources"][logical]["Properties"]
         variables = props["Environment"]["Variables"]
         assert variables["PQH_TASKS_TABLE"] == {"Ref": "TasksTable"}

@@ -25,12 +25,17 @@ atomic_writes()
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = "dev"
+# The test client runs a stage the config does not name, so it never patches the
+# environment per call: each test sets the dev stage's variables itself (and
+# chooses PQH_AUTH, which the dev stage deploys as api_key).
+CLIENT_STAGE = "test"
 
 
-def stage_env() -> dict[str, str]:
+def stage_env(auth: str = "none") -> dict[str, str]:
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     env = dict(config.get("environment_variables", {}))
     env.update(config["stages"][STAGE].get("environment_variables", {}))
+    env["PQH_AUTH"] = auth
     return env
 
 
@@ -98,6 +103,6 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     with mock_aws():
         provision("pqh-dev", aws.client("dynamodb"), aws.client("sqs"))
         wiring.configure(invoker_factory=lambda settings: invoker, clock=clock)
-        with Client(app, stage_name=STAGE) as client:
+        with Client(app, stage_name=CLIENT_STAGE, project_dir=str(ROOT)) as client:
             yield Harness(client, invoker, clock)
     assert "AWS_ENDPOINT_URL" not in os.environ
