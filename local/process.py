@@ -111,8 +111,9 @@ def start_local_system(tmp_path: Path, **env: str) -> LocalSystem:
         if process.poll() is not None:
             raise RuntimeError(f"local runner exited early: {log_path.read_text()[-3000:]}")
         try:
-            probe = system.http.get(f"{system.base_url}/result/00000000-0000-4000-8000-000000000000", timeout=2)
-            if probe.status_code == 404:
+            # The dashboard page is served in every auth mode, once the resources exist.
+            probe = system.http.get(f"{system.base_url}/dashboard", timeout=2)
+            if probe.status_code == 200:
                 return system
         except requests.ConnectionError:
             pass

@@ -7,8 +7,12 @@ it works wherever the API is reachable: set PQH_URL (default http://127.0.0.1:80
     pqh result <task_id>
     pqh cancel <task_id>
     pqh stats                             # the dashboard's numbers as tables
-    pqh weight user_1 6                   # needs PQH_ADMIN_TOKEN (as do the dlq commands)
+    pqh weight user_1 6                   # needs PQH_ADMIN_TOKEN (as do the dlq and key commands)
     pqh dlq show 0 | pqh dlq redrive 0 | pqh dlq purge 0 --yes
+    pqh key issue alice                   # then PQH_API_KEY=<key> for alice's commands
+
+User commands send PQH_API_KEY (when the API uses keys); admin commands send
+PQH_ADMIN_TOKEN, or PQH_API_KEY if that is an admin key.
 """
 
 from __future__ import annotations
@@ -30,15 +34,28 @@ DONE = ("SUCCESS", "FAILURE", "CANCELLED")
 
 
 class Api:
-    def __init__(self, url: str, token: str | None = None) -> None:
+    """User routes send PQH_API_KEY; admin routes PQH_ADMIN_TOKEN (or PQH_API_KEY, an admin key)."""
+
+    def __init__(self, url: str, api_key: str | None = None, admin_token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.http = requests.Session()
-        if token:
-            self.http.headers["Authorization"] = f"Bearer {token}"
+        self.api_key = api_key
+        self.admin_token = admin_token or api_key
 
-    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 202)) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        ok: tuple[int, ...] = (200, 202),
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        token = self.admin_token if path.startswith(("/admin/", "/stats")) else self.api_key
+        sent = dict(headers or {})
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
         try:
-            response = self.http.request(method, self.url + path, json=body, timeout=30)
+            response = self.http.request(method, self.url + path, json=body, timeout=30, headers=sent)
         except requests.RequestException as exc:
             raise click.ClickException(
                 f"cannot reach {self.url} ({exc.__class__.__name__}); is `make run` going?"
@@ -67,7 +84,7 @@ def describe(body: dict[str, Any]) -> str:
 @click.pass_context
 def cli(ctx: click.Context, url: str) -> None:
     """pqh: submit tasks, follow them, cancel them, set weights."""
-    ctx.obj = Api(url, os.environ.get("PQH_ADMIN_TOKEN"))
+    ctx.obj = Api(url, os.environ.get("PQH_API_KEY"), os.environ.get("PQH_ADMIN_TOKEN"))
 
 
 @cli.command()
@@ -75,14 +92,19 @@ def cli(ctx: click.Context, url: str) -> None:
 @click.argument("x", default="null")
 @click.option("--wait", is_flag=True, help="follow the task until it finishes")
 @click.option("--every", default=0.5, show_default=True, help="seconds between checks while waiting")
+@click.option("--idempotency-key", help="retrying with the same key returns the same task instead of a new one")
 @click.pass_obj
-def submit(api: Api, user_id: str, x: str, wait: bool, every: float) -> None:
-    """Submit a task for USER_ID with input X (JSON; a bare word is taken as a string)."""
+def submit(api: Api, user_id: str, x: str, wait: bool, every: float, idempotency_key: str | None) -> None:
+    """Submit a task for USER_ID with input X (JSON; a bare word is taken as a string).
+
+    With API keys (PQH_API_KEY), USER_ID must be the key's user.
+    """
     try:
         value = json.loads(x)
     except ValueError:
         value = x
-    body = api.call("POST", "/task", {"x": value, "user_id": user_id}, ok=(202,))
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+    body = api.call("POST", "/task", {"x": value, "user_id": user_id}, ok=(202,), headers=headers)
     click.echo(f"task {body['task_id']} queued at level {body['priority_level']}")
     if wait:
         follow(api, body["task_id"], every)
@@ -217,6 +239,31 @@ def _table(title: str, headers: list[str], rows: list[list[Any]]) -> Table:
     for row in rows:
         table.add_row(*("-" if v is None else str(v) for v in row))
     return table
+
+
+@cli.group()
+def key() -> None:
+    """API keys (needs PQH_ADMIN_TOKEN or an admin key in PQH_API_KEY)."""
+
+
+@key.command("issue")
+@click.argument("user_id")
+@click.option("--admin", is_flag=True, help="the key may also set weights, read stats and issue keys")
+@click.pass_obj
+def key_issue(api: Api, user_id: str, admin: bool) -> None:
+    """Issue an API key for USER_ID. It is shown once: only its hash is stored."""
+    body = api.call("POST", "/admin/keys", {"user_id": user_id, "admin": admin}, ok=(201,))
+    click.echo(f"key for {body['user_id']}{' (admin)' if body['admin'] else ''}; id {body['key_id']}")
+    click.echo(body["api_key"])
+
+
+@key.command("revoke")
+@click.argument("key_id")
+@click.pass_obj
+def key_revoke(api: Api, key_id: str) -> None:
+    """Revoke the key whose id (its SHA-256) is KEY_ID."""
+    api.call("DELETE", f"/admin/keys/{key_id}")
+    click.echo(f"revoked {key_id}")
 
 
 @cli.group()

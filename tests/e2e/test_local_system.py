@@ -185,3 +185,34 @@ def test_the_cli_shows_stats_and_looks_at_redrives_and_purges_dead_letters(
     assert json.loads(pqh("stats", "--json"))["tasks"]["failed"] == 2
     assert "purged about 1" in pqh("dlq", "purge", str(level), "--yes")
     assert system.result(bad)["task_status"] == "FAILURE"
+
+
+def test_api_key_mode_on_the_local_runner(local_system: Callable[..., LocalSystem]) -> None:
+    """Keys issued with the CLI; each user sees only their own tasks; no key, no service."""
+    system = local_system(PQH_AUTH="api_key", PQH_ADMIN_TOKEN="boot", PQH_TASK_SECONDS="0")
+
+    def pqh(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pqhcli.main", *args],
+            env={**os.environ, "PQH_URL": system.base_url, **env},
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+
+    alice_key = pqh("key", "issue", "alice", PQH_ADMIN_TOKEN="boot").stdout.strip().splitlines()[-1]
+    bob_key = pqh("key", "issue", "bob", PQH_ADMIN_TOKEN="boot").stdout.strip().splitlines()[-1]
+    assert alice_key.startswith("pqh_") and bob_key.startswith("pqh_")
+
+    done = pqh("submit", "alice", '"hello"', "--wait", "--every", "0.1", PQH_API_KEY=alice_key)
+    assert done.returncode == 0, done.stderr
+    task_id = re.search(r"task ([0-9a-f-]{36})", done.stdout).group(1)  # type: ignore[union-attr]
+    assert '"input_x": "hello"' in done.stdout
+    assert pqh("result", task_id, PQH_API_KEY=alice_key).returncode == 0
+    as_bob = pqh("result", task_id, PQH_API_KEY=bob_key)
+    assert as_bob.returncode == 1 and "404" in as_bob.stderr
+    as_nobody = system.http.get(f"{system.base_url}/result/{task_id}", timeout=10)
+    assert as_nobody.status_code == 401
+    posing = pqh("submit", "alice", "1", PQH_API_KEY=bob_key)
+    assert posing.returncode == 1 and "403" in posing.stderr
