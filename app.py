@@ -154,6 +154,7 @@ def _level(raw: str) -> int:
 
 
 DASHBOARD = Path(__file__).resolve().parent / "chalicelib" / "dashboard.html"
+OPENAPI = Path(__file__).resolve().parent / "chalicelib" / "openapi.json"
 
 
 # --- HTTP routes ------------------------------------------------------------
@@ -260,6 +261,14 @@ def dashboard() -> Response:
         status_code=200,
         body=DASHBOARD.read_text(encoding="utf-8"),
         headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"},
+    )
+
+
+@app.route("/openapi.json", methods=["GET"])
+def openapi() -> Response:
+    """The OpenAPI 3 description of this API (chalicelib/openapi.json; a test keeps it in step with the routes)."""
+    return Response(
+        status_code=200, body=OPENAPI.read_text(encoding="utf-8"), headers={"Content-Type": "application/json"}
     )
 
 
