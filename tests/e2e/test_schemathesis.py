@@ -39,7 +39,8 @@ def test_generated_requests_never_get_a_server_error(local_system: Callable[...,
             response = case.call(base_url=system.base_url, headers=headers, timeout=30)
             statuses[response.status_code] += 1
             if response.status_code >= 500:
-                server_errors.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}")
+                detail = f"{response.status_code}: {response.text[:300]}"
+                server_errors.append(f"{case.method} {case.formatted_path} -> {detail}")
 
         call()
     total = sum(statuses.values())
