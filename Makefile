@@ -66,4 +66,7 @@ bench-fairness: $(STAMP) ## fairness benchmark: 4 workloads x fifo/strict/fair, 
 run: $(STAMP) ## start the whole system locally (emulator, API on :8000, dispatcher, workers)
 	$(BIN)/python -m local.run
 
-.PHONY: run bench bench-fairness
+chaos: $(STAMP) ## submit tasks while injecting crashes, throttling, duplicates and poison; report lost/run-twice
+	$(BIN)/python -m bench.chaos
+
+.PHONY: run bench bench-fairness chaos
