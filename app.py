@@ -298,8 +298,13 @@ def purge_dead_letters(level: str) -> dict[str, Any]:
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="dispatch_tick")
 def dispatch_tick(event: Any) -> dict[str, Any]:
-    """The safety net: walks every level once a minute, even ones counted empty."""
-    return views.dispatch_report(wiring.services().dispatch(full_walk=True))
+    """The safety net: walks every level once a minute, even ones counted empty.
+
+    It also sends again the messages of tasks queued for half of SQS's retention.
+    """
+    svc = wiring.services()
+    requeued = svc.refresh_stale()
+    return {**views.dispatch_report(svc.dispatch(full_walk=True)), "requeued": requeued}
 
 
 @app.lambda_function(name="dispatcher")

@@ -61,11 +61,20 @@ class TaskStore(Protocol):
     ) -> bool:
         """Record the final status if ``run_id`` still owns the task; never overwrite a finished one."""
 
-    def requeue(self, task_id: str, queue_seq: int, expires_at: float) -> Task | None:
+    def requeue(self, task_id: str, queue_seq: int, expires_at: float, now: float) -> Task | None:
         """FAILURE -> PENDING with its attempts reset (a dead letter redriven); None if not FAILURE."""
 
     def recent(self, now: float, limit: int) -> list[TaskSummary]:
         """The last finished tasks, newest first (from a sparse index: eventually consistent)."""
+
+    def oldest_queued(self, level: int) -> float | None:
+        """When the longest-queued task of priority ``level`` was queued (submitted or requeued)."""
+
+    def queued_before(self, level: int, before: float, limit: int) -> list[Task]:
+        """PENDING tasks of ``level`` queued before ``before``, oldest first (ids, users, times; no payload)."""
+
+    def mark_requeued(self, task_id: str, now: float, expires_at: float) -> bool:
+        """Record that a PENDING task's message was sent again at ``now``; False if no longer PENDING."""
 
     def queued_count(self, user_id: str) -> int:
         """How many of the user's tasks are PENDING (from a sparse index: eventually consistent)."""

@@ -66,6 +66,8 @@ STATS_RECENT_TASKS = 20
 STATS_MAX_USAGE_ITEMS = 5000
 # A redrive call moves at most this many dead letters (call it again for more).
 REDRIVE_MAX = 100
+# The tick sends at most this many old messages again per level and run.
+REQUEUE_BATCH = 25
 
 
 @dataclass(frozen=True)
@@ -364,6 +366,7 @@ class Services:
                     "in_flight": d.in_flight,
                     "counted": state.counts[d.level],
                     "dead_letters": d.dead,
+                    "oldest_seconds": _age(self.tasks.oldest_queued(d.level), now),
                 }
                 for d in depths
             ],
@@ -455,7 +458,7 @@ class Services:
         queue = policy.queue_level(task.priority_level, s.policy)
         if task.task_status == FAILURE:
             expires_at = int(self.clock()) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
-            requeued = self.tasks.requeue(task_id, self.control.next_seq(queue), expires_at)
+            requeued = self.tasks.requeue(task_id, self.control.next_seq(queue), expires_at, self.clock())
             if requeued is None:
                 return False
             task = requeued
@@ -470,6 +473,34 @@ class Services:
         purged = self.queues.purge_dead(level)
         log.info("purged about %d dead letters of level %d", purged, level)
         return {"purged": purged}
+
+    def refresh_stale(self) -> int:
+        """Send again the message of every task queued longer than PQH_REQUEUE_AFTER_SECONDS.
+
+        SQS deletes a message silently after its retention (14 days). The tick
+        finds tasks queued for half that (a sparse index sorted by when they were
+        queued) and sends each a fresh copy: the task stays PENDING, keeps its
+        place and its count, and its record's expiry moves with it. Whichever copy
+        is received first runs it; the other is a duplicate the start condition
+        skips.
+        """
+        s = self.settings
+        now = self.clock()
+        sent = 0
+        for level in range(policy.LEVELS):
+            for task in self.tasks.queued_before(level, now - s.requeue_after_seconds, REQUEUE_BATCH):
+                expires_at = int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
+                if not self.tasks.mark_requeued(task.task_id, now, expires_at):
+                    continue  # started or cancelled meanwhile
+                self.queues.send(policy.queue_level(level, s.policy), task)
+                sent += 1
+                log.warning(
+                    "task=%s user=%s queued since %.0fs ago: sent its message again (SQS keeps one 14 days)",
+                    task.task_id,
+                    task.user_id,
+                    now - task.submitted_at,
+                )
+        return sent
 
     # --- dispatch ---------------------------------------------------------
 
@@ -718,6 +749,10 @@ class Services:
 def key_hash(key: str) -> str:
     """Keys are 256-bit random strings, so a plain SHA-256 is enough to store them."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _age(since: float | None, now: float) -> float | None:
+    return None if since is None else round(max(0.0, now - since), 1)
 
 
 def _rounded(value: float | None) -> float | None:

@@ -49,6 +49,7 @@ class Settings:
     auth: str = "none"  # none: user_id from the body (local use only); api_key: from the caller's key
     max_x_bytes: int = 32768
     idempotency_seconds: int = 24 * 3600
+    requeue_after_seconds: int = 7 * 24 * 3600  # a message queued this long is sent again (SQS keeps 14 days)
 
     @property
     def bucket_seconds(self) -> int:
@@ -183,4 +184,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         auth=auth,
         max_x_bytes=_int(env, "PQH_MAX_X_BYTES", 32768, 16, 131072),
         idempotency_seconds=_int(env, "PQH_IDEMPOTENCY_SECONDS", 24 * 3600, 60, 30 * 24 * 3600),
+        # Below SQS's 14-day retention, with a day to spare for a tick that fails.
+        requeue_after_seconds=_int(env, "PQH_REQUEUE_AFTER_SECONDS", 7 * 24 * 3600, 60, 13 * 24 * 3600),
     )

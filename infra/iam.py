@@ -55,7 +55,13 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
     ],
 }
 GRANTS["api_key_auth"] = [(["dynamodb:GetItem"], ["ControlTable"])]  # looks a key's hash up
-GRANTS["dispatch_tick"] = GRANTS["dispatcher"]  # the tick is the same dispatcher on a schedule
+# The tick is the dispatcher on a schedule, and it also re-sends long-queued messages.
+GRANTS["dispatch_tick"] = [
+    *GRANTS["dispatcher"],
+    (["dynamodb:UpdateItem"], ["TasksTable"]),
+    (["dynamodb:Query"], ["TasksTable/index/*"]),
+    (["sqs:SendMessage", "sqs:GetQueueUrl"], LEVEL_QUEUES),
+]
 
 # Deployed function names: Chalice's `<app>-<stage>-<name>`; in the packaged
 # template the merge template sets `<stack>-<suffix>` to match.

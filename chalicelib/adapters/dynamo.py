@@ -157,9 +157,11 @@ def _top(counts: dict[str, int], weights: dict[str, int], limit: int) -> list[Us
 
 
 # Sparse indexes of the tasks table (infra/resources.json): a task is in
-# QUEUED_INDEX (key queued_user) while PENDING, and in RECENT_INDEX (key
-# done_hour, sorted by finished_at) once finished.
+# QUEUED_INDEX (key queued_user) and AGE_INDEX (key queued_level, sorted by
+# queued_since) while PENDING, and in RECENT_INDEX (key done_hour, sorted by
+# finished_at) once finished.
 QUEUED_INDEX = "queued-by-user"
+AGE_INDEX = "queued-by-age"
 RECENT_INDEX = "recent"
 
 
@@ -213,7 +215,15 @@ class DynamoTaskStore:
                 "task_status": {"S": task.task_status},
                 "tag": _n(float(task.tag)),
                 "queue_seq": {"N": str(task.queue_seq)},
-                **({"queued_user": {"S": task.user_id}} if task.task_status == PENDING else {}),
+                **(
+                    {
+                        "queued_user": {"S": task.user_id},
+                        "queued_level": {"N": str(task.priority_level)},
+                        "queued_since": _n(task.submitted_at),
+                    }
+                    if task.task_status == PENDING
+                    else {}
+                ),
             },
             ConditionExpression="attribute_not_exists(task_id)",
         )
@@ -234,7 +244,7 @@ class DynamoTaskStore:
             Key={"task_id": {"S": task_id}},
             UpdateExpression=(
                 "SET task_status = :cancelled, finished_at = :now, expires_at = :exp, done_hour = :hour "
-                "REMOVE queued_user"
+                "REMOVE queued_user, queued_level, queued_since"
             ),
             ConditionExpression="task_status = :pending",
             ExpressionAttributeValues={
@@ -261,7 +271,7 @@ class DynamoTaskStore:
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
                     "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease "
-                    "ADD attempts :one REMOVE queued_user"
+                    "ADD attempts :one REMOVE queued_user, queued_level, queued_since"
                 ),
                 # Runnable when never started, or when the run that started it has
                 # lost its lease (it crashed or timed out): at-least-once delivery.
@@ -327,13 +337,14 @@ class DynamoTaskStore:
             **kwargs,
         )
 
-    def requeue(self, task_id: str, queue_seq: int, expires_at: float) -> Task | None:
+    def requeue(self, task_id: str, queue_seq: int, expires_at: float, now: float) -> Task | None:
         try:
             response = self._db.update_item(
                 TableName=self._table,
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
                     "SET task_status = :pending, queue_seq = :seq, expires_at = :exp, queued_user = user_id, "
+                    "queued_level = priority_level, queued_since = :now, "
                     "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, #err, done_hour, "
                     "task_result, cancel_requested"
                 ),
@@ -345,6 +356,7 @@ class DynamoTaskStore:
                     ":seq": {"N": str(queue_seq)},
                     ":exp": {"N": str(int(expires_at))},
                     ":zero": {"N": "0"},
+                    ":now": _n(now),
                 },
                 ReturnValues="ALL_NEW",
             )
@@ -381,6 +393,50 @@ class DynamoTaskStore:
             if len(found) >= limit:
                 break
         return found
+
+    def oldest_queued(self, level: int) -> float | None:
+        response = self._db.query(
+            TableName=self._table,
+            IndexName=AGE_INDEX,
+            KeyConditionExpression="queued_level = :l",
+            ExpressionAttributeValues={":l": {"N": str(level)}},
+            Limit=1,
+        )
+        items = response.get("Items", [])
+        return _num(items[0], "queued_since") if items else None
+
+    def queued_before(self, level: int, before: float, limit: int) -> list[Task]:
+        response = self._db.query(
+            TableName=self._table,
+            IndexName=AGE_INDEX,
+            KeyConditionExpression="queued_level = :l AND queued_since < :before",
+            ExpressionAttributeValues={":l": {"N": str(level)}, ":before": _n(before)},
+            Limit=limit,
+        )
+        return [
+            Task(
+                task_id=item["task_id"]["S"],
+                user_id=item["user_id"]["S"],
+                x=None,
+                priority_level=level,
+                submitted_at=_num(item, "submitted_at") or 0.0,
+                expires_at=0,
+                tag=_num(item, "tag") or 0.0,
+            )
+            for item in response.get("Items", [])
+        ]
+
+    def mark_requeued(self, task_id: str, now: float, expires_at: float) -> bool:
+        return self._conditional(
+            Key={"task_id": {"S": task_id}},
+            UpdateExpression="SET queued_since = :now, expires_at = :exp",
+            ConditionExpression="task_status = :pending",
+            ExpressionAttributeValues={
+                ":now": _n(now),
+                ":exp": {"N": str(int(expires_at))},
+                ":pending": {"S": PENDING},
+            },
+        )
 
     def queued_count(self, user_id: str) -> int:
         total = 0

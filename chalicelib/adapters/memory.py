@@ -79,6 +79,7 @@ class MemoryUsageStore:
 class MemoryTaskStore:
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        self._since: dict[str, float] = {}  # queued since (submit, or the last requeue)
         self._lock = threading.Lock()
 
     def create(self, task: Task) -> None:
@@ -158,7 +159,7 @@ class MemoryTaskStore:
             )
             return True
 
-    def requeue(self, task_id: str, queue_seq: int, expires_at: float) -> Task | None:
+    def requeue(self, task_id: str, queue_seq: int, expires_at: float, now: float) -> Task | None:
         with self._lock:
             task = self._tasks.get(task_id)
             if task is None or task.task_status != FAILURE:
@@ -178,6 +179,7 @@ class MemoryTaskStore:
                 cancel_requested=False,
             )
             self._tasks[task_id] = task
+            self._since[task_id] = now
             return copy.deepcopy(task)
 
     def recent(self, now: float, limit: int) -> list[TaskSummary]:
@@ -199,6 +201,34 @@ class MemoryTaskStore:
             # as the DynamoDB index: this hour's and the last hour's
             if int((t.finished_at or 0.0) // 3600) in (int(now // 3600), int((now - 3600) // 3600))
         ][:limit]
+
+    def _queued(self, level: int) -> list[tuple[float, Task]]:
+        return sorted(
+            (
+                (self._since.get(t.task_id, t.submitted_at), t)
+                for t in self._tasks.values()
+                if t.task_status == PENDING and t.priority_level == level
+            ),
+            key=lambda pair: pair[0],
+        )
+
+    def oldest_queued(self, level: int) -> float | None:
+        with self._lock:
+            queued = self._queued(level)
+            return queued[0][0] if queued else None
+
+    def queued_before(self, level: int, before: float, limit: int) -> list[Task]:
+        with self._lock:
+            return [copy.deepcopy(t) for since, t in self._queued(level) if since < before][:limit]
+
+    def mark_requeued(self, task_id: str, now: float, expires_at: float) -> bool:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.task_status != PENDING:
+                return False
+            self._since[task_id] = now
+            self._tasks[task_id] = replace(task, expires_at=int(expires_at))
+            return True
 
     def queued_count(self, user_id: str) -> int:
         with self._lock:

@@ -293,10 +293,10 @@ def test_queued_count_follows_a_task_from_queued_to_started_or_cancelled(ports: 
 def test_requeue_turns_only_a_failed_task_back_into_a_queued_one(ports: Ports) -> None:
     task = make_task()
     ports.tasks.create(task)
-    assert ports.tasks.requeue(task.task_id, 7, NOW + 5000) is None  # PENDING: nothing to do
+    assert ports.tasks.requeue(task.task_id, 7, NOW + 5000, NOW + 2) is None  # PENDING: nothing to do
     ports.tasks.start(task.task_id, "run", NOW, NOW + 300)
     ports.tasks.finish(task.task_id, "run", FAILURE, NOW + 1, NOW + 1000, error="boom")
-    again = ports.tasks.requeue(task.task_id, 7, NOW + 5000)
+    again = ports.tasks.requeue(task.task_id, 7, NOW + 5000, NOW + 2)
     assert again is not None
     assert (again.task_status, again.attempts, again.error, again.queue_seq, again.started_at) == (
         PENDING,
@@ -338,3 +338,20 @@ def test_tallies_ride_on_backlog_writes_and_picks(ports: Ports) -> None:
     assert taken and after.tallies == (3, 1, 1) and after.counts[1] == 0
     ports.control.add_backlog(0, 0, (0, 1, 0))
     assert ports.control.backlog().tallies == (3, 2, 1) and ports.control.backlog().counts == (0,) * 6
+
+
+def test_queued_tasks_by_age_for_the_retention_guard(ports: Ports) -> None:
+    old, new = make_task(), make_task("21111111-1111-4111-8111-111111111111")
+    new = Task(**{**new.__dict__, "submitted_at": NOW + 100})
+    ports.tasks.create(old)
+    ports.tasks.create(new)
+    assert ports.tasks.oldest_queued(3) == NOW + 0.125 and ports.tasks.oldest_queued(2) is None
+    stale = ports.tasks.queued_before(3, NOW + 50, 10)
+    assert [(t.task_id, t.user_id, t.tag) for t in stale] == [(old.task_id, "u1", 2.5)]
+    assert ports.tasks.mark_requeued(old.task_id, NOW + 200, NOW + 9000)
+    assert ports.tasks.oldest_queued(3) == NOW + 100  # the requeued one counts from now on
+    assert ports.tasks.queued_before(3, NOW + 50, 10) == []
+    assert ports.tasks.get(old.task_id).expires_at == int(NOW + 9000)
+    ports.tasks.start(new.task_id, "run", NOW + 300, NOW + 600)
+    assert not ports.tasks.mark_requeued(new.task_id, NOW + 301, NOW + 9000)  # no longer queued
+    assert ports.tasks.oldest_queued(3) == NOW + 200

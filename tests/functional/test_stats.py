@@ -54,10 +54,13 @@ def test_stats_follow_tasks_from_submit_to_result(harness: Harness) -> None:
     ]
 
     harness.clock.now += 2.0  # they waited two seconds
+    s = stats(harness)
+    assert [q["oldest_seconds"] for q in s["queues"]] == [2.0, 2.0, None, None, None, None]
     harness.dispatch()
     assert len(harness.outcomes()) == 4
     s = stats(harness)
     assert s["tasks"]["queued"] == 0 and s["tasks"]["succeeded"] == 4 and s["running"] == 0
+    assert all(q["oldest_seconds"] is None for q in s["queues"])
     assert [u["queued"] for u in s["users"]] == [0, 0]
     assert len(s["recent"]) == 4 and {t["task_status"] for t in s["recent"]} == {"SUCCESS"}
     assert all(t["wait_seconds"] == 2.0 and t["run_seconds"] == 0.0 for t in s["recent"])

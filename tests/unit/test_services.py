@@ -453,3 +453,19 @@ def test_a_worker_takes_tasks_that_arrived_during_its_last_one() -> None:
     w.services.task_function = task
     (report,) = w.run_workers()
     assert len(report.outcomes) == 2
+
+
+def test_a_task_queued_for_half_the_sqs_retention_gets_a_fresh_message_and_still_runs_once() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("u", "x")
+    w.invoker.take_handoffs()  # nothing runs: the service is saturated for a week
+    w.clock.advance(8 * 24 * 3600)
+    assert w.services.refresh_stale() == 1
+    assert w.queues.depth(0) == 2  # the old message (about to expire) and a fresh copy
+    assert w.services.refresh_stale() == 0  # not again until another week has passed
+    record = w.tasks.get(task.task_id)
+    assert record is not None and record.task_status == PENDING
+    assert record.expires_at > w.clock.now + 13 * 24 * 3600  # the record lives as long as the new message
+    w.services.dispatch(full_walk=True)
+    outcomes = w.outcomes()
+    assert outcomes.count(SUCCESS) == 1 and w.ran == [task.task_id]
