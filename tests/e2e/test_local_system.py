@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
+import requests
 
 from local.emulator import MotoServer
 from local.process import ROOT, LocalSystem, free_port, port_open
@@ -216,3 +217,34 @@ def test_api_key_mode_on_the_local_runner(local_system: Callable[..., LocalSyste
     assert as_nobody.status_code == 401
     posing = pqh("submit", "alice", "1", PQH_API_KEY=bob_key)
     assert posing.returncode == 1 and "403" in posing.stderr
+
+
+def test_load_of_eight_clients_gives_no_errors_and_loses_no_task(local_system: Callable[..., LocalSystem]) -> None:
+    """8 clients, 600 submits and a result read after each: every answer 2xx, every task run exactly once."""
+    system = local_system(PQH_CAPACITY="4", PQH_TASK_SECONDS="0")
+    per_client = 75
+
+    def client(number: int) -> tuple[list[str], list[int]]:
+        session = requests.Session()
+        ids, bad = [], []
+        for i in range(per_client):
+            body = {"x": [number, i], "user_id": f"load-{(number * per_client + i) % 20}"}
+            posted = session.post(f"{system.base_url}/task", json=body, timeout=30)
+            if posted.status_code != 202:
+                bad.append(posted.status_code)
+                continue
+            ids.append(posted.json()["task_id"])
+            read = session.get(f"{system.base_url}/result/{ids[-1]}", timeout=30)
+            if read.status_code != 200:
+                bad.append(read.status_code)
+        return ids, bad
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(client, range(8)))
+    task_ids = [task_id for ids, _ in outcomes for task_id in ids]
+    assert [code for _, bad in outcomes for code in bad] == []
+    assert len(task_ids) == len(set(task_ids)) == 8 * per_client
+    done = system.wait_all(task_ids, timeout=300)
+    assert {t["task_status"] for t in done} == {"SUCCESS"}
+    inputs = sorted(tuple(t["task_result"]["input_x"]) for t in done)
+    assert inputs == sorted((n, i) for n in range(8) for i in range(per_client))  # each exactly once
