@@ -108,13 +108,14 @@ def test_packaged_template_has_least_privilege_roles(packaged: dict[str, Any]) -
     assert targets("ApiHandlerRole", "sqs:PurgeQueue") == dead_letter_queues
 
 
-def test_the_deployed_stage_uses_api_keys_on_every_route_but_the_dashboard_page(packaged: dict[str, Any]) -> None:
+def test_the_deployed_stage_uses_api_keys_on_every_route_but_two_static_documents(packaged: dict[str, Any]) -> None:
     assert stage_auth("dev") == "api_key"  # no-auth mode is for local use only
     paths = packaged["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
     open_routes = {
         (path, method) for path, ops in paths.items() for method, op in ops.items() if not op.get("security")
     }
-    assert open_routes == {("/dashboard", "get")}  # a static page; the stats it reads need an admin key
+    # A static page (the stats it reads need an admin key) and the API's description.
+    assert open_routes == {("/dashboard", "get"), ("/openapi.json", "get")}
     assert len(paths) >= 10
 
 
