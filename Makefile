@@ -55,10 +55,11 @@ clean: ## remove build output and caches
 
 .PHONY: help venv test browser lint format package clean
 
-bench: $(STAMP) ## benchmarks: start delay, utilisation, SQS depth, AWS requests per task (prints tables, saves bench/results/)
+bench: $(STAMP) ## benchmarks: start delay, utilisation, SQS depth, AWS requests per task, submit/dispatch at depth 0-10,000 (tables; bench/results/)
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.sqs_depth
 	$(BIN)/python -m bench.requests_per_task
+	$(BIN)/python -m bench.deep
 
 bench-fairness: $(STAMP) ## fairness benchmark: 4 workloads x fifo/strict/fair, table and plots in bench/results/
 	$(BIN)/python -m bench.fairness
