@@ -121,8 +121,8 @@ class ControlStore(Protocol):
 
     def backlog(self) -> Backlog: ...
 
-    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> None:
-        """Add to a level's queued count, and to the finished tallies (policy.TALLIES order)."""
+    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> int:
+        """Add to a level's queued count, and to the finished tallies (policy.TALLIES order); return the count."""
 
     def next_seq(self, level: int) -> int:
         """Hand out the next sequence number of ``level``'s queue (the count is add_backlog's)."""

@@ -183,10 +183,11 @@ class Services:
             with contextlib.suppress(Exception):
                 self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
             raise
+        queued_before = 0
         try:
             # Counted only once the message exists: a worker that takes a count always
             # finds a message to take.
-            self.control.add_backlog(queue, 1)
+            queued_before = self.control.add_backlog(queue, 1) - 1
         except Exception:  # queued is accepted: the tick's full walk finds an uncounted message
             log.exception("task=%s is queued but not counted; the next tick will find it", task.task_id)
         log.info(
@@ -197,7 +198,13 @@ class Services:
             count_before,
             weight,
         )
-        self._nudge_dispatcher()
+        if queued_before <= 0:
+            self._nudge_dispatcher()
+        # Else a task counted earlier in this level is not taken yet: the trigger sent
+        # after its count started a worker (which takes tasks until the queues are
+        # empty, this one included), or found every slot held, and a worker that frees
+        # a slot triggers the dispatcher again. One Lambda invoke and one dispatcher
+        # run saved per submit under a backlog.
         return task
 
     def submit_once(self, user_id: str, x: Any, key: str, lambda_context: Any = None) -> tuple[dict[str, Any], bool]:

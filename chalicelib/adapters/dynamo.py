@@ -563,15 +563,18 @@ class DynamoControlStore:
         response = self._db.get_item(TableName=self._table, Key={"pk": {"S": BACKLOG_KEY}}, ConsistentRead=True)
         return _backlog_from(response.get("Item", {}))
 
-    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> None:
+    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> int:
         values: dict[str, Any] = {":d": {"N": str(delta)}}
         adds = ["#l :d", *_tally_adds(tallies, values)]
-        self._update(
-            BACKLOG_KEY,
+        response = self._db.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": BACKLOG_KEY}},
             UpdateExpression="ADD " + ", ".join(adds),
             ExpressionAttributeNames={"#l": f"l{level}"},
             ExpressionAttributeValues=values,
+            ReturnValues="UPDATED_NEW",
         )
+        return int(response.get("Attributes", {}).get(f"l{level}", {}).get("N", "0"))
 
     def next_seq(self, level: int) -> int:
         response = self._db.update_item(

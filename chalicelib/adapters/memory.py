@@ -409,13 +409,14 @@ class MemoryControlStore:
         with self._mutex:
             return self._clamped()
 
-    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> None:
+    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> int:
         with self._mutex:
             counts = list(self._state.counts)
             counts[level] += delta
             self._state = replace(
                 self._state, counts=tuple(counts), tallies=policy.add_tallies(self._state.tallies, tallies)
             )
+            return counts[level]
 
     def next_seq(self, level: int) -> int:
         with self._mutex:

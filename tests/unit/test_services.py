@@ -21,7 +21,9 @@ def test_submit_counts_picks_level_stores_queues_and_nudges() -> None:
     assert levels == [0, 1, 1, 1, 1, 1, 2]
     assert [w.queues.depth(level) for level in range(LEVELS)] == [1, 5, 1, 0, 0, 0]
     assert w.control.backlog().counts == (1, 5, 1, 0, 0, 0)
-    assert w.invoker.dispatch_triggers == 7
+    # Only the first task of each level nudges the dispatcher: later ones find a task
+    # of their level counted and not yet taken, whose nudge (or worker) covers them.
+    assert w.invoker.dispatch_triggers == 3
     assert all(t.task_status == PENDING for t in w.tasks.all())
 
 
@@ -469,3 +471,14 @@ def test_a_task_queued_for_half_the_sqs_retention_gets_a_fresh_message_and_still
     w.services.dispatch(full_walk=True)
     outcomes = w.outcomes()
     assert outcomes.count(SUCCESS) == 1 and w.ran == [task.task_id]
+
+
+def test_tasks_submitted_behind_a_queued_one_run_without_their_own_nudge() -> None:
+    w = make_world(capacity=1)
+    first = w.services.submit("u", 1)
+    assert w.invoker.dispatch_triggers == 1
+    w.services.dispatch()  # the first task's nudge: one worker on the one slot
+    later = [w.services.submit(f"v{i}", i) for i in range(3)]  # level 0 still has the first: no nudges
+    assert w.invoker.dispatch_triggers == 1
+    assert w.outcomes() == [SUCCESS] * 4  # the worker takes tasks until the queues are empty
+    assert set(w.ran) == {first.task_id, *(t.task_id for t in later)}
