@@ -75,6 +75,9 @@ class Slot:
     slot_id: int
     holder: str | None = None
     lease_until: float = 0.0
+    # Tasks finished by the workers that held this slot and counted at their release
+    # (TALLIES order); /stats adds them to the backlog item's.
+    tallies: tuple[int, ...] = (0, 0, 0)
 
     def is_free(self, now: float) -> bool:
         return self.holder is None or not is_live(self.lease_until, now)

@@ -117,7 +117,8 @@ class ControlStore(Protocol):
 
     def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool: ...
 
-    def release_slot(self, slot_id: int, holder: str) -> bool: ...
+    def release_slot(self, slot_id: int, holder: str, tallies: Sequence[int] = ()) -> bool:
+        """Free the slot if ``holder`` holds it, adding ``tallies`` (finished tasks) to the slot's."""
 
     def backlog(self) -> Backlog: ...
 

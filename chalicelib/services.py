@@ -353,14 +353,20 @@ class Services:
         s = self.settings
         now = self.clock()
         state = self.control.backlog()
-        running = sum(1 for slot in self.control.slots(s.capacity) if not slot.is_free(now))
+        slots = self.control.slots(s.capacity)
+        running = sum(1 for slot in slots if not slot.is_free(now))
         depths = self.queues.depths()
         users, truncated = self.usage.top_users(
             now, s.bucket_seconds, s.window_seconds, STATS_TOP_USERS, STATS_MAX_USAGE_ITEMS
         )
         recent = self.tasks.recent(now, STATS_RECENT_TASKS)
         waits = sorted(t.wait_seconds for t in recent if t.wait_seconds is not None)
-        succeeded, failed, cancelled = state.tallies
+        # Totals: the backlog item's (counted by picks and cancels) plus the slots' (counted
+        # by workers as they stop). Slots above a lowered capacity are not read.
+        totals = state.tallies
+        for slot in slots:
+            totals = policy.add_tallies(totals, slot.tallies)
+        succeeded, failed, cancelled = totals
         return {
             "generated_at": now,
             "policy": s.policy,
@@ -609,12 +615,8 @@ class Services:
                     # Only a task that ran gives a cycle time; the next pick records it.
                     previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
         finally:
-            if any(unflushed):
-                try:
-                    self.control.add_backlog(0, 0, unflushed)
-                except Exception:  # only the dashboard's totals are short
-                    log.exception("could not count %s finished tasks in the totals", unflushed)
-            self.control.release_slot(handoff.slot_id, holder)
+            # What the picks did not count rides on the release (the slot item's totals).
+            self.control.release_slot(handoff.slot_id, holder, tuple(unflushed))
             self._nudge_dispatcher()
         return report
 

@@ -517,6 +517,7 @@ class DynamoControlStore:
                             slot_id=int(item["pk"]["S"].split("#", 1)[1]),
                             holder=item.get("holder", {}).get("S"),
                             lease_until=_num(item, "lease_until") or 0.0,
+                            tallies=tuple(int(_num(item, name) or 0) for name in TALLY_ATTRS),
                         )
                     )
                 request = response.get("UnprocessedKeys") or {}
@@ -551,12 +552,14 @@ class DynamoControlStore:
             ExpressionAttributeValues={":h": {"S": holder}, ":l": _n(lease_until)},
         )
 
-    def release_slot(self, slot_id: int, holder: str) -> bool:
+    def release_slot(self, slot_id: int, holder: str, tallies: Sequence[int] = ()) -> bool:
+        values: dict[str, Any] = {":h": {"S": holder}}
+        adds = _tally_adds(tallies, values)
         return self._update(
             _slot_key(slot_id),
-            UpdateExpression="REMOVE holder, lease_until",
+            UpdateExpression="REMOVE holder, lease_until" + (" ADD " + ", ".join(adds) if adds else ""),
             ConditionExpression="holder = :h",
-            ExpressionAttributeValues={":h": {"S": holder}},
+            ExpressionAttributeValues=values,
         )
 
     def backlog(self) -> Backlog:

@@ -378,7 +378,7 @@ class MemoryControlStore:
             slot = self._slots.get(slot_id, Slot(slot_id))
             if not slot.is_free(now):
                 return False
-            self._slots[slot_id] = Slot(slot_id, holder, lease_until)
+            self._slots[slot_id] = Slot(slot_id, holder, lease_until, slot.tallies)
             return True
 
     def take_over_slot(self, slot_id: int, holder: str, new_holder: str, now: float, lease_until: float) -> bool:
@@ -386,7 +386,7 @@ class MemoryControlStore:
             slot = self._slots.get(slot_id)
             if slot is None or slot.holder != holder or not policy.is_live(slot.lease_until, now):
                 return False
-            self._slots[slot_id] = Slot(slot_id, new_holder, lease_until)
+            self._slots[slot_id] = Slot(slot_id, new_holder, lease_until, slot.tallies)
             return True
 
     def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool:
@@ -394,15 +394,15 @@ class MemoryControlStore:
             slot = self._slots.get(slot_id)
             if slot is None or slot.holder != holder:
                 return False
-            self._slots[slot_id] = Slot(slot_id, holder, lease_until)
+            self._slots[slot_id] = Slot(slot_id, holder, lease_until, slot.tallies)
             return True
 
-    def release_slot(self, slot_id: int, holder: str) -> bool:
+    def release_slot(self, slot_id: int, holder: str, tallies: Sequence[int] = ()) -> bool:
         with self._mutex:
             slot = self._slots.get(slot_id)
             if slot is None or slot.holder != holder:
                 return False
-            self._slots[slot_id] = Slot(slot_id)
+            self._slots[slot_id] = Slot(slot_id, tallies=policy.add_tallies(slot.tallies, tallies))
             return True
 
     def backlog(self) -> Backlog:

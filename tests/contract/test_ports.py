@@ -355,3 +355,14 @@ def test_queued_tasks_by_age_for_the_retention_guard(ports: Ports) -> None:
     ports.tasks.start(new.task_id, "run", NOW + 300, NOW + 600)
     assert not ports.tasks.mark_requeued(new.task_id, NOW + 301, NOW + 9000)  # no longer queued
     assert ports.tasks.oldest_queued(3) == NOW + 200
+
+
+def test_a_release_adds_the_workers_finished_tasks_to_the_slot(ports: Ports) -> None:
+    assert ports.control.claim_slot(0, "a", NOW, NOW + 60)
+    assert not ports.control.release_slot(0, "b", (5, 5, 5))  # not the holder: nothing counted
+    assert ports.control.release_slot(0, "a", (2, 1, 0))
+    assert ports.control.claim_slot(0, "c", NOW, NOW + 60)
+    assert ports.control.release_slot(0, "c", (1, 0, 1))
+    assert ports.control.release_slot(0, "c") is False
+    [slot] = ports.control.slots(1)
+    assert slot.tallies == (3, 1, 1) and slot.is_free(NOW)

@@ -272,7 +272,7 @@ def test_a_failing_task_is_marked_failure_with_the_reason() -> None:
     assert w.queues.depth(0) == 0  # finished: its message is gone from the level's queue...
     [dead] = w.queues.receive_dead(0, 10, hide_seconds=0)  # ...to the dead-letter queue, with the reason
     assert (dead.task_id, dead.reason) == (task.task_id, "ValueError: bad input")
-    assert w.control.backlog().tallies == (0, 1, 0)  # counted as failed when the worker stopped
+    assert w.control.slots(1)[0].tallies == (0, 1, 0)  # counted as failed when the worker stopped
 
 
 def test_a_result_that_is_not_json_is_a_failure_not_a_crash() -> None:

@@ -1,0 +1,160 @@
+"""Where a submit's time goes: py-spy on the local runner and on its emulator while 8 clients submit.
+
+Starts the local system, puts 8 clients on POST /task, and samples both
+processes (the Chalice app and the moto server) with py-spy for a few seconds.
+Prints the functions most often on the stack in each process (by own file) and
+saves flame graphs to bench/results/profile-<process>.svg.
+
+    python -m bench.profile [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from bench.dispatch import RESULTS
+from local.process import start_local_system
+
+BIN = Path(sys.executable).parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+
+
+def load(base_url: str, stop: threading.Event) -> None:
+    session = requests.Session()
+    i = 0
+    while not stop.is_set():
+        session.post(f"{base_url}/task", json={"x": i, "user_id": f"profile-{i % 50}"}, timeout=30)
+        i += 1
+
+
+def summarise(raw: Path, top: int = 12) -> list[tuple[str, float]]:
+    """Share of samples in which each module (file) is anywhere on the stack."""
+    by_file: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        files = set()
+        for frame in stack.split(";"):
+            # "function (path/to/file.py:123)"
+            if "(" in frame and ".py" in frame:
+                path = frame.rsplit("(", 1)[1].split(":", 1)[0]
+                parts = Path(path).parts
+                if "site-packages" in parts:
+                    package = parts[parts.index("site-packages") + 1]
+                    files.add(package)
+                elif "lib" in parts and "python3.11" in parts:
+                    files.add("stdlib:" + Path(path).stem)
+                else:
+                    files.add(Path(path).name)
+        for name in files:
+            by_file[name] += count
+    return [(name, n / max(1, total)) for name, n in by_file.most_common(top)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=15)
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        system = start_local_system(Path(tmp), PQH_CAPACITY="4", PQH_TASK_SECONDS="600")
+        try:
+            runner = system.process.pid
+            emulator = next(c for c in children(runner) if "fast_moto" in cmdline(c))
+            stop = threading.Event()
+            clients = [threading.Thread(target=load, args=(system.base_url, stop), daemon=True) for _ in range(8)]
+            for thread in clients:
+                thread.start()
+            time.sleep(2)
+            recorders = {}
+            for name, pid in (("runner", runner), ("emulator", emulator)):
+                raw = Path(tmp) / f"{name}.txt"
+                recorders[name] = (
+                    raw,
+                    subprocess.Popen(
+                        [
+                            str(BIN / "py-spy"),
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--duration",
+                            str(args.seconds),
+                            "--format",
+                            "raw",
+                            "--output",
+                            str(raw),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    ),
+                )
+                svg = RESULTS / f"profile-{name}.svg"
+                recorders[name + "-svg"] = (
+                    svg,
+                    subprocess.Popen(
+                        [
+                            str(BIN / "py-spy"),
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--duration",
+                            str(args.seconds),
+                            "--output",
+                            str(svg),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    ),
+                )
+            pids = {"runner": runner, "emulator": emulator}
+            cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
+            began = time.monotonic()
+            for _, process in recorders.values():
+                process.wait()
+            wall = time.monotonic() - began
+            cpu = {n: (cpu_seconds(pid) - cpu_before[n]) / wall for n, pid in pids.items()}
+            stop.set()
+        finally:
+            system.stop()
+        for name in ("runner", "emulator"):
+            raw = recorders[name][0]
+            print(f"\n{name}: {cpu[name]:.2f} cores busy; share of samples with each module on the stack")
+            for module, share in summarise(raw):
+                print(f"  {share:6.1%}  {module}")
+        print("\nflame graphs: bench/results/profile-runner.svg, bench/results/profile-emulator.svg")
+
+
+if __name__ == "__main__":
+    main()
