@@ -81,6 +81,18 @@ def summarise(raw: Path, top: int = 12) -> list[tuple[str, float]]:
     return [(name, n / max(1, total)) for name, n in by_file.most_common(top)]
 
 
+def hottest(raw: Path, top: int = 12) -> list[tuple[str, float]]:
+    """Share of samples by innermost frame (where the time is spent itself)."""
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack:
+            total += int(count_text)
+            leaves[stack.split(";")[-1]] += int(count_text)
+    return [(name, n / max(1, total)) for name, n in leaves.most_common(top)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=15)
@@ -153,6 +165,9 @@ def main() -> None:
             print(f"\n{name}: {cpu[name]:.2f} cores busy; share of samples with each module on the stack")
             for module, share in summarise(raw):
                 print(f"  {share:6.1%}  {module}")
+            print("  innermost frames:")
+            for frame, share in hottest(raw):
+                print(f"  {share:6.1%}  {frame[:110]}")
         print("\nflame graphs: bench/results/profile-runner.svg, bench/results/profile-emulator.svg")
 
 

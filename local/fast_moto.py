@@ -1,4 +1,4 @@
-"""moto's server, with two fixes that keep SQS fast on deep queues and one for DynamoDB.
+"""moto's server, with fixes that keep SQS fast on deep queues, DynamoDB writes atomic, and calls cheap.
 
 moto 5.2's ReceiveMessage checks each returned message's retention by calling
 ``get_queue_attributes``, which computes every attribute, three of them by
@@ -13,13 +13,21 @@ concurrent ``UpdateItem ... ADD`` requests on one item can both see the old valu
 each write to an item atomically; ``atomic_writes`` gives moto the same property
 by running its write operations one at a time.
 
+Per call, moto's own server opened a new connection (werkzeug's development
+server closes every one) and rescanned its package and URL patterns under a
+lock; here moto's application runs on waitress (keep-alive, a thread pool) with
+the routing cached. A DynamoDB PutItem went from 3.7 to 2.0 ms, an SQS
+SendMessage from 4.1 to 2.3 ms; 8 clients' submits from 34 to 50 a second.
+
     python -m local.fast_moto -H 127.0.0.1 -p 5000
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import functools
+import os
 import sys
 import threading
 import time
@@ -73,12 +81,60 @@ def atomic_writes() -> None:
         setattr(DynamoDBBackend, name, locked)
 
 
+def fast_dispatch() -> None:
+    """Route each request to its service without rescanning moto's package and URL patterns.
+
+    moto's server lists its own package directory (about 200 entries) and tries
+    hundreds of URL patterns for every request, under one lock: a few ms of every
+    AWS call, serialised. The answers depend only on the host, so they are cached.
+    """
+    from moto import backends
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    if getattr(DomainDispatcherApplication.get_backend_for_host, "_pqh_cached", False):
+        return
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+    original = DomainDispatcherApplication.get_backend_for_host
+    cache: dict[str | None, Any] = {}
+
+    def get_backend_for_host(self: Any, host: str | None) -> Any:
+        if host not in cache:
+            cache[host] = original(self, host)
+        return cache[host]
+
+    get_backend_for_host._pqh_cached = True  # type: ignore[attr-defined]
+    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host  # type: ignore[method-assign]
+
+
+def serve(host: str, port: int, threads: int = 16) -> None:
+    """moto's application on waitress: HTTP/1.1 keep-alive and a fixed thread pool.
+
+    moto's own server (werkzeug's development server) closes the connection after
+    every response, so each AWS call paid a new TCP connection and a new thread.
+    """
+    import logging
+    import signal
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from waitress import serve as waitress_serve
+
+    os.environ.setdefault("MOTO_PORT", str(port))
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" warnings under load
+    app = DomainDispatcherApplication(create_backend_app)
+    waitress_serve(app, host=host, port=port, threads=threads, channel_timeout=60, connection_limit=512, ident="moto")
+
+
 def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="moto's server with pqh's speed fixes")
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=5000)
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     patch()
     atomic_writes()
-    from moto.server import main as moto_main
-
-    moto_main(argv if argv is not None else sys.argv[1:])
+    fast_dispatch()
+    serve(args.host, args.port)
 
 
 if __name__ == "__main__":
