@@ -198,13 +198,13 @@ class Services:
             count_before,
             weight,
         )
-        if queued_before <= 0:
+        if queued_before < s.capacity:
             self._nudge_dispatcher()
-        # Else a task counted earlier in this level is not taken yet: the trigger sent
-        # after its count started a worker (which takes tasks until the queues are
-        # empty, this one included), or found every slot held, and a worker that frees
-        # a slot triggers the dispatcher again. One Lambda invoke and one dispatcher
-        # run saved per submit under a backlog.
+        # Else at least ``capacity`` tasks of this level were counted and not taken:
+        # the nudge of the one that brought the count to ``capacity`` filled every
+        # free slot (or found them held), and a worker that frees a slot nudges the
+        # dispatcher again. One Lambda invoke and one dispatcher run saved per submit
+        # under a deep backlog; below it every submit nudges, so no slot idles.
         return task
 
     def submit_once(self, user_id: str, x: Any, key: str, lambda_context: Any = None) -> tuple[dict[str, Any], bool]:

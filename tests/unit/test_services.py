@@ -21,8 +21,8 @@ def test_submit_counts_picks_level_stores_queues_and_nudges() -> None:
     assert levels == [0, 1, 1, 1, 1, 1, 2]
     assert [w.queues.depth(level) for level in range(LEVELS)] == [1, 5, 1, 0, 0, 0]
     assert w.control.backlog().counts == (1, 5, 1, 0, 0, 0)
-    # Only the first task of each level nudges the dispatcher: later ones find a task
-    # of their level counted and not yet taken, whose nudge (or worker) covers them.
+    # Capacity 1: only the first task of each level nudges the dispatcher; later ones
+    # find a task of their level counted and not yet taken, whose nudge covers them.
     assert w.invoker.dispatch_triggers == 3
     assert all(t.task_status == PENDING for t in w.tasks.all())
 
@@ -471,6 +471,14 @@ def test_a_task_queued_for_half_the_sqs_retention_gets_a_fresh_message_and_still
     w.services.dispatch(full_walk=True)
     outcomes = w.outcomes()
     assert outcomes.count(SUCCESS) == 1 and w.ran == [task.task_id]
+
+
+def test_below_capacity_queued_every_submit_nudges_so_no_slot_idles() -> None:
+    w = make_world(capacity=3)
+    for i in range(5):
+        w.services.submit(f"u{i}", i)  # all level 0
+    assert w.invoker.dispatch_triggers == 3  # queued before: 0, 1, 2 nudge; 3, 4 do not
+    assert w.services.dispatch().workers_started == 3
 
 
 def test_tasks_submitted_behind_a_queued_one_run_without_their_own_nudge() -> None:
