@@ -577,6 +577,7 @@ class Services:
         # Finished tasks not yet counted in the backlog item's tallies: added by the
         # next pick's write, or by one write when the worker stops.
         unflushed = [0] * len(policy.TALLIES)
+        missed = [False]
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
                 snapshot: policy.Backlog | None = None
@@ -594,7 +595,7 @@ class Services:
                     pick_at = self.clock()
                     if previous_pick is not None and cycle is None:
                         cycle = pick_at - previous_pick
-                    picked = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed)
+                    picked = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed)
                     if picked is None:
                         report.stopped_because = "queues empty"
                         break
@@ -626,12 +627,14 @@ class Services:
         full_walk: bool,
         last_run: float | None = None,
         unflushed: list[int] | None = None,
+        missed: list[bool] | None = None,
     ) -> tuple[int, QueuedMessage, policy.Backlog, bool] | None:
         """Choose a level by the policy, take one of its count, then one of its messages.
 
         The last value says whether the message was taken against a count (False for
         the tick's walk over uncounted messages). ``unflushed`` tallies ride on the
-        pick's write and are zeroed once written.
+        pick's write and are zeroed once written. ``missed`` remembers a pick that
+        found no message: before stopping, this worker then walks every level itself.
         """
         s = self.settings
         state = snapshot if snapshot is not None else self.control.backlog()
@@ -651,16 +654,26 @@ class Services:
             if not messages:
                 # A short poll samples some SQS servers and may miss a message that
                 # is there; a long poll asks them all. Still nothing: the count was
-                # ahead of the queue, and this pick has corrected it.
+                # ahead of the queue, and this pick has corrected it. Or the message
+                # was in another worker's sample, about to be given back: then it is
+                # queued but no longer counted, and the walk below finds it.
                 messages = self.queues.receive(level, sample, wait_seconds=1)
+                if not messages and missed is not None:
+                    missed[:] = [True]
             if messages:
                 return level, self._one_of(level, messages), state, True
-        if full_walk:
+        walk = full_walk or bool(missed and missed[0])
+        if missed is not None:
+            missed[:] = [False]
+        if walk:
             # The tick also looks at levels counted empty, for messages the counts
-            # missed (a fault between send and count, or a message SQS redelivered).
+            # missed (a fault between send and count, or a message SQS redelivered);
+            # so does a worker whose pick found nothing, rather than leave it to the tick.
             for level in range(policy.LEVELS):
                 messages = self.queues.receive(level, 1, wait_seconds=0)
                 if messages:
+                    if missed is not None:
+                        missed[:] = [True]  # there may be more: walk again before stopping
                     return level, messages[0], state, False
         return None
 

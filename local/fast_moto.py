@@ -134,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     patch()
     atomic_writes()
     fast_dispatch()
+    if os.environ.get("PQH_EMULATOR_SERVER", "waitress") == "werkzeug":  # moto's own server, for comparisons
+        from moto.server import main as moto_main
+
+        moto_main(["-H", args.host, "-p", str(args.port)])
+        return
     serve(args.host, args.port)
 
 

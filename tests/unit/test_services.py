@@ -490,3 +490,21 @@ def test_tasks_submitted_behind_a_queued_one_run_without_their_own_nudge() -> No
     assert w.invoker.dispatch_triggers == 1
     assert w.outcomes() == [SUCCESS] * 4  # the worker takes tasks until the queues are empty
     assert set(w.ran) == {first.task_id, *(t.task_id for t in later)}
+
+
+def test_a_message_hidden_in_another_workers_sample_is_still_run_by_this_worker() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("u", "x")
+    [sampled] = w.queues.receive(0, 10, 0)  # another worker holds it in its sample...
+    original = w.queues.receive
+
+    def receive(level: int, max_count: int, wait_seconds: int) -> list:  # type: ignore[type-arg]
+        found = original(level, max_count, wait_seconds)
+        if wait_seconds == 1 and not found:
+            w.queues.give_back(0, [sampled.receipt_handle])  # ...and gives it back just after our long poll
+        return found
+
+    w.queues.receive = receive  # type: ignore[method-assign]
+    w.services.dispatch()
+    assert w.outcomes() == [SUCCESS]  # found by this worker's own walk, not left for the tick
+    assert w.ran == [task.task_id]
