@@ -503,9 +503,12 @@ class Services:
         for level in range(policy.LEVELS):
             for task in self.tasks.queued_before(level, now - s.requeue_after_seconds, REQUEUE_BATCH):
                 expires_at = int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
+                # Send first: if the send fails, the task is still due and the next tick
+                # tries again. If it started meanwhile, the copy is a duplicate the start
+                # condition skips.
+                self.queues.send(policy.queue_level(level, s.policy), task)
                 if not self.tasks.mark_requeued(task.task_id, now, expires_at):
                     continue  # started or cancelled meanwhile
-                self.queues.send(policy.queue_level(level, s.policy), task)
                 sent += 1
                 log.warning(
                     "task=%s user=%s queued since %.0fs ago: sent its message again (SQS keeps one 14 days)",
