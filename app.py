@@ -303,8 +303,14 @@ def dispatch_tick(event: Any) -> dict[str, Any]:
     It also sends again the messages of tasks queued for half of SQS's retention.
     """
     svc = wiring.services()
-    requeued = svc.refresh_stale()
-    return {**views.dispatch_report(svc.dispatch(full_walk=True)), "requeued": requeued}
+    # Dispatch first: the safety net must not depend on the retention guard's index query.
+    report = views.dispatch_report(svc.dispatch(full_walk=True))
+    try:
+        requeued: int | None = svc.refresh_stale()
+    except Exception:  # logged; the next tick tries again, long before SQS would drop a message
+        app.log.exception("the retention guard failed; the next tick tries again")
+        requeued = None
+    return {**report, "requeued": requeued}
 
 
 @app.lambda_function(name="dispatcher")

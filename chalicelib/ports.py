@@ -13,6 +13,7 @@ STARTED_NOW = "started"  # this run owns the task
 ALREADY_FINISHED = "finished"  # a duplicate delivery of a finished task
 RUNNING_ELSEWHERE = "running"  # another run holds a live lease on it
 MISSING = "missing"  # no such task (expired or never created)
+LEASE_LOST = "lease lost"  # ran, but its run lease ran out first: another run records the outcome
 
 
 class UsageStore(Protocol):

@@ -33,6 +33,7 @@ from chalicelib.domain import (
 )
 from chalicelib.ports import (
     ALREADY_FINISHED,
+    LEASE_LOST,
     MISSING,
     RUNNING_ELSEWHERE,
     STARTED_NOW,
@@ -175,8 +176,8 @@ class Services:
             try:
                 self.queues.send(queue, task)
             except Exception:
-                # Not queued means not accepted: drop the record so no PENDING task is orphaned.
-                self.tasks.delete(task.task_id)
+                # Not queued means not accepted: no PENDING record may stay behind.
+                self._drop_unqueued(task)
                 raise
         except Exception:
             # Not accepted: not counted either (best effort; the error goes to the client).
@@ -206,6 +207,19 @@ class Services:
         # dispatcher again. One Lambda invoke and one dispatcher run saved per submit
         # under a deep backlog; below it every submit nudges, so no slot idles.
         return task
+
+    def _drop_unqueued(self, task: Task) -> None:
+        """Delete the record of a task whose message was never sent; failing that, cancel it.
+
+        A PENDING record with no message would wait for the retention guard (a week).
+        A cancelled one answers at once and leaves every index.
+        """
+        try:
+            self.tasks.delete(task.task_id)
+        except Exception:
+            log.exception("task=%s was not queued and its record could not be deleted; cancelling it", task.task_id)
+            now = self.clock()
+            self.tasks.cancel_pending(task.task_id, now, now + self.settings.result_ttl_seconds)
 
     def submit_once(self, user_id: str, x: Any, key: str, lambda_context: Any = None) -> tuple[dict[str, Any], bool]:
         """submit() once per (user, Idempotency-Key): a retry gets the first answer back, counted once."""
@@ -367,6 +381,13 @@ class Services:
         for slot in slots:
             totals = policy.add_tallies(totals, slot.tallies)
         succeeded, failed, cancelled = totals
+        # The index is by priority level; under fifo every level's tasks share queue 0.
+        oldest: list[float | None] = [None] * policy.LEVELS
+        for level in range(policy.LEVELS):
+            since = self.tasks.oldest_queued(level)
+            queue = policy.queue_level(level, s.policy)
+            if since is not None and (oldest[queue] is None or since < oldest[queue]):  # type: ignore[operator]
+                oldest[queue] = since
         return {
             "generated_at": now,
             "policy": s.policy,
@@ -379,7 +400,7 @@ class Services:
                     "in_flight": d.in_flight,
                     "counted": state.counts[d.level],
                     "dead_letters": d.dead,
-                    "oldest_seconds": _age(self.tasks.oldest_queued(d.level), now),
+                    "oldest_seconds": _age(oldest[d.level], now),
                 }
                 for d in depths
             ],
@@ -619,8 +640,14 @@ class Services:
                     # Only a task that ran gives a cycle time; the next pick records it.
                     previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
         finally:
-            # What the picks did not count rides on the release (the slot item's totals).
-            self.control.release_slot(handoff.slot_id, holder, tuple(unflushed))
+            # What the picks did not count rides on the release (the slot item's totals),
+            # or, when the slot is no longer ours, on the backlog item.
+            tallies = tuple(unflushed)
+            if not self.control.release_slot(handoff.slot_id, holder, tallies) and any(tallies):
+                try:
+                    self.control.add_backlog(0, 0, tallies)
+                except Exception:  # totals are approximate by design; the tasks are recorded
+                    log.exception("slot %d: %s finished tasks not counted in the totals", handoff.slot_id, tallies)
             self._nudge_dispatcher()
         return report
 
@@ -725,7 +752,8 @@ class Services:
         status, result, error = self._execute(task)
         finished_at = self.clock()
         expires_at = finished_at + self.settings.result_ttl_seconds
-        if self.tasks.finish(task.task_id, run_id, status, finished_at, expires_at, result=result, error=error):
+        recorded = self.tasks.finish(task.task_id, run_id, status, finished_at, expires_at, result=result, error=error)
+        if recorded:
             log.info(
                 "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
                 task.task_id,
@@ -735,7 +763,11 @@ class Services:
                 finished_at - now,
             )
         else:
+            # Another run owns the task now. Its message stays: SQS delivers it again,
+            # and that delivery finds the task finished (and drops it) or runs it, so
+            # the task is never left STARTED with nobody to finish it.
             log.warning("task=%s lost its run lease before finishing; result not recorded", task.task_id)
+            return LEASE_LOST  # not counted in the totals: the run that owns it counts it
         # After the outcome is recorded: a crash between the two leaves a redelivery, not a loss.
         if status == FAILURE:
             self._to_dead_letters(level, message, error or "failed")

@@ -661,7 +661,8 @@ class DynamoKeyStore:
         )
 
     def get_key(self, key_hash: str) -> tuple[str, bool] | None:
-        response = self._db.get_item(TableName=self._table, Key={"pk": {"S": _key_pk(key_hash)}})
+        # Consistent: a key revoked a moment ago must not be accepted again.
+        response = self._db.get_item(TableName=self._table, Key={"pk": {"S": _key_pk(key_hash)}}, ConsistentRead=True)
         item = response.get("Item")
         if not item:
             return None

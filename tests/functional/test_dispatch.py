@@ -83,3 +83,19 @@ def test_a_worker_payload_that_is_not_a_handoff_is_rejected(harness: Harness) ->
 
     with pytest.raises(BadHandoffError):
         harness.client.lambda_.invoke("worker", {"task_id": "x"})
+
+
+def test_the_tick_dispatches_even_when_the_retention_guard_fails(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chalicelib.services import Services
+
+    def broken(self: Services) -> int:
+        raise RuntimeError("the index query failed")
+
+    monkeypatch.setattr(Services, "refresh_stale", broken)
+    task_id = harness.submit().json_body["task_id"]
+    report = harness.client.lambda_.invoke("dispatch_tick", tick_event(harness)).payload
+    assert report["requeued"] is None and report["workers_started"] == 1
+    assert harness.outcomes() == ["SUCCESS"]
+    assert harness.result(task_id).json_body["task_status"] == "SUCCESS"

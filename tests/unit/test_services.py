@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chalicelib.domain import FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError
+from chalicelib.domain import CANCELLED, FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError
 from chalicelib.policy import LEVELS
-from chalicelib.ports import ALREADY_FINISHED, RUNNING_ELSEWHERE
+from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, RUNNING_ELSEWHERE
 from chalicelib.services import TASK_RUN_LEASE_SECONDS
 from tests.fakes import make_world
 
@@ -508,3 +508,81 @@ def test_a_message_hidden_in_another_workers_sample_is_still_run_by_this_worker(
     w.services.dispatch()
     assert w.outcomes() == [SUCCESS]  # found by this worker's own walk, not left for the tick
     assert w.ran == [task.task_id]
+
+
+def test_a_failed_send_whose_record_cannot_be_deleted_leaves_it_cancelled_not_pending() -> None:
+    w = make_world()
+
+    def down(*args: object) -> None:
+        raise RuntimeError("down")
+
+    w.queues.send = down  # type: ignore[method-assign]
+    w.tasks.delete = down  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        w.services.submit("u", 1)
+    [record] = w.tasks.all()
+    # A PENDING record without a message would wait a week for the retention guard.
+    assert record.task_status == CANCELLED
+    assert w.tasks.oldest_queued(record.priority_level) is None
+
+
+def test_a_run_that_lost_its_lease_is_not_counted_and_leaves_the_message() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    w.tasks.finish = lambda *args, **kwargs: False  # type: ignore[method-assign]
+    assert w.outcomes() == [LEASE_LOST]
+    # Another run owns the task: its message stays for SQS to deliver again.
+    assert w.queues.depth(0) == 1
+    assert w.services.stats()["tasks"]["succeeded"] == 0
+    assert w.tasks.get(task.task_id).task_status == STARTED  # type: ignore[union-attr]
+
+
+def test_totals_survive_a_slot_release_that_is_refused() -> None:
+    w = make_world(capacity=1)
+    w.services.submit("u", 1)
+    w.services.dispatch()
+    w.control.release_slot = lambda *args, **kwargs: False  # type: ignore[method-assign]
+    assert w.outcomes() == [SUCCESS]
+    assert w.services.stats()["tasks"]["succeeded"] == 1  # counted on the backlog item instead
+
+
+def test_under_fifo_the_one_queue_shows_the_oldest_task_of_any_level() -> None:
+    w = make_world(capacity=1, policy="fifo")
+    w.services.submit("u", 0)  # level 0
+    w.clock.advance(10)
+    for _ in range(3):
+        w.services.submit("v", 0)  # levels 0, 1, 1
+    w.services.set_weight("w", 1)
+    w.clock.advance(5)
+    queues = w.services.stats()["queues"]
+    assert queues[0]["oldest_seconds"] == 15.0
+    assert all(q["oldest_seconds"] is None for q in queues[1:])
+
+
+def test_a_redrive_whose_send_fails_keeps_the_dead_letter_and_a_second_redrive_queues_the_task() -> None:
+    w = make_world(capacity=1)
+
+    def poison(x: object, ctx: object) -> None:
+        raise ValueError("poison")
+
+    w.services.task_function = poison
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    assert w.outcomes() == [FAILURE]
+    original = w.queues.send
+
+    def down(*args: object) -> None:
+        raise RuntimeError("sqs is down")
+
+    w.queues.send = down  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        w.services.redrive(0)
+    assert len(w.queues.dead[0]) == 1  # the dead letter is kept
+    w.queues.send = original  # type: ignore[method-assign]
+    w.clock.advance(61)  # the redrive hid it for 60 s
+    assert w.services.redrive(0) == {"redriven": 1, "dropped": 0}
+    w.services.task_function = lambda x, ctx: "fixed"
+    w.services.dispatch()
+    assert w.outcomes() == [SUCCESS]
+    assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
