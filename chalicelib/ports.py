@@ -88,6 +88,9 @@ class TaskQueues(Protocol):
 
     def delete(self, level: int, receipt_handle: str) -> None: ...
 
+    def delete_many(self, level: int, receipt_handles: list[str]) -> None:
+        """Delete received messages, ten per request; a handle that has gone stale is skipped."""
+
     def give_back(self, level: int, receipt_handles: list[str]) -> None:
         """Make received messages visible again at once."""
 
@@ -126,8 +129,11 @@ class ControlStore(Protocol):
     def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> int:
         """Add to a level's queued count, and to the finished tallies (policy.TALLIES order); return the count."""
 
-    def next_seq(self, level: int) -> int:
-        """Hand out the next sequence number of ``level``'s queue (the count is add_backlog's)."""
+    def enqueue(self, level: int) -> tuple[int, int]:
+        """Count one more task queued at ``level``, in one write.
+
+        Returns (the level's count now, the task's sequence number in the level's queue).
+        """
 
     def commit_pick(
         self, seen: Backlog, after: Backlog, level: int, tallies: Sequence[int] = ()

@@ -136,6 +136,51 @@ class Heartbeat:
             self._valid_until = granted
 
 
+class PendingDeletes:
+    """Messages of finished tasks, deleted ten per request instead of one by one.
+
+    A task's outcome is recorded before its message joins this list, so a worker
+    that dies before the flush costs one wasted redelivery (found finished and
+    dropped), never a second run. Flushed at ten per level, when the oldest has
+    waited ``max_age`` seconds (well inside the queues' visibility timeout), and
+    when the worker stops.
+    """
+
+    def __init__(self, queues: TaskQueues, clock: Callable[[], float], max_age: float = 30.0) -> None:
+        self._queues = queues
+        self._clock = clock
+        self._max_age = max_age
+        self._pending: dict[int, list[str]] = {}
+        self._since: float | None = None
+
+    def add(self, level: int, receipt_handle: str) -> None:
+        handles = self._pending.setdefault(level, [])
+        handles.append(receipt_handle)
+        if self._since is None:
+            self._since = self._clock()
+        if len(handles) >= 10:
+            self._flush_level(level)
+
+    def flush_if_due(self) -> None:
+        if self._since is not None and self._clock() - self._since >= self._max_age:
+            self.flush()
+
+    def flush(self) -> None:
+        for level in list(self._pending):
+            self._flush_level(level)
+        self._since = None
+
+    def _flush_level(self, level: int) -> None:
+        handles = self._pending.pop(level, [])
+        if not self._pending:
+            self._since = None
+        if handles:
+            try:
+                self._queues.delete_many(level, handles)
+            except Exception:  # redelivered later, found finished, dropped
+                log.exception("level %d: %d finished messages not deleted", level, len(handles))
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -159,7 +204,17 @@ class Services:
         level = policy.level_for(count_before, weight, s.thresholds)
         queue = policy.queue_level(level, s.policy)
         try:
-            seq = self.control.next_seq(queue)  # its number in the level's queue, for its position
+            # Its level's count and its number in the level's queue (for its position),
+            # in one write. Counted just before its message exists: a worker that takes
+            # the count meanwhile finds the message with its long poll.
+            count, seq = self.control.enqueue(queue)
+        except Exception:
+            # Not accepted: not counted either (best effort; the error goes to the client).
+            with contextlib.suppress(Exception):
+                self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
+            raise
+        queued_before = count - 1
+        try:
             task = Task(
                 task_id=str(uuid.uuid4()),
                 user_id=user_id,
@@ -180,17 +235,13 @@ class Services:
                 self._drop_unqueued(task)
                 raise
         except Exception:
-            # Not accepted: not counted either (best effort; the error goes to the client).
+            # Not accepted: neither counted nor queued (best effort; the error goes to
+            # the client). A count left behind corrects itself at the next pick.
+            with contextlib.suppress(Exception):
+                self.control.add_backlog(queue, -1)
             with contextlib.suppress(Exception):
                 self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
             raise
-        queued_before = 0
-        try:
-            # Counted only once the message exists: a worker that takes a count always
-            # finds a message to take.
-            queued_before = self.control.add_backlog(queue, 1) - 1
-        except Exception:  # queued is accepted: the tick's full walk finds an uncounted message
-            log.exception("task=%s is queued but not counted; the next tick will find it", task.task_id)
         log.info(
             "submitted task=%s user=%s level=%d count_before=%d weight=%d",
             task.task_id,
@@ -490,15 +541,22 @@ class Services:
         if task is None or task.task_status not in (FAILURE, PENDING):
             return False
         queue = policy.queue_level(task.priority_level, s.policy)
-        if task.task_status == FAILURE:
-            expires_at = int(self.clock()) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
-            requeued = self.tasks.requeue(task_id, self.control.next_seq(queue), expires_at, self.clock())
-            if requeued is None:
-                return False
-            task = requeued
-        # PENDING: SQS moved it after too many receives; it never ran.
-        self.queues.send(queue, task)
-        self.control.add_backlog(queue, 1)
+        _, seq = self.control.enqueue(queue)
+        try:
+            if task.task_status == FAILURE:
+                expires_at = int(self.clock()) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
+                requeued = self.tasks.requeue(task_id, seq, expires_at, self.clock())
+                if requeued is None:
+                    self.control.add_backlog(queue, -1)
+                    return False
+                task = requeued
+            # PENDING: SQS moved it after too many receives; it never ran. A send that
+            # fails here keeps the dead letter: the next redrive sends the task again.
+            self.queues.send(queue, task)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.control.add_backlog(queue, -1)
+            raise
         return True
 
     def purge_dead_letters(self, level: int) -> dict[str, int]:
@@ -602,6 +660,7 @@ class Services:
         # next pick's write, or by one write when the worker stops.
         unflushed = [0] * len(policy.TALLIES)
         missed = [False]
+        deletes = PendingDeletes(self.queues, self.clock)
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
                 snapshot: policy.Backlog | None = None
@@ -633,13 +692,15 @@ class Services:
                         self.clock() - message.submitted_at if message.submitted_at else 0.0,
                     )
                     report.levels.append(level)
-                    outcome = self._run_one(level, message, counted)
+                    outcome = self._run_one(level, message, counted, deletes)
+                    deletes.flush_if_due()
                     report.outcomes.append(outcome)
                     if outcome in policy.TALLIES:
                         unflushed[:] = policy.add_tallies(unflushed, policy.tally(outcome))
                     # Only a task that ran gives a cycle time; the next pick records it.
                     previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
         finally:
+            deletes.flush()
             # What the picks did not count rides on the release (the slot item's totals),
             # or, when the slot is no longer ours, on the backlog item.
             tallies = tuple(unflushed)
@@ -648,8 +709,19 @@ class Services:
                     self.control.add_backlog(0, 0, tallies)
                 except Exception:  # totals are approximate by design; the tasks are recorded
                     log.exception("slot %d: %s finished tasks not counted in the totals", handoff.slot_id, tallies)
-            self._nudge_dispatcher()
+            if report.stopped_because != "queues empty" or self._anything_counted():
+                self._nudge_dispatcher()
+            # Else the queues were empty when this worker looked, and still are now that
+            # its slot is free: a task submitted in between is counted, so it shows here.
+            # One GetItem instead of a Lambda invoke and a dispatcher run per idle stop.
         return report
+
+    def _anything_counted(self) -> bool:
+        try:
+            return any(count > 0 for count in self.control.backlog().counts)
+        except Exception:  # cannot tell: nudge
+            log.exception("could not read the backlog; nudging the dispatcher")
+            return True
 
     def _pick_next(
         self,
@@ -715,8 +787,17 @@ class Services:
         self.queues.give_back(level, [m.receipt_handle for i, m in enumerate(messages) if i != chosen])
         return messages[chosen]
 
-    def _run_one(self, level: int, message: QueuedMessage, counted: bool = True) -> str:
+    def _run_one(
+        self, level: int, message: QueuedMessage, counted: bool = True, deletes: PendingDeletes | None = None
+    ) -> str:
         """Run one task at most once and record its outcome."""
+
+        def delete() -> None:
+            if deletes is None:
+                self.queues.delete(level, message.receipt_handle)
+            else:
+                deletes.add(level, message.receipt_handle)
+
         run_id = uuid.uuid4().hex
         now = self.clock()
         outcome, task = self.tasks.start(message.task_id, run_id, now, now + TASK_RUN_LEASE_SECONDS)
@@ -726,7 +807,7 @@ class Services:
             self.control.add_backlog(level, 1)
         if outcome in (MISSING, ALREADY_FINISHED):
             # A duplicate delivery, or a record that expired: nothing to run.
-            self.queues.delete(level, message.receipt_handle)
+            delete()
             log.info("skipped task=%s (%s)", message.task_id, outcome)
             return outcome
         if outcome == RUNNING_ELSEWHERE:
@@ -772,7 +853,7 @@ class Services:
         if status == FAILURE:
             self._to_dead_letters(level, message, error or "failed")
         else:
-            self.queues.delete(level, message.receipt_handle)
+            delete()
         return status
 
     def _to_dead_letters(self, level: int, message: QueuedMessage, reason: str) -> None:

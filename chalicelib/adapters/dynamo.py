@@ -579,16 +579,18 @@ class DynamoControlStore:
         )
         return int(response.get("Attributes", {}).get(f"l{level}", {}).get("N", "0"))
 
-    def next_seq(self, level: int) -> int:
+    def enqueue(self, level: int) -> tuple[int, int]:
+        # One atomic ADD of the count and the sequence: concurrent submits get distinct numbers.
         response = self._db.update_item(
             TableName=self._table,
             Key={"pk": {"S": BACKLOG_KEY}},
-            UpdateExpression="ADD #e :one",
-            ExpressionAttributeNames={"#e": f"e{level}"},
+            UpdateExpression="ADD #l :one, #e :one",
+            ExpressionAttributeNames={"#l": f"l{level}", "#e": f"e{level}"},
             ExpressionAttributeValues={":one": {"N": "1"}},
             ReturnValues="UPDATED_NEW",
         )
-        return int(response["Attributes"][f"e{level}"]["N"])
+        attributes = response["Attributes"]
+        return int(attributes[f"l{level}"]["N"]), int(attributes[f"e{level}"]["N"])
 
     def commit_pick(
         self, seen: Backlog, after: Backlog, level: int, tallies: Sequence[int] = ()

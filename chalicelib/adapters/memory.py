@@ -312,6 +312,11 @@ class MemoryTaskQueues:
         with self._lock:
             self.queues[level] = [m for m in self.queues[level] if m.receipt != receipt_handle]
 
+    def delete_many(self, level: int, receipt_handles: list[str]) -> None:
+        with self._lock:
+            self.calls.append(("delete_many", level))
+            self.queues[level] = [m for m in self.queues[level] if m.receipt not in receipt_handles]
+
     def give_back(self, level: int, receipt_handles: list[str]) -> None:
         with self._lock:
             for message in self.queues[level]:
@@ -418,12 +423,13 @@ class MemoryControlStore:
             )
             return counts[level]
 
-    def next_seq(self, level: int) -> int:
+    def enqueue(self, level: int) -> tuple[int, int]:
         with self._mutex:
-            enqueued = list(self._state.enqueued)
+            counts, enqueued = list(self._state.counts), list(self._state.enqueued)
+            counts[level] += 1
             enqueued[level] += 1
-            self._state = replace(self._state, enqueued=tuple(enqueued))
-            return enqueued[level]
+            self._state = replace(self._state, counts=tuple(counts), enqueued=tuple(enqueued))
+            return counts[level], enqueued[level]
 
     def commit_pick(
         self, seen: Backlog, after: Backlog, level: int, tallies: Sequence[int] = ()

@@ -82,6 +82,18 @@ class SqsTaskQueues:
     def delete(self, level: int, receipt_handle: str) -> None:
         self._sqs.delete_message(QueueUrl=self.url(level), ReceiptHandle=receipt_handle)
 
+    def delete_many(self, level: int, receipt_handles: list[str]) -> None:
+        for start in range(0, len(receipt_handles), 10):
+            chunk = receipt_handles[start : start + 10]
+            response = self._sqs.delete_message_batch(
+                QueueUrl=self.url(level),
+                Entries=[{"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(chunk)],
+            )
+            for failed in response.get("Failed", []):
+                # Its message comes back after the visibility timeout, and its task is
+                # found finished then: a wasted delivery, never a second run.
+                log.warning("level %d: a message was not deleted (%s)", level, failed.get("Code"))
+
     def depths(self) -> list[QueueDepth]:
         names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         found = []

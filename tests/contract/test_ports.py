@@ -190,6 +190,16 @@ def test_backlog_counts(ports: Ports) -> None:
     assert state.version == 0  # only picks move the version on
 
 
+def test_enqueue_counts_and_numbers_in_one_write(ports: Ports) -> None:
+    assert ports.control.enqueue(2) == (1, 1)
+    assert ports.control.enqueue(2) == (2, 2)
+    ports.control.add_backlog(2, -1)  # a pick or a cancel takes the count, never the number
+    assert ports.control.enqueue(2) == (2, 3)
+    assert ports.control.enqueue(4) == (1, 1)
+    state = ports.control.backlog()
+    assert state.counts == (0, 0, 2, 0, 1, 0) and state.enqueued == (0, 0, 3, 0, 1, 0)
+
+
 def test_a_pick_commits_only_from_the_current_state(ports: Ports) -> None:
     assert ports.control.commit_pick(Backlog(), Backlog(), 0) == (False, Backlog())  # nothing queued
     ports.control.add_backlog(3, 2)
@@ -210,6 +220,19 @@ def test_a_pick_commits_only_from_the_current_state(ports: Ports) -> None:
     taken, now = ports.control.commit_pick(current, current, 0)
     assert taken and now.counts == (0, 0, 0, 2, 0, 0)
     assert not ports.control.commit_pick(now, now, 0)[0]  # level 0 has none left
+
+
+def test_delete_many_deletes_in_batches_and_skips_stale_handles(ports: Ports) -> None:
+    for i in range(12):
+        ports.queues.send(1, make_task(task_id=f"task-{i}"))
+    received: list[str] = []
+    while len(received) < 12:
+        more = ports.queues.receive(1, 10, wait_seconds=1)
+        assert more, "a long poll must see the queued messages"
+        received += [m.receipt_handle for m in more]
+    ports.queues.delete_many(1, received[:11])
+    ports.queues.delete_many(1, [received[11], received[0]])  # received[0] is gone already
+    assert [d.queued + d.in_flight for d in ports.queues.depths()][1] == 0
 
 
 def test_give_back_makes_a_message_visible_again(ports: Ports) -> None:
