@@ -17,7 +17,7 @@ from chalicelib.domain import CANCELLED, FAILURE, FINISHED, PENDING, STARTED, Ta
 from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 
-WEIGHT_SK = "w"  # sorts after every "b#..." bucket key
+WEIGHT_SK = "w"  # the weight item
 
 
 def _is_conditional_failure(exc: ClientError) -> bool:
@@ -44,85 +44,142 @@ def _num(item: dict[str, Any], name: str) -> float | None:
     return float(attr["N"]) if attr and "N" in attr else None
 
 
-def _bucket_key(start: int) -> str:
-    return f"b#{start:012d}"
+USAGE_SK = "u"  # the user's counters: one attribute per time bucket
+BUCKET_PREFIX = "b"
+# Bucket attributes that just left the window, removed by each submission's write.
+# A user idle for longer leaves a few stale ones; STALE_LIMIT of them triggers a clean-up.
+SWEEP_BUCKETS = 4
+STALE_LIMIT = 32
+
+
+def _bucket_attr(start: int) -> str:
+    return f"{BUCKET_PREFIX}{start}"
+
+
+def _buckets(item: dict[str, Any]) -> list[tuple[int, int]]:
+    """(bucket start, count) of every bucket attribute of a counters item."""
+    found = []
+    for name, value in item.items():
+        if name.startswith(BUCKET_PREFIX) and name[1:].isdigit() and "N" in value:
+            found.append((int(name[1:]), int(value["N"])))
+    return found
+
+
+def _live(buckets: list[tuple[int, int]], now: float, bucket_seconds: int, window_seconds: int) -> int:
+    current = policy.bucket_start(now, bucket_seconds)
+    return policy.live_count(
+        # A later bucket (written across a bucket edge, or clock skew) is not "before".
+        ((policy.bucket_expiry(start, bucket_seconds, window_seconds), n) for start, n in buckets if start <= current),
+        now,
+    )
 
 
 class DynamoUsageStore:
     """Per-user submission counts in time buckets, plus the user's weight.
 
-    Items: (user_id, "b#<bucket start>") with ``n`` and a TTL ``expires_at``;
-    (user_id, "w") with ``weight``. A user id is only ever a key value, so no
-    value of it can reach another user's items.
+    Items: (user_id, "u"), the counters: one attribute ``b<bucket start>`` per
+    bucket, the weight copied from the weight item (``w``), and a TTL
+    ``expires_at`` (when its newest bucket leaves the window); (user_id, "w") with
+    ``weight``, kept forever. A submission is one UpdateItem that adds to the
+    current bucket and returns the whole item. A user id is only ever a key value,
+    so no value of it can reach another user's items.
     """
 
     def __init__(self, client: Any, table: str) -> None:
         self._db = client
         self._table = table
 
+    def _key(self, user_id: str, sk: str = USAGE_SK) -> dict[str, Any]:
+        return {"user_id": {"S": user_id}, "sk": {"S": sk}}
+
     def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
         start = policy.bucket_start(now, bucket_seconds)
         expires = policy.bucket_expiry(start, bucket_seconds, window_seconds)
-        # One atomic ADD on the current bucket: concurrent submissions each see a
-        # distinct new value, so their "count before" values are distinct too.
+        names = {"#b": _bucket_attr(start)}
+        # Buckets that have just left the window go in the same write.
+        first_dead = start - bucket_seconds - window_seconds
+        for k in range(SWEEP_BUCKETS):
+            names[f"#x{k}"] = _bucket_attr(first_dead - k * bucket_seconds)
+        # One atomic ADD; the whole item comes back, so concurrent submissions each
+        # see a distinct total, and their "count before" values are distinct too.
         response = self._db.update_item(
             TableName=self._table,
-            Key={"user_id": {"S": user_id}, "sk": {"S": _bucket_key(start)}},
-            UpdateExpression="ADD #n :one SET expires_at = :exp",
-            ExpressionAttributeNames={"#n": "n"},
+            Key=self._key(user_id),
+            UpdateExpression="ADD #b :one SET expires_at = :exp REMOVE "
+            + ", ".join(f"#x{k}" for k in range(SWEEP_BUCKETS)),
+            ExpressionAttributeNames=names,
             ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(expires)}},
-            ReturnValues="UPDATED_NEW",
+            ReturnValues="ALL_NEW",
         )
-        in_current = int(response["Attributes"]["n"]["N"])
-        older, weight = self._read(user_id, now, bucket_seconds, window_seconds, exclude=start)
-        return older + in_current - 1, weight
+        item = response["Attributes"]
+        buckets = _buckets(item)
+        if len(buckets) > STALE_LIMIT:
+            self._sweep(user_id, buckets, now, bucket_seconds, window_seconds)
+        weight = int(item["w"]["N"]) if "w" in item else self._copy_weight(user_id)
+        return _live(buckets, now, bucket_seconds, window_seconds) - 1, weight
+
+    def _copy_weight(self, user_id: str) -> int:
+        """Read the weight item and copy it onto the counters (once per counters item's life)."""
+        response = self._db.get_item(TableName=self._table, Key=self._key(user_id, WEIGHT_SK), ConsistentRead=True)
+        weight = int(response.get("Item", {}).get("weight", {}).get("N", "1"))
+        # Not over a newer copy written by set_weight meanwhile.
+        _conditional_update(
+            self._db,
+            self._table,
+            Key=self._key(user_id),
+            UpdateExpression="SET w = :w",
+            ConditionExpression="attribute_exists(user_id) AND attribute_not_exists(w)",
+            ExpressionAttributeValues={":w": {"N": str(weight)}},
+        )
+        return weight
+
+    def _sweep(
+        self, user_id: str, buckets: list[tuple[int, int]], now: float, bucket_seconds: int, window_seconds: int
+    ) -> None:
+        dead = [start for start, _ in buckets if policy.bucket_expiry(start, bucket_seconds, window_seconds) <= now]
+        if dead:
+            self._db.update_item(
+                TableName=self._table,
+                Key=self._key(user_id),
+                UpdateExpression="REMOVE " + ", ".join(f"#x{i}" for i in range(len(dead))),
+                ExpressionAttributeNames={f"#x{i}": _bucket_attr(start) for i, start in enumerate(dead)},
+            )
 
     def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
-        return self._read(user_id, now, bucket_seconds, window_seconds, exclude=None)
-
-    def _read(
-        self, user_id: str, now: float, bucket_seconds: int, window_seconds: int, exclude: int | None
-    ) -> tuple[int, int]:
-        """Live bucket counts (except ``exclude``) and the weight, in one Query."""
-        oldest = policy.bucket_start(now - window_seconds - bucket_seconds, bucket_seconds)
-        current = policy.bucket_start(now, bucket_seconds)
+        """Live count and weight, in one Query over the user's two items."""
         response = self._db.query(
             TableName=self._table,
-            KeyConditionExpression="user_id = :u AND sk >= :from",
-            ExpressionAttributeValues={":u": {"S": user_id}, ":from": {"S": _bucket_key(oldest)}},
+            KeyConditionExpression="user_id = :u",
+            ExpressionAttributeValues={":u": {"S": user_id}},
             ConsistentRead=True,
         )
-        weight = 1
-        buckets: list[tuple[float, int]] = []
+        weight, count = 1, 0
         for item in response.get("Items", []):
-            sk = item["sk"]["S"]
-            if sk == WEIGHT_SK:
+            if item["sk"]["S"] == WEIGHT_SK:
                 weight = int(item["weight"]["N"])
-            elif sk > _bucket_key(current):
-                continue  # a later bucket (written across a bucket edge, or clock skew) is not "before"
-            elif exclude is None or sk != _bucket_key(exclude):
-                buckets.append((_num(item, "expires_at") or 0.0, int(item["n"]["N"])))
-        return policy.live_count(buckets, now), weight
+            elif item["sk"]["S"] == USAGE_SK:
+                count = _live(_buckets(item), now, bucket_seconds, window_seconds)
+        return count, weight
 
     def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
         start = policy.bucket_start(submitted_at, bucket_seconds)
-        # False when the bucket has left the window: nothing to take back.
+        if not policy.is_live(policy.bucket_expiry(start, bucket_seconds, window_seconds), now):
+            return False  # the bucket has left the window: nothing to take back
         return _conditional_update(
             self._db,
             self._table,
-            Key={"user_id": {"S": user_id}, "sk": {"S": _bucket_key(start)}},
-            UpdateExpression="ADD #n :minus",
-            ConditionExpression="#n > :zero AND expires_at > :now",
-            ExpressionAttributeNames={"#n": "n"},
-            ExpressionAttributeValues={":minus": {"N": "-1"}, ":zero": {"N": "0"}, ":now": _n(now)},
+            Key=self._key(user_id),
+            UpdateExpression="ADD #b :minus",
+            ConditionExpression="#b > :zero",  # never below zero
+            ExpressionAttributeNames={"#b": _bucket_attr(start)},
+            ExpressionAttributeValues={":minus": {"N": "-1"}, ":zero": {"N": "0"}},
         )
 
     def top_users(
         self, now: float, bucket_seconds: int, window_seconds: int, limit: int, max_items: int
     ) -> tuple[list[UserUsage], bool]:
-        # A Scan reads every live bucket: the dashboard's cost, paid per refresh,
+        # A Scan reads every user's counters: the dashboard's cost, paid per refresh,
         # bounded by ``max_items`` (the answer says when it stopped early).
-        current = _bucket_key(policy.bucket_start(now, bucket_seconds))
         counts: dict[str, int] = {}
         weights: dict[str, int] = {}
         kwargs: dict[str, Any] = {"TableName": self._table}
@@ -133,8 +190,8 @@ class DynamoUsageStore:
                 user, sk = item["user_id"]["S"], item["sk"]["S"]
                 if sk == WEIGHT_SK:
                     weights[user] = int(item["weight"]["N"])
-                elif sk <= current and policy.is_live(_num(item, "expires_at") or 0.0, now):
-                    counts[user] = counts.get(user, 0) + int(item["n"]["N"])
+                elif sk == USAGE_SK:
+                    counts[user] = _live(_buckets(item), now, bucket_seconds, window_seconds)
             read += len(response.get("Items", []))
             last = response.get("LastEvaluatedKey")
             if not last:
@@ -148,6 +205,15 @@ class DynamoUsageStore:
         self._db.put_item(
             TableName=self._table,
             Item={"user_id": {"S": user_id}, "sk": {"S": WEIGHT_SK}, "weight": {"N": str(weight)}},
+        )
+        # And its copy on the counters, if the user has any (else the next submission copies it).
+        _conditional_update(
+            self._db,
+            self._table,
+            Key=self._key(user_id),
+            UpdateExpression="SET w = :w",
+            ConditionExpression="attribute_exists(user_id)",
+            ExpressionAttributeValues={":w": {"N": str(weight)}},
         )
 
 

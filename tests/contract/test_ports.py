@@ -84,6 +84,30 @@ def test_counts_across_buckets_and_expired_buckets_count_as_zero(ports: Ports) -
     assert ports.usage.record_submission("u1", NOW + 20000, 600, 6000) == (0, 1)
 
 
+def test_a_weight_set_before_a_users_first_submission_or_while_counting_applies(ports: Ports) -> None:
+    ports.usage.set_weight("new", 3)
+    assert ports.usage.record_submission("new", NOW, 600, 6000) == (0, 3)
+    ports.usage.set_weight("new", 5)
+    assert ports.usage.record_submission("new", NOW + 1, 600, 6000) == (1, 5)
+    assert ports.usage.usage("new", NOW + 1, 600, 6000) == (2, 5)
+    # Long idle: the counters have left the window; the weight stays.
+    assert ports.usage.record_submission("new", NOW + 50_000, 600, 6000) == (0, 5)
+
+
+def test_a_user_who_comes_back_now_and_then_is_counted_right_and_stays_small(ports: Ports) -> None:
+    now = NOW
+    for _ in range(60):
+        now += 2 * 6600  # out of the window each time, and past the buckets each write sweeps
+        assert ports.usage.record_submission("sparse", now, 600, 6000) == (0, 1)
+        assert ports.usage.record_submission("sparse", now + 700, 600, 6000) == (1, 1)
+    assert ports.usage.usage("sparse", now + 700, 600, 6000) == (2, 1)
+    if isinstance(ports.usage, DynamoUsageStore):
+        item = aws.client("dynamodb").get_item(
+            TableName=f"{PREFIX}-usage", Key={"user_id": {"S": "sparse"}, "sk": {"S": "u"}}
+        )["Item"]
+        assert sum(1 for name in item if name.startswith("b")) <= 33  # stale buckets are swept
+
+
 # --- tasks ------------------------------------------------------------------
 
 

@@ -73,6 +73,7 @@ def test_every_call_a_function_makes_is_granted_to_it(harness: Harness, monkeypa
     harness.client.lambda_.invoke("dispatch_tick", event)
     current["function"] = "api_handler"
     assert harness.client.http.get("/stats", headers=admin).status_code == 200
+    assert harness.client.http.get("/admin/users/u", headers=admin).status_code == 200
     assert harness.client.http.get("/admin/dead-letters/0", headers=admin).json_body["dead_letters"] == 1
     assert harness.client.http.post("/admin/dead-letters/0/redrive", headers=admin).json_body["redriven"] == 1
     assert harness.client.http.delete("/admin/dead-letters/0", headers=admin).status_code == 200
