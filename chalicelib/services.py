@@ -350,9 +350,13 @@ class Services:
             self.task_function = load_task_function(self.settings.task_function)
         return self.task_function
 
-    def _cancel_check(self, task_id: str) -> Callable[[], bool]:
-        """ctx.cancelled for a running task: reads the flag at most once a second."""
-        last = {"at": -1e9, "value": False}
+    def _cancel_check(self, task_id: str, requested: bool = False) -> Callable[[], bool]:
+        """ctx.cancelled for a running task: reads the flag at most once a second.
+
+        ``requested`` is the flag as the start write returned it, so the first read
+        comes a second into the run: a shorter task reads nothing.
+        """
+        last = {"at": time.monotonic(), "value": requested}
 
         def cancelled() -> bool:
             if not last["value"] and time.monotonic() - float(last["at"]) >= 1.0:
@@ -870,7 +874,7 @@ class Services:
             task_id=task.task_id,
             user_id=task.user_id,
             task_seconds=self.settings.task_seconds,
-            cancelled=self._cancel_check(task.task_id),
+            cancelled=self._cancel_check(task.task_id, task.cancel_requested),
         )
         try:
             result = function(task.x, ctx)

@@ -64,11 +64,18 @@ _WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
 
 
 def atomic_writes() -> None:
-    """Serialise moto's DynamoDB write operations, as DynamoDB's per-item atomicity requires (idempotent)."""
-    from moto.dynamodb.models import DynamoDBBackend
+    """Serialise moto's DynamoDB write operations, as DynamoDB's per-item atomicity requires (idempotent).
 
-    for name in _WRITES:
-        original = getattr(DynamoDBBackend, name)
+    UpdateItem's response handler is serialised too: it reads the item before the
+    update to work out ReturnValues=UPDATED_NEW, and a write landing in between
+    made it leave out attributes this update did change.
+    """
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
+
+    targets = [(DynamoDBBackend, name) for name in _WRITES] + [(DynamoHandler, "update_item")]
+    for owner, name in targets:
+        original = getattr(owner, name)
         if getattr(original, "_pqh_atomic", False):
             continue
 
@@ -78,7 +85,7 @@ def atomic_writes() -> None:
 
         locked._pqh_atomic = True  # type: ignore[attr-defined]
         functools.update_wrapper(locked, original)
-        setattr(DynamoDBBackend, name, locked)
+        setattr(owner, name, locked)
 
 
 def fast_dispatch() -> None:

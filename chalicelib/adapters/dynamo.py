@@ -46,10 +46,10 @@ def _num(item: dict[str, Any], name: str) -> float | None:
 
 USAGE_SK = "u"  # the user's counters: one attribute per time bucket
 BUCKET_PREFIX = "b"
-# Bucket attributes that just left the window, removed by each submission's write.
-# A user idle for longer leaves a few stale ones; STALE_LIMIT of them triggers a clean-up.
-SWEEP_BUCKETS = 4
-STALE_LIMIT = 32
+# Buckets that have left the window stay on the item until this many have piled
+# up; then one more write removes them (about once per this many buckets of an
+# active user). The item's TTL removes the whole item once the user is idle.
+STALE_LIMIT = 8
 
 
 def _bucket_attr(start: int) -> str:
@@ -95,26 +95,19 @@ class DynamoUsageStore:
     def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
         start = policy.bucket_start(now, bucket_seconds)
         expires = policy.bucket_expiry(start, bucket_seconds, window_seconds)
-        names = {"#b": _bucket_attr(start)}
-        # Buckets that have just left the window go in the same write.
-        first_dead = start - bucket_seconds - window_seconds
-        for k in range(SWEEP_BUCKETS):
-            names[f"#x{k}"] = _bucket_attr(first_dead - k * bucket_seconds)
         # One atomic ADD; the whole item comes back, so concurrent submissions each
         # see a distinct total, and their "count before" values are distinct too.
         response = self._db.update_item(
             TableName=self._table,
             Key=self._key(user_id),
-            UpdateExpression="ADD #b :one SET expires_at = :exp REMOVE "
-            + ", ".join(f"#x{k}" for k in range(SWEEP_BUCKETS)),
-            ExpressionAttributeNames=names,
+            UpdateExpression="ADD #b :one SET expires_at = :exp",
+            ExpressionAttributeNames={"#b": _bucket_attr(start)},
             ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(expires)}},
             ReturnValues="ALL_NEW",
         )
         item = response["Attributes"]
         buckets = _buckets(item)
-        if len(buckets) > STALE_LIMIT:
-            self._sweep(user_id, buckets, now, bucket_seconds, window_seconds)
+        self._sweep(user_id, buckets, now, bucket_seconds, window_seconds)
         weight = int(item["w"]["N"]) if "w" in item else self._copy_weight(user_id)
         return _live(buckets, now, bucket_seconds, window_seconds) - 1, weight
 
@@ -137,7 +130,7 @@ class DynamoUsageStore:
         self, user_id: str, buckets: list[tuple[int, int]], now: float, bucket_seconds: int, window_seconds: int
     ) -> None:
         dead = [start for start, _ in buckets if policy.bucket_expiry(start, bucket_seconds, window_seconds) <= now]
-        if dead:
+        if len(dead) >= STALE_LIMIT:
             self._db.update_item(
                 TableName=self._table,
                 Key=self._key(user_id),
@@ -670,19 +663,20 @@ class DynamoControlStore:
             f"l{lvl} > :zero" if count > 0 else f"(attribute_not_exists(l{lvl}) OR l{lvl} <= :zero)"
             for lvl, count in enumerate(seen.counts)
         ]
-        values: dict[str, Any] = {
-            ":zero": {"N": "0"},
-            ":minus": {"N": "-1"},
-            ":one": {"N": "1"},
-            ":vt": _n(after.vtime),
-        }
-        sets = ["vt = :vt"]
-        if after.run_seconds > 0:
+        values: dict[str, Any] = {":zero": {"N": "0"}, ":minus": {"N": "-1"}, ":one": {"N": "1"}}
+        # Only what the pick changes is written (usually vt and one level's pass):
+        # with the version unchanged, the rest is as ``seen`` has it.
+        sets = []
+        if after.vtime != seen.vtime:
+            values[":vt"] = _n(float(after.vtime))
+            sets.append("vt = :vt")
+        if after.run_seconds > 0 and after.run_seconds != seen.run_seconds:
             values[":rt"] = _n(float(after.run_seconds))
             sets.append("rt = :rt")
         for lvl, value in enumerate(after.passes):
-            values[f":p{lvl}"] = _n(float(value))
-            sets.append(f"p{lvl} = :p{lvl}")
+            if value != seen.passes[lvl]:
+                values[f":p{lvl}"] = _n(float(value))
+                sets.append(f"p{lvl} = :p{lvl}")
         if seen.version:
             values[":v"] = {"N": str(seen.version)}
         adds = [f"l{level} :minus", f"d{level} :one", "v :one", *_tally_adds(tallies, values)]
@@ -690,7 +684,7 @@ class DynamoControlStore:
             response = self._db.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": BACKLOG_KEY}},
-                UpdateExpression=f"SET {', '.join(sets)} ADD {', '.join(adds)}",
+                UpdateExpression=(f"SET {', '.join(sets)} " if sets else "") + f"ADD {', '.join(adds)}",
                 ConditionExpression=" AND ".join([version, f"l{level} > :zero", *shape]),
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",

@@ -105,7 +105,7 @@ def test_a_user_who_comes_back_now_and_then_is_counted_right_and_stays_small(por
         item = aws.client("dynamodb").get_item(
             TableName=f"{PREFIX}-usage", Key={"user_id": {"S": "sparse"}, "sk": {"S": "u"}}
         )["Item"]
-        assert sum(1 for name in item if name.startswith("b")) <= 33  # stale buckets are swept
+        assert sum(1 for name in item if name.startswith("b")) <= 12  # stale buckets are swept
 
 
 # --- tasks ------------------------------------------------------------------

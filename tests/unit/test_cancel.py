@@ -143,3 +143,25 @@ def test_cancel_racing_with_dispatch_either_runs_or_cancels_never_both() -> None
     assert ran.count(tasks[0].task_id) <= 1 and len(ran) == len(set(ran))
     assert outcomes.count(CANCELLED) == sum(1 for s in final.values() if s == CANCELLED)
     assert all(slot.is_free(w.clock.now) for slot in w.control.slots(3))
+
+
+def test_a_task_shorter_than_a_second_reads_no_cancel_flag() -> None:
+    w = make_world(capacity=1)
+    reads: list[str] = []
+    get = w.tasks.get
+
+    def counted_get(task_id: str) -> Any:
+        reads.append(task_id)
+        return get(task_id)
+
+    @cancellable
+    def quick(x: Any, ctx: TaskContext) -> str:
+        return "stopped" if any(ctx.cancelled() for _ in range(3)) else "done"
+
+    w.services.task_function = quick
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    w.tasks.get = counted_get  # type: ignore[method-assign]
+    assert w.outcomes() == [SUCCESS]
+    assert reads == []  # the start write returned the flag: no read in the first second
+    assert w.tasks.get(task.task_id).result == "done"  # type: ignore[union-attr]
