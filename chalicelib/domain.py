@@ -52,17 +52,30 @@ class Handoff:
     slot_id: int
     slot_holder: str
     full_walk: bool = False
+    # The backlog state the dispatcher read (policy.backlog_to_payload): the worker's
+    # first pick starts from it instead of reading it again. Only a hint: a pick
+    # from a stale state fails its condition and gets the current state back.
+    backlog: dict[str, Any] | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        return {"slot_id": self.slot_id, "slot_holder": self.slot_holder, "full_walk": self.full_walk}
+        payload: dict[str, Any] = {
+            "slot_id": self.slot_id,
+            "slot_holder": self.slot_holder,
+            "full_walk": self.full_walk,
+        }
+        if self.backlog is not None:
+            payload["backlog"] = self.backlog
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Handoff:
         try:
+            backlog = payload.get("backlog")
             return cls(
                 slot_id=int(payload["slot_id"]),
                 slot_holder=str(payload["slot_holder"]),
                 full_walk=bool(payload.get("full_walk", False)),
+                backlog=backlog if isinstance(backlog, dict) else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BadHandoffError(f"worker payload is missing or has a bad field: {exc}") from exc

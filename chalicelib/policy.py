@@ -7,8 +7,9 @@ fair allocation is tested exhaustively in milliseconds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
+from typing import Any
 
 LEVELS = 6
 # Lower bound of the charged count for levels 1..5: 0 -> 0, 1-5 -> 1, 6-15 -> 2,
@@ -141,6 +142,32 @@ class Backlog:
     run_seconds: float = 0.0  # moving average of recent run times (0: none yet)
     # Tasks finished since the start, by outcome (TALLIES order), for the dashboard.
     tallies: tuple[int, ...] = (0,) * 3
+
+
+def backlog_to_payload(state: Backlog) -> dict[str, Any]:
+    """A Backlog as JSON-able data (for a worker's hand-off)."""
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(state).items()}
+
+
+def backlog_from_payload(data: dict[str, Any]) -> Backlog | None:
+    """The Backlog a payload describes, or None if it does not describe one."""
+    try:
+        state = Backlog(
+            counts=tuple(int(v) for v in data["counts"]),
+            passes=tuple(float(v) for v in data["passes"]),
+            vtime=float(data["vtime"]),
+            version=int(data["version"]),
+            enqueued=tuple(int(v) for v in data["enqueued"]),
+            dequeued=tuple(int(v) for v in data["dequeued"]),
+            run_seconds=float(data["run_seconds"]),
+            tallies=tuple(int(v) for v in data["tallies"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    shapes = (state.counts, state.passes, state.enqueued, state.dequeued)
+    if any(len(values) != LEVELS for values in shapes) or len(state.tallies) != len(TALLIES):
+        return None
+    return state
 
 
 # The outcomes counted in Backlog.tallies, in order.

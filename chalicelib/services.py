@@ -617,7 +617,8 @@ class Services:
         report.free_slots = len(free)
         if not free:
             return report
-        report.backlog = list(self.control.backlog().counts)
+        state = self.control.backlog()
+        report.backlog = list(state.counts)
         wanted = policy.workers_wanted(len(free), report.backlog, full_walk)
         for slot_id in free:
             if report.workers_started >= wanted:
@@ -626,7 +627,7 @@ class Services:
             if not self.control.claim_slot(slot_id, holder, now, now + s.lease_seconds):
                 continue  # another dispatcher took it
             try:
-                self.invoker.start_worker(Handoff(slot_id, holder, full_walk))
+                self.invoker.start_worker(Handoff(slot_id, holder, full_walk, policy.backlog_to_payload(state)))
             except Exception:
                 log.exception("could not start a worker on slot %d; the tasks stay queued", slot_id)
                 self.control.release_slot(slot_id, holder)
@@ -667,7 +668,8 @@ class Services:
         deletes = PendingDeletes(self.queues, self.clock)
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
-                snapshot: policy.Backlog | None = None
+                # The dispatcher's read of the backlog: saves this worker a read.
+                snapshot = policy.backlog_from_payload(handoff.backlog) if handoff.backlog else None
                 # Seconds per task on this slot (run plus the writes and the pick
                 # between two tasks): what an ETA needs.
                 cycle: float | None = None

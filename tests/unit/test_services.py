@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from chalicelib.domain import CANCELLED, FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError
-from chalicelib.policy import LEVELS
+from chalicelib.policy import LEVELS, Backlog, backlog_from_payload, backlog_to_payload
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, RUNNING_ELSEWHERE
 from chalicelib.services import TASK_RUN_LEASE_SECONDS
 from tests.fakes import make_world
@@ -359,6 +360,38 @@ def test_a_queue_failure_at_submit_leaves_no_orphan_record() -> None:
 def test_a_worker_payload_round_trips() -> None:
     handoff = Handoff(3, "holder", full_walk=True)
     assert Handoff.from_payload(handoff.to_payload()) == handoff
+    state = Backlog(counts=(1, 0, 2, 0, 0, 3), passes=(0.5,) * 6, vtime=0.25, version=7, tallies=(1, 2, 3))
+    with_state = Handoff(1, "h", backlog=backlog_to_payload(state))
+    back = Handoff.from_payload(json.loads(json.dumps(with_state.to_payload())))
+    assert back == with_state and backlog_from_payload(back.backlog or {}) == state
+    assert backlog_from_payload({"counts": [1, 2]}) is None  # not a backlog: the worker reads it
+
+
+def test_a_worker_starts_from_the_dispatchers_read_of_the_backlog() -> None:
+    w = make_world(capacity=1)
+    w.services.submit("u", 1)
+    w.services.dispatch()
+    reads = []
+    backlog = w.control.backlog
+
+    def counted() -> Backlog:
+        reads.append(1)
+        return backlog()
+
+    w.control.backlog = counted  # type: ignore[method-assign]
+    assert w.outcomes() == [SUCCESS]
+    # No read for the first pick; one to confirm the queues are empty, one after the slot is free.
+    assert len(reads) == 2
+
+
+def test_a_stale_backlog_in_the_hand_off_only_costs_a_retry() -> None:
+    w = make_world(capacity=2)
+    w.services.submit("u", 1)
+    w.services.submit("v", 2)
+    w.services.dispatch()  # two workers, both handed the state with two tasks queued
+    reports = w.run_workers()  # the second starts from a state the first one's picks made stale
+    assert sorted(o for r in reports for o in r.outcomes) == [SUCCESS, SUCCESS]
+    assert w.control.backlog().counts == (0,) * LEVELS
 
 
 def test_result_of_unknown_or_malformed_or_expired_ids_is_not_found() -> None:
