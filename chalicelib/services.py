@@ -811,6 +811,12 @@ class Services:
             # This message was a duplicate or a redelivery, and was not counted; the
             # count the pick took belongs to another message of the level: give it back.
             self.control.add_backlog(level, 1)
+        if outcome == ALREADY_FINISHED and task is not None and task.task_status == FAILURE:
+            # A failed task whose worker died before its message reached the dead
+            # letters: it goes there now (at least once: rarely, twice).
+            self._to_dead_letters(level, message, task.error or "failed")
+            log.info("dead-lettered task=%s on its redelivery", message.task_id)
+            return outcome
         if outcome in (MISSING, ALREADY_FINISHED):
             # A duplicate delivery, or a record that expired: nothing to run.
             delete()

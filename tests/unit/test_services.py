@@ -676,3 +676,28 @@ def test_finished_messages_not_yet_deleted_when_a_worker_dies_are_dropped_on_red
     assert w.outcomes() == [ALREADY_FINISHED] * 3
     assert len(w.ran) == 3 and w.queues.depth(0) == 0
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
+
+
+def test_a_failed_task_whose_worker_died_before_dead_lettering_it_is_dead_lettered_on_redelivery() -> None:
+    w = make_world(capacity=1)
+
+    def poison(x: object, ctx: object) -> None:
+        raise ValueError("poison")
+
+    w.services.task_function = poison
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+
+    def killed(*args: object) -> None:
+        raise SystemExit("killed after recording the outcome")
+
+    w.queues.send_dead = killed  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        w.run_workers()
+    del w.queues.send_dead
+    assert w.tasks.get(task.task_id).task_status == FAILURE  # type: ignore[union-attr]
+    assert len(w.queues.dead[0]) == 0 and w.queues.depth(0) == 1
+    w.clock.advance(TASK_RUN_LEASE_SECONDS + 60)  # the message comes back
+    w.services.dispatch(full_walk=True)
+    assert w.outcomes() == [ALREADY_FINISHED]
+    assert [m.task_id for m in w.queues.dead[0]] == [task.task_id] and w.queues.depth(0) == 0
