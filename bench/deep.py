@@ -79,6 +79,8 @@ class Bench:
 
     def __init__(self, system: LocalSystem, prefix: str) -> None:
         os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{system.emulator_port}"
+        if system.sqs_emulator_port:
+            os.environ["AWS_ENDPOINT_URL_SQS"] = f"http://127.0.0.1:{system.sqs_emulator_port}"
         for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
             os.environ.setdefault(name, value)
         os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

@@ -385,6 +385,14 @@ class Chaos:
                     if task is not None and task.task_status in (SUCCESS, FAILURE):
                         pending.discard(task_id)
             time.sleep(0.5)
+        # Then until the queues are empty: a message left by a killed worker (a finished
+        # task not yet deleted, a failed one not yet dead-lettered) comes back after
+        # its visibility timeout and is dealt with then, as on AWS.
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # throttled: look again
+                if all(d.queued + d.in_flight == 0 for d in self.queues.depths()):
+                    return
+            time.sleep(0.5)
 
     def _account(self, expected: dict[str, bool]) -> None:
         r = self.report

@@ -39,6 +39,11 @@ class MotoServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process; wait_ready() waits until it answers (start several, then wait)."""
         with socket.socket() as probe:
             if probe.connect_ex((self.host, self.port)) == 0:
                 raise EmulatorError(
@@ -52,6 +57,9 @@ class MotoServer:
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        assert self._process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -38,6 +38,7 @@ class LocalSystem:
     base_url: str
     emulator_port: int
     log_path: Path
+    sqs_emulator_port: int = 0
     http: requests.Session = field(default_factory=requests.Session)
 
     def submit(self, user_id: str, x: Any = "foo") -> dict[str, Any]:
@@ -85,11 +86,12 @@ class LocalSystem:
 
 
 def start_local_system(tmp_path: Path, **env: str) -> LocalSystem:
-    port, emulator_port = free_port(), free_port()
+    port, emulator_port, sqs_emulator_port = free_port(), free_port(), free_port()
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL") and not k.startswith("PQH_")}
     run_env.update(
         PQH_PORT=str(port),
         PQH_EMULATOR_PORT=str(emulator_port),
+        PQH_SQS_EMULATOR_PORT=str(sqs_emulator_port),
         PQH_LOCAL_PREFIX=f"pqh-e2e-{uuid.uuid4().hex[:8]}",
         PQH_TICK_SECONDS="60",
         PYTHONUNBUFFERED="1",
@@ -105,7 +107,7 @@ def start_local_system(tmp_path: Path, **env: str) -> LocalSystem:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    system = LocalSystem(process, f"http://127.0.0.1:{port}", emulator_port, log_path)
+    system = LocalSystem(process, f"http://127.0.0.1:{port}", emulator_port, log_path, sqs_emulator_port)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:

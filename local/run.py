@@ -6,9 +6,14 @@ here by two small pieces (see local/lambdas.py): a thread pool that runs the
 worker handler, and a thread that runs the dispatcher handler when it is
 triggered (on submit and when a task finishes) or when the tick comes.
 
-Environment (all optional): PQH_HOST, PQH_PORT, PQH_EMULATOR_PORT,
-PQH_LOCAL_PREFIX, PQH_TICK_SECONDS, AWS_ENDPOINT_URL (use that emulator instead of
-starting one), plus every service setting of the README.
+The embedded emulator is two moto server processes, one for DynamoDB and one for
+SQS (each is one Python process, so two of them use both cores); boto3 reaches
+them through AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_SQS.
+
+Environment (all optional): PQH_HOST, PQH_PORT, PQH_EMULATOR_PORT (DynamoDB),
+PQH_SQS_EMULATOR_PORT (SQS; default PQH_EMULATOR_PORT + 1; 0: one emulator for
+both), PQH_LOCAL_PREFIX, PQH_TICK_SECONDS, AWS_ENDPOINT_URL (use that emulator
+instead of starting any), plus every service setting of the README.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ def main() -> int:
     host = os.environ.get("PQH_HOST", "127.0.0.1")
     port = _env_int("PQH_PORT", 8000)
     emulator_port = _env_int("PQH_EMULATOR_PORT", 5000)
+    sqs_port = _env_int("PQH_SQS_EMULATOR_PORT", emulator_port + 1)
     prefix = os.environ.get("PQH_LOCAL_PREFIX", "pqh-local")
     tick_seconds = _env_float("PQH_TICK_SECONDS", 60.0)
 
@@ -88,14 +94,30 @@ def main() -> int:
         os.environ.setdefault(name, value)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-    emulator: MotoServer | None = None
+    emulators: list[MotoServer] = []
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
     if not endpoint:
-        emulator = MotoServer("127.0.0.1", emulator_port)
-        emulator.start()
-        endpoint = emulator.url
+        emulators.append(MotoServer("127.0.0.1", emulator_port))
+        if sqs_port:
+            emulators.append(MotoServer("127.0.0.1", sqs_port))
+        try:
+            for emulator in emulators:
+                emulator.launch()
+            for emulator in emulators:
+                emulator.wait_ready()
+        except Exception:
+            for emulator in emulators:
+                emulator.stop()
+            raise
+        endpoint = emulators[0].url
         os.environ["AWS_ENDPOINT_URL"] = endpoint
-    log.info("AWS endpoint: %s%s", endpoint, " (embedded moto server)" if emulator else "")
+        if sqs_port:
+            os.environ["AWS_ENDPOINT_URL_SQS"] = emulators[1].url
+            log.info("AWS endpoint: %s (embedded moto server), SQS: %s (another)", endpoint, emulators[1].url)
+        else:
+            log.info("AWS endpoint: %s (embedded moto server)", endpoint)
+    else:
+        log.info("AWS endpoint: %s", endpoint)
 
     stop = threading.Event()
     lambdas: LocalLambdas | None = None
@@ -148,7 +170,7 @@ def main() -> int:
             server.server.server_close()
         if lambdas is not None:
             lambdas.stop()
-        if emulator is not None:
+        for emulator in emulators:
             emulator.stop()
         log.info("stopped")
 

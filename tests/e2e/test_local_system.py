@@ -56,7 +56,7 @@ def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
 
     # Ctrl-C stops everything cleanly, the emulator included.
     assert system.stop() == 0
-    assert not port_open(system.emulator_port)
+    assert not port_open(system.emulator_port) and not port_open(system.sqs_emulator_port)
     log = system.log_path.read_text()
     assert "Traceback" not in log
     for event in ("submitted task=", "dispatched task=", "started task=", "finished task="):
