@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -180,10 +179,6 @@ class PendingDeletes:
                 self._queues.delete_many(level, handles)
             except Exception:  # redelivered later, found finished, dropped
                 log.exception("level %d: %d finished messages not deleted", level, len(handles))
-
-
-# A pick: its level, its message, the backlog state after it, and whether it took a count.
-Picked = tuple[int, QueuedMessage, policy.Backlog, bool]
 
 
 @dataclass
@@ -671,9 +666,6 @@ class Services:
         unflushed = [0] * len(policy.TALLIES)
         missed = [False]
         deletes = PendingDeletes(self.queues, self.clock)
-        # The next task, picked while the current one runs (PQH_PREFETCH_SECONDS).
-        prefetched: Future[tuple[Picked | None, tuple[int, ...]]] | None = None
-        pool: ThreadPoolExecutor | None = None
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
                 # The dispatcher's read of the backlog: saves this worker a read.
@@ -692,13 +684,7 @@ class Services:
                     pick_at = self.clock()
                     if previous_pick is not None and cycle is None:
                         cycle = pick_at - previous_pick
-                    picked = None
-                    if prefetched is not None:
-                        picked, carried = prefetched.result()
-                        prefetched = None
-                        unflushed[:] = policy.add_tallies(unflushed, carried)  # the ones it did not write
-                    if picked is None:  # none prefetched, or the queues were empty then: look now
-                        picked = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed)
+                    picked = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed)
                     if picked is None:
                         report.stopped_because = "queues empty"
                         break
@@ -712,11 +698,6 @@ class Services:
                         self.clock() - message.submitted_at if message.submitted_at else 0.0,
                     )
                     report.levels.append(level)
-                    if self._prefetch_wanted(snapshot, began, heartbeat.lost):
-                        carry = list(unflushed)  # the prefetching pick writes these, or hands them back
-                        unflushed[:] = [0] * len(unflushed)
-                        pool = pool or ThreadPoolExecutor(1, thread_name_prefix="prefetch")
-                        prefetched = pool.submit(self._prefetch, snapshot, handoff.full_walk, cycle, carry, missed)
                     outcome = self._run_one(level, message, counted, deletes)
                     deletes.flush_if_due()
                     report.outcomes.append(outcome)
@@ -725,16 +706,6 @@ class Services:
                     # Only a task that ran gives a cycle time; the next pick records it.
                     previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
         finally:
-            if prefetched is not None:  # stopped with a task picked and not run: it goes back
-                try:
-                    left, carried = prefetched.result()
-                    unflushed[:] = policy.add_tallies(unflushed, carried)
-                    if left is not None:
-                        self._put_back(left)
-                except Exception:  # it comes back after the visibility timeout; the tick counts it
-                    log.exception("could not put a prefetched task back")
-            if pool is not None:
-                pool.shutdown(wait=True)
             deletes.flush()
             # What the picks did not count rides on the release (the slot item's totals),
             # or, when the slot is no longer ours, on the backlog item.
@@ -751,34 +722,6 @@ class Services:
             # One GetItem instead of a Lambda invoke and a dispatcher run per idle stop.
         return report
 
-    def _prefetch_wanted(self, snapshot: policy.Backlog | None, began: float, lost: bool) -> bool:
-        """Pick the next task during this one: only for short tasks, and with time left to run it."""
-        s = self.settings
-        if s.prefetch_seconds <= 0 or snapshot is None or lost:
-            return False
-        average = snapshot.run_seconds
-        return 0 < average <= s.prefetch_seconds and self.clock() - began + average < s.runner_seconds
-
-    def _prefetch(
-        self,
-        snapshot: policy.Backlog,
-        full_walk: bool,
-        cycle: float | None,
-        carry: list[int],
-        missed: list[bool],
-    ) -> tuple[Picked | None, tuple[int, ...]]:
-        """_pick_next on the prefetch thread; also returns the tallies it did not write."""
-        picked = self._pick_next(snapshot, full_walk, cycle, carry, missed)
-        return picked, tuple(carry)
-
-    def _put_back(self, picked: Picked) -> None:
-        """A picked task that will not run here: its message visible again, its count back."""
-        level, message, _, counted = picked
-        self.queues.give_back(level, [message.receipt_handle])
-        if counted:
-            self.control.add_backlog(level, 1)
-        log.info("put back task=%s level=%d (picked ahead, not run)", message.task_id, level)
-
     def _anything_counted(self) -> bool:
         try:
             return any(count > 0 for count in self.control.backlog().counts)
@@ -793,7 +736,7 @@ class Services:
         last_run: float | None = None,
         unflushed: list[int] | None = None,
         missed: list[bool] | None = None,
-    ) -> Picked | None:
+    ) -> tuple[int, QueuedMessage, policy.Backlog, bool] | None:
         """Choose a level by the policy, take one of its count, then one of its messages.
 
         The last value says whether the message was taken against a count (False for

@@ -5,9 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 
@@ -703,61 +701,3 @@ def test_a_failed_task_whose_worker_died_before_dead_lettering_it_is_dead_letter
     w.services.dispatch(full_walk=True)
     assert w.outcomes() == [ALREADY_FINISHED]
     assert [m.task_id for m in w.queues.dead[0]] == [task.task_id] and w.queues.depth(0) == 0
-
-
-def test_with_prefetch_a_worker_picks_the_next_task_while_one_runs_and_runs_each_once() -> None:
-    w = make_world(capacity=1, prefetch_seconds=1.0)
-    tasks = [w.services.submit(f"user{i}", i) for i in range(10)]
-    w.services.dispatch()
-    picks: list[int] = []
-    ahead: list[int] = []  # picks made when each task started, minus the tasks started before it
-    commit = w.control.commit_pick
-
-    def counted_commit(*args: Any, **kwargs: Any) -> Any:
-        taken, state = commit(*args, **kwargs)
-        picks.append(int(taken))
-        return taken, state
-
-    def task(x: object, ctx: object) -> str:
-        deadline = time.monotonic() + 5  # give the prefetch thread time to pick, on a busy machine
-        while 1 <= len(ahead) <= 8 and sum(picks) - len(ahead) < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        ahead.append(sum(picks) - len(ahead))
-        w.clock.advance(0.1)  # tasks of 0.1 s: the average the worker keeps becomes 0.1
-        return "done"
-
-    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
-    w.services.task_function = task
-    assert w.outcomes() == [SUCCESS] * 10
-    assert ahead[0] == 1  # no average yet: no prefetch during the first task
-    # Then the next task is picked while one runs (never two ahead); not during the last.
-    assert ahead[1:] == [2] * 8 + [1]
-    assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
-    assert w.control.backlog().counts == (0,) * LEVELS and w.queues.depth(0) == 0
-    assert w.services.stats()["tasks"]["succeeded"] == 10
-
-
-def test_a_prefetched_task_goes_back_when_the_worker_stops_before_running_it() -> None:
-    w = make_world(capacity=1, prefetch_seconds=1.0)
-    tasks = [w.services.submit(f"user{i}", i) for i in range(6)]
-    w.services.dispatch()
-    ran: list[object] = []
-
-    def task(x: object, ctx: object) -> str:
-        w.clock.advance(0.1)
-        if len(ran) == 3:
-            raise SystemExit("the worker dies mid-task")  # with the next task already picked
-        ran.append(x)
-        return "done"
-
-    w.services.task_function = task
-    with pytest.raises(SystemExit):
-        w.run_workers()
-    # The prefetched task is visible again and counted: the next worker runs it at once.
-    assert w.control.backlog().counts[0] == 2
-    assert sum(d.queued for d in w.queues.depths()) == 2
-    w.services.task_function = lambda x, ctx: "done"
-    w.clock.advance(TASK_RUN_LEASE_SECONDS + 60)  # the dying task's run lease and message come back
-    w.services.dispatch(full_walk=True)
-    assert sorted(w.outcomes()) == [SUCCESS] * 3
-    assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
