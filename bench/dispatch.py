@@ -102,13 +102,16 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "policy": args.policy,
     }
+    run_env = {"PQH_POLICY": args.policy}
     with tempfile.TemporaryDirectory() as tmp:
-        system = start_local_system(Path(tmp), PQH_CAPACITY="1", PQH_TASK_SECONDS="0.05", PQH_POLICY=args.policy)
+        system = start_local_system(Path(tmp), PQH_CAPACITY="1", PQH_TASK_SECONDS="0.05", **run_env)
         try:
             report["idle_start"] = idle_start_delay(system, args.idle)
         finally:
             system.stop()
-        system = start_local_system(Path(tmp), PQH_CAPACITY=str(args.capacity), PQH_TASK_SECONDS=str(args.task_seconds))
+        system = start_local_system(
+            Path(tmp), PQH_CAPACITY=str(args.capacity), PQH_TASK_SECONDS=str(args.task_seconds), **run_env
+        )
         try:
             report["utilisation"] = utilisation(system, args.tasks, args.users, args.capacity, args.task_seconds)
         finally:
