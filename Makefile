@@ -11,14 +11,16 @@ STAGE ?= dev
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml local/node/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: the local DynamoDB emulator (dynalite) needs Node.js 20+ and npm"; exit 1; }
+	npm ci --prefix local/node --no-audit --no-fund --loglevel=error   # dynalite, the local DynamoDB emulator
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "pip>=24,<26.3"   # chalice 1.34 needs pip < 26.3
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .   # the `pqh` command
 	@touch $(STAMP)
 
-venv: $(STAMP) ## create .venv and install the pinned dependencies
+venv: $(STAMP) ## create .venv and install the pinned dependencies (and dynalite from npm into local/node/)
 
 test: $(STAMP) browser ## run the whole suite (unit, contract, functional, end-to-end, the dashboard in Chromium)
 	$(BIN)/python -m pytest

@@ -4,8 +4,11 @@ moto 5.2's ReceiveMessage checks each returned message's retention by calling
 ``get_queue_attributes``, which computes every attribute, three of them by
 scanning the whole queue; and its clock helpers go through ``datetime`` on every
 visibility check. Together a receive of 10 from a 1,000-message queue took about
-0.6 s on a 2-core machine. The fixes keep moto's behaviour: the retention check
-reads the queue's retention period directly, and "now" comes from time.time().
+0.6 s on a 2-core machine. SendMessage read every queue attribute (three scans of
+the queue) to learn one flag: 1.8 ms of CPU per send with 650 messages queued.
+The fixes keep moto's behaviour: the retention check reads the queue's retention
+period directly, "now" comes from time.time(), a send skips the three counts, and
+moto's pure name conversion is cached.
 
 moto's DynamoDB writes read, change and store an item without a lock, so two
 concurrent ``UpdateItem ... ADD`` requests on one item can both see the old value
@@ -45,6 +48,16 @@ def _unix_time_millis(dt: datetime.datetime | None = None) -> float:
     return _unix_time(dt) * 1000.0
 
 
+_SENDING = threading.local()
+
+
+def _skipped_while_sending(count: Any) -> Any:
+    def wrapped(queue: Any) -> int:
+        return 0 if getattr(_SENDING, "active", False) else int(count(queue))
+
+    return functools.wraps(count)(wrapped)
+
+
 def patch() -> None:
     """Apply the fixes to the imported moto SQS backend (idempotent)."""
     from moto.sqs import models
@@ -53,6 +66,39 @@ def patch() -> None:
         queue = self.get_queue(queue_name)
         retain_until = int(queue.message_retention_period) + message.sent_timestamp / 1000
         return bool(retain_until > _unix_time())
+
+    # SendMessage reads queue.attributes for one flag (ContentBasedDeduplication);
+    # that computes every attribute, three of them by scanning the whole queue.
+    # During a send the three message counts are not computed (nothing reads them).
+    counts = (
+        "approximate_number_of_messages",
+        "approximate_number_of_messages_delayed",
+        "approximate_number_of_messages_not_visible",
+    )
+    if not getattr(models.SQSBackend.send_message, "_pqh_cheap", False):
+        for name in counts:
+            setattr(models.Queue, name, property(_skipped_while_sending(getattr(models.Queue, name).fget)))
+        original_send = models.SQSBackend.send_message
+
+        def send_message(self: Any, *args: Any, **kwargs: Any) -> Any:
+            _SENDING.active = True
+            try:
+                return original_send(self, *args, **kwargs)
+            finally:
+                _SENDING.active = False
+
+        send_message._pqh_cheap = True  # type: ignore[attr-defined]
+        functools.update_wrapper(send_message, original_send)
+        models.SQSBackend.send_message = send_message  # type: ignore[method-assign]
+
+    # camelcase_to_underscores is pure and was 15 calls (0.3 ms) of every SendMessage.
+    from moto.core import responses as core_responses
+    from moto.core import utils as core_utils
+
+    if not hasattr(core_utils.camelcase_to_underscores, "cache_info"):
+        cached = functools.lru_cache(maxsize=4096)(core_utils.camelcase_to_underscores)
+        for module in (core_utils, core_responses, models):
+            setattr(module, "camelcase_to_underscores", cached)  # noqa: B010
 
     setattr(models, "unix_time", _unix_time)  # noqa: B010 (a module global, not an attribute moto exports)
     setattr(models, "unix_time_millis", _unix_time_millis)  # noqa: B010

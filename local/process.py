@@ -96,6 +96,8 @@ def start_local_system(tmp_path: Path, **env: str) -> LocalSystem:
         PQH_TICK_SECONDS="60",
         PYTHONUNBUFFERED="1",
     )
+    if os.environ.get("PQH_DYNAMODB_EMULATOR"):  # benchmarks compare the two emulators
+        run_env["PQH_DYNAMODB_EMULATOR"] = os.environ["PQH_DYNAMODB_EMULATOR"]
     run_env.update(env)
     log_path = tmp_path / "local-run.log"
     log_file = log_path.open("w")

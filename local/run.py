@@ -6,14 +6,15 @@ here by two small pieces (see local/lambdas.py): a thread pool that runs the
 worker handler, and a thread that runs the dispatcher handler when it is
 triggered (on submit and when a task finishes) or when the tick comes.
 
-The embedded emulator is two moto server processes, one for DynamoDB and one for
-SQS (each is one Python process, so two of them use both cores); boto3 reaches
+The embedded emulator is two processes: dynalite for DynamoDB (Node.js; moto's
+server with PQH_DYNAMODB_EMULATOR=moto) and moto's server for SQS; boto3 reaches
 them through AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_SQS.
 
 Environment (all optional): PQH_HOST, PQH_PORT, PQH_EMULATOR_PORT (DynamoDB),
-PQH_SQS_EMULATOR_PORT (SQS; default PQH_EMULATOR_PORT + 1; 0: one emulator for
-both), PQH_LOCAL_PREFIX, PQH_TICK_SECONDS, AWS_ENDPOINT_URL (use that emulator
-instead of starting any), plus every service setting of the README.
+PQH_SQS_EMULATOR_PORT (SQS; default PQH_EMULATOR_PORT + 1; 0 with
+PQH_DYNAMODB_EMULATOR=moto: one moto server for both), PQH_DYNAMODB_EMULATOR
+(dynalite or moto), PQH_LOCAL_PREFIX, PQH_TICK_SECONDS, AWS_ENDPOINT_URL (use that
+emulator instead of starting any), plus every service setting of the README.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -36,7 +38,7 @@ from chalice.local import ChaliceRequestHandler, LocalDevServer, ThreadedHTTPSer
 from chalicelib import aws, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
-from local.emulator import MotoServer  # noqa: E402
+from local.emulator import EmulatorError, MotoServer, dynamodb_emulator  # noqa: E402
 from local.lambdas import LocalLambdas  # noqa: E402
 
 log = logging.getLogger("pqh.local")
@@ -94,26 +96,37 @@ def main() -> int:
         os.environ.setdefault(name, value)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-    emulators: list[MotoServer] = []
+    emulators: list[Any] = []
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
     if not endpoint:
-        emulators.append(MotoServer("127.0.0.1", emulator_port))
-        if sqs_port:
-            emulators.append(MotoServer("127.0.0.1", sqs_port))
+        try:
+            dynamodb = dynamodb_emulator("127.0.0.1", emulator_port)
+        except EmulatorError as exc:
+            log.error("%s", exc)
+            return 2
+        emulators.append(dynamodb)
+        if sqs_port or not isinstance(dynamodb, MotoServer):
+            emulators.append(MotoServer("127.0.0.1", sqs_port or emulator_port + 1))
         try:
             for emulator in emulators:
                 emulator.launch()
             for emulator in emulators:
                 emulator.wait_ready()
+        except EmulatorError as exc:
+            for emulator in emulators:
+                emulator.stop()
+            log.error("%s", exc)
+            return 2
         except Exception:
             for emulator in emulators:
                 emulator.stop()
             raise
-        endpoint = emulators[0].url
+        endpoint = dynamodb.url
         os.environ["AWS_ENDPOINT_URL"] = endpoint
-        if sqs_port:
+        if len(emulators) > 1:
             os.environ["AWS_ENDPOINT_URL_SQS"] = emulators[1].url
-            log.info("AWS endpoint: %s (embedded moto server), SQS: %s (another)", endpoint, emulators[1].url)
+            sqs_url = emulators[1].url
+            log.info("AWS endpoints: DynamoDB %s (embedded %s), SQS %s (moto server)", endpoint, dynamodb.name, sqs_url)
         else:
             log.info("AWS endpoint: %s (embedded moto server)", endpoint)
     else:

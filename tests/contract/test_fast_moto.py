@@ -13,6 +13,12 @@ from moto.sqs import models
 from chalicelib import aws
 from local import fast_moto
 
+COUNTS = (
+    "approximate_number_of_messages",
+    "approximate_number_of_messages_delayed",
+    "approximate_number_of_messages_not_visible",
+)
+
 
 @pytest.fixture
 def patched_sqs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
@@ -23,6 +29,14 @@ def patched_sqs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     )
     monkeypatch.setattr(models, "unix_time", models.unix_time)
     monkeypatch.setattr(models, "unix_time_millis", models.unix_time_millis)
+    monkeypatch.setattr(models.SQSBackend, "send_message", models.SQSBackend.send_message)
+    for name in COUNTS:
+        monkeypatch.setattr(models.Queue, name, getattr(models.Queue, name))
+    from moto.core import responses as core_responses
+    from moto.core import utils as core_utils
+
+    for module in (core_utils, core_responses, models):
+        monkeypatch.setattr(module, "camelcase_to_underscores", module.camelcase_to_underscores)
     fast_moto.patch()  # undone by monkeypatch after the test
     with mock_aws():
         yield aws.client("sqs")
@@ -58,3 +72,38 @@ def test_unix_time_matches_moto_for_explicit_datetimes() -> None:
     moment = datetime.datetime(2026, 11, 28, 1, 2, 3, 456000)
     assert fast_moto._unix_time(moment) == pytest.approx(models.unix_time(moment))
     assert fast_moto._unix_time() == pytest.approx(time.time(), abs=1)
+
+
+def test_a_send_does_not_scan_the_queue_and_the_counts_stay_right(
+    patched_sqs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqs: Any = patched_sqs
+    url = sqs.create_queue(QueueName="deep")["QueueUrl"]
+    for i in range(50):
+        sqs.send_message(QueueUrl=url, MessageBody=str(i))
+    looked_at = [0]
+    visible = models.Message.visible
+
+    def counting_visible(message: Any) -> bool:
+        looked_at[0] += 1
+        return bool(visible.fget(message))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(models.Message, "visible", property(counting_visible))
+    sqs.send_message(QueueUrl=url, MessageBody="one more")
+    assert looked_at[0] == 0  # stock moto looks at every queued message, twice, on each send
+    sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "41"
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "10"
+    assert attributes["ApproximateNumberOfMessagesDelayed"] == "0"
+
+
+def test_content_based_deduplication_still_applies(patched_sqs: Any) -> None:
+    sqs: Any = patched_sqs
+    url = sqs.create_queue(QueueName="d.fifo", Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"})[
+        "QueueUrl"
+    ]
+    for _ in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody="same", MessageGroupId="g")
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    assert [m["Body"] for m in got] == ["same"]

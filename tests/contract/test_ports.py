@@ -1,11 +1,14 @@
-"""One suite, two implementations: the in-memory fakes and the moto-backed adapters.
+"""One suite, three implementations: the in-memory fakes, the adapters on moto, and
+the DynamoDB adapters on dynalite (the local runner's DynamoDB emulator; SQS on moto).
 
-If a fake drifts from what the AWS adapter does, this suite fails for one of them.
+If a fake drifts from what the AWS adapter does, or an emulator from the other,
+this suite fails for one of them.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,20 +37,41 @@ class Ports:
     control: Any
 
 
-@pytest.fixture(params=["memory", "moto"])
-def ports(request: pytest.FixtureRequest) -> Iterator[Ports]:
+@pytest.fixture(scope="session")
+def dynalite_url() -> Iterator[str]:
+    """One dynalite process for the session; each test gets tables of its own."""
+    from local.emulator import DynaliteServer
+    from local.process import free_port
+
+    server = DynaliteServer("127.0.0.1", free_port())
+    server.start(timeout=30)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["memory", "moto", "dynalite"])
+def ports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
     if request.param == "memory":
         yield Ports(MemoryUsageStore(), MemoryTaskStore(), MemoryTaskQueues(clock=time.time), MemoryControlStore())
         return
+    prefix = PREFIX
+    if request.param == "dynalite":
+        # An endpoint for DynamoDB alone: it bypasses moto's mock, which keeps SQS.
+        monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", request.getfixturevalue("dynalite_url"))
+        prefix = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
+    aws.reset()
     with mock_aws():
         dynamodb, sqs = aws.client("dynamodb"), aws.client("sqs")
-        provision(PREFIX, dynamodb, sqs)
+        provision(prefix, dynamodb, sqs)
         yield Ports(
-            DynamoUsageStore(dynamodb, f"{PREFIX}-usage"),
-            DynamoTaskStore(dynamodb, f"{PREFIX}-tasks"),
-            SqsTaskQueues(sqs, lambda level: f"{PREFIX}-level-{level}"),
-            DynamoControlStore(dynamodb, f"{PREFIX}-control"),
+            DynamoUsageStore(dynamodb, f"{prefix}-usage"),
+            DynamoTaskStore(dynamodb, f"{prefix}-tasks"),
+            SqsTaskQueues(sqs, lambda level: f"{prefix}-level-{level}"),
+            DynamoControlStore(dynamodb, f"{prefix}-control"),
         )
+    aws.reset()
 
 
 def make_task(task_id: str = "11111111-1111-4111-8111-111111111111", x: Any = "foo") -> Task:
@@ -102,8 +126,8 @@ def test_a_user_who_comes_back_now_and_then_is_counted_right_and_stays_small(por
         assert ports.usage.record_submission("sparse", now + 700, 600, 6000) == (1, 1)
     assert ports.usage.usage("sparse", now + 700, 600, 6000) == (2, 1)
     if isinstance(ports.usage, DynamoUsageStore):
-        item = aws.client("dynamodb").get_item(
-            TableName=f"{PREFIX}-usage", Key={"user_id": {"S": "sparse"}, "sk": {"S": "u"}}
+        item = ports.usage._db.get_item(
+            TableName=ports.usage._table, Key={"user_id": {"S": "sparse"}, "sk": {"S": "u"}}
         )["Item"]
         assert sum(1 for name in item if name.startswith("b")) <= 12  # stale buckets are swept
 
