@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -59,6 +60,9 @@ TASK_RUN_LEASE_SECONDS = 930
 QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
 # A task whose worker died this many times while running it is marked FAILURE.
 MAX_ATTEMPTS = 3
+# A task's outcome write is tried again after these pauses when it fails even
+# after botocore's retries: losing it means running an expensive task again.
+OUTCOME_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
 # /stats: how many users and recent tasks it lists, and how many usage items it reads at most.
@@ -152,33 +156,56 @@ class PendingDeletes:
         self._max_age = max_age
         self._pending: dict[int, list[str]] = {}
         self._since: float | None = None
+        # A pipelined worker adds from its second thread while the first flushes.
+        self._lock = threading.Lock()
 
     def add(self, level: int, receipt_handle: str) -> None:
-        handles = self._pending.setdefault(level, [])
-        handles.append(receipt_handle)
-        if self._since is None:
-            self._since = self._clock()
-        if len(handles) >= 10:
+        with self._lock:
+            handles = self._pending.setdefault(level, [])
+            handles.append(receipt_handle)
+            if self._since is None:
+                self._since = self._clock()
+            full = len(handles) >= 10
+        if full:
             self._flush_level(level)
 
     def flush_if_due(self) -> None:
-        if self._since is not None and self._clock() - self._since >= self._max_age:
+        with self._lock:
+            due = self._since is not None and self._clock() - self._since >= self._max_age
+        if due:
             self.flush()
 
     def flush(self) -> None:
-        for level in list(self._pending):
+        with self._lock:
+            levels = list(self._pending)
+        for level in levels:
             self._flush_level(level)
-        self._since = None
 
     def _flush_level(self, level: int) -> None:
-        handles = self._pending.pop(level, [])
-        if not self._pending:
-            self._since = None
+        with self._lock:
+            handles = self._pending.pop(level, [])
+            if not self._pending:
+                self._since = None
         if handles:
             try:
                 self._queues.delete_many(level, handles)
             except Exception:  # redelivered later, found finished, dropped
                 log.exception("level %d: %d finished messages not deleted", level, len(handles))
+
+
+# A pick: its level, its message, the backlog state after it, and whether it took a count.
+Picked = tuple[int, QueuedMessage, policy.Backlog, bool]
+
+
+@dataclass(frozen=True)
+class Started:
+    """A task this worker has marked STARTED under its own run id, about to run."""
+
+    level: int
+    message: QueuedMessage
+    task: Task
+    run_id: str
+    at: float
 
 
 @dataclass
@@ -666,6 +693,19 @@ class Services:
         unflushed = [0] * len(policy.TALLIES)
         missed = [False]
         deletes = PendingDeletes(self.queues, self.clock)
+        # The next task, picked while the current one runs (PQH_PREFETCH_SECONDS), and
+        # the current task's outcome write, done while the next one starts.
+        prefetched: Future[tuple[Picked | None, tuple[int, ...]]] | None = None
+        finishing: Future[str] | None = None
+        unrecorded: Exception | None = None
+        pool: ThreadPoolExecutor | None = None
+        finisher: ThreadPoolExecutor | None = None
+
+        def settle(outcome: str) -> None:
+            report.outcomes.append(outcome)
+            if outcome in policy.TALLIES:
+                unflushed[:] = policy.add_tallies(unflushed, policy.tally(outcome))
+
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
                 # The dispatcher's read of the backlog: saves this worker a read.
@@ -684,7 +724,13 @@ class Services:
                     pick_at = self.clock()
                     if previous_pick is not None and cycle is None:
                         cycle = pick_at - previous_pick
-                    picked = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed)
+                    picked = None
+                    if prefetched is not None:
+                        picked, carried = prefetched.result()
+                        prefetched = None
+                        unflushed[:] = policy.add_tallies(unflushed, carried)  # the ones it did not write
+                    if picked is None:  # none prefetched, or the queues were empty then: look now
+                        picked = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed)
                     if picked is None:
                         report.stopped_because = "queues empty"
                         break
@@ -698,14 +744,48 @@ class Services:
                         self.clock() - message.submitted_at if message.submitted_at else 0.0,
                     )
                     report.levels.append(level)
-                    outcome = self._run_one(level, message, counted, deletes)
+                    pipelined = self._prefetch_wanted(snapshot, began, heartbeat.lost)
+                    if pipelined:
+                        carry = list(unflushed)  # the prefetching pick writes these, or hands them back
+                        unflushed[:] = [0] * len(unflushed)
+                        pool = pool or ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+                        prefetched = pool.submit(self._prefetch, snapshot, handoff.full_walk, cycle, carry, missed)
+                    started = self._start_one(level, message, counted, deletes)
+                    if isinstance(started, str):
+                        settle(started)
+                    else:
+                        status, result, error = self._execute(started.task)
+                        if finishing is not None:  # the previous task's outcome write, done by now
+                            settle(finishing.result())
+                            finishing = None
+                        if pipelined:
+                            # The outcome is written on a thread of its own (never queued
+                            # behind a pick) while this one starts the prefetched task.
+                            finisher = finisher or ThreadPoolExecutor(1, thread_name_prefix="finish")
+                            finishing = finisher.submit(self._finish_one, started, status, result, error, deletes)
+                        else:
+                            settle(self._finish_one(started, status, result, error, deletes))
                     deletes.flush_if_due()
-                    report.outcomes.append(outcome)
-                    if outcome in policy.TALLIES:
-                        unflushed[:] = policy.add_tallies(unflushed, policy.tally(outcome))
                     # Only a task that ran gives a cycle time; the next pick records it.
-                    previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
+                    previous_pick, cycle = (pick_at, None) if not isinstance(started, str) else (None, None)
         finally:
+            if finishing is not None:  # the last outcome write: before the slot is freed
+                try:
+                    settle(finishing.result())
+                except Exception as exc:  # as if written inline: the worker fails after cleaning up
+                    log.exception("could not record the outcome of the last task")
+                    unrecorded = exc
+            if prefetched is not None:  # stopped with a task picked and not run: it goes back
+                try:
+                    left, carried = prefetched.result()
+                    unflushed[:] = policy.add_tallies(unflushed, carried)
+                    if left is not None:
+                        self._put_back(left)
+                except Exception:  # it comes back after the visibility timeout; the tick counts it
+                    log.exception("could not put a prefetched task back")
+            for executor in (pool, finisher):
+                if executor is not None:
+                    executor.shutdown(wait=True)
             deletes.flush()
             # What the picks did not count rides on the release (the slot item's totals),
             # or, when the slot is no longer ours, on the backlog item.
@@ -720,7 +800,37 @@ class Services:
             # Else the queues were empty when this worker looked, and still are now that
             # its slot is free: a task submitted in between is counted, so it shows here.
             # One GetItem instead of a Lambda invoke and a dispatcher run per idle stop.
+        if unrecorded is not None:
+            raise unrecorded
         return report
+
+    def _prefetch_wanted(self, snapshot: policy.Backlog | None, began: float, lost: bool) -> bool:
+        """Pick the next task during this one: only for short tasks, and with time left to run it."""
+        s = self.settings
+        if s.prefetch_seconds <= 0 or snapshot is None or lost:
+            return False
+        average = snapshot.run_seconds
+        return 0 < average <= s.prefetch_seconds and self.clock() - began + average < s.runner_seconds
+
+    def _prefetch(
+        self,
+        snapshot: policy.Backlog,
+        full_walk: bool,
+        cycle: float | None,
+        carry: list[int],
+        missed: list[bool],
+    ) -> tuple[Picked | None, tuple[int, ...]]:
+        """_pick_next on the prefetch thread; also returns the tallies it did not write."""
+        picked = self._pick_next(snapshot, full_walk, cycle, carry, missed)
+        return picked, tuple(carry)
+
+    def _put_back(self, picked: Picked) -> None:
+        """A picked task that will not run here: its message visible again, its count back."""
+        level, message, _, counted = picked
+        self.queues.give_back(level, [message.receipt_handle])
+        if counted:
+            self.control.add_backlog(level, 1)
+        log.info("put back task=%s level=%d (picked ahead, not run)", message.task_id, level)
 
     def _anything_counted(self) -> bool:
         try:
@@ -736,7 +846,7 @@ class Services:
         last_run: float | None = None,
         unflushed: list[int] | None = None,
         missed: list[bool] | None = None,
-    ) -> tuple[int, QueuedMessage, policy.Backlog, bool] | None:
+    ) -> Picked | None:
         """Choose a level by the policy, take one of its count, then one of its messages.
 
         The last value says whether the message was taken against a count (False for
@@ -797,13 +907,15 @@ class Services:
         self, level: int, message: QueuedMessage, counted: bool = True, deletes: PendingDeletes | None = None
     ) -> str:
         """Run one task at most once and record its outcome."""
+        started = self._start_one(level, message, counted, deletes)
+        if isinstance(started, str):
+            return started
+        return self._finish_one(started, *self._execute(started.task), deletes)
 
-        def delete() -> None:
-            if deletes is None:
-                self.queues.delete(level, message.receipt_handle)
-            else:
-                deletes.add(level, message.receipt_handle)
-
+    def _start_one(
+        self, level: int, message: QueuedMessage, counted: bool, deletes: PendingDeletes | None
+    ) -> str | Started:
+        """Mark the task started (at most one run holds it), or say why it will not run here."""
         run_id = uuid.uuid4().hex
         now = self.clock()
         outcome, task = self.tasks.start(message.task_id, run_id, now, now + TASK_RUN_LEASE_SECONDS)
@@ -819,7 +931,7 @@ class Services:
             return outcome
         if outcome in (MISSING, ALREADY_FINISHED):
             # A duplicate delivery, or a record that expired: nothing to run.
-            delete()
+            self._delete(level, message, deletes)
             log.info("skipped task=%s (%s)", message.task_id, outcome)
             return outcome
         if outcome == RUNNING_ELSEWHERE:
@@ -842,10 +954,18 @@ class Services:
             now - task.submitted_at,
             task.attempts,
         )
-        status, result, error = self._execute(task)
+        return Started(level, message, task, run_id, now)
+
+    def _finish_one(
+        self, started: Started, status: str, result: Any, error: str | None, deletes: PendingDeletes | None
+    ) -> str:
+        """Record a run's outcome; then its message goes (deleted, or to the dead letters)."""
+        task, run_id, now = started.task, started.run_id, started.at
         finished_at = self.clock()
         expires_at = finished_at + self.settings.result_ttl_seconds
-        recorded = self.tasks.finish(task.task_id, run_id, status, finished_at, expires_at, result=result, error=error)
+        recorded = self._patiently(
+            lambda: self.tasks.finish(task.task_id, run_id, status, finished_at, expires_at, result=result, error=error)
+        )
         if recorded:
             log.info(
                 "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
@@ -863,10 +983,31 @@ class Services:
             return LEASE_LOST  # not counted in the totals: the run that owns it counts it
         # After the outcome is recorded: a crash between the two leaves a redelivery, not a loss.
         if status == FAILURE:
-            self._to_dead_letters(level, message, error or "failed")
+            self._to_dead_letters(started.level, started.message, error or "failed")
         else:
-            delete()
+            self._delete(started.level, started.message, deletes)
         return status
+
+    @staticmethod
+    def _patiently(write: Callable[[], bool]) -> bool:
+        """A write that must not be lost, tried again after OUTCOME_RETRY_DELAYS; the last failure raises.
+
+        Safe to repeat: a first try that landed unseen makes the next fail its
+        condition (False: the outcome is there, the message is left for SQS).
+        """
+        for delay in OUTCOME_RETRY_DELAYS:
+            try:
+                return write()
+            except Exception:
+                log.warning("outcome write failed; trying again in %.1fs", delay, exc_info=True)
+                time.sleep(delay)
+        return write()
+
+    def _delete(self, level: int, message: QueuedMessage, deletes: PendingDeletes | None) -> None:
+        if deletes is None:
+            self.queues.delete(level, message.receipt_handle)
+        else:
+            deletes.add(level, message.receipt_handle)
 
     def _to_dead_letters(self, level: int, message: QueuedMessage, reason: str) -> None:
         """A failed task's message goes to the level's dead-letter queue, for operators to look at or redrive."""

@@ -50,6 +50,9 @@ class Settings:
     max_x_bytes: int = 32768
     idempotency_seconds: int = 24 * 3600
     requeue_after_seconds: int = 7 * 24 * 3600  # a message queued this long is sent again (SQS keeps 14 days)
+    # A worker picks its next task while the current one runs when tasks take at
+    # most this long on average (0: never). The choice is then that much older.
+    prefetch_seconds: float = 1.0
 
     @property
     def bucket_seconds(self) -> int:
@@ -186,4 +189,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         idempotency_seconds=_int(env, "PQH_IDEMPOTENCY_SECONDS", 24 * 3600, 60, 30 * 24 * 3600),
         # Below SQS's 14-day retention, with a day to spare for a tick that fails.
         requeue_after_seconds=_int(env, "PQH_REQUEUE_AFTER_SECONDS", 7 * 24 * 3600, 60, 13 * 24 * 3600),
+        prefetch_seconds=_float(env, "PQH_PREFETCH_SECONDS", 1.0, 0.0),
     )

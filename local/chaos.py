@@ -332,6 +332,8 @@ class Chaos:
         self._build(prefix)
         saved_lease = services_mod.TASK_RUN_LEASE_SECONDS
         services_mod.TASK_RUN_LEASE_SECONDS = RUN_LEASE_SECONDS
+        saved_delays = services_mod.OUTCOME_RETRY_DELAYS
+        services_mod.OUTCOME_RETRY_DELAYS = tuple(BACKOFF_SCALE * d for d in saved_delays)
         hooks = [(aws.client(name), f"before-send.{name}") for name in ("dynamodb", "sqs")]
         for client, event in hooks:
             client.meta.events.register_first(event, self._throttle, unique_id="pqh-chaos")
@@ -349,6 +351,7 @@ class Chaos:
             dispatcher.join(timeout=10)
             self._pool.shutdown(wait=True)
             services_mod.TASK_RUN_LEASE_SECONDS = saved_lease
+            services_mod.OUTCOME_RETRY_DELAYS = saved_delays
             ExponentialBackoff.delay_amount = original_delay
             quiet.setLevel(saved_level)
         self._account(expected)

@@ -51,6 +51,11 @@ class _ChildServer:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "launch() first"
+        return self._process.pid
+
     def probe(self) -> None:
         """Raise OSError until the server answers."""
         with socket.create_connection((self.host, self.port), timeout=1):

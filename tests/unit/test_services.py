@@ -5,10 +5,14 @@ from __future__ import annotations
 import collections
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from unittest import mock
 
 import pytest
 
+from chalicelib import services as services_mod
 from chalicelib.domain import CANCELLED, FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError
 from chalicelib.policy import LEVELS, Backlog, backlog_from_payload, backlog_to_payload
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, RUNNING_ELSEWHERE
@@ -701,3 +705,140 @@ def test_a_failed_task_whose_worker_died_before_dead_lettering_it_is_dead_letter
     w.services.dispatch(full_walk=True)
     assert w.outcomes() == [ALREADY_FINISHED]
     assert [m.task_id for m in w.queues.dead[0]] == [task.task_id] and w.queues.depth(0) == 0
+
+
+def test_with_prefetch_a_worker_picks_the_next_task_while_one_runs_and_runs_each_once() -> None:
+    w = make_world(capacity=1, prefetch_seconds=1.0)
+    tasks = [w.services.submit(f"user{i}", i) for i in range(10)]
+    w.services.dispatch()
+    picks: list[int] = []
+    ahead: list[int] = []  # picks made when each task started, minus the tasks started before it
+    commit = w.control.commit_pick
+
+    def counted_commit(*args: Any, **kwargs: Any) -> Any:
+        taken, state = commit(*args, **kwargs)
+        picks.append(int(taken))
+        return taken, state
+
+    def task(x: object, ctx: object) -> str:
+        deadline = time.monotonic() + 5  # give the prefetch thread time to pick, on a busy machine
+        while 1 <= len(ahead) <= 8 and sum(picks) - len(ahead) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ahead.append(sum(picks) - len(ahead))
+        w.clock.advance(0.1)  # tasks of 0.1 s: the average the worker keeps becomes 0.1
+        return "done"
+
+    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+    w.services.task_function = task
+    assert w.outcomes() == [SUCCESS] * 10
+    assert ahead[0] == 1  # no average yet: no prefetch during the first task
+    # Then the next task is picked while one runs (never two ahead); not during the last.
+    assert ahead[1:] == [2] * 8 + [1]
+    assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
+    assert w.control.backlog().counts == (0,) * LEVELS and w.queues.depth(0) == 0
+    assert w.services.stats()["tasks"]["succeeded"] == 10
+
+
+def test_a_prefetched_task_goes_back_when_the_worker_stops_before_running_it() -> None:
+    w = make_world(capacity=1, prefetch_seconds=1.0)
+    tasks = [w.services.submit(f"user{i}", i) for i in range(6)]
+    w.services.dispatch()
+    ran: list[object] = []
+
+    def task(x: object, ctx: object) -> str:
+        w.clock.advance(0.1)
+        if len(ran) == 3:
+            raise SystemExit("the worker dies mid-task")  # with the next task already picked
+        ran.append(x)
+        return "done"
+
+    w.services.task_function = task
+    with pytest.raises(SystemExit):
+        w.run_workers()
+    # The prefetched task is visible again and counted: the next worker runs it at once.
+    assert w.control.backlog().counts[0] == 2
+    assert sum(d.queued for d in w.queues.depths()) == 2
+    w.services.task_function = lambda x, ctx: "done"
+    w.clock.advance(TASK_RUN_LEASE_SECONDS + 60)  # the dying task's run lease and message come back
+    w.services.dispatch(full_walk=True)
+    assert sorted(w.outcomes()) == [SUCCESS] * 3
+    assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
+
+
+def test_with_prefetch_each_outcome_is_written_while_the_next_task_starts_and_every_one_lands() -> None:
+    w = make_world(capacity=1, prefetch_seconds=1.0)
+    tasks = [w.services.submit(f"user{i}", i) for i in range(8)]
+    w.services.dispatch()
+    writers: list[str] = []
+    finish = w.tasks.finish
+
+    def recording_finish(*args: Any, **kwargs: Any) -> bool:
+        writers.append(threading.current_thread().name)
+        return finish(*args, **kwargs)
+
+    def task(x: object, ctx: object) -> str:
+        w.clock.advance(0.1)
+        return "done"
+
+    w.tasks.finish = recording_finish  # type: ignore[method-assign]
+    w.services.task_function = task
+    (report,) = w.run_workers()
+    assert report.outcomes == [SUCCESS] * 8
+    # The first task runs before any average exists: its outcome is written inline.
+    # Once the worker picks ahead, the outcome goes to its second thread.
+    assert writers[0] == threading.current_thread().name
+    assert all(name.startswith("finish") for name in writers[1:-1])
+    assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
+    assert w.queues.depth(0) == 0 and w.services.stats()["tasks"]["succeeded"] == 8
+
+
+def test_an_outcome_write_that_fails_is_tried_again_before_the_task_is_given_up() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("user", 1)
+    w.services.dispatch()
+    finish = w.tasks.finish
+    failures = [2]
+
+    def flaky_finish(*args: Any, **kwargs: Any) -> bool:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("throttled, even after botocore's retries")
+        return finish(*args, **kwargs)
+
+    w.tasks.finish = flaky_finish  # type: ignore[method-assign]
+    with mock.patch.object(services_mod, "OUTCOME_RETRY_DELAYS", (0.0, 0.0, 0.0)):
+        assert w.outcomes() == [SUCCESS]
+    assert w.ran == [task.task_id]  # ran once: the outcome was not lost
+    assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
+
+
+def test_with_prefetch_an_outcome_write_that_fails_fails_the_worker_after_its_slot_is_freed() -> None:
+    w = make_world(capacity=1, prefetch_seconds=1.0)
+    tasks = [w.services.submit(f"user{i}", i) for i in range(5)]
+    w.services.dispatch()
+    finish = w.tasks.finish
+    calls = [0]
+
+    def failing_finish(*args: Any, **kwargs: Any) -> bool:
+        calls[0] += 1
+        if 3 <= calls[0] <= 3 + len(services_mod.OUTCOME_RETRY_DELAYS):  # every try for the third task
+            raise RuntimeError("DynamoDB is down")
+        return finish(*args, **kwargs)
+
+    def task(x: object, ctx: object) -> str:
+        w.clock.advance(0.1)
+        return "done"
+
+    w.tasks.finish = failing_finish  # type: ignore[method-assign]
+    w.services.task_function = task
+    with mock.patch.object(services_mod, "OUTCOME_RETRY_DELAYS", (0.0, 0.0, 0.0)), pytest.raises(RuntimeError):
+        w.run_workers()
+    assert w.control.slots(1)[0].holder is None  # freed on the way out, as with an inline write
+    w.tasks.finish = finish  # type: ignore[method-assign]
+    # The task whose outcome was lost is STARTED; its message comes back after the
+    # run lease and it runs again (at least once). The prefetched one went back.
+    w.clock.advance(TASK_RUN_LEASE_SECONDS + 60)
+    w.services.dispatch(full_walk=True)
+    w.outcomes()
+    assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
+    assert w.control.backlog().counts == (0,) * LEVELS
