@@ -57,7 +57,8 @@ clean: ## remove build output and caches
 
 .PHONY: help venv test browser lint format package clean
 
-bench: $(STAMP) ## benchmarks: start delay, utilisation, SQS depth, AWS requests per task, submit/dispatch at depth 0-10,000 (tables; bench/results/)
+bench: $(STAMP) ## benchmarks: cost of one AWS call, start delay, utilisation, SQS depth, AWS requests per task, submit/dispatch at depth 0-10,000 (tables; bench/results/)
+	$(BIN)/python -m bench.emulator_calls
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.sqs_depth
 	$(BIN)/python -m bench.requests_per_task

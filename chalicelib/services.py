@@ -156,36 +156,28 @@ class PendingDeletes:
         self._max_age = max_age
         self._pending: dict[int, list[str]] = {}
         self._since: float | None = None
-        # A pipelined worker adds from its second thread while the first flushes.
-        self._lock = threading.Lock()
 
     def add(self, level: int, receipt_handle: str) -> None:
-        with self._lock:
-            handles = self._pending.setdefault(level, [])
-            handles.append(receipt_handle)
-            if self._since is None:
-                self._since = self._clock()
-            full = len(handles) >= 10
-        if full:
+        handles = self._pending.setdefault(level, [])
+        handles.append(receipt_handle)
+        if self._since is None:
+            self._since = self._clock()
+        if len(handles) >= 10:
             self._flush_level(level)
 
     def flush_if_due(self) -> None:
-        with self._lock:
-            due = self._since is not None and self._clock() - self._since >= self._max_age
-        if due:
+        if self._since is not None and self._clock() - self._since >= self._max_age:
             self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            levels = list(self._pending)
-        for level in levels:
+        for level in list(self._pending):
             self._flush_level(level)
+        self._since = None
 
     def _flush_level(self, level: int) -> None:
-        with self._lock:
-            handles = self._pending.pop(level, [])
-            if not self._pending:
-                self._since = None
+        handles = self._pending.pop(level, [])
+        if not self._pending:
+            self._since = None
         if handles:
             try:
                 self._queues.delete_many(level, handles)
@@ -693,13 +685,9 @@ class Services:
         unflushed = [0] * len(policy.TALLIES)
         missed = [False]
         deletes = PendingDeletes(self.queues, self.clock)
-        # The next task, picked while the current one runs (PQH_PREFETCH_SECONDS), and
-        # the current task's outcome write, done while the next one starts.
+        # The next task, picked while the current one runs (PQH_PREFETCH_SECONDS).
         prefetched: Future[tuple[Picked | None, tuple[int, ...]]] | None = None
-        finishing: Future[str] | None = None
-        unrecorded: Exception | None = None
         pool: ThreadPoolExecutor | None = None
-        finisher: ThreadPoolExecutor | None = None
 
         def settle(outcome: str) -> None:
             report.outcomes.append(outcome)
@@ -726,10 +714,13 @@ class Services:
                         cycle = pick_at - previous_pick
                     picked = None
                     if prefetched is not None:
+                        # Its walk found the queues empty, or it picked: either way no
+                        # second look. A task counted after that walk is seen by the
+                        # check after the slot is freed, as with an inline pick.
                         picked, carried = prefetched.result()
                         prefetched = None
                         unflushed[:] = policy.add_tallies(unflushed, carried)  # the ones it did not write
-                    if picked is None:  # none prefetched, or the queues were empty then: look now
+                    else:
                         picked = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed)
                     if picked is None:
                         report.stopped_because = "queues empty"
@@ -744,8 +735,7 @@ class Services:
                         self.clock() - message.submitted_at if message.submitted_at else 0.0,
                     )
                     report.levels.append(level)
-                    pipelined = self._prefetch_wanted(snapshot, began, heartbeat.lost)
-                    if pipelined:
+                    if self._prefetch_wanted(snapshot, began, heartbeat.lost):
                         carry = list(unflushed)  # the prefetching pick writes these, or hands them back
                         unflushed[:] = [0] * len(unflushed)
                         pool = pool or ThreadPoolExecutor(1, thread_name_prefix="prefetch")
@@ -754,27 +744,14 @@ class Services:
                     if isinstance(started, str):
                         settle(started)
                     else:
-                        status, result, error = self._execute(started.task)
-                        if finishing is not None:  # the previous task's outcome write, done by now
-                            settle(finishing.result())
-                            finishing = None
-                        if pipelined:
-                            # The outcome is written on a thread of its own (never queued
-                            # behind a pick) while this one starts the prefetched task.
-                            finisher = finisher or ThreadPoolExecutor(1, thread_name_prefix="finish")
-                            finishing = finisher.submit(self._finish_one, started, status, result, error, deletes)
-                        else:
-                            settle(self._finish_one(started, status, result, error, deletes))
+                        # The outcome is written before the next task starts, never
+                        # alongside it: a worker that dies starting the next task
+                        # has recorded this one (at most a redelivery, not a rerun).
+                        settle(self._finish_one(started, *self._execute(started.task), deletes))
                     deletes.flush_if_due()
                     # Only a task that ran gives a cycle time; the next pick records it.
                     previous_pick, cycle = (pick_at, None) if not isinstance(started, str) else (None, None)
         finally:
-            if finishing is not None:  # the last outcome write: before the slot is freed
-                try:
-                    settle(finishing.result())
-                except Exception as exc:  # as if written inline: the worker fails after cleaning up
-                    log.exception("could not record the outcome of the last task")
-                    unrecorded = exc
             if prefetched is not None:  # stopped with a task picked and not run: it goes back
                 try:
                     left, carried = prefetched.result()
@@ -783,9 +760,8 @@ class Services:
                         self._put_back(left)
                 except Exception:  # it comes back after the visibility timeout; the tick counts it
                     log.exception("could not put a prefetched task back")
-            for executor in (pool, finisher):
-                if executor is not None:
-                    executor.shutdown(wait=True)
+            if pool is not None:
+                pool.shutdown(wait=True)
             deletes.flush()
             # What the picks did not count rides on the release (the slot item's totals),
             # or, when the slot is no longer ours, on the backlog item.
@@ -800,8 +776,6 @@ class Services:
             # Else the queues were empty when this worker looked, and still are now that
             # its slot is free: a task submitted in between is counted, so it shows here.
             # One GetItem instead of a Lambda invoke and a dispatcher run per idle stop.
-        if unrecorded is not None:
-            raise unrecorded
         return report
 
     def _prefetch_wanted(self, snapshot: policy.Backlog | None, began: float, lost: bool) -> bool:

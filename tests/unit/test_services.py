@@ -765,33 +765,6 @@ def test_a_prefetched_task_goes_back_when_the_worker_stops_before_running_it() -
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
 
 
-def test_with_prefetch_each_outcome_is_written_while_the_next_task_starts_and_every_one_lands() -> None:
-    w = make_world(capacity=1, prefetch_seconds=1.0)
-    tasks = [w.services.submit(f"user{i}", i) for i in range(8)]
-    w.services.dispatch()
-    writers: list[str] = []
-    finish = w.tasks.finish
-
-    def recording_finish(*args: Any, **kwargs: Any) -> bool:
-        writers.append(threading.current_thread().name)
-        return finish(*args, **kwargs)
-
-    def task(x: object, ctx: object) -> str:
-        w.clock.advance(0.1)
-        return "done"
-
-    w.tasks.finish = recording_finish  # type: ignore[method-assign]
-    w.services.task_function = task
-    (report,) = w.run_workers()
-    assert report.outcomes == [SUCCESS] * 8
-    # The first task runs before any average exists: its outcome is written inline.
-    # Once the worker picks ahead, the outcome goes to its second thread.
-    assert writers[0] == threading.current_thread().name
-    assert all(name.startswith("finish") for name in writers[1:-1])
-    assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
-    assert w.queues.depth(0) == 0 and w.services.stats()["tasks"]["succeeded"] == 8
-
-
 def test_an_outcome_write_that_fails_is_tried_again_before_the_task_is_given_up() -> None:
     w = make_world(capacity=1)
     task = w.services.submit("user", 1)
