@@ -1,7 +1,8 @@
 """Where a submit's time goes: py-spy on the local runner and on its emulator while 8 clients submit.
 
-Starts the local system, puts 8 clients on POST /task, and samples both
-processes (the Chalice app and the moto server) with py-spy for a few seconds.
+Starts the local system, puts 8 clients on POST /task, and samples the Chalice
+app's process and moto's server (SQS) with py-spy for a few seconds, counting only
+samples that hold the GIL (CPU, not waits); dynalite's CPU is read from /proc.
 Prints the functions most often on the stack in each process (by own file) and
 saves flame graphs to bench/results/profile-<process>.svg.
 
@@ -102,7 +103,10 @@ def main() -> None:
         system = start_local_system(Path(tmp), PQH_CAPACITY="4", PQH_TASK_SECONDS="600")
         try:
             runner = system.process.pid
+            # moto's server (SQS) is Python and sampled; dynalite (DynamoDB) is Node.js:
+            # only its CPU is read.
             emulator = next(c for c in children(runner) if "fast_moto" in cmdline(c))
+            dynalite = next((c for c in children(runner) if "dynalite" in cmdline(c)), None)
             stop = threading.Event()
             clients = [threading.Thread(target=load, args=(system.base_url, stop), daemon=True) for _ in range(8)]
             for thread in clients:
@@ -126,6 +130,7 @@ def main() -> None:
                             "--output",
                             str(raw),
                             "--nonblocking",
+                            "--gil",  # only the thread holding the GIL: CPU, not waiting on sockets
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
@@ -145,12 +150,15 @@ def main() -> None:
                             "--output",
                             str(svg),
                             "--nonblocking",
+                            "--gil",  # only the thread holding the GIL: CPU, not waiting on sockets
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     ),
                 )
             pids = {"runner": runner, "emulator": emulator}
+            if dynalite is not None:
+                pids["dynalite"] = dynalite
             cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
             began = time.monotonic()
             for _, process in recorders.values():
@@ -168,6 +176,8 @@ def main() -> None:
             print("  innermost frames:")
             for frame, share in hottest(raw):
                 print(f"  {share:6.1%}  {frame[:110]}")
+        if "dynalite" in cpu:
+            print(f"\ndynalite (DynamoDB, Node.js, not sampled): {cpu['dynalite']:.2f} cores busy")
         print("\nflame graphs: bench/results/profile-runner.svg, bench/results/profile-emulator.svg")
 
 
