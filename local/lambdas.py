@@ -12,7 +12,9 @@ so the local system runs the same code path as AWS:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -95,3 +97,113 @@ class LocalLambdas:
             except Exception:
                 if not self._stopped.is_set():
                     log.exception("dispatcher failed; the next trigger or tick retries")
+
+
+class RemoteLambdas:
+    """The Invoker of the API process: invocations go to the Lambda process (``python -m local.lambdas``).
+
+    On AWS the API, the dispatcher and the workers are separate Lambda functions;
+    here they are two processes, so the API's requests and the workers' loops do
+    not share one interpreter lock. Each invocation is a line of JSON on the
+    child's stdin; the child's output goes to the runner's.
+    """
+
+    def __init__(self, capacity: int, tick_seconds: float) -> None:
+        import subprocess
+        import sys
+
+        from local.emulator import ROOT, _die_with_parent
+
+        self._lock = threading.Lock()
+        ready_read, ready_write = os.pipe()
+        self._process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "local.lambdas"),
+                *("--capacity", str(capacity), "--tick", str(tick_seconds), "--ready-fd", str(ready_write)),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            pass_fds=(ready_write,),
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        os.close(ready_write)
+        # Until the handlers are imported and running, triggers would only queue up:
+        # the runner says it is up once this process is.
+        with os.fdopen(ready_read, "rb") as ready:
+            if ready.read(1) != b"1":
+                self._process.wait()
+                raise RuntimeError(f"the local Lambda process exited with code {self._process.returncode}")
+
+    def _send(self, message: dict[str, object]) -> None:
+        import json
+
+        stdin = self._process.stdin
+        if stdin is None or self._process.poll() is not None:
+            raise RuntimeError("the local Lambda process is not running")
+        with self._lock:
+            stdin.write((json.dumps(message) + "\n").encode())
+            stdin.flush()
+
+    def start_worker(self, handoff: Handoff) -> None:
+        self._send({"function": "worker", "payload": handoff.to_payload()})
+
+    def trigger_dispatch(self) -> None:
+        self._send({"function": "dispatcher"})
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Close the pipe: the Lambda process stops its dispatcher and workers and exits."""
+        import subprocess
+
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def serve(capacity: int, tick_seconds: float, ready_fd: int | None = None) -> int:
+    """The Lambda process: the handlers on LocalLambdas, invoked by lines on stdin, until stdin closes."""
+    import json
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    for noisy in ("botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import app as app_module
+    from chalicelib import wiring
+
+    for handler in app_module.app.log.handlers:  # Chalice's own handler on the "pqh" logger
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    lambdas = LocalLambdas(app_module, capacity=capacity, tick_seconds=tick_seconds)
+    wiring.configure(invoker_factory=lambda _settings: lambdas)
+    lambdas.start()
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
+    try:
+        for line in sys.stdin:
+            message = json.loads(line)
+            if message.get("function") == "worker":
+                lambdas.start_worker(Handoff.from_payload(message["payload"]))
+            else:
+                lambdas.trigger_dispatch()
+    finally:
+        lambdas.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops this process by closing its stdin
+    parser = argparse.ArgumentParser(description="the local runner's Lambda process")
+    parser.add_argument("--capacity", type=int, required=True)
+    parser.add_argument("--tick", type=float, required=True)
+    parser.add_argument("--ready-fd", type=int, help="written to once the handlers run")
+    arguments = parser.parse_args()
+    sys.exit(serve(arguments.capacity, arguments.tick, arguments.ready_fd))

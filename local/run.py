@@ -2,9 +2,10 @@
 
 The same Chalice handlers and the same DynamoDB/SQS adapters that run on Lambda,
 talking to an emulator over HTTP. What Lambda and EventBridge do on AWS is done
-here by two small pieces (see local/lambdas.py): a thread pool that runs the
+here by a second process (see local/lambdas.py): a thread pool that runs the
 worker handler, and a thread that runs the dispatcher handler when it is
-triggered (on submit and when a task finishes) or when the tick comes.
+triggered (on submit and when a task finishes) or when the tick comes. This
+process serves the API and sends it the submits' triggers.
 
 The embedded emulator is two processes: dynalite for DynamoDB (Node.js; moto's
 server with PQH_DYNAMODB_EMULATOR=moto) and moto's server for SQS; boto3 reaches
@@ -39,7 +40,7 @@ from chalicelib import aws, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
 from local.emulator import EmulatorError, MotoServer, dynamodb_emulator  # noqa: E402
-from local.lambdas import LocalLambdas  # noqa: E402
+from local.lambdas import RemoteLambdas  # noqa: E402
 
 log = logging.getLogger("pqh.local")
 
@@ -133,7 +134,7 @@ def main() -> int:
         log.info("AWS endpoint: %s", endpoint)
 
     stop = threading.Event()
-    lambdas: LocalLambdas | None = None
+    lambdas: RemoteLambdas | None = None
     server: LocalDevServer | None = None
     try:
         os.environ.update(settings_env(prefix))
@@ -151,9 +152,10 @@ def main() -> int:
         for handler in app_module.app.log.handlers:  # Chalice's own handler on the "pqh" logger
             handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
 
-        lambdas = LocalLambdas(app_module, capacity=settings.capacity, tick_seconds=tick_seconds)
+        # The dispatcher, the workers and the tick run in a process of their own, as
+        # separate Lambda functions do on AWS; this process serves the API.
+        lambdas = RemoteLambdas(capacity=settings.capacity, tick_seconds=tick_seconds)
         wiring.configure(invoker_factory=lambda _settings: lambdas)
-        lambdas.start()
 
         config = Config.create(chalice_stage="local", app_name="pqh", project_dir=str(ROOT))
         server = LocalDevServer(
