@@ -27,7 +27,7 @@ from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, Dyna
 from chalicelib.adapters.sqs import SqsTaskQueues
 from chalicelib.domain import SUCCESS, Task
 from infra.provision import provision
-from local.emulator import DynaliteServer, MotoServer
+from local.emulator import MotoServer, dynamodb_emulator
 from local.process import free_port
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -52,9 +52,7 @@ def measure(call: Callable[[int], Any], calls: int, server_pid: int) -> dict[str
 
 
 def run(kind: str, calls: int, sqs_server: MotoServer) -> list[dict[str, Any]]:
-    server: Any = (
-        DynaliteServer("127.0.0.1", free_port()) if kind == "dynalite" else MotoServer("127.0.0.1", free_port())
-    )
+    server = dynamodb_emulator("127.0.0.1", free_port(), kind)
     server.start()
     try:
         os.environ["AWS_ENDPOINT_URL"] = server.url

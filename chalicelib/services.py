@@ -189,17 +189,6 @@ class PendingDeletes:
 Picked = tuple[int, QueuedMessage, policy.Backlog, bool]
 
 
-@dataclass(frozen=True)
-class Started:
-    """A task this worker has marked STARTED under its own run id, about to run."""
-
-    level: int
-    message: QueuedMessage
-    task: Task
-    run_id: str
-    at: float
-
-
 @dataclass
 class Services:
     settings: Settings
@@ -688,12 +677,6 @@ class Services:
         # The next task, picked while the current one runs (PQH_PREFETCH_SECONDS).
         prefetched: Future[tuple[Picked | None, tuple[int, ...]]] | None = None
         pool: ThreadPoolExecutor | None = None
-
-        def settle(outcome: str) -> None:
-            report.outcomes.append(outcome)
-            if outcome in policy.TALLIES:
-                unflushed[:] = policy.add_tallies(unflushed, policy.tally(outcome))
-
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
                 # The dispatcher's read of the backlog: saves this worker a read.
@@ -740,17 +723,15 @@ class Services:
                         unflushed[:] = [0] * len(unflushed)
                         pool = pool or ThreadPoolExecutor(1, thread_name_prefix="prefetch")
                         prefetched = pool.submit(self._prefetch, snapshot, handoff.full_walk, cycle, carry, missed)
-                    started = self._start_one(level, message, counted, deletes)
-                    if isinstance(started, str):
-                        settle(started)
-                    else:
-                        # The outcome is written before the next task starts, never
-                        # alongside it: a worker that dies starting the next task
-                        # has recorded this one (at most a redelivery, not a rerun).
-                        settle(self._finish_one(started, *self._execute(started.task), deletes))
+                    # The outcome is written before the next task starts, never alongside
+                    # it: a worker that dies starting the next task has recorded this one.
+                    outcome = self._run_one(level, message, counted, deletes)
                     deletes.flush_if_due()
+                    report.outcomes.append(outcome)
+                    if outcome in policy.TALLIES:
+                        unflushed[:] = policy.add_tallies(unflushed, policy.tally(outcome))
                     # Only a task that ran gives a cycle time; the next pick records it.
-                    previous_pick, cycle = (pick_at, None) if not isinstance(started, str) else (None, None)
+                    previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
         finally:
             if prefetched is not None:  # stopped with a task picked and not run: it goes back
                 try:
@@ -881,15 +862,13 @@ class Services:
         self, level: int, message: QueuedMessage, counted: bool = True, deletes: PendingDeletes | None = None
     ) -> str:
         """Run one task at most once and record its outcome."""
-        started = self._start_one(level, message, counted, deletes)
-        if isinstance(started, str):
-            return started
-        return self._finish_one(started, *self._execute(started.task), deletes)
 
-    def _start_one(
-        self, level: int, message: QueuedMessage, counted: bool, deletes: PendingDeletes | None
-    ) -> str | Started:
-        """Mark the task started (at most one run holds it), or say why it will not run here."""
+        def delete() -> None:
+            if deletes is None:
+                self.queues.delete(level, message.receipt_handle)
+            else:
+                deletes.add(level, message.receipt_handle)
+
         run_id = uuid.uuid4().hex
         now = self.clock()
         outcome, task = self.tasks.start(message.task_id, run_id, now, now + TASK_RUN_LEASE_SECONDS)
@@ -905,7 +884,7 @@ class Services:
             return outcome
         if outcome in (MISSING, ALREADY_FINISHED):
             # A duplicate delivery, or a record that expired: nothing to run.
-            self._delete(level, message, deletes)
+            delete()
             log.info("skipped task=%s (%s)", message.task_id, outcome)
             return outcome
         if outcome == RUNNING_ELSEWHERE:
@@ -928,13 +907,7 @@ class Services:
             now - task.submitted_at,
             task.attempts,
         )
-        return Started(level, message, task, run_id, now)
-
-    def _finish_one(
-        self, started: Started, status: str, result: Any, error: str | None, deletes: PendingDeletes | None
-    ) -> str:
-        """Record a run's outcome; then its message goes (deleted, or to the dead letters)."""
-        task, run_id, now = started.task, started.run_id, started.at
+        status, result, error = self._execute(task)
         finished_at = self.clock()
         expires_at = finished_at + self.settings.result_ttl_seconds
         recorded = self._patiently(
@@ -957,9 +930,9 @@ class Services:
             return LEASE_LOST  # not counted in the totals: the run that owns it counts it
         # After the outcome is recorded: a crash between the two leaves a redelivery, not a loss.
         if status == FAILURE:
-            self._to_dead_letters(started.level, started.message, error or "failed")
+            self._to_dead_letters(level, message, error or "failed")
         else:
-            self._delete(started.level, started.message, deletes)
+            delete()
         return status
 
     @staticmethod
@@ -976,12 +949,6 @@ class Services:
                 log.warning("outcome write failed; trying again in %.1fs", delay, exc_info=True)
                 time.sleep(delay)
         return write()
-
-    def _delete(self, level: int, message: QueuedMessage, deletes: PendingDeletes | None) -> None:
-        if deletes is None:
-            self.queues.delete(level, message.receipt_handle)
-        else:
-            deletes.add(level, message.receipt_handle)
 
     def _to_dead_letters(self, level: int, message: QueuedMessage, reason: str) -> None:
         """A failed task's message goes to the level's dead-letter queue, for operators to look at or redrive."""

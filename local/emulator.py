@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DYNALITE = ROOT / "local" / "node" / "node_modules" / "dynalite" / "cli.js"
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
+def die_with_parent() -> None:  # runs in the child before exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -38,7 +38,7 @@ class EmulatorError(Exception):
     """The emulator could not start; the message says why and what to do."""
 
 
-class _ChildServer:
+class EmulatorProcess:
     """An emulator process on a loopback port: launch, wait until it answers, stop."""
 
     name = "emulator"
@@ -78,7 +78,7 @@ class _ChildServer:
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -106,7 +106,7 @@ class _ChildServer:
             self._process.wait()
 
 
-class MotoServer(_ChildServer):
+class MotoServer(EmulatorProcess):
     """moto's server with pqh's fixes (local/fast_moto.py): DynamoDB, SQS, or both."""
 
     name = "moto server"
@@ -119,7 +119,7 @@ class MotoServer(_ChildServer):
             pass
 
 
-class DynaliteServer(_ChildServer):
+class DynaliteServer(EmulatorProcess):
     """dynalite: DynamoDB's API in Node.js, in memory; tables are ACTIVE as soon as created.
 
     A conditional UpdateItem costs it about 1.3 ms of CPU where moto's server
@@ -149,7 +149,7 @@ class DynaliteServer(_ChildServer):
         ]
 
 
-def dynamodb_emulator(host: str, port: int, kind: str | None = None) -> _ChildServer:
+def dynamodb_emulator(host: str, port: int, kind: str | None = None) -> EmulatorProcess:
     """The DynamoDB emulator named by PQH_DYNAMODB_EMULATOR: dynalite (the default) or moto."""
     kind = (kind if kind is not None else os.environ.get("PQH_DYNAMODB_EMULATOR", "")).strip() or "dynalite"
     if kind == "dynalite":

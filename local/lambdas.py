@@ -12,17 +12,24 @@ so the local system runs the same code path as AWS:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import logging
 import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 from types import ModuleType
 
 from chalice.local import LambdaContext
 
+from chalicelib import wiring
 from chalicelib.domain import Handoff
+from local.emulator import ROOT, die_with_parent
 
 log = logging.getLogger("pqh.local")
 
@@ -109,11 +116,6 @@ class RemoteLambdas:
     """
 
     def __init__(self, capacity: int, tick_seconds: float) -> None:
-        import subprocess
-        import sys
-
-        from local.emulator import ROOT, _die_with_parent
-
         self._lock = threading.Lock()
         ready_read, ready_write = os.pipe()
         self._process = subprocess.Popen(
@@ -124,7 +126,7 @@ class RemoteLambdas:
             cwd=ROOT,
             stdin=subprocess.PIPE,
             pass_fds=(ready_write,),
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         os.close(ready_write)
         # Until the handlers are imported and running, triggers would only queue up:
@@ -135,8 +137,6 @@ class RemoteLambdas:
                 raise RuntimeError(f"the local Lambda process exited with code {self._process.returncode}")
 
     def _send(self, message: dict[str, object]) -> None:
-        import json
-
         stdin = self._process.stdin
         if stdin is None or self._process.poll() is not None:
             raise RuntimeError("the local Lambda process is not running")
@@ -152,8 +152,6 @@ class RemoteLambdas:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Close the pipe: the Lambda process stops its dispatcher and workers and exits."""
-        import subprocess
-
         if self._process.stdin is not None:
             with contextlib.suppress(OSError):
                 self._process.stdin.close()
@@ -166,14 +164,10 @@ class RemoteLambdas:
 
 def serve(capacity: int, tick_seconds: float, ready_fd: int | None = None) -> int:
     """The Lambda process: the handlers on LocalLambdas, invoked by lines on stdin, until stdin closes."""
-    import json
-    import sys
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     for noisy in ("botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    import app as app_module
-    from chalicelib import wiring
+    import app as app_module  # after logging is set up: importing it configures Chalice's logger
 
     for handler in app_module.app.log.handlers:  # Chalice's own handler on the "pqh" logger
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
@@ -196,10 +190,6 @@ def serve(capacity: int, tick_seconds: float, ready_fd: int | None = None) -> in
 
 
 if __name__ == "__main__":
-    import argparse
-    import signal
-    import sys
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops this process by closing its stdin
     parser = argparse.ArgumentParser(description="the local runner's Lambda process")
     parser.add_argument("--capacity", type=int, required=True)

@@ -27,7 +27,6 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -39,7 +38,7 @@ from chalice.local import ChaliceRequestHandler, LocalDevServer, ThreadedHTTPSer
 from chalicelib import aws, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
-from local.emulator import EmulatorError, MotoServer, dynamodb_emulator  # noqa: E402
+from local.emulator import EmulatorError, EmulatorProcess, MotoServer, dynamodb_emulator  # noqa: E402
 from local.lambdas import RemoteLambdas  # noqa: E402
 
 log = logging.getLogger("pqh.local")
@@ -97,7 +96,7 @@ def main() -> int:
         os.environ.setdefault(name, value)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-    emulators: list[Any] = []
+    emulators: list[EmulatorProcess] = []
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
     if not endpoint:
         try:
