@@ -172,9 +172,9 @@ class Bench:
         done = 0
         while done < count:
             picked = svc._pick_next(snapshot, False)
-            if picked is None:
+            if not picked:
                 break
-            level, message, snapshot, counted = picked
+            ((level, message, snapshot, counted),) = picked
             svc._run_one(level, message, counted, deletes)
             done += 1
         deletes.flush()

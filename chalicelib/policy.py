@@ -6,7 +6,7 @@ fair allocation is tested exhaustively in milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
 from typing import Any
@@ -225,6 +225,49 @@ def after_pick(state: Backlog, level: int, policy_name: str, shares: Sequence[in
     passes = list(state.passes)
     passes[level] = start + 1.0 / shares[level]
     return replace(taken, passes=tuple(passes), vtime=start)
+
+
+def plan_picks(
+    state: Backlog, most: int, policy_name: str, shares: Sequence[int] = DEFAULT_SHARES
+) -> tuple[list[int], Backlog]:
+    """The levels of the next ``most`` tasks, in the order the policy takes them, and the state after.
+
+    The same choices as ``most`` single picks in a row (fewer if fewer are queued).
+    """
+    levels: list[int] = []
+    while len(levels) < most and (level := choose_level(state, policy_name, shares)) is not None:
+        levels.append(level)
+        state = after_pick(state, level, policy_name, shares)
+    return levels, state
+
+
+def takes_of(takes: int | Mapping[int, int]) -> dict[int, int]:
+    """A commit's takes as {level: tasks}: a bare level means one task of it."""
+    wanted = {takes: 1} if isinstance(takes, int) else {lvl: n for lvl, n in takes.items() if n}
+    if not wanted or any(not 0 <= lvl < LEVELS or n < 0 for lvl, n in wanted.items()):
+        raise ValueError(f"not a pick: {takes!r}")
+    return wanted
+
+
+# SQS returns at most ten messages per receive: a worker holds at most this many picks.
+MAX_BATCH = 10
+
+
+def batch_size(run_seconds: float, ahead_seconds: float, seconds_left: float) -> int:
+    """How many tasks a worker picks at once: about ``ahead_seconds`` of work, at least one.
+
+    ``run_seconds`` is the recent average per task (0: not known yet, so one).
+    Never more than fit in the worker's ``seconds_left``, nor MAX_BATCH.
+    """
+    if run_seconds <= 0 or ahead_seconds <= 0:
+        return 1
+    fits = min(ahead_seconds, max(0.0, seconds_left)) / run_seconds
+    return max(1, min(MAX_BATCH, int(fits)))
+
+
+def pick_within_level_many(sample: Sequence[tuple[float, float]], n: int) -> list[int]:
+    """Indices of the ``n`` messages to run from a sample, in the order to run them (see pick_within_level)."""
+    return sorted(range(len(sample)), key=lambda i: (sample[i][0], sample[i][1], i))[:n]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:

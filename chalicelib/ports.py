@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from chalicelib.domain import Handoff, QueueDepth, QueuedMessage, Task, TaskSummary, UserUsage
@@ -114,6 +114,9 @@ class ControlStore(Protocol):
 
     def slots(self, capacity: int) -> list[Slot]: ...
 
+    def slots_and_backlog(self, capacity: int) -> tuple[list[Slot], Backlog]:
+        """The slots and the backlog state, in one read (what a dispatcher run and /stats need)."""
+
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool: ...
 
     def take_over_slot(self, slot_id: int, holder: str, new_holder: str, now: float, lease_until: float) -> bool:
@@ -136,9 +139,12 @@ class ControlStore(Protocol):
         """
 
     def commit_pick(
-        self, seen: Backlog, after: Backlog, level: int, tallies: Sequence[int] = ()
+        self, seen: Backlog, after: Backlog, takes: int | Mapping[int, int], tallies: Sequence[int] = ()
     ) -> tuple[bool, Backlog]:
-        """Take one task of ``level``: store ``after`` if the state is still ``seen``.
+        """Take tasks off the counts: store ``after`` if the state is still ``seen``.
+
+        ``takes`` is a level (one task of it) or {level: tasks}; each level must
+        still count that many, all in one conditional write.
 
         ``tallies`` (finished tasks not yet counted) are added with the same write.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -429,8 +430,7 @@ class Services:
         """What the dashboard shows: queues, capacity, totals, top users, recent tasks."""
         s = self.settings
         now = self.clock()
-        state = self.control.backlog()
-        slots = self.control.slots(s.capacity)
+        slots, state = self.control.slots_and_backlog(s.capacity)
         running = sum(1 for slot in slots if not slot.is_free(now))
         depths = self.queues.depths()
         users, truncated = self.usage.top_users(
@@ -621,12 +621,12 @@ class Services:
         s = self.settings
         now = self.clock()
         report = DispatchReport()
-        free = policy.free_slots(self.control.slots(s.capacity), s.capacity, now)
+        slots, state = self.control.slots_and_backlog(s.capacity)  # one BatchGetItem
+        free = policy.free_slots(slots, s.capacity, now)
         report.free_slots = len(free)
+        report.backlog = list(state.counts)
         if not free:
             return report
-        state = self.control.backlog()
-        report.backlog = list(state.counts)
         wanted = policy.workers_wanted(len(free), report.backlog, full_walk)
         for slot_id in free:
             if report.workers_started >= wanted:
@@ -674,8 +674,11 @@ class Services:
         unflushed = [0] * len(policy.TALLIES)
         missed = [False]
         deletes = PendingDeletes(self.queues, self.clock)
-        # The next task, picked while the current one runs (PQH_PREFETCH_SECONDS).
-        prefetched: Future[tuple[Picked | None, tuple[int, ...]]] | None = None
+        # Picked and not yet run, in the order to run them: up to PQH_PREFETCH_SECONDS
+        # of short tasks are picked with one write and received with one call.
+        held: collections.deque[Picked] = collections.deque()
+        # The next batch, picked while the last held task runs.
+        prefetched: Future[tuple[list[Picked], tuple[int, ...]]] | None = None
         pool: ThreadPoolExecutor | None = None
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
@@ -695,20 +698,22 @@ class Services:
                     pick_at = self.clock()
                     if previous_pick is not None and cycle is None:
                         cycle = pick_at - previous_pick
-                    picked = None
-                    if prefetched is not None:
-                        # Its walk found the queues empty, or it picked: either way no
-                        # second look. A task counted after that walk is seen by the
-                        # check after the slot is freed, as with an inline pick.
-                        picked, carried = prefetched.result()
-                        prefetched = None
-                        unflushed[:] = policy.add_tallies(unflushed, carried)  # the ones it did not write
-                    else:
-                        picked = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed)
-                    if picked is None:
+                    if not held:
+                        if prefetched is not None:
+                            # Its walk found the queues empty, or it picked: either way no
+                            # second look. A task counted after that walk is seen by the
+                            # check after the slot is freed, as with an inline pick.
+                            batch, carried = prefetched.result()
+                            prefetched = None
+                            unflushed[:] = policy.add_tallies(unflushed, carried)  # the ones it did not write
+                        else:
+                            most = self._batch_size(snapshot, began)
+                            batch = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed, most)
+                        held.extend(batch)
+                    if not held:
                         report.stopped_because = "queues empty"
                         break
-                    level, message, snapshot, counted = picked
+                    level, message, snapshot, counted = held.popleft()
                     log.info(
                         "dispatched task=%s user=%s level=%d slot=%d wait=%.3fs",
                         message.task_id,
@@ -718,11 +723,12 @@ class Services:
                         self.clock() - message.submitted_at if message.submitted_at else 0.0,
                     )
                     report.levels.append(level)
-                    if self._prefetch_wanted(snapshot, began, heartbeat.lost):
+                    if not held and self._prefetch_wanted(snapshot, began, heartbeat.lost):
                         carry = list(unflushed)  # the prefetching pick writes these, or hands them back
                         unflushed[:] = [0] * len(unflushed)
                         pool = pool or ThreadPoolExecutor(1, thread_name_prefix="prefetch")
-                        prefetched = pool.submit(self._prefetch, snapshot, handoff.full_walk, cycle, carry, missed)
+                        args = (snapshot, handoff.full_walk, cycle, carry, missed, self._batch_size(snapshot, began))
+                        prefetched = pool.submit(self._prefetch, *args)
                     # The outcome is written before the next task starts, never alongside
                     # it: a worker that dies starting the next task has recorded this one.
                     outcome = self._run_one(level, message, counted, deletes)
@@ -733,14 +739,19 @@ class Services:
                     # Only a task that ran gives a cycle time; the next pick records it.
                     previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
         finally:
-            if prefetched is not None:  # stopped with a task picked and not run: it goes back
+            left = list(held)  # stopped with tasks picked and not run: they go back
+            if prefetched is not None:
                 try:
-                    left, carried = prefetched.result()
+                    batch, carried = prefetched.result()
                     unflushed[:] = policy.add_tallies(unflushed, carried)
-                    if left is not None:
-                        self._put_back(left)
-                except Exception:  # it comes back after the visibility timeout; the tick counts it
-                    log.exception("could not put a prefetched task back")
+                    left += batch
+                except Exception:  # they come back after the visibility timeout; the tick counts them
+                    log.exception("could not pick ahead")
+            if left:
+                try:
+                    self._put_back(left)
+                except Exception:  # they come back after the visibility timeout; the tick counts them
+                    log.exception("could not put %d picked tasks back", len(left))
             if pool is not None:
                 pool.shutdown(wait=True)
             deletes.flush()
@@ -760,12 +771,18 @@ class Services:
         return report
 
     def _prefetch_wanted(self, snapshot: policy.Backlog | None, began: float, lost: bool) -> bool:
-        """Pick the next task during this one: only for short tasks, and with time left to run it."""
+        """Pick the next tasks during this one: only for short tasks, and with time left to run them."""
         s = self.settings
         if s.prefetch_seconds <= 0 or snapshot is None or lost:
             return False
         average = snapshot.run_seconds
         return 0 < average <= s.prefetch_seconds and self.clock() - began + average < s.runner_seconds
+
+    def _batch_size(self, snapshot: policy.Backlog | None, began: float) -> int:
+        """About PQH_PREFETCH_SECONDS of tasks at the recent average, within the worker's time left."""
+        s = self.settings
+        average = snapshot.run_seconds if snapshot is not None else 0.0
+        return policy.batch_size(average, s.prefetch_seconds, s.runner_seconds - (self.clock() - began))
 
     def _prefetch(
         self,
@@ -774,18 +791,23 @@ class Services:
         cycle: float | None,
         carry: list[int],
         missed: list[bool],
-    ) -> tuple[Picked | None, tuple[int, ...]]:
+        most: int,
+    ) -> tuple[list[Picked], tuple[int, ...]]:
         """_pick_next on the prefetch thread; also returns the tallies it did not write."""
-        picked = self._pick_next(snapshot, full_walk, cycle, carry, missed)
+        picked = self._pick_next(snapshot, full_walk, cycle, carry, missed, most)
         return picked, tuple(carry)
 
-    def _put_back(self, picked: Picked) -> None:
-        """A picked task that will not run here: its message visible again, its count back."""
-        level, message, _, counted = picked
-        self.queues.give_back(level, [message.receipt_handle])
-        if counted:
-            self.control.add_backlog(level, 1)
-        log.info("put back task=%s level=%d (picked ahead, not run)", message.task_id, level)
+    def _put_back(self, picks: list[Picked]) -> None:
+        """Picked tasks that will not run here: their messages visible again, their counts back."""
+        by_level: dict[int, list[Picked]] = {}
+        for pick in picks:
+            by_level.setdefault(pick[0], []).append(pick)
+        for level, group in by_level.items():
+            self.queues.give_back(level, [message.receipt_handle for _, message, _, _ in group])
+            counted = sum(1 for *_, was_counted in group if was_counted)
+            if counted:
+                self.control.add_backlog(level, counted)
+            log.info("put back %d tasks of level %d (picked ahead, not run)", len(group), level)
 
     def _anything_counted(self) -> bool:
         try:
@@ -801,40 +823,39 @@ class Services:
         last_run: float | None = None,
         unflushed: list[int] | None = None,
         missed: list[bool] | None = None,
-    ) -> Picked | None:
-        """Choose a level by the policy, take one of its count, then one of its messages.
+        most: int = 1,
+    ) -> list[Picked]:
+        """Choose up to ``most`` tasks by the policy, take them off the counts in one write, then receive them.
 
-        The last value says whether the message was taken against a count (False for
+        In the order the policy runs them; empty when nothing is left. Each pick's
+        last value says whether its message was taken against a count (False for
         the tick's walk over uncounted messages). ``unflushed`` tallies ride on the
         pick's write and are zeroed once written. ``missed`` remembers a pick that
-        found no message: before stopping, this worker then walks every level itself.
+        found fewer messages than it counted: before stopping, this worker then
+        walks every level itself.
         """
         s = self.settings
         state = snapshot if snapshot is not None else self.control.backlog()
         if snapshot is not None and policy.choose_level(state, s.policy, s.shares) is None:
             state = self.control.backlog()  # the snapshot predates the last task: look again
         sample = s.fair_sample if s.policy == "fair" else 1
-        while (level := policy.choose_level(state, s.policy, s.shares)) is not None:
-            after = policy.after_pick(state, level, s.policy, s.shares)
+        while True:
+            levels, after = policy.plan_picks(state, most, s.policy, s.shares)
+            if not levels:
+                break
             if last_run is not None:  # this slot's last seconds per task, for ETAs
                 after = replace(after, run_seconds=policy.moving_average(state.run_seconds, last_run))
-            taken, state = self.control.commit_pick(state, after, level, tuple(unflushed or ()))
+            takes = {level: levels.count(level) for level in levels}
+            taken, state = self.control.commit_pick(state, after, takes, tuple(unflushed or ()))
             if not taken:
                 continue  # the state moved (a submit, or another worker's pick): choose again
             if unflushed:
                 unflushed[:] = [0] * len(unflushed)
-            messages = self.queues.receive(level, sample, wait_seconds=0)
-            if not messages:
-                # A short poll samples some SQS servers and may miss a message that
-                # is there; a long poll asks them all. Still nothing: the count was
-                # ahead of the queue, and this pick has corrected it. Or the message
-                # was in another worker's sample, about to be given back: then it is
-                # queued but no longer counted, and the walk below finds it.
-                messages = self.queues.receive(level, sample, wait_seconds=1)
-                if not messages and missed is not None:
-                    missed[:] = [True]
-            if messages:
-                return level, self._one_of(level, messages), state, True
+            received = {level: self._receive_for(level, n, sample, missed) for level, n in takes.items()}
+            # In the policy's order: a level's n-th turn runs its n-th chosen message.
+            picks = [(level, received[level].pop(0), state, True) for level in levels if received[level]]
+            if picks:
+                return picks
         walk = full_walk or bool(missed and missed[0])
         if missed is not None:
             missed[:] = [False]
@@ -847,16 +868,44 @@ class Services:
                 if messages:
                     if missed is not None:
                         missed[:] = [True]  # there may be more: walk again before stopping
-                    return level, messages[0], state, False
-        return None
+                    return [(level, messages[0], state, False)]
+        return []
 
-    def _one_of(self, level: int, messages: list[QueuedMessage]) -> QueuedMessage:
-        """Fairness inside a level: of the sampled messages, run the one whose user had used least."""
-        if len(messages) == 1:
-            return messages[0]
-        chosen = policy.pick_within_level([(m.tag, m.submitted_at) for m in messages])
-        self.queues.give_back(level, [m.receipt_handle for i, m in enumerate(messages) if i != chosen])
-        return messages[chosen]
+    def _receive_for(self, level: int, n: int, sample: int, missed: list[bool] | None) -> list[QueuedMessage]:
+        """The ``n`` messages of a level a pick counted: the best ``n`` of ``n + sample - 1`` received.
+
+        One receive for a single task (a sample of PQH_FAIR_SAMPLE, as before
+        batches), two for a batch of ten with the default sample of ten.
+        """
+        want = min(2 * policy.MAX_BATCH, n + sample - 1)
+        messages: list[QueuedMessage] = []
+        while len(messages) < want:
+            ask = min(policy.MAX_BATCH, want - len(messages))
+            got = self.queues.receive(level, ask, wait_seconds=0)
+            if not got and not messages:
+                # A short poll samples some SQS servers and may miss a message that
+                # is there; a long poll asks them all. Still nothing: the count was
+                # ahead of the queue, and this pick has corrected it. Or the message
+                # was in another worker's sample, about to be given back: then it is
+                # queued but no longer counted, and the walk finds it.
+                got = self.queues.receive(level, ask, wait_seconds=1)
+            messages += got
+            if len(got) < ask:
+                break  # the level has no more visible: do not ask again
+        if len(messages) < n and missed is not None:
+            missed[:] = [True]
+        return self._some_of(level, messages, n)
+
+    def _some_of(self, level: int, messages: list[QueuedMessage], n: int) -> list[QueuedMessage]:
+        """Fairness inside a level: of the sampled messages, the ``n`` whose users had used least, in order."""
+        if len(messages) <= 1:
+            return messages
+        chosen = policy.pick_within_level_many([(m.tag, m.submitted_at) for m in messages], n)
+        kept = set(chosen)
+        rest = [m.receipt_handle for i, m in enumerate(messages) if i not in kept]
+        if rest:
+            self.queues.give_back(level, rest)
+        return [messages[i] for i in chosen]
 
     def _run_one(
         self, level: int, message: QueuedMessage, counted: bool = True, deletes: PendingDeletes | None = None

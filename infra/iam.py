@@ -44,7 +44,7 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
         (["lambda:InvokeFunction"], ["function:dispatcher"]),
     ],
     "dispatcher": [
-        (["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"], ["ControlTable"]),
+        (["dynamodb:UpdateItem", "dynamodb:BatchGetItem"], ["ControlTable"]),  # slots and backlog: one BatchGetItem
         (["lambda:InvokeFunction"], ["function:worker"]),
     ],
     "worker": [

@@ -7,7 +7,7 @@ TTL attributes only clean up: every read compares the expiry with ``now``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -563,14 +563,27 @@ class DynamoControlStore:
         return _conditional_update(self._db, self._table, Key={"pk": {"S": key}}, **kwargs)
 
     def slots(self, capacity: int) -> list[Slot]:
+        return self._read_slots(capacity, with_backlog=False)[0]
+
+    def slots_and_backlog(self, capacity: int) -> tuple[list[Slot], Backlog]:
+        slots, backlog = self._read_slots(capacity, with_backlog=True)
+        return slots, backlog or Backlog()
+
+    def _read_slots(self, capacity: int, with_backlog: bool) -> tuple[list[Slot], Backlog | None]:
+        """The slots' items (and the backlog item), a hundred keys per BatchGetItem."""
         found: list[Slot] = []
-        ids = list(range(capacity))
-        for start in range(0, len(ids), 100):
-            keys = [{"pk": {"S": _slot_key(i)}} for i in ids[start : start + 100]]
-            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        backlog: Backlog | None = None
+        keys = [{"pk": {"S": _slot_key(i)}} for i in range(capacity)]
+        if with_backlog:
+            keys.append({"pk": {"S": BACKLOG_KEY}})
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {self._table: {"Keys": keys[start : start + 100], "ConsistentRead": True}}
             while request:
                 response = self._db.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self._table, []):
+                    if item["pk"]["S"] == BACKLOG_KEY:
+                        backlog = _backlog_from(item)
+                        continue
                     found.append(
                         Slot(
                             slot_id=int(item["pk"]["S"].split("#", 1)[1]),
@@ -580,7 +593,7 @@ class DynamoControlStore:
                         )
                     )
                 request = response.get("UnprocessedKeys") or {}
-        return sorted(found, key=lambda s: s.slot_id)
+        return sorted(found, key=lambda s: s.slot_id), backlog
 
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool:
         return self._update(
@@ -652,8 +665,9 @@ class DynamoControlStore:
         return int(attributes[f"l{level}"]["N"]), int(attributes[f"e{level}"]["N"])
 
     def commit_pick(
-        self, seen: Backlog, after: Backlog, level: int, tallies: Sequence[int] = ()
+        self, seen: Backlog, after: Backlog, takes: int | Mapping[int, int], tallies: Sequence[int] = ()
     ) -> tuple[bool, Backlog]:
+        wanted = policy.takes_of(takes)
         # Optimistic concurrency: the pick was chosen from ``seen``; it stands only if
         # what the choice depends on is unchanged: no other pick since (the version,
         # which only picks move on), and the same levels empty and non-empty (a
@@ -663,7 +677,7 @@ class DynamoControlStore:
             f"l{lvl} > :zero" if count > 0 else f"(attribute_not_exists(l{lvl}) OR l{lvl} <= :zero)"
             for lvl, count in enumerate(seen.counts)
         ]
-        values: dict[str, Any] = {":zero": {"N": "0"}, ":minus": {"N": "-1"}, ":one": {"N": "1"}}
+        values: dict[str, Any] = {":zero": {"N": "0"}, ":one": {"N": "1"}}
         # Only what the pick changes is written (usually vt and one level's pass):
         # with the version unchanged, the rest is as ``seen`` has it.
         sets = []
@@ -679,13 +693,18 @@ class DynamoControlStore:
                 sets.append(f"p{lvl} = :p{lvl}")
         if seen.version:
             values[":v"] = {"N": str(seen.version)}
-        adds = [f"l{level} :minus", f"d{level} :one", "v :one", *_tally_adds(tallies, values)]
+        adds, enough = [], []
+        for lvl, n in sorted(wanted.items()):
+            values[f":t{lvl}"], values[f":m{lvl}"] = {"N": str(n)}, {"N": str(-n)}
+            adds += [f"l{lvl} :m{lvl}", f"d{lvl} :t{lvl}"]
+            enough.append(f"l{lvl} >= :t{lvl}")
+        adds += ["v :one", *_tally_adds(tallies, values)]
         try:
             response = self._db.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": BACKLOG_KEY}},
                 UpdateExpression=(f"SET {', '.join(sets)} " if sets else "") + f"ADD {', '.join(adds)}",
-                ConditionExpression=" AND ".join([version, f"l{level} > :zero", *shape]),
+                ConditionExpression=" AND ".join([version, *enough, *shape]),
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",

@@ -6,7 +6,7 @@ import copy
 import itertools
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -378,6 +378,9 @@ class MemoryControlStore:
         with self._mutex:
             return [self._slots[i] for i in sorted(self._slots) if i < capacity]
 
+    def slots_and_backlog(self, capacity: int) -> tuple[list[Slot], Backlog]:
+        return self.slots(capacity), self.backlog()
+
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool:
         with self._mutex:
             slot = self._slots.get(slot_id, Slot(slot_id))
@@ -432,16 +435,19 @@ class MemoryControlStore:
             return counts[level], enqueued[level]
 
     def commit_pick(
-        self, seen: Backlog, after: Backlog, level: int, tallies: Sequence[int] = ()
+        self, seen: Backlog, after: Backlog, takes: int | Mapping[int, int], tallies: Sequence[int] = ()
     ) -> tuple[bool, Backlog]:
+        wanted = policy.takes_of(takes)
         with self._mutex:
             current = self._clamped()
             same_shape = all((a > 0) == (b > 0) for a, b in zip(current.counts, seen.counts, strict=True))
-            if current.version != seen.version or current.counts[level] <= 0 or not same_shape:
+            enough = all(current.counts[level] >= n for level, n in wanted.items())
+            if current.version != seen.version or not enough or not same_shape:
                 return False, current
             counts, dequeued = list(self._state.counts), list(self._state.dequeued)
-            counts[level] -= 1
-            dequeued[level] += 1
+            for level, n in wanted.items():
+                counts[level] -= n
+                dequeued[level] += n
             self._state = replace(
                 self._state,
                 counts=tuple(counts),

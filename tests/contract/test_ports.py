@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from chalicelib import aws
+from chalicelib import aws, policy
 from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, DynamoUsageStore
 from chalicelib.adapters.memory import MemoryControlStore, MemoryTaskQueues, MemoryTaskStore, MemoryUsageStore
 from chalicelib.adapters.sqs import SqsTaskQueues
@@ -220,6 +220,17 @@ def test_slots_are_claimed_once_and_freed_by_release_or_lease_expiry(ports: Port
     assert ports.control.slots(2)[1].holder == "c"
 
 
+def test_the_slots_and_the_backlog_come_in_one_read(ports: Ports) -> None:
+    slots, state = ports.control.slots_and_backlog(3)
+    assert slots == [] and state == Backlog()  # nothing written yet
+    assert ports.control.claim_slot(1, "h", 100.0, 160.0)
+    ports.control.enqueue(4)
+    slots, state = ports.control.slots_and_backlog(3)
+    assert [(slot.slot_id, slot.holder) for slot in slots] == [(1, "h")]
+    assert state == ports.control.backlog() and state.counts[4] == 1
+    assert ports.control.slots_and_backlog(1)[0] == []  # slots past the capacity are not read
+
+
 def test_only_the_holder_renews_a_slot_lease(ports: Ports) -> None:
     assert ports.control.claim_slot(0, "a", NOW, NOW + 10)
     assert not ports.control.renew_slot(0, "b", NOW + 100)
@@ -268,6 +279,26 @@ def test_a_pick_commits_only_from_the_current_state(ports: Ports) -> None:
     taken, now = ports.control.commit_pick(current, current, 0)
     assert taken and now.counts == (0, 0, 0, 2, 0, 0)
     assert not ports.control.commit_pick(now, now, 0)[0]  # level 0 has none left
+
+
+def test_a_pick_of_several_tasks_takes_them_from_each_level_in_one_write(ports: Ports) -> None:
+    ports.control.add_backlog(2, 3)
+    ports.control.add_backlog(4, 5)
+    seen = ports.control.backlog()
+    levels, after = policy.plan_picks(seen, 6, "fair")
+    takes = {level: levels.count(level) for level in levels}
+    assert levels == [2, 4, 2, 2, 4, 4] and takes == {2: 3, 4: 3}  # by the levels' shares
+    taken, now = ports.control.commit_pick(seen, after, takes, (1, 0, 0))
+    assert taken
+    assert now.counts == (0, 0, 0, 0, 2, 0) and now.dequeued == (0, 0, 3, 0, 3, 0)
+    assert (now.passes, now.vtime, now.version) == (after.passes, after.vtime, seen.version + 1)
+    assert now.tallies == (1, 0, 0)
+    # A level that no longer counts as many as the pick wants refuses the whole pick.
+    ports.control.add_backlog(4, -1)  # a cancel: the version stays, the count drops
+    levels, after = policy.plan_picks(now, 2, "fair")
+    assert levels == [4, 4]
+    taken, current = ports.control.commit_pick(now, after, {4: 2})
+    assert not taken and current.counts == (0, 0, 0, 0, 1, 0)
 
 
 def test_delete_many_deletes_in_batches_and_skips_stale_handles(ports: Ports) -> None:

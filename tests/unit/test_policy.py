@@ -102,3 +102,55 @@ def test_workers_wanted_is_one_per_queued_task_up_to_the_free_slots() -> None:
     assert policy.workers_wanted(3, [0] * 6) == 0
     assert policy.workers_wanted(3, [0] * 6, full_walk=True) == 1
     assert policy.workers_wanted(0, [9] * 6, full_walk=True) == 0
+
+
+@pytest.mark.parametrize("policy_name", policy.POLICIES)
+@pytest.mark.parametrize("most", [1, 3, 10])
+def test_a_planned_batch_is_the_same_as_single_picks_in_a_row(policy_name: str, most: int) -> None:
+    state = policy.Backlog(counts=(1, 0, 3, 0, 5, 7), passes=(0.0, 0.0, 0.5, 0.0, 0.25, 1.0), vtime=0.25)
+    levels, after = policy.plan_picks(state, most, policy_name)
+    one_by_one, current = [], state
+    while len(one_by_one) < most and (level := policy.choose_level(current, policy_name)) is not None:
+        one_by_one.append(level)
+        current = policy.after_pick(current, level, policy_name)
+    assert levels == one_by_one and after == current and len(levels) == most
+
+
+def test_a_batch_plan_stops_when_nothing_is_left() -> None:
+    levels, after = policy.plan_picks(policy.Backlog(counts=(0, 2, 0, 0, 0, 1)), 10, "strict")
+    assert levels == [1, 1, 5] and after.counts == (0,) * policy.LEVELS
+    assert policy.plan_picks(policy.Backlog(), 10, "fair") == ([], policy.Backlog())
+
+
+@pytest.mark.parametrize(
+    ("run_seconds", "ahead", "left", "size"),
+    [
+        (0.0, 1.0, 240.0, 1),  # no average yet: one at a time
+        (0.1, 0.0, 240.0, 1),  # prefetch off: one at a time
+        (0.1, 1.0, 240.0, 10),  # a second of 0.1-s tasks
+        (0.01, 1.0, 240.0, 10),  # never more than one receive holds
+        (0.3, 1.0, 240.0, 3),
+        (0.1, 1.0, 0.35, 3),  # no more than fit in the time the worker has left
+        (2.0, 1.0, 240.0, 1),  # long tasks: one at a time
+        (0.1, 1.0, -1.0, 1),
+    ],
+)
+def test_a_batch_holds_about_the_prefetch_seconds_of_work(
+    run_seconds: float, ahead: float, left: float, size: int
+) -> None:
+    assert policy.batch_size(run_seconds, ahead, left) == size
+
+
+def test_a_batch_within_a_level_runs_the_least_used_users_first() -> None:
+    sample = [(3.0, 10.0), (0.0, 12.0), (1.0, 5.0), (0.0, 11.0), (2.0, 1.0)]
+    assert policy.pick_within_level_many(sample, 3) == [3, 1, 2]
+    assert policy.pick_within_level_many(sample, 1) == [policy.pick_within_level(sample)]
+    assert policy.pick_within_level_many(sample, 9) == [3, 1, 2, 4, 0]
+
+
+def test_takes_name_levels_and_counts() -> None:
+    assert policy.takes_of(3) == {3: 1}
+    assert policy.takes_of({1: 2, 4: 0, 5: 1}) == {1: 2, 5: 1}
+    for bad in ({}, {6: 1}, {1: -1}, -1):
+        with pytest.raises(ValueError, match="not a pick"):
+            policy.takes_of(bad)

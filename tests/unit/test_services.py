@@ -201,7 +201,7 @@ def test_a_dead_worker_frees_its_slot_when_the_lease_runs_out() -> None:
 def test_a_task_whose_worker_died_mid_run_runs_again_once_sqs_redelivers_it() -> None:
     w = make_world(capacity=1)
     task = w.services.submit("u", "x")
-    level, message, _, _ = w.services._pick_next(None, False)  # type: ignore[misc]
+    ((level, message, _, _),) = w.services._pick_next(None, False)
     w.tasks.start(task.task_id, "dead-run", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
     # The worker dies here. After the visibility timeout SQS shows the message again,
     # uncounted: the tick's worker finds it, and the run lease has expired by then.
@@ -217,8 +217,8 @@ def test_a_task_whose_worker_dies_every_time_ends_failure_in_the_dead_letter_que
     w = make_world(capacity=1)
     task = w.services.submit("u", "x")
     for attempt in range(3):
-        picked = w.services._pick_next(None, full_walk=True)
-        assert picked is not None and picked[1].task_id == task.task_id
+        (picked,) = w.services._pick_next(None, full_walk=True)
+        assert picked[1].task_id == task.task_id
         w.tasks.start(task.task_id, f"dead-run-{attempt}", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
         w.clock.advance(w.queues.visibility_timeout + 1)  # the worker died; SQS shows the message again
     w.services.dispatch(full_walk=True)
@@ -707,36 +707,90 @@ def test_a_failed_task_whose_worker_died_before_dead_lettering_it_is_dead_letter
     assert [m.task_id for m in w.queues.dead[0]] == [task.task_id] and w.queues.depth(0) == 0
 
 
-def test_with_prefetch_a_worker_picks_the_next_task_while_one_runs_and_runs_each_once() -> None:
+def test_with_prefetch_a_worker_picks_a_second_of_short_tasks_in_one_write_while_one_runs() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
-    tasks = [w.services.submit(f"user{i}", i) for i in range(10)]
+    tasks = [w.services.submit(f"user{i}", i) for i in range(14)]
     w.services.dispatch()
-    picks: list[int] = []
-    ahead: list[int] = []  # picks made when each task started, minus the tasks started before it
-    commit = w.control.commit_pick
+    takes: list[int] = []  # tasks taken by each committed pick
+    receives: list[int] = []  # messages asked for by each receive
+    ahead: list[int] = []  # tasks taken when each task started, minus the tasks started before it
+    commit, receive = w.control.commit_pick, w.queues.receive
 
-    def counted_commit(*args: Any, **kwargs: Any) -> Any:
-        taken, state = commit(*args, **kwargs)
-        picks.append(int(taken))
+    def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
+        taken, state = commit(seen, after, wanted, *args)
+        if taken:
+            takes.append(sum(wanted.values()) if isinstance(wanted, dict) else 1)
         return taken, state
+
+    def counted_receive(level: int, most: int, wait_seconds: int) -> Any:
+        receives.append(most)
+        return receive(level, most, wait_seconds)
 
     def task(x: object, ctx: object) -> str:
         deadline = time.monotonic() + 5  # give the prefetch thread time to pick, on a busy machine
-        while 1 <= len(ahead) <= 8 and sum(picks) - len(ahead) < 2 and time.monotonic() < deadline:
+        wanted = {1: 3, 11: 4}.get(len(ahead), 0)  # during the 2nd and 12th tasks, wait for their pick
+        while len(takes) < wanted and time.monotonic() < deadline:
             time.sleep(0.005)
-        ahead.append(sum(picks) - len(ahead))
+        ahead.append(sum(takes) - len(ahead))
         w.clock.advance(0.1)  # tasks of 0.1 s: the average the worker keeps becomes 0.1
         return "done"
 
     w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+    w.queues.receive = counted_receive  # type: ignore[method-assign]
     w.services.task_function = task
-    assert w.outcomes() == [SUCCESS] * 10
-    assert ahead[0] == 1  # no average yet: no prefetch during the first task
-    # Then the next task is picked while one runs (never two ahead); not during the last.
-    assert ahead[1:] == [2] * 8 + [1]
+    assert w.outcomes() == [SUCCESS] * 14
+    # No average during the first task: one task at a time. Once the average is 0.1 s,
+    # the worker takes ten at once (a second of them, SQS's most per receive) while the
+    # last one it holds runs: during the second task, and again during the twelfth.
+    assert takes == [1, 1, 10, 2]
+    assert ahead == [1, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 3, 2, 1]
+    # Each pick samples PQH_FAIR_SAMPLE (10) more than it keeps, less one: a receive of
+    # ten for one task; ten and nine for ten (two left after the first ten); ten for two.
+    assert receives == [10, 10, 10, 9, 10]
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
     assert w.control.backlog().counts == (0,) * LEVELS and w.queues.depth(0) == 0
-    assert w.services.stats()["tasks"]["succeeded"] == 10
+    assert w.services.stats()["tasks"]["succeeded"] == 10 + 4
+
+
+def test_a_batch_runs_what_single_picks_would_in_the_same_order() -> None:
+    def run(prefetch_seconds: float) -> tuple[list[tuple[str, object]], list[int]]:
+        w = make_world(capacity=1, prefetch_seconds=prefetch_seconds)
+        # One heavy user's 12 tasks (levels 0, 1 x5, 2 x6) and three light users' two
+        # each (levels 0 and 1), a second apart: no level holds more than ten.
+        for i in range(12):
+            w.services.submit("heavy", i)
+            w.clock.advance(1)
+        for i in range(6):
+            w.services.submit(f"light{i % 3}", 100 + i)
+            w.clock.advance(1)
+        order: list[tuple[str, object]] = []
+        takes: list[int] = []
+        commit = w.control.commit_pick
+
+        def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
+            taken, state = commit(seen, after, wanted, *args)
+            if taken:
+                takes.append(sum(wanted.values()))
+            return taken, state
+
+        def task(x: object, ctx: Any) -> str:
+            order.append((ctx.user_id, x))
+            w.clock.advance(0.1)
+            return "done"
+
+        w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+        w.services.task_function = task
+        w.services.dispatch()
+        assert w.outcomes() == [SUCCESS] * 18
+        return order, takes
+
+    batched, batches = run(1.0)
+    single, singles = run(0.0)
+    assert max(batches) == 10 and singles == [1] * 18  # batches were taken, and not taken
+    # The fair policy's level order, and within a level the lightest users first
+    # (the best n of n + PQH_FAIR_SAMPLE - 1 received): the same as one by one.
+    assert batched == single
+    assert single.index(("light0", 103)) < single.index(("heavy", 2))  # light before heavy at level 1
 
 
 def test_a_prefetched_task_goes_back_when_the_worker_stops_before_running_it() -> None:
