@@ -265,6 +265,12 @@ def batch_size(run_seconds: float, ahead_seconds: float, seconds_left: float) ->
     return max(1, min(MAX_BATCH, int(fits)))
 
 
+def batch_share(counts: Sequence[int], capacity: int) -> int:
+    """At most this slot's share of what is queued (rounded up), so the last tasks spread over the slots."""
+    queued = sum(max(0, n) for n in counts)
+    return max(1, -(-queued // max(1, capacity)))
+
+
 def pick_within_level_many(sample: Sequence[tuple[float, float]], n: int) -> list[int]:
     """Indices of the ``n`` messages to run from a sample, in the order to run them (see pick_within_level)."""
     return sorted(range(len(sample)), key=lambda i: (sample[i][0], sample[i][1], i))[:n]

@@ -840,7 +840,8 @@ class Services:
             state = self.control.backlog()  # the snapshot predates the last task: look again
         sample = s.fair_sample if s.policy == "fair" else 1
         while True:
-            levels, after = policy.plan_picks(state, most, s.policy, s.shares)
+            share = policy.batch_share(state.counts, s.capacity)
+            levels, after = policy.plan_picks(state, min(most, share), s.policy, s.shares)
             if not levels:
                 break
             if last_run is not None:  # this slot's last seconds per task, for ETAs

@@ -154,3 +154,19 @@ def test_takes_name_levels_and_counts() -> None:
     for bad in ({}, {6: 1}, {1: -1}, -1):
         with pytest.raises(ValueError, match="not a pick"):
             policy.takes_of(bad)
+
+
+@pytest.mark.parametrize(
+    ("counts", "capacity", "share"),
+    [
+        ((0, 0, 0, 0, 40, 0), 4, 10),
+        ((0, 0, 3, 0, 2, 0), 4, 2),
+        ((0,) * 6, 4, 1),
+        ((1, 0, 0, 0, 0, -2), 1, 1),
+        ((9,) + (0,) * 5, 2, 5),
+    ],
+)
+def test_a_batch_takes_at_most_its_slots_share_of_the_backlog(
+    counts: tuple[int, ...], capacity: int, share: int
+) -> None:
+    assert policy.batch_share(counts, capacity) == share
