@@ -64,6 +64,9 @@ MAX_ATTEMPTS = 3
 # A task's outcome write is tried again after these pauses when it fails even
 # after botocore's retries: losing it means running an expensive task again.
 OUTCOME_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
+# Tasks picked ahead go back to the queue when the running task has taken this many
+# times PQH_PREFETCH_SECONDS: a slow task does not strand the ones held behind it.
+OVERSTAY_FACTOR = 2.0
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
 # /stats: how many users and recent tasks it lists, and how many usage items it reads at most.
@@ -188,6 +191,78 @@ class PendingDeletes:
 
 # A pick: its level, its message, the backlog state after it, and whether it took a count.
 Picked = tuple[int, QueuedMessage, policy.Backlog, bool]
+
+
+class Ahead:
+    """A worker's tasks picked and not yet run, in the order to run them.
+
+    While a task runs, a watchdog gives them all back (visible and counted, for
+    any slot to take) once the task has run ``limit`` seconds; a batch that the
+    prefetch thread picks after that goes straight back too. So tasks picked
+    ahead wait behind a slow task at most about ``limit``.
+    """
+
+    def __init__(self, put_back: Callable[[list[Picked]], None], limit: float) -> None:
+        self._put_back = put_back
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._held: collections.deque[Picked] = collections.deque()
+        self._overdue = False
+        self._gave_back = False
+        self._timer: threading.Timer | None = None
+
+    def __bool__(self) -> bool:
+        with self._lock:
+            return bool(self._held)
+
+    def add(self, batch: list[Picked]) -> None:
+        with self._lock:
+            if not self._overdue:
+                self._held.extend(batch)
+                return
+            self._gave_back = bool(batch)
+        if batch:
+            self._put_back(batch)
+
+    def gave_back(self) -> bool:
+        """Whether the last batch went straight back (picked while a slow task ran); resets."""
+        with self._lock:
+            gave_back, self._gave_back = self._gave_back, False
+            return gave_back
+
+    def next(self) -> Picked | None:
+        with self._lock:
+            return self._held.popleft() if self._held else None
+
+    def running(self) -> None:
+        """A task starts: watch it (only batches and prefetches hold tasks during a run)."""
+        if self._limit <= 0:
+            return
+        self._timer = threading.Timer(self._limit, self._overstayed)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def ran(self) -> None:
+        """The task is done (or failed): stop watching."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with self._lock:
+            self._overdue = False
+
+    def take_all(self) -> list[Picked]:
+        with self._lock:
+            left = list(self._held)
+            self._held.clear()
+            return left
+
+    def _overstayed(self) -> None:
+        with self._lock:
+            self._overdue = True
+            left = list(self._held)
+            self._held.clear()
+        if left:
+            self._put_back(left)
 
 
 @dataclass
@@ -676,9 +751,9 @@ class Services:
         deletes = PendingDeletes(self.queues, self.clock)
         # Picked and not yet run, in the order to run them: up to PQH_PREFETCH_SECONDS
         # of short tasks are picked with one write and received with one call.
-        held: collections.deque[Picked] = collections.deque()
-        # The next batch, picked while the last held task runs.
-        prefetched: Future[tuple[list[Picked], tuple[int, ...]]] | None = None
+        held = Ahead(self._put_back_now, OVERSTAY_FACTOR * s.prefetch_seconds)
+        # The next batch, picked while the last held task runs (it adds them to ``held``).
+        prefetched: Future[tuple[int, ...]] | None = None
         pool: ThreadPoolExecutor | None = None
         try:
             with Heartbeat(renew, max(0.5, s.lease_seconds / 3), self.clock, valid_until) as heartbeat:
@@ -698,22 +773,24 @@ class Services:
                     pick_at = self.clock()
                     if previous_pick is not None and cycle is None:
                         cycle = pick_at - previous_pick
-                    if not held:
-                        if prefetched is not None:
-                            # Its walk found the queues empty, or it picked: either way no
-                            # second look. A task counted after that walk is seen by the
-                            # check after the slot is freed, as with an inline pick.
-                            batch, carried = prefetched.result()
-                            prefetched = None
-                            unflushed[:] = policy.add_tallies(unflushed, carried)  # the ones it did not write
-                        else:
-                            most = self._batch_size(snapshot, began)
-                            batch = self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed, most)
-                        held.extend(batch)
-                    if not held:
+                    looked = False
+                    if prefetched is not None:  # started when nothing was held: its batch is next
+                        carried = prefetched.result()
+                        prefetched = None
+                        unflushed[:] = policy.add_tallies(unflushed, carried)  # the ones it did not write
+                        # Its walk found the queues empty, or it picked: either way no
+                        # second look (a task counted after that walk is seen by the
+                        # check after the slot is freed, as with an inline pick), unless
+                        # its batch went straight back because a slow task was running.
+                        looked = not held.gave_back()
+                    if not held and not looked:
+                        most = self._batch_size(snapshot, began)
+                        held.add(self._pick_next(snapshot, handoff.full_walk, cycle, unflushed, missed, most))
+                    picked = held.next()
+                    if picked is None:
                         report.stopped_because = "queues empty"
                         break
-                    level, message, snapshot, counted = held.popleft()
+                    level, message, snapshot, counted = picked
                     log.info(
                         "dispatched task=%s user=%s level=%d slot=%d wait=%.3fs",
                         message.task_id,
@@ -727,11 +804,17 @@ class Services:
                         carry = list(unflushed)  # the prefetching pick writes these, or hands them back
                         unflushed[:] = [0] * len(unflushed)
                         pool = pool or ThreadPoolExecutor(1, thread_name_prefix="prefetch")
-                        args = (snapshot, handoff.full_walk, cycle, carry, missed, self._batch_size(snapshot, began))
-                        prefetched = pool.submit(self._prefetch, *args)
+                        most = self._batch_size(snapshot, began)
+                        prefetched = pool.submit(
+                            self._prefetch, held, snapshot, handoff.full_walk, cycle, carry, missed, most
+                        )
                     # The outcome is written before the next task starts, never alongside
                     # it: a worker that dies starting the next task has recorded this one.
-                    outcome = self._run_one(level, message, counted, deletes)
+                    held.running()
+                    try:
+                        outcome = self._run_one(level, message, counted, deletes)
+                    finally:
+                        held.ran()
                     deletes.flush_if_due()
                     report.outcomes.append(outcome)
                     if outcome in policy.TALLIES:
@@ -739,14 +822,12 @@ class Services:
                     # Only a task that ran gives a cycle time; the next pick records it.
                     previous_pick, cycle = (pick_at, None) if outcome in (SUCCESS, FAILURE) else (None, None)
         finally:
-            left = list(held)  # stopped with tasks picked and not run: they go back
             if prefetched is not None:
                 try:
-                    batch, carried = prefetched.result()
-                    unflushed[:] = policy.add_tallies(unflushed, carried)
-                    left += batch
+                    unflushed[:] = policy.add_tallies(unflushed, prefetched.result())
                 except Exception:  # they come back after the visibility timeout; the tick counts them
                     log.exception("could not pick ahead")
+            left = held.take_all()  # stopped with tasks picked and not run: they go back
             if left:
                 try:
                     self._put_back(left)
@@ -786,16 +867,26 @@ class Services:
 
     def _prefetch(
         self,
+        held: Ahead,
         snapshot: policy.Backlog,
         full_walk: bool,
         cycle: float | None,
         carry: list[int],
         missed: list[bool],
         most: int,
-    ) -> tuple[list[Picked], tuple[int, ...]]:
-        """_pick_next on the prefetch thread; also returns the tallies it did not write."""
-        picked = self._pick_next(snapshot, full_walk, cycle, carry, missed, most)
-        return picked, tuple(carry)
+    ) -> tuple[int, ...]:
+        """_pick_next on the prefetch thread, into ``held``; returns the tallies it did not write."""
+        held.add(self._pick_next(snapshot, full_walk, cycle, carry, missed, most))
+        return tuple(carry)
+
+    def _put_back_now(self, picks: list[Picked]) -> None:
+        """Tasks held behind a slow one: back to the queue, and a dispatcher run for any free slot."""
+        try:
+            self._put_back(picks)
+        except Exception:  # they come back after the visibility timeout; the tick counts them
+            log.exception("could not put %d tasks held behind a slow one back", len(picks))
+            return
+        self._nudge_dispatcher()
 
     def _put_back(self, picks: list[Picked]) -> None:
         """Picked tasks that will not run here: their messages visible again, their counts back."""

@@ -793,6 +793,36 @@ def test_a_batch_runs_what_single_picks_would_in_the_same_order() -> None:
     assert single.index(("light0", 103)) < single.index(("heavy", 2))  # light before heavy at level 1
 
 
+def test_tasks_held_behind_a_slow_task_go_back_for_any_slot_to_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services_mod, "OVERSTAY_FACTOR", 0.05)  # held tasks wait 0.05 s of a slow task
+    w = make_world(capacity=1, prefetch_seconds=1.0)
+    tasks = [w.services.submit(f"user{i}", i) for i in range(12)]
+    w.services.dispatch()
+    order: list[str] = []
+    seen: dict[str, int] = {}
+
+    def task(x: object, ctx: Any) -> str:
+        order.append(ctx.task_id)
+        w.clock.advance(0.1)  # an average of 0.1 s: the third pick takes the other ten
+        if len(order) == 4:  # the second of that batch, with eight held behind it, is slow
+            triggers = w.invoker.dispatch_triggers
+            deadline = time.monotonic() + 5
+            while w.control.backlog().counts[0] < 8 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen["counted"] = w.control.backlog().counts[0]
+            seen["visible"] = sum(d.queued for d in w.queues.depths())
+            seen["nudges"] = w.invoker.dispatch_triggers - triggers
+        return "done"
+
+    w.services.task_function = task
+    assert w.outcomes() == [SUCCESS] * 12
+    # The eight went back, visible and counted, and the dispatcher was asked to fill
+    # any free slot; this worker then took them again once its slow task was done.
+    assert seen == {"counted": 8, "visible": 8, "nudges": 1}
+    assert sorted(order) == sorted(t.task_id for t in tasks)  # each ran once
+    assert w.control.backlog().counts == (0,) * LEVELS and w.queues.depth(0) == 0
+
+
 def test_a_prefetched_task_goes_back_when_the_worker_stops_before_running_it() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
     tasks = [w.services.submit(f"user{i}", i) for i in range(6)]
