@@ -16,7 +16,9 @@ leaves them. Faults:
   (injected with a botocore ``before-send`` hook; the standard retry mode retries
   up to 4 times, so some calls fail for good);
 * ``duplicate_rate``: SQS delivers a message twice;
-* ``poison_share``: tasks whose function always fails.
+* ``poison_share``: tasks whose function always fails;
+* ``slow_share``: tasks that run ``slow_seconds`` instead of ``task_seconds``, long
+  enough that the tasks a worker picked ahead go back to the queue while they run.
 
 Time is compressed, keeping the order of AWS's timings, so that lost leases and
 redeliveries happen within seconds: an invocation times out after 5 s (Lambda:
@@ -83,6 +85,10 @@ class ChaosConfig:
     seed: int = 7
     # A worker takes no new task after this long; shorter means more hand-offs.
     runner_seconds: float = RUNNER_SECONDS
+    slow_share: float = 0.0
+    slow_seconds: float = 0.6
+    # PQH_PREFETCH_SECONDS: how much work a worker picks ahead (None: the default).
+    prefetch_seconds: float | None = None
 
 
 @dataclass
@@ -238,6 +244,8 @@ class Chaos:
         }
         # Set past load(): it refuses a runner time under a second, as a deployment should.
         self.settings = dataclasses.replace(load_settings(env), runner_seconds=self.config.runner_seconds)
+        if self.config.prefetch_seconds is not None:
+            self.settings = dataclasses.replace(self.settings, prefetch_seconds=self.config.prefetch_seconds)
         self.usage = DynamoUsageStore(dynamodb, self.settings.usage_table)
         self.tasks = DynamoTaskStore(dynamodb, self.settings.tasks_table)
         self.queues = SqsTaskQueues(sqs, self.settings.queue_name, self.settings.dlq_name)
@@ -275,10 +283,11 @@ class Chaos:
 
     def _task_function(self, switch: KillSwitch | None) -> Callable[[Any, TaskContext], Any]:
         def run(x: Any, ctx: TaskContext) -> Any:
-            time.sleep(ctx.task_seconds / 2)
+            seconds = self.config.slow_seconds if isinstance(x, str) and x.startswith("slow") else ctx.task_seconds
+            time.sleep(seconds / 2)
             if switch is not None:
                 switch.maybe("mid-run", self.config.kill_rate)
-            time.sleep(ctx.task_seconds / 2)
+            time.sleep(seconds / 2)
             if switch is not None:
                 switch.check()  # a timeout stops the function, too
             if x == "poison":
@@ -372,10 +381,11 @@ class Chaos:
         rng = random.Random(self.config.seed + 1)
         for n in range(self.config.tasks):
             poison = rng.random() < self.config.poison_share
+            slow = not poison and rng.random() < self.config.slow_share
             user = f"user-{rng.randrange(self.config.users)}"
             for _ in range(20):
                 try:
-                    task = api.submit(user, "poison" if poison else n)
+                    task = api.submit(user, "poison" if poison else f"slow-{n}" if slow else n)
                 except Exception:  # the client saw a 503 and tries again; nothing was queued
                     self.report.submit_errors += 1
                     continue

@@ -9,8 +9,11 @@ after its lease.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from chalicelib.services import Services
 from local.chaos import ChaosConfig, ChaosReport, run_chaos
 
 QUIET = {
@@ -75,6 +78,23 @@ def test_the_same_message_delivered_twice() -> None:
 def test_poison_tasks_fail_with_a_reason_in_the_dead_letter_queue() -> None:
     report = run(poison_share=0.3)
     assert report.failed > 0 and report.failure_reasons == {"poison": report.failed}
+
+
+def test_slow_tasks_among_short_ones_hand_back_the_tasks_held_behind_them_while_workers_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Workers pick 0.5 s of short tasks ahead; a slow task (1.2 s) sends them back
+    # after 1 s, for any slot. With kills on top: nothing lost, nothing run twice.
+    handed_back: list[int] = []
+    put_back_now = Services._put_back_now
+
+    def counted(self: Services, picks: list[Any]) -> None:
+        handed_back.append(len(picks))
+        put_back_now(self, picks)
+
+    monkeypatch.setattr(Services, "_put_back_now", counted)
+    run(slow_share=0.1, slow_seconds=1.2, kill_rate=0.03, prefetch_seconds=0.5, task_seconds=0.02)
+    assert handed_back, "no slow task ever had tasks held behind it"
 
 
 @pytest.mark.parametrize("seed", [11])
