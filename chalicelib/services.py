@@ -197,9 +197,9 @@ class Ahead:
     """A worker's tasks picked and not yet run, in the order to run them.
 
     While a task runs, a watchdog gives them all back (visible and counted, for
-    any slot to take) once the task has run ``limit`` seconds; a batch that the
-    prefetch thread picks after that goes straight back too. So tasks picked
-    ahead wait behind a slow task at most about ``limit``.
+    any slot to take) once they have been held ``limit`` seconds; a batch that
+    the prefetch thread picks while that task still runs goes straight back too.
+    So no task picked ahead waits much longer than ``limit`` behind slow ones.
     """
 
     def __init__(self, put_back: Callable[[list[Picked]], None], limit: float) -> None:
@@ -207,8 +207,10 @@ class Ahead:
         self._limit = limit
         self._lock = threading.Lock()
         self._held: collections.deque[Picked] = collections.deque()
-        self._overdue = False
+        self._since = 0.0  # when the oldest task held was picked (monotonic)
+        self._overdue = False  # the running task outlived the limit: nothing more is held
         self._gave_back = False
+        self._run = 0  # which run the watchdog watches; a late timer of an earlier one does nothing
         self._timer: threading.Timer | None = None
 
     def __bool__(self) -> bool:
@@ -218,36 +220,45 @@ class Ahead:
     def add(self, batch: list[Picked]) -> None:
         with self._lock:
             if not self._overdue:
+                if batch and not self._held:
+                    self._since = time.monotonic()
                 self._held.extend(batch)
                 return
-            self._gave_back = bool(batch)
+            self._gave_back = self._gave_back or bool(batch)
         if batch:
             self._put_back(batch)
-
-    def gave_back(self) -> bool:
-        """Whether the last batch went straight back (picked while a slow task ran); resets."""
-        with self._lock:
-            gave_back, self._gave_back = self._gave_back, False
-            return gave_back
 
     def next(self) -> Picked | None:
         with self._lock:
             return self._held.popleft() if self._held else None
 
-    def running(self) -> None:
-        """A task starts: watch it (only batches and prefetches hold tasks during a run)."""
+    def gave_back(self) -> bool:
+        """Whether tasks went back during the last run (too long held); resets."""
+        with self._lock:
+            gave_back, self._gave_back = self._gave_back, False
+            return gave_back
+
+    def running(self, pending: bool) -> None:
+        """A task starts: watch it if tasks are held, or a batch is being picked (``pending``)."""
         if self._limit <= 0:
             return
-        self._timer = threading.Timer(self._limit, self._overstayed)
+        with self._lock:
+            if not (self._held or pending):
+                return
+            waited = time.monotonic() - self._since if self._held else 0.0
+            run = self._run
+        self._timer = threading.Timer(max(0.0, self._limit - waited), self._overstayed, args=(run,))
         self._timer.daemon = True
         self._timer.start()
 
     def ran(self) -> None:
-        """The task is done (or failed): stop watching."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """The task is done (or failed): stop watching, and wait for a watchdog already at work."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join()
         with self._lock:
+            self._run += 1
             self._overdue = False
 
     def take_all(self) -> list[Picked]:
@@ -256,11 +267,14 @@ class Ahead:
             self._held.clear()
             return left
 
-    def _overstayed(self) -> None:
+    def _overstayed(self, run: int) -> None:
         with self._lock:
+            if run != self._run:
+                return  # that task is over
             self._overdue = True
             left = list(self._held)
             self._held.clear()
+            self._gave_back = self._gave_back or bool(left)
         if left:
             self._put_back(left)
 
@@ -810,7 +824,7 @@ class Services:
                         )
                     # The outcome is written before the next task starts, never alongside
                     # it: a worker that dies starting the next task has recorded this one.
-                    held.running()
+                    held.running(pending=prefetched is not None)
                     try:
                         outcome = self._run_one(level, message, counted, deletes)
                     finally:
@@ -889,16 +903,31 @@ class Services:
         self._nudge_dispatcher()
 
     def _put_back(self, picks: list[Picked]) -> None:
-        """Picked tasks that will not run here: their messages visible again, their counts back."""
+        """Picked tasks that will not run here: their messages visible again, their counts back.
+
+        Every level is tried even if one fails (the first error is raised after):
+        a message not given back returns after its visibility timeout, uncounted,
+        and the tick's walk finds it.
+        """
         by_level: dict[int, list[Picked]] = {}
         for pick in picks:
             by_level.setdefault(pick[0], []).append(pick)
+        errors: list[Exception] = []
         for level, group in by_level.items():
-            self.queues.give_back(level, [message.receipt_handle for _, message, _, _ in group])
+            try:
+                self.queues.give_back(level, [message.receipt_handle for _, message, _, _ in group])
+            except Exception as exc:
+                errors.append(exc)
+                continue
             counted = sum(1 for *_, was_counted in group if was_counted)
-            if counted:
-                self.control.add_backlog(level, counted)
+            try:
+                if counted:
+                    self.control.add_backlog(level, counted)
+            except Exception as exc:
+                errors.append(exc)
             log.info("put back %d tasks of level %d (picked ahead, not run)", len(group), level)
+        if errors:
+            raise errors[0]
 
     def _anything_counted(self) -> bool:
         try:
@@ -943,7 +972,16 @@ class Services:
                 continue  # the state moved (a submit, or another worker's pick): choose again
             if unflushed:
                 unflushed[:] = [0] * len(unflushed)
-            received = {level: self._receive_for(level, n, sample, missed) for level, n in takes.items()}
+            received: dict[int, list[QueuedMessage]] = {}
+            try:
+                for level, n in takes.items():
+                    received[level] = self._receive_for(level, n, sample, missed)
+            except Exception:
+                # None of this pick will run here: what it received goes back, and
+                # every count it took (a message received and lost in the failing
+                # call comes back after its visibility timeout, counted again).
+                self._undo_pick(takes, received)
+                raise
             # In the policy's order: a level's n-th turn runs its n-th chosen message.
             picks = [(level, received[level].pop(0), state, True) for level in levels if received[level]]
             if picks:
@@ -974,19 +1012,29 @@ class Services:
         while len(messages) < want:
             ask = min(policy.MAX_BATCH, want - len(messages))
             got = self.queues.receive(level, ask, wait_seconds=0)
-            if not got and not messages:
-                # A short poll samples some SQS servers and may miss a message that
-                # is there; a long poll asks them all. Still nothing: the count was
-                # ahead of the queue, and this pick has corrected it. Or the message
-                # was in another worker's sample, about to be given back: then it is
-                # queued but no longer counted, and the walk finds it.
-                got = self.queues.receive(level, ask, wait_seconds=1)
             messages += got
             if len(got) < ask:
-                break  # the level has no more visible: do not ask again
+                break  # the level has no more visible, or this poll missed some: see below
+        if len(messages) < n:
+            # A short poll samples some SQS servers, so it may return fewer messages
+            # than are there (none, or a few of a small queue); a long poll asks them
+            # all. Still short: the count was ahead of the queue, and this pick has
+            # corrected it. Or the messages were in another worker's sample, about to
+            # be given back: then they are queued but no longer counted, and the walk
+            # before this worker stops finds them.
+            messages += self.queues.receive(level, min(policy.MAX_BATCH, want - len(messages)), wait_seconds=1)
         if len(messages) < n and missed is not None:
             missed[:] = [True]
         return self._some_of(level, messages, n)
+
+    def _undo_pick(self, takes: dict[int, int], received: dict[int, list[QueuedMessage]]) -> None:
+        """A pick whose receives failed part-way: its messages visible again, its counts back (best effort)."""
+        for level, n in takes.items():
+            with contextlib.suppress(Exception):
+                if received.get(level):
+                    self.queues.give_back(level, [m.receipt_handle for m in received[level]])
+            with contextlib.suppress(Exception):
+                self.control.add_backlog(level, n)
 
     def _some_of(self, level: int, messages: list[QueuedMessage], n: int) -> list[QueuedMessage]:
         """Fairness inside a level: of the sampled messages, the ``n`` whose users had used least, in order."""

@@ -61,10 +61,10 @@ class World:
         return task.priority_level
 
 
-def make_world(flaky_short_poll: bool = False, **overrides: Any) -> World:
+def make_world(flaky_short_poll: bool = False, short_poll_most: int | None = None, **overrides: Any) -> World:
     clock = FakeClock()
     usage, tasks, control, invoker = MemoryUsageStore(), MemoryTaskStore(), MemoryControlStore(), RecordingInvoker()
-    queues = MemoryTaskQueues(clock=clock, flaky_short_poll=flaky_short_poll)
+    queues = MemoryTaskQueues(clock=clock, flaky_short_poll=flaky_short_poll, short_poll_most=short_poll_most)
     world = World(
         services=Services(
             settings=replace(BASE_SETTINGS, **overrides),

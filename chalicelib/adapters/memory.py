@@ -257,12 +257,15 @@ class MemoryTaskQueues:
     """Six FIFO-ish queues with SQS's visibility rules.
 
     ``flaky_short_poll`` makes a short poll (wait 0) return nothing when the queue
-    has messages, as SQS standard queues may; long polls always see them.
+    has messages, as SQS standard queues may; ``short_poll_most`` makes it return
+    at most that many (SQS's short poll samples some of its servers, so a small
+    queue often answers with fewer than asked for). Long polls always see them.
     """
 
     clock: Callable[[], float]
     visibility_timeout: float = 960.0  # as the queues in infra/resources.json
     flaky_short_poll: bool = False
+    short_poll_most: int | None = None
     queues: dict[int, list[_Message]] = field(default_factory=lambda: {lvl: [] for lvl in range(policy.LEVELS)})
     dead: dict[int, list[_Message]] = field(default_factory=lambda: {lvl: [] for lvl in range(policy.LEVELS)})
     calls: list[tuple[str, int]] = field(default_factory=list)
@@ -284,6 +287,8 @@ class MemoryTaskQueues:
             self.calls.append(("receive", level))
             if self.flaky_short_poll and wait_seconds == 0:
                 return []
+            if self.short_poll_most is not None and wait_seconds == 0:
+                max_count = min(max_count, self.short_poll_most)
             return self._take(self.queues[level], max_count, self.visibility_timeout)
 
     def _take(self, queue: list[_Message], max_count: int, hide_seconds: float) -> list[QueuedMessage]:

@@ -823,6 +823,111 @@ def test_tasks_held_behind_a_slow_task_go_back_for_any_slot_to_take(monkeypatch:
     assert w.control.backlog().counts == (0,) * LEVELS and w.queues.depth(0) == 0
 
 
+def test_a_batch_whose_short_polls_come_up_short_long_polls_for_the_rest() -> None:
+    # SQS's short poll often answers a small queue with fewer messages than asked for.
+    w = make_world(capacity=1, short_poll_most=3)
+    for i in range(12):
+        w.services.submit(f"user{i}", i)
+    picks = w.services._pick_next(None, False, most=10)
+    assert len(picks) == 10 and all(counted for *_, counted in picks)
+    # The counts still match the queue: two counted, two visible (none left uncounted).
+    assert w.control.backlog().counts[0] == 2 and w.queues.depths()[0].queued == 2
+
+
+def test_a_pick_whose_receive_fails_part_way_gives_back_what_it_took() -> None:
+    w = make_world(capacity=1, fair_sample=1)
+    for user in ("a", "b", "c"):
+        w.services.submit(user, 1)  # level 0
+        w.services.submit(user, 2)  # level 1
+    receive = w.queues.receive
+
+    def failing(level: int, most: int, wait_seconds: int) -> Any:
+        if level == 1:
+            raise RuntimeError("SQS is down")
+        return receive(level, most, wait_seconds)
+
+    w.queues.receive = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        w.services._pick_next(None, False, most=6)  # three of each level
+    w.queues.receive = receive  # type: ignore[method-assign]
+    # Level 0's messages are visible again and every count is back: nothing stranded.
+    assert w.control.backlog().counts[:2] == (3, 3)
+    assert [d.queued for d in w.queues.depths()[:2]] == [3, 3]
+    assert len(w.services._pick_next(None, False, most=6)) == 6
+
+
+def test_putting_tasks_back_tries_every_level_even_when_one_fails() -> None:
+    w = make_world(capacity=1, fair_sample=1)
+    for user in ("a", "b"):
+        w.services.submit(user, 1)
+        w.services.submit(user, 2)
+    picks = w.services._pick_next(None, False, most=4)
+    assert sorted(level for level, *_ in picks) == [0, 0, 1, 1]
+    give_back = w.queues.give_back
+
+    def failing(level: int, handles: list[str]) -> None:
+        if level == 0:
+            raise RuntimeError("throttled")
+        give_back(level, handles)
+
+    w.queues.give_back = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="throttled"):
+        w.services._put_back(picks)
+    depths = w.queues.depths()
+    assert depths[1].queued == 2 and w.control.backlog().counts[1] == 2  # level 1 went back all the same
+    assert depths[0].queued == 0 and w.control.backlog().counts[0] == 0  # level 0 returns after its timeout
+
+
+def test_a_worker_goes_on_when_a_batch_it_picked_ahead_went_back_behind_a_slow_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(services_mod, "OVERSTAY_FACTOR", 0.05)
+    w = make_world(capacity=1, prefetch_seconds=1.0)
+    for i in range(12):
+        w.services.submit(f"user{i}", i)
+    w.services.dispatch()
+    ran: list[object] = []
+
+    def task(x: object, ctx: Any) -> str:
+        ran.append(x)
+        w.clock.advance(0.1)
+        if len(ran) == 2:  # the batch of ten is picked during this task, which is slow
+            deadline = time.monotonic() + 5
+            while w.control.backlog().counts[0] < 10 and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the watchdog has given the batch back
+        return "done"
+
+    w.services.task_function = task
+    (report,) = w.run_workers()
+    # The same worker picks again once its slow task is done, rather than stopping
+    # as if the queues were empty and leaving the ten to a dispatcher run.
+    assert report.outcomes == [SUCCESS] * 12 and report.stopped_because == "queues empty"
+    assert sorted(ran) == list(range(12))
+
+
+def test_a_watchdog_that_fires_as_its_task_ends_leaves_the_next_batch_alone() -> None:
+    put_back: list[list[Any]] = []
+    ahead = services_mod.Ahead(put_back.append, limit=0.01)
+    ahead.add(["a", "b"])  # type: ignore[list-item]
+    ahead.running(pending=False)
+    time.sleep(0.2)
+    ahead.ran()
+    assert put_back == [["a", "b"]] and ahead.gave_back() and not ahead
+    # A late timer of that run (the race: it fired just as the task ended) does nothing.
+    ahead.add(["c"])  # type: ignore[list-item]
+    ahead._overstayed(0)
+    assert put_back == [["a", "b"]] and ahead.next() == "c"
+    # Held tasks wait at most about the limit in all, not a limit per task run.
+    ahead.add(["d", "e"])  # type: ignore[list-item]
+    time.sleep(0.05)
+    ahead.running(pending=False)  # already held longer than the limit: back at once
+    time.sleep(0.05)
+    ahead.ran()
+    assert put_back[-1] == ["d", "e"]
+    ahead.running(pending=False)  # nothing held, nothing being picked: no watchdog
+    assert ahead._timer is None
+
+
 def test_a_prefetched_task_goes_back_when_the_worker_stops_before_running_it() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
     tasks = [w.services.submit(f"user{i}", i) for i in range(6)]
