@@ -30,9 +30,9 @@ def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
 ) -> None:
     # Strict priority: the old scheme, whose promise this checks. (The fair default
     # lets heavy levels through now and then; bench/fairness.py measures it.) No
-    # prefetch: with it, the task picked while another runs may be one a light
-    # user's later task would have overtaken (tests/unit/test_services.py: never
-    # more than one per slot).
+    # prefetch: with it, the tasks picked ahead while another runs (a batch of up to
+    # PQH_PREFETCH_SECONDS of work) may be ones a light user's later task would have
+    # overtaken (tests/unit/test_services.py checks the batches).
     system = local_system(
         PQH_CAPACITY="1", PQH_TASK_SECONDS="0.1", PQH_TICK_SECONDS="60", PQH_POLICY="strict", PQH_PREFETCH_SECONDS="0"
     )
