@@ -272,7 +272,10 @@ def batch_share(counts: Sequence[int], capacity: int) -> int:
 
 
 def pick_within_level_many(sample: Sequence[tuple[float, float]], n: int) -> list[int]:
-    """Indices of the ``n`` messages to run from a sample, in the order to run them (see pick_within_level)."""
+    """Indices of the ``n`` messages to run from a sample, in the order to run them.
+
+    Smallest tag first, then the oldest (see pick_within_level for why).
+    """
     return sorted(range(len(sample)), key=lambda i: (sample[i][0], sample[i][1], i))[:n]
 
 
@@ -346,4 +349,4 @@ def pick_within_level(sample: Sequence[tuple[float, float]]) -> int:
     all are backlogged, users are served in proportion to their weights (as in
     start-time fair queuing).
     """
-    return min(range(len(sample)), key=lambda i: (sample[i][0], sample[i][1], i))
+    return pick_within_level_many(sample, 1)[0]

@@ -64,8 +64,8 @@ MAX_ATTEMPTS = 3
 # A task's outcome write is tried again after these pauses when it fails even
 # after botocore's retries: losing it means running an expensive task again.
 OUTCOME_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
-# Tasks picked ahead go back to the queue when the running task has taken this many
-# times PQH_PREFETCH_SECONDS: a slow task does not strand the ones held behind it.
+# Tasks picked ahead go back to the queue once they have been held this many times
+# PQH_PREFETCH_SECONDS: a slow task does not strand the ones held behind it.
 OVERSTAY_FACTOR = 2.0
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024

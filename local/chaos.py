@@ -242,10 +242,10 @@ class Chaos:
             "PQH_TASK_SECONDS": str(self.config.task_seconds),
             "PQH_LEASE_SECONDS": str(SLOT_LEASE_SECONDS),
         }
+        if self.config.prefetch_seconds is not None:
+            env["PQH_PREFETCH_SECONDS"] = str(self.config.prefetch_seconds)
         # Set past load(): it refuses a runner time under a second, as a deployment should.
         self.settings = dataclasses.replace(load_settings(env), runner_seconds=self.config.runner_seconds)
-        if self.config.prefetch_seconds is not None:
-            self.settings = dataclasses.replace(self.settings, prefetch_seconds=self.config.prefetch_seconds)
         self.usage = DynamoUsageStore(dynamodb, self.settings.usage_table)
         self.tasks = DynamoTaskStore(dynamodb, self.settings.tasks_table)
         self.queues = SqsTaskQueues(sqs, self.settings.queue_name, self.settings.dlq_name)
