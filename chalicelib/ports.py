@@ -23,7 +23,8 @@ class UsageStore(Protocol):
     def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
         """Return (count in the window, weight) without counting anything."""
 
-    def set_weight(self, user_id: str, weight: int) -> None: ...
+    def set_weight(self, user_id: str, weight: int, now: float, bucket_seconds: int, window_seconds: int) -> None:
+        """The weight every later submission of the user reads (1 is the default)."""
 
     def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
         """Take back one submission made at ``submitted_at``, if its bucket still counts."""

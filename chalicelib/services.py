@@ -465,7 +465,8 @@ class Services:
         return cancelled
 
     def set_weight(self, user_id: str, weight: int) -> None:
-        self.usage.set_weight(user_id, weight)
+        s = self.settings
+        self.usage.set_weight(user_id, weight, self.clock(), s.bucket_seconds, s.window_seconds)
         log.info("weight user=%s weight=%d", user_id, weight)
 
     def user_usage(self, user_id: str) -> dict[str, Any]:

@@ -18,6 +18,9 @@ from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 
 WEIGHT_SK = "w"  # the weight item
+# The expiry of a weighted user's counters (9999-12-31): DynamoDB's TTL never reaches it.
+HOLD = "hold"
+HELD_UNTIL = 253_402_300_799
 
 
 def _is_conditional_failure(exc: ClientError) -> bool:
@@ -78,11 +81,16 @@ class DynamoUsageStore:
     """Per-user submission counts in time buckets, plus the user's weight.
 
     Items: (user_id, "u"), the counters: one attribute ``b<bucket start>`` per
-    bucket, the weight copied from the weight item (``w``), and a TTL
-    ``expires_at`` (when its newest bucket leaves the window); (user_id, "w") with
-    ``weight``, kept forever. A submission is one UpdateItem that adds to the
-    current bucket and returns the whole item. A user id is only ever a key value,
-    so no value of it can reach another user's items.
+    bucket, the user's weight ``w`` when it is not 1, and a TTL ``expires_at``
+    (when its newest bucket leaves the window); (user_id, "w") with ``weight``,
+    kept forever (what the dashboard lists). A submission is one UpdateItem that
+    adds to the current bucket and returns the whole item, weight included.
+
+    A user with a weight other than 1 has counters that never expire: they carry
+    ``hold`` (a far-future expiry) and each submission sets ``expires_at`` to it.
+    So counters without ``w`` mean weight 1, and a user's first submission of a
+    window reads nothing more. A user id is only ever a key value, so no value of
+    it can reach another user's items.
     """
 
     def __init__(self, client: Any, table: str) -> None:
@@ -100,31 +108,16 @@ class DynamoUsageStore:
         response = self._db.update_item(
             TableName=self._table,
             Key=self._key(user_id),
-            UpdateExpression="ADD #b :one SET expires_at = :exp",
-            ExpressionAttributeNames={"#b": _bucket_attr(start)},
+            UpdateExpression="ADD #b :one SET expires_at = if_not_exists(#hold, :exp)",
+            ExpressionAttributeNames={"#b": _bucket_attr(start), "#hold": HOLD},
             ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(expires)}},
             ReturnValues="ALL_NEW",
         )
         item = response["Attributes"]
         buckets = _buckets(item)
         self._sweep(user_id, buckets, now, bucket_seconds, window_seconds)
-        weight = int(item["w"]["N"]) if "w" in item else self._copy_weight(user_id)
+        weight = int(item["w"]["N"]) if "w" in item else 1
         return _live(buckets, now, bucket_seconds, window_seconds) - 1, weight
-
-    def _copy_weight(self, user_id: str) -> int:
-        """Read the weight item and copy it onto the counters (once per counters item's life)."""
-        response = self._db.get_item(TableName=self._table, Key=self._key(user_id, WEIGHT_SK), ConsistentRead=True)
-        weight = int(response.get("Item", {}).get("weight", {}).get("N", "1"))
-        # Not over a newer copy written by set_weight meanwhile.
-        _conditional_update(
-            self._db,
-            self._table,
-            Key=self._key(user_id),
-            UpdateExpression="SET w = :w",
-            ConditionExpression="attribute_exists(user_id) AND attribute_not_exists(w)",
-            ExpressionAttributeValues={":w": {"N": str(weight)}},
-        )
-        return weight
 
     def _sweep(
         self, user_id: str, buckets: list[tuple[int, int]], now: float, bucket_seconds: int, window_seconds: int
@@ -194,19 +187,34 @@ class DynamoUsageStore:
             kwargs["ExclusiveStartKey"] = last
         return _top(counts, weights, limit), False
 
-    def set_weight(self, user_id: str, weight: int) -> None:
+    def set_weight(self, user_id: str, weight: int, now: float, bucket_seconds: int, window_seconds: int) -> None:
         self._db.put_item(
             TableName=self._table,
             Item={"user_id": {"S": user_id}, "sk": {"S": WEIGHT_SK}, "weight": {"N": str(weight)}},
         )
-        # And its copy on the counters, if the user has any (else the next submission copies it).
+        # And onto the counters, which submissions read it from.
+        if weight != 1:
+            # Held: counters that expired would forget the weight. Created if the
+            # user has none yet.
+            self._db.update_item(
+                TableName=self._table,
+                Key=self._key(user_id),
+                UpdateExpression="SET w = :w, #hold = :never, expires_at = :never",
+                ExpressionAttributeNames={"#hold": HOLD},
+                ExpressionAttributeValues={":w": {"N": str(weight)}, ":never": {"N": str(HELD_UNTIL)}},
+            )
+            return
+        # Back to 1, the default: the counters may expire again (when the newest
+        # possible bucket leaves the window; the next submission sets it anyway).
+        expires = policy.bucket_expiry(policy.bucket_start(now, bucket_seconds), bucket_seconds, window_seconds)
         _conditional_update(
             self._db,
             self._table,
             Key=self._key(user_id),
-            UpdateExpression="SET w = :w",
+            UpdateExpression="REMOVE w, #hold SET expires_at = :exp",
             ConditionExpression="attribute_exists(user_id)",
-            ExpressionAttributeValues={":w": {"N": str(weight)}},
+            ExpressionAttributeNames={"#hold": HOLD},
+            ExpressionAttributeValues={":exp": {"N": str(expires)}},
         )
 
 

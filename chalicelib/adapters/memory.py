@@ -50,7 +50,7 @@ class MemoryUsageStore:
     def _count(self, user_id: str, now: float) -> int:
         return policy.live_count(((exp, n) for (u, _), (n, exp) in self._buckets.items() if u == user_id), now)
 
-    def set_weight(self, user_id: str, weight: int) -> None:
+    def set_weight(self, user_id: str, weight: int, now: float, bucket_seconds: int, window_seconds: int) -> None:
         with self._lock:
             self._weights[user_id] = weight
 

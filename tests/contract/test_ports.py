@@ -92,7 +92,7 @@ def make_task(task_id: str = "11111111-1111-4111-8111-111111111111", x: Any = "f
 def test_record_submission_returns_the_count_before_and_the_weight(ports: Ports) -> None:
     got = [ports.usage.record_submission("u1", NOW, 600, 6000) for _ in range(3)]
     assert got == [(0, 1), (1, 1), (2, 1)]
-    ports.usage.set_weight("u1", 4)
+    ports.usage.set_weight("u1", 4, NOW, 600, 6000)
     assert ports.usage.record_submission("u1", NOW + 1, 600, 6000) == (3, 4)
     assert ports.usage.usage("u1", NOW + 1, 600, 6000) == (4, 4)
     assert ports.usage.usage("someone-else", NOW, 600, 6000) == (0, 1)
@@ -109,13 +109,59 @@ def test_counts_across_buckets_and_expired_buckets_count_as_zero(ports: Ports) -
 
 
 def test_a_weight_set_before_a_users_first_submission_or_while_counting_applies(ports: Ports) -> None:
-    ports.usage.set_weight("new", 3)
+    ports.usage.set_weight("new", 3, NOW, 600, 6000)
     assert ports.usage.record_submission("new", NOW, 600, 6000) == (0, 3)
-    ports.usage.set_weight("new", 5)
+    ports.usage.set_weight("new", 5, NOW, 600, 6000)
     assert ports.usage.record_submission("new", NOW + 1, 600, 6000) == (1, 5)
     assert ports.usage.usage("new", NOW + 1, 600, 6000) == (2, 5)
     # Long idle: the counters have left the window; the weight stays.
     assert ports.usage.record_submission("new", NOW + 50_000, 600, 6000) == (0, 5)
+
+
+def expire_like_dynamodb(ports: Ports, now: float) -> int:
+    """Delete the usage items whose TTL has passed, as DynamoDB's TTL would (moto and dynalite never do)."""
+    if not isinstance(ports.usage, DynamoUsageStore):
+        return 0  # the fake keeps weights apart from its buckets: nothing of a user's expires with them
+    db, table = ports.usage._db, ports.usage._table
+    gone = 0
+    for item in db.scan(TableName=table)["Items"]:
+        if "expires_at" in item and float(item["expires_at"]["N"]) <= now:
+            db.delete_item(TableName=table, Key={"user_id": item["user_id"], "sk": item["sk"]})
+            gone += 1
+    return gone
+
+
+def test_a_weight_outlives_the_users_counters_expiring(ports: Ports) -> None:
+    ports.usage.set_weight("vip", 4, NOW, 600, 6000)
+    ports.usage.set_weight("back-to-one", 3, NOW, 600, 6000)
+    for user in ("vip", "back-to-one", "plain"):
+        assert ports.usage.record_submission(user, NOW, 600, 6000)[0] == 0
+    ports.usage.set_weight("back-to-one", 1, NOW + 1, 600, 6000)
+    later = NOW + 20_000  # every bucket has left the window, and TTL has run
+    gone = expire_like_dynamodb(ports, later)
+    if isinstance(ports.usage, DynamoUsageStore):
+        assert gone == 2  # the counters of the users with weight 1 went; the weighted one's stayed
+    assert ports.usage.record_submission("vip", later, 600, 6000) == (0, 4)
+    assert ports.usage.record_submission("back-to-one", later, 600, 6000) == (0, 1)
+    assert ports.usage.record_submission("plain", later, 600, 6000) == (0, 1)
+    assert ports.usage.usage("vip", later, 600, 6000) == (1, 4)
+
+
+def test_a_submission_is_one_dynamodb_request_even_for_a_new_or_weighted_user(ports: Ports) -> None:
+    if not isinstance(ports.usage, DynamoUsageStore):
+        pytest.skip("counts DynamoDB requests")
+    ports.usage.set_weight("vip", 4, NOW, 600, 6000)
+    calls: list[str] = []
+    events = ports.usage._db.meta.events
+    unique = f"count-{uuid.uuid4().hex}"
+    events.register("before-call.dynamodb.*", lambda model, **kw: calls.append(model.name), unique_id=unique)
+    try:
+        assert ports.usage.record_submission("newcomer", NOW, 600, 6000) == (0, 1)
+        assert ports.usage.record_submission("vip", NOW, 600, 6000) == (0, 4)
+        assert ports.usage.record_submission("newcomer", NOW + 1, 600, 6000) == (1, 1)
+    finally:
+        events.unregister("before-call.dynamodb.*", unique_id=unique)
+    assert calls == ["UpdateItem"] * 3
 
 
 def test_a_user_who_comes_back_now_and_then_is_counted_right_and_stays_small(ports: Ports) -> None:
@@ -358,7 +404,7 @@ def test_top_users_ranks_live_counts_with_weights(ports: Ports) -> None:
         for _ in range(n):
             ports.usage.record_submission(user, NOW, 600, 6000)
     ports.usage.record_submission("gone", NOW - 20000, 600, 6000)  # expired: not listed
-    ports.usage.set_weight("heavy", 3)
+    ports.usage.set_weight("heavy", 3, NOW, 600, 6000)
     users, truncated = ports.usage.top_users(NOW + 1, 600, 6000, 2, 5000)
     assert [(u.user_id, u.count_in_window, u.weight) for u in users] == [("heavy", 4, 3), ("middle", 2, 1)]
     assert truncated is False
