@@ -744,9 +744,10 @@ def test_with_prefetch_a_worker_picks_a_second_of_short_tasks_in_one_write_while
     # last one it holds runs: during the second task, and again during the twelfth.
     assert takes == [1, 1, 10, 2]
     assert ahead == [1, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 3, 2, 1]
-    # Each pick samples PQH_FAIR_SAMPLE (10) more than it keeps, less one: a receive of
-    # ten for one task; ten and nine for ten (two left after the first ten); ten for two.
-    assert receives == [10, 10, 10, 9, 10]
+    # Each level of a pick is one receive, of its tasks plus PQH_FAIR_SAMPLE (10) less
+    # one, at most ten (what one receive returns): ten for one task, ten for ten (no
+    # second receive for a wider sample), ten for two.
+    assert receives == [10, 10, 10, 10]
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
     assert w.control.backlog().counts == (0,) * LEVELS and w.queues.depth(0) == 0
     assert w.services.stats()["tasks"]["succeeded"] == 10 + 4
