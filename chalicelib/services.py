@@ -1012,13 +1012,7 @@ class Services:
         sample of a deep level only approximates anyway.
         """
         want = min(policy.MAX_BATCH, n + sample - 1)
-        messages: list[QueuedMessage] = []
-        while len(messages) < want:
-            ask = min(policy.MAX_BATCH, want - len(messages))
-            got = self.queues.receive(level, ask, wait_seconds=0)
-            messages += got
-            if len(got) < ask:
-                break  # the level has no more visible, or this poll missed some: see below
+        messages = list(self.queues.receive(level, want, wait_seconds=0))
         if len(messages) < n:
             # A short poll samples some SQS servers, so it may return fewer messages
             # than are there (none, or a few of a small queue); a long poll asks them

@@ -24,7 +24,7 @@ DEAD_LETTER_QUEUES = [f"Level{level}DeadLetterQueue" for level in range(6)]
 GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
     "api_handler": [
         (
-            ["dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:Scan"],
+            ["dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:Scan"],
             ["UsageTable"],
         ),
         (["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"], ["TasksTable"]),

@@ -17,7 +17,7 @@ from chalicelib.domain import CANCELLED, FAILURE, FINISHED, PENDING, STARTED, Ta
 from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 
-WEIGHT_SK = "w"  # the weight item
+OLD_WEIGHT_SK = "w"  # where versions before December 2026 kept a weight (see adopt_old_weights)
 # The expiry of a weighted user's counters (9999-12-31): DynamoDB's TTL never reaches it.
 HOLD = "hold"
 HELD_UNTIL = 253_402_300_799
@@ -78,19 +78,22 @@ def _live(buckets: list[tuple[int, int]], now: float, bucket_seconds: int, windo
 
 
 class DynamoUsageStore:
-    """Per-user submission counts in time buckets, plus the user's weight.
+    """Per-user submission counts in time buckets, and the user's weight, on one item.
 
-    Items: (user_id, "u"), the counters: one attribute ``b<bucket start>`` per
-    bucket, the user's weight ``w`` when it is not 1, and a TTL ``expires_at``
-    (when its newest bucket leaves the window); (user_id, "w") with ``weight``,
-    kept forever (what the dashboard lists). A submission is one UpdateItem that
-    adds to the current bucket and returns the whole item, weight included.
+    (user_id, "u"): one attribute ``b<bucket start>`` per bucket, the user's
+    weight ``w`` once set, and a TTL ``expires_at`` (when its newest
+    bucket leaves the window). A submission is one UpdateItem that adds to the
+    current bucket and returns the whole item, weight included; setting a weight
+    is one UpdateItem of the same item, so there is one source of the weight.
 
     A user with a weight other than 1 has counters that never expire: they carry
     ``hold`` (a far-future expiry) and each submission sets ``expires_at`` to it.
-    So counters without ``w`` mean weight 1, and a user's first submission of a
-    window reads nothing more. A user id is only ever a key value, so no value of
-    it can reach another user's items.
+    So counters without ``w`` (or no counters) mean weight 1, and a user's first
+    submission of a window reads nothing more. A user id is only ever a key
+    value, so no value of it can reach another user's items.
+
+    Versions before December 2026 kept the weight on an item of its own,
+    (user_id, "w"); ``adopt_old_weights`` moves those onto the counters.
     """
 
     def __init__(self, client: Any, table: str) -> None:
@@ -116,8 +119,7 @@ class DynamoUsageStore:
         item = response["Attributes"]
         buckets = _buckets(item)
         self._sweep(user_id, buckets, now, bucket_seconds, window_seconds)
-        weight = int(item["w"]["N"]) if "w" in item else 1
-        return _live(buckets, now, bucket_seconds, window_seconds) - 1, weight
+        return _live(buckets, now, bucket_seconds, window_seconds) - 1, _weight(item)
 
     def _sweep(
         self, user_id: str, buckets: list[tuple[int, int]], now: float, bucket_seconds: int, window_seconds: int
@@ -132,20 +134,16 @@ class DynamoUsageStore:
             )
 
     def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
-        """Live count and weight, in one Query over the user's two items."""
+        """Live count and weight, from the counters item (consistent read)."""
         response = self._db.query(
             TableName=self._table,
-            KeyConditionExpression="user_id = :u",
-            ExpressionAttributeValues={":u": {"S": user_id}},
+            KeyConditionExpression="user_id = :u AND sk = :sk",
+            ExpressionAttributeValues={":u": {"S": user_id}, ":sk": {"S": USAGE_SK}},
             ConsistentRead=True,
         )
-        weight, count = 1, 0
         for item in response.get("Items", []):
-            if item["sk"]["S"] == WEIGHT_SK:
-                weight = int(item["weight"]["N"])
-            elif item["sk"]["S"] == USAGE_SK:
-                count = _live(_buckets(item), now, bucket_seconds, window_seconds)
-        return count, weight
+            return _live(_buckets(item), now, bucket_seconds, window_seconds), _weight(item)
+        return 0, 1
 
     def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
         start = policy.bucket_start(submitted_at, bucket_seconds)
@@ -173,11 +171,10 @@ class DynamoUsageStore:
         while True:
             response = self._db.scan(**kwargs)
             for item in response.get("Items", []):
-                user, sk = item["user_id"]["S"], item["sk"]["S"]
-                if sk == WEIGHT_SK:
-                    weights[user] = int(item["weight"]["N"])
-                elif sk == USAGE_SK:
+                if item["sk"]["S"] == USAGE_SK:
+                    user = item["user_id"]["S"]
                     counts[user] = _live(_buckets(item), now, bucket_seconds, window_seconds)
+                    weights[user] = _weight(item)
             read += len(response.get("Items", []))
             last = response.get("LastEvaluatedKey")
             if not last:
@@ -188,11 +185,6 @@ class DynamoUsageStore:
         return _top(counts, weights, limit), False
 
     def set_weight(self, user_id: str, weight: int, now: float, bucket_seconds: int, window_seconds: int) -> None:
-        self._db.put_item(
-            TableName=self._table,
-            Item={"user_id": {"S": user_id}, "sk": {"S": WEIGHT_SK}, "weight": {"N": str(weight)}},
-        )
-        # And onto the counters, which submissions read it from.
         if weight != 1:
             # Held: counters that expired would forget the weight. Created if the
             # user has none yet.
@@ -205,17 +197,53 @@ class DynamoUsageStore:
             )
             return
         # Back to 1, the default: the counters may expire again (when the newest
-        # possible bucket leaves the window; the next submission sets it anyway).
+        # possible bucket leaves the window; the next submission sets it anyway),
+        # and counters made after that have no w, which also means 1. The w of 1
+        # until then tells adopt_old_weights that this weight is newer.
         expires = policy.bucket_expiry(policy.bucket_start(now, bucket_seconds), bucket_seconds, window_seconds)
-        _conditional_update(
-            self._db,
-            self._table,
+        self._db.update_item(
+            TableName=self._table,
             Key=self._key(user_id),
-            UpdateExpression="REMOVE w, #hold SET expires_at = :exp",
-            ConditionExpression="attribute_exists(user_id)",
+            UpdateExpression="SET w = :one, expires_at = :exp REMOVE #hold",
             ExpressionAttributeNames={"#hold": HOLD},
-            ExpressionAttributeValues={":exp": {"N": str(expires)}},
+            ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(expires)}},
         )
+
+    def adopt_old_weights(self) -> list[tuple[str, int]]:
+        """Move weights kept by older versions on items of their own onto the counters; once, after upgrading.
+
+        Safe to run again, and while the service runs: a weight set since is
+        newer than the old item, and is kept. Returns the (user, weight) moved.
+        """
+        moved: list[tuple[str, int]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "sk = :w",
+            "ExpressionAttributeValues": {":w": {"S": OLD_WEIGHT_SK}},
+        }
+        while True:
+            response = self._db.scan(**kwargs)
+            for item in response.get("Items", []):
+                user, weight = item["user_id"]["S"], int(item["weight"]["N"])
+                if weight != 1 and _conditional_update(
+                    self._db,
+                    self._table,
+                    Key=self._key(user),
+                    UpdateExpression="SET w = :w, #hold = :never, expires_at = :never",
+                    ConditionExpression="attribute_not_exists(w)",  # not over a weight set since
+                    ExpressionAttributeNames={"#hold": HOLD},
+                    ExpressionAttributeValues={":w": {"N": str(weight)}, ":never": {"N": str(HELD_UNTIL)}},
+                ):
+                    moved.append((user, weight))
+                self._db.delete_item(TableName=self._table, Key=self._key(user, OLD_WEIGHT_SK))
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return moved
+            kwargs["ExclusiveStartKey"] = last
+
+
+def _weight(counters: dict[str, Any]) -> int:
+    return int(counters["w"]["N"]) if "w" in counters else 1
 
 
 def _top(counts: dict[str, int], weights: dict[str, int], limit: int) -> list[UserUsage]:
