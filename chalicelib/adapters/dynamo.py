@@ -186,15 +186,7 @@ class DynamoUsageStore:
 
     def set_weight(self, user_id: str, weight: int, now: float, bucket_seconds: int, window_seconds: int) -> None:
         if weight != 1:
-            # Held: counters that expired would forget the weight. Created if the
-            # user has none yet.
-            self._db.update_item(
-                TableName=self._table,
-                Key=self._key(user_id),
-                UpdateExpression="SET w = :w, #hold = :never, expires_at = :never",
-                ExpressionAttributeNames={"#hold": HOLD},
-                ExpressionAttributeValues={":w": {"N": str(weight)}, ":never": {"N": str(HELD_UNTIL)}},
-            )
+            self._hold_weight(user_id, weight)
             return
         # Back to 1, the default: the counters may expire again (when the newest
         # possible bucket leaves the window; the next submission sets it anyway),
@@ -208,6 +200,21 @@ class DynamoUsageStore:
             ExpressionAttributeNames={"#hold": HOLD},
             ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(expires)}},
         )
+
+    def _hold_weight(self, user_id: str, weight: int, condition: str | None = None) -> bool:
+        """A weight other than 1 onto the counters, which then never expire (else they would forget it).
+
+        Creates the counters if the user has none yet. False if ``condition`` failed.
+        """
+        kwargs: dict[str, Any] = {
+            "Key": self._key(user_id),
+            "UpdateExpression": "SET w = :w, #hold = :never, expires_at = :never",
+            "ExpressionAttributeNames": {"#hold": HOLD},
+            "ExpressionAttributeValues": {":w": {"N": str(weight)}, ":never": {"N": str(HELD_UNTIL)}},
+        }
+        if condition is not None:
+            kwargs["ConditionExpression"] = condition
+        return _conditional_update(self._db, self._table, **kwargs)
 
     def adopt_old_weights(self) -> list[tuple[str, int]]:
         """Move weights kept by older versions on items of their own onto the counters; once, after upgrading.
@@ -225,15 +232,8 @@ class DynamoUsageStore:
             response = self._db.scan(**kwargs)
             for item in response.get("Items", []):
                 user, weight = item["user_id"]["S"], int(item["weight"]["N"])
-                if weight != 1 and _conditional_update(
-                    self._db,
-                    self._table,
-                    Key=self._key(user),
-                    UpdateExpression="SET w = :w, #hold = :never, expires_at = :never",
-                    ConditionExpression="attribute_not_exists(w)",  # not over a weight set since
-                    ExpressionAttributeNames={"#hold": HOLD},
-                    ExpressionAttributeValues={":w": {"N": str(weight)}, ":never": {"N": str(HELD_UNTIL)}},
-                ):
+                # Not over a weight set since (set_weight always leaves a w).
+                if weight != 1 and self._hold_weight(user, weight, "attribute_not_exists(w)"):
                     moved.append((user, weight))
                 self._db.delete_item(TableName=self._table, Key=self._key(user, OLD_WEIGHT_SK))
             last = response.get("LastEvaluatedKey")
