@@ -241,9 +241,9 @@ def plan_picks(
     return levels, state
 
 
-def takes_of(takes: int | Mapping[int, int]) -> dict[int, int]:
-    """A commit's takes as {level: tasks}: a bare level means one task of it."""
-    wanted = {takes: 1} if isinstance(takes, int) else {lvl: n for lvl, n in takes.items() if n}
+def takes_of(takes: Mapping[int, int]) -> dict[int, int]:
+    """A commit's takes, {level: tasks}, checked and without the levels it takes none of."""
+    wanted = {lvl: n for lvl, n in takes.items() if n}
     if not wanted or any(not 0 <= lvl < LEVELS or n < 0 for lvl, n in wanted.items()):
         raise ValueError(f"not a pick: {takes!r}")
     return wanted

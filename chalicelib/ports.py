@@ -140,12 +140,12 @@ class ControlStore(Protocol):
         """
 
     def commit_pick(
-        self, seen: Backlog, after: Backlog, takes: int | Mapping[int, int], tallies: Sequence[int] = ()
+        self, seen: Backlog, after: Backlog, takes: Mapping[int, int], tallies: Sequence[int] = ()
     ) -> tuple[bool, Backlog]:
         """Take tasks off the counts: store ``after`` if the state is still ``seen``.
 
-        ``takes`` is a level (one task of it) or {level: tasks}; each level must
-        still count that many, all in one conditional write.
+        ``takes`` is {level: tasks}; each level must still count that many, all
+        in one conditional write.
 
         ``tallies`` (finished tasks not yet counted) are added with the same write.
 

@@ -1020,7 +1020,7 @@ class Services:
             # corrected it. Or the messages were in another worker's sample, about to
             # be given back: then they are queued but no longer counted, and the walk
             # before this worker stops finds them.
-            messages += self.queues.receive(level, min(policy.MAX_BATCH, want - len(messages)), wait_seconds=1)
+            messages += self.queues.receive(level, want - len(messages), wait_seconds=1)
         if len(messages) < n and missed is not None:
             missed[:] = [True]
         return self._some_of(level, messages, n)

@@ -701,7 +701,7 @@ class DynamoControlStore:
         return int(attributes[f"l{level}"]["N"]), int(attributes[f"e{level}"]["N"])
 
     def commit_pick(
-        self, seen: Backlog, after: Backlog, takes: int | Mapping[int, int], tallies: Sequence[int] = ()
+        self, seen: Backlog, after: Backlog, takes: Mapping[int, int], tallies: Sequence[int] = ()
     ) -> tuple[bool, Backlog]:
         wanted = policy.takes_of(takes)
         # Optimistic concurrency: the pick was chosen from ``seen``; it stands only if

@@ -440,7 +440,7 @@ class MemoryControlStore:
             return counts[level], enqueued[level]
 
     def commit_pick(
-        self, seen: Backlog, after: Backlog, takes: int | Mapping[int, int], tallies: Sequence[int] = ()
+        self, seen: Backlog, after: Backlog, takes: Mapping[int, int], tallies: Sequence[int] = ()
     ) -> tuple[bool, Backlog]:
         wanted = policy.takes_of(takes)
         with self._mutex:

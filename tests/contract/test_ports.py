@@ -337,25 +337,25 @@ def test_enqueue_counts_and_numbers_in_one_write(ports: Ports) -> None:
 
 
 def test_a_pick_commits_only_from_the_current_state(ports: Ports) -> None:
-    assert ports.control.commit_pick(Backlog(), Backlog(), 0) == (False, Backlog())  # nothing queued
+    assert ports.control.commit_pick(Backlog(), Backlog(), {0: 1}) == (False, Backlog())  # nothing queued
     ports.control.add_backlog(3, 2)
     seen = ports.control.backlog()
     after = Backlog(seen.counts, (0.0, 0.0, 0.0, 0.25, 0.0, 0.0), 0.125, seen.version + 1)
     ports.control.add_backlog(3, 1)  # a submit to a level that had tasks: the choice stands
-    taken, now = ports.control.commit_pick(seen, after, 3)
+    taken, now = ports.control.commit_pick(seen, after, {3: 1})
     assert taken
     assert (now.counts, now.passes, now.vtime, now.version) == ((0, 0, 0, 2, 0, 0), after.passes, 0.125, 1)
-    assert not ports.control.commit_pick(seen, after, 3)[0]  # another pick came in between
+    assert not ports.control.commit_pick(seen, after, {3: 1})[0]  # another pick came in between
     # A submit to an empty level lands between reading and committing: the stale
     # pick is refused, and the refusal carries the current state to choose again from.
     seen = now
     ports.control.add_backlog(0, 1)
-    taken, current = ports.control.commit_pick(seen, after, 3)
+    taken, current = ports.control.commit_pick(seen, after, {3: 1})
     assert not taken
     assert (current.counts, current.version) == ((1, 0, 0, 2, 0, 0), 1)
-    taken, now = ports.control.commit_pick(current, current, 0)
+    taken, now = ports.control.commit_pick(current, current, {0: 1})
     assert taken and now.counts == (0, 0, 0, 2, 0, 0)
-    assert not ports.control.commit_pick(now, now, 0)[0]  # level 0 has none left
+    assert not ports.control.commit_pick(now, now, {0: 1})[0]  # level 0 has none left
 
 
 def test_a_pick_of_several_tasks_takes_them_from_each_level_in_one_write(ports: Ports) -> None:
@@ -513,7 +513,7 @@ def test_tallies_ride_on_backlog_writes_and_picks(ports: Ports) -> None:
     ports.control.add_backlog(1, -1, (0, 0, 1))
     seen = ports.control.backlog()
     assert seen.tallies == (1, 0, 1)
-    taken, after = ports.control.commit_pick(seen, seen, 1, (2, 1, 0))
+    taken, after = ports.control.commit_pick(seen, seen, {1: 1}, (2, 1, 0))
     assert taken and after.tallies == (3, 1, 1) and after.counts[1] == 0
     ports.control.add_backlog(0, 0, (0, 1, 0))
     assert ports.control.backlog().tallies == (3, 2, 1) and ports.control.backlog().counts == (0,) * 6
