@@ -31,7 +31,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser: ## install Debian's chromium if it is missing (the dashboard test needs it)
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the dashboard test"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null \
-	  || echo "could not install chromium: the dashboard's browser test will be skipped"; }
+	  || { echo "could not install Debian's chromium: the dashboard's browser test cannot run" >&2; exit 1; }; }
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .
