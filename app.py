@@ -35,6 +35,8 @@ logging.getLogger("pqh").setLevel(logging.INFO)
 THROTTLING = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
+    "Throttling",
+    "RequestThrottled",  # SQS
     "RequestLimitExceeded",
     "TooManyRequestsException",
     "ServiceUnavailable",
