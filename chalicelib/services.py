@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from chalicelib import policy
 from chalicelib.domain import (
@@ -193,6 +193,25 @@ class PendingDeletes:
 Picked = tuple[int, QueuedMessage, policy.Backlog, bool]
 
 
+class Timer(Protocol):
+    """A started one-shot timer: ``cancel`` stops it if it has not fired; ``join`` waits for a firing one."""
+
+    def cancel(self) -> None: ...
+
+    def join(self) -> None: ...
+
+
+StartTimer = Callable[[float, Callable[[], None]], Timer]
+
+
+def start_thread_timer(delay: float, fire: Callable[[], None]) -> Timer:
+    """Call ``fire`` on a daemon thread after ``delay`` seconds."""
+    timer = threading.Timer(delay, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class Ahead:
     """A worker's tasks picked and not yet run, in the order to run them.
 
@@ -202,16 +221,24 @@ class Ahead:
     So no task picked ahead waits much longer than ``limit`` behind slow ones.
     """
 
-    def __init__(self, put_back: Callable[[list[Picked]], None], limit: float) -> None:
+    def __init__(
+        self,
+        put_back: Callable[[list[Picked]], None],
+        limit: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        start_timer: StartTimer | None = None,
+    ) -> None:
         self._put_back = put_back
         self._limit = limit
+        self._monotonic = monotonic
+        self._start_timer = start_timer or start_thread_timer
         self._lock = threading.Lock()
         self._held: collections.deque[Picked] = collections.deque()
         self._since = 0.0  # when the oldest task held was picked (monotonic)
         self._overdue = False  # the running task outlived the limit: nothing more is held
         self._gave_back = False
         self._run = 0  # which run the watchdog watches; a late timer of an earlier one does nothing
-        self._timer: threading.Timer | None = None
+        self._timer: Timer | None = None
 
     def __bool__(self) -> bool:
         with self._lock:
@@ -221,7 +248,7 @@ class Ahead:
         with self._lock:
             if not self._overdue:
                 if batch and not self._held:
-                    self._since = time.monotonic()
+                    self._since = self._monotonic()
                 self._held.extend(batch)
                 return
             self._gave_back = self._gave_back or bool(batch)
@@ -245,11 +272,9 @@ class Ahead:
         with self._lock:
             if not (self._held or pending):
                 return
-            waited = time.monotonic() - self._since if self._held else 0.0
+            waited = self._monotonic() - self._since if self._held else 0.0
             run = self._run
-        self._timer = threading.Timer(max(0.0, self._limit - waited), self._overstayed, args=(run,))
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer = self._start_timer(max(0.0, self._limit - waited), lambda: self._overstayed(run))
 
     def ran(self) -> None:
         """The task is done (or failed): stop watching, and wait for a watchdog already at work."""
@@ -288,6 +313,9 @@ class Services:
     control: ControlStore
     invoker: Invoker
     clock: Callable[[], float] = time.time
+    # The worker's watchdog measures and waits in these: tests drive them by hand.
+    monotonic: Callable[[], float] = time.monotonic
+    start_timer: StartTimer = start_thread_timer
     task_function: TaskFunction | None = None
     keys: KeyStore | None = None
     idempotency: Idempotency | None = None
@@ -766,7 +794,7 @@ class Services:
         deletes = PendingDeletes(self.queues, self.clock)
         # Picked and not yet run, in the order to run them: up to PQH_PREFETCH_SECONDS
         # of short tasks are picked with one write and received with one call.
-        held = Ahead(self._put_back_now, OVERSTAY_FACTOR * s.prefetch_seconds)
+        held = Ahead(self._put_back_now, OVERSTAY_FACTOR * s.prefetch_seconds, self.monotonic, self.start_timer)
         # The next batch, picked while the last held task runs (it adds them to ``held``).
         prefetched: Future[tuple[int, ...]] | None = None
         pool: ThreadPoolExecutor | None = None
