@@ -985,7 +985,7 @@ class Services:
         """
         s = self.settings
         state = snapshot if snapshot is not None else self.control.backlog()
-        if snapshot is not None and policy.choose_level(state, s.policy, s.shares) is None:
+        if snapshot is not None and policy.choose_level(state, s.policy) is None:
             state = self.control.backlog()  # the snapshot predates the last task: look again
         sample = s.fair_sample if s.policy == "fair" else 1
         while True:
