@@ -73,4 +73,9 @@ run: $(STAMP) ## start the whole system locally (emulator, API on :8000, dispatc
 chaos: $(STAMP) ## submit tasks while injecting crashes, throttling, duplicates and poison; report lost/run-twice
 	$(BIN)/python -m bench.chaos
 
-.PHONY: run bench bench-fairness chaos
+mutation: $(STAMP) ## mutation testing (mutmut) of the policy, validation and the services; kill rates per module
+	rm -rf mutants && mkdir -p build
+	$(BIN)/mutmut run --max-children 2 > build/mutation.log 2>&1 || { tail -c 2000 build/mutation.log; exit 1; }
+	$(BIN)/python -m bench.mutation
+
+.PHONY: run bench bench-fairness chaos mutation
