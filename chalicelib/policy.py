@@ -6,6 +6,7 @@ fair allocation is tested exhaustively in milliseconds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
@@ -117,20 +118,31 @@ def workers_wanted(free: int, backlog: Sequence[int], full_walk: bool = False) -
     return max(0, min(free, queued))
 
 
-# --- Choosing the next level: strict, fair (stride), fifo ---------------------
+# --- Choosing the next level: priority (with a floor), fair (stride), strict, fifo
 
-POLICIES = ("fair", "strict", "fifo")
+POLICIES = ("priority", "fair", "strict", "fifo")
+DEFAULT_POLICY = "priority"
 # Default shares of the fair policy: each level gets twice the share of the next.
 DEFAULT_SHARES: tuple[int, ...] = (32, 16, 8, 4, 2, 1)
+# The priority policy's floor F: a level with queued tasks is picked at least once in
+# every F consecutive picks (so at least 2 of every 64 with the default).
+DEFAULT_FLOOR_PICKS = 32
+# Policies that keep priority order: a batch picked ahead stops short of work a
+# higher-priority arrival would have gone before (see plan_picks).
+PRIORITY_ORDERED = ("priority", "strict")
 
 
 @dataclass(frozen=True)
 class Backlog:
-    """The shared dispatch state: queued counts per level, and the fair policy's clock.
+    """The shared dispatch state: queued counts per level, and the policies' clocks.
 
-    ``passes[L]`` is level L's virtual time, ``vtime`` the virtual time of the last
-    pick, ``version`` changes on every pick (a pick is committed only if no other
-    pick came in between and the same levels are empty and non-empty).
+    ``passes[L]`` is level L's virtual time and ``vtime`` the virtual time of the
+    last pick (the fair policy). ``stamps[L]`` is the pick number (picks_made) at
+    which level L was last picked or last seen empty (the priority policy).
+    ``version`` changes on every pick (a pick is committed only if no other pick
+    came in between and the same levels are empty and non-empty).
+    ``arrival_rates[L]`` is level L's recent arrivals per second as of ``rated_at``,
+    which counted the arrivals up to ``rated_enqueued[L]`` (for ETAs).
     """
 
     counts: tuple[int, ...] = (0,) * LEVELS
@@ -142,6 +154,10 @@ class Backlog:
     run_seconds: float = 0.0  # moving average of recent run times (0: none yet)
     # Tasks finished since the start, by outcome (TALLIES order), for the dashboard.
     tallies: tuple[int, ...] = (0,) * 3
+    stamps: tuple[int, ...] = (0,) * LEVELS
+    arrival_rates: tuple[float, ...] = (0.0,) * LEVELS
+    rated_enqueued: tuple[int, ...] = (0,) * LEVELS
+    rated_at: float = 0.0
 
 
 def backlog_to_payload(state: Backlog) -> dict[str, Any]:
@@ -161,10 +177,23 @@ def backlog_from_payload(data: dict[str, Any]) -> Backlog | None:
             dequeued=tuple(int(v) for v in data["dequeued"]),
             run_seconds=float(data["run_seconds"]),
             tallies=tuple(int(v) for v in data["tallies"]),
+            # Absent from a dispatcher of an older version: the policy's start values.
+            stamps=tuple(int(v) for v in data.get("stamps", (0,) * LEVELS)),
+            arrival_rates=tuple(float(v) for v in data.get("arrival_rates", (0.0,) * LEVELS)),
+            rated_enqueued=tuple(int(v) for v in data.get("rated_enqueued", (0,) * LEVELS)),
+            rated_at=float(data.get("rated_at", 0.0)),
         )
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    shapes = (state.counts, state.passes, state.enqueued, state.dequeued)
+    shapes = (
+        state.counts,
+        state.passes,
+        state.enqueued,
+        state.dequeued,
+        state.stamps,
+        state.arrival_rates,
+        state.rated_enqueued,
+    )
     if any(len(values) != LEVELS for values in shapes) or len(state.tallies) != len(TALLIES):
         return None
     return state
@@ -193,14 +222,59 @@ def queue_level(level: int, policy_name: str) -> int:
     return 0 if policy_name == "fifo" else level
 
 
-def choose_level(state: Backlog, policy_name: str) -> int | None:
+def validate_floor_picks(floor_picks: int) -> None:
+    if floor_picks < LEVELS:
+        raise ValueError(f"the floor must be at least {LEVELS} picks (one per level)")
+
+
+def overdue_age(floor_picks: int) -> int:
+    """K: a backlogged level this many picks past its stamp is overdue.
+
+    K = F - (LEVELS - 1) makes the floor exactly F (see choose_level).
+    """
+    return floor_picks - (LEVELS - 1)
+
+
+def picks_made(state: Backlog) -> int:
+    """The pick number: tasks ever taken (every pick adds one, in the same write)."""
+    return sum(state.dequeued)
+
+
+def ages(state: Backlog) -> list[int]:
+    """Picks since each level's stamp (never negative: a stamp ahead of the count is new)."""
+    made = picks_made(state)
+    return [max(0, made - stamp) for stamp in state.stamps]
+
+
+def overdue_levels(state: Backlog, floor_picks: int = DEFAULT_FLOOR_PICKS) -> list[int]:
+    """The backlogged levels at least K picks past their stamps (the priority policy)."""
+    limit = overdue_age(floor_picks)
+    return [lvl for lvl, age in enumerate(ages(state)) if state.counts[lvl] > 0 and age >= limit]
+
+
+def choose_level(state: Backlog, policy_name: str, floor_picks: int = DEFAULT_FLOOR_PICKS) -> int | None:
     """The level the next task comes from, or None when nothing is queued.
 
     strict and fifo: the highest level with a queued task.
+    priority: the highest level with a queued task, unless some backlogged level
+    is overdue (K or more picks since it was last picked or seen empty): then the
+    overdue level with the largest age, ties to the higher priority. Guarantee: a
+    level backlogged throughout F = K + LEVELS - 1 consecutive picks is picked in
+    them. Proof: let s be its stamp (s is at most the pick before the window).
+    From pick s + K + 1 on it is overdue, so only older overdue levels (stamps at
+    most s) can go first, each once (its stamp then moves past s). Those are at
+    most LEVELS - 2 levels: the level picked at pick s + K has a stamp past s.
+    So it is picked by pick s + K + LEVELS - 1 = s + F.
     fair: stride scheduling over the backlogged levels. Each backlogged level's
     virtual time is at least the current one (an idle level banks no credit);
     the smallest goes next, ties to the higher priority.
     """
+    if policy_name == "priority":
+        overdue = overdue_levels(state, floor_picks)
+        if overdue:
+            age = ages(state)
+            return min(overdue, key=lambda lvl: (-age[lvl], lvl))
+        return highest_backlogged(state.counts)
     if policy_name != "fair":
         return highest_backlogged(state.counts)
     best: tuple[float, int] | None = None
@@ -213,12 +287,22 @@ def choose_level(state: Backlog, policy_name: str) -> int | None:
 
 
 def after_pick(state: Backlog, level: int, policy_name: str, shares: Sequence[int] = DEFAULT_SHARES) -> Backlog:
-    """The state once a task of ``level`` has been taken."""
+    """The state once a task of ``level`` has been taken.
+
+    Every policy moves the stamps (so a switch to ``priority`` starts from fresh
+    ones): the picked level's and every empty level's become the new pick number.
+    An idle level banks no credit.
+    """
     counts = list(state.counts)
     counts[level] -= 1
     dequeued = list(state.dequeued)
     dequeued[level] += 1
-    taken = replace(state, counts=tuple(counts), dequeued=tuple(dequeued), version=state.version + 1)
+    made = sum(dequeued)
+    stamps = tuple(
+        made if lvl == level or count <= 0 else stamp
+        for lvl, (count, stamp) in enumerate(zip(counts, state.stamps, strict=True))
+    )
+    taken = replace(state, counts=tuple(counts), dequeued=tuple(dequeued), stamps=stamps, version=state.version + 1)
     if policy_name != "fair":
         return taken
     start = max(state.passes[level], state.vtime)
@@ -227,15 +311,35 @@ def after_pick(state: Backlog, level: int, policy_name: str, shares: Sequence[in
     return replace(taken, passes=tuple(passes), vtime=start)
 
 
+def may_hold_ahead(state: Backlog, level: int, policy_name: str, floor_picks: int = DEFAULT_FLOOR_PICKS) -> bool:
+    """Whether a pick may wait on a slot behind others of its batch.
+
+    Under a policy that keeps priority order, a task held ahead must not delay a
+    higher-priority arrival by more than one task per slot: beyond a batch's
+    first task, only level-0 tasks (nothing outranks them) and picks the floor
+    forces (an arrival is never overdue, so it would not go before them) are held.
+    """
+    if policy_name not in PRIORITY_ORDERED or level == 0:
+        return True
+    return policy_name == "priority" and level in overdue_levels(state, floor_picks)
+
+
 def plan_picks(
-    state: Backlog, most: int, policy_name: str, shares: Sequence[int] = DEFAULT_SHARES
+    state: Backlog,
+    most: int,
+    policy_name: str,
+    shares: Sequence[int] = DEFAULT_SHARES,
+    floor_picks: int = DEFAULT_FLOOR_PICKS,
 ) -> tuple[list[int], Backlog]:
     """The levels of the next ``most`` tasks, in the order the policy takes them, and the state after.
 
-    The same choices as ``most`` single picks in a row (fewer if fewer are queued).
+    The same choices as that many single picks in a row (fewer if fewer are
+    queued, or if the next one may not be held ahead: may_hold_ahead).
     """
     levels: list[int] = []
-    while len(levels) < most and (level := choose_level(state, policy_name)) is not None:
+    while len(levels) < most and (level := choose_level(state, policy_name, floor_picks)) is not None:
+        if levels and not may_hold_ahead(state, level, policy_name, floor_picks):
+            break
         levels.append(level)
         state = after_pick(state, level, policy_name, shares)
     return levels, state
@@ -298,26 +402,29 @@ POSITION_LIMIT = 100_000
 
 
 def queue_position(
-    state: Backlog, level: int, seq: int, policy_name: str, shares: Sequence[int] = DEFAULT_SHARES
+    state: Backlog,
+    level: int,
+    seq: int,
+    policy_name: str,
+    shares: Sequence[int] = DEFAULT_SHARES,
+    floor_picks: int = DEFAULT_FLOOR_PICKS,
 ) -> int:
     """How many queued tasks the policy will start before a task, if nothing else arrives.
 
     ``seq`` is the task's sequence number in its level's queue (1 = the first
     ever). Tasks of its level with smaller numbers that are not yet taken are
-    ahead of it (approximate: a standard queue is only roughly FIFO, and the fair
-    policy orders a level by usage). Other levels' tasks come in between as the
-    policy would choose them; this replays the policy on a copy of the state.
+    ahead of it (approximate: a standard queue is only roughly FIFO, and a level
+    is ordered by usage). Other levels' tasks come in between as the policy
+    would choose them; this replays the policy on a copy of the state.
     """
-    # Never more ahead than are queued there: the counters can drift (failed
-    # submits, duplicates), the count is kept right by the workers.
-    ahead_in_level = max(0, min(seq - state.dequeued[level] - 1, state.counts[level] - 1))
+    ahead_in_level = _ahead_in_level(state, level, seq)
     counts = list(state.counts)
     counts[level] = max(counts[level], ahead_in_level + 1)
     sim = replace(state, counts=tuple(counts))
     position = 0
     taken_from_level = 0
     while position < POSITION_LIMIT:
-        chosen = choose_level(sim, policy_name)
+        chosen = choose_level(sim, policy_name, floor_picks)
         if chosen is None:
             break
         if chosen == level:
@@ -329,9 +436,87 @@ def queue_position(
     return position
 
 
-def eta_seconds(position: int, capacity: int, run_seconds: float) -> float:
-    """Expected wait before a task starts: the tasks ahead, run ``capacity`` at a time."""
-    return position * run_seconds / capacity
+def _ahead_in_level(state: Backlog, level: int, seq: int) -> int:
+    # Never more ahead than are queued there: the counters can drift (failed
+    # submits, duplicates), the count is kept right by the workers.
+    return max(0, min(seq - state.dequeued[level] - 1, state.counts[level] - 1))
+
+
+def floor_bound(state: Backlog, level: int, seq: int, floor_picks: int = DEFAULT_FLOOR_PICKS) -> int:
+    """The priority policy's promise: at most this many picks come before a task, whatever arrives.
+
+    Its level stays backlogged until the task is picked, so each of the level's
+    picks up to the task's comes within F of the one before.
+    """
+    return (_ahead_in_level(state, level, seq) + 1) * floor_picks - 1
+
+
+# Arrival rates are smoothed over about this many seconds (an exponential moving average).
+ARRIVAL_SECONDS = 15.0
+# Arrivals that go first are assumed to take at most this share of the starts.
+MAX_OVERTAKING_LOAD = 0.9
+
+
+def arrival_rates_at(state: Backlog, now: float) -> tuple[float, ...]:
+    """Each level's recent arrivals per second at ``now``: the stored rates decayed, plus the arrivals since."""
+    if state.rated_at <= 0:
+        return state.arrival_rates
+    decay = math.exp(-max(0.0, now - state.rated_at) / ARRIVAL_SECONDS)
+    return tuple(
+        rate * decay + max(0, enqueued - rated) / ARRIVAL_SECONDS
+        for rate, enqueued, rated in zip(state.arrival_rates, state.enqueued, state.rated_enqueued, strict=True)
+    )
+
+
+def with_arrival_rates(state: Backlog, now: float) -> Backlog:
+    """The state with its arrival rates brought to ``now`` (a pick's write carries them).
+
+    The first time, the rates start at zero from the arrivals counted so far.
+    """
+    # Rounded: a rate decayed for hours would fall below the smallest number DynamoDB stores.
+    rates = tuple(round(r, 6) for r in arrival_rates_at(state, now)) if state.rated_at > 0 else (0.0,) * LEVELS
+    return replace(state, arrival_rates=rates, rated_enqueued=state.enqueued, rated_at=max(now, state.rated_at))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    position: int  # queued tasks the policy starts first if nothing else arrives
+    eta_seconds: float  # expected wait before the task starts
+
+
+def estimate(
+    state: Backlog,
+    level: int,
+    seq: int,
+    now: float,
+    *,
+    policy_name: str,
+    capacity: int,
+    run_seconds: float,
+    shares: Sequence[int] = DEFAULT_SHARES,
+    floor_picks: int = DEFAULT_FLOOR_PICKS,
+) -> Estimate:
+    """A queued task's position and expected wait, from the backlog state alone.
+
+    The wait is: the first busy slot freeing (about run / (capacity + 1) of the
+    running tasks' remaining time, when other tasks are queued: then every slot
+    is busy), then the tasks ahead, ``capacity`` at a time; under a policy that
+    keeps priority order, tasks arriving meanwhile at higher levels (their recent
+    rate) take a share ``load`` of the starts, so it is divided by 1 - load. The
+    priority policy caps it at its floor (floor_bound), whatever arrives.
+    """
+    position = queue_position(state, level, seq, policy_name, shares, floor_picks)
+    per_start = run_seconds / capacity
+    busy = sum(max(0, n) for n in state.counts) > 1
+    first = run_seconds / (capacity + 1) if busy else 0.0
+    load = 0.0
+    if policy_name in PRIORITY_ORDERED:
+        overtaking = sum(arrival_rates_at(state, now)[:level])
+        load = min(MAX_OVERTAKING_LOAD, overtaking * per_start)
+    wait = (first + position * per_start) / (1.0 - load)
+    if policy_name == "priority":
+        wait = min(wait, first + floor_bound(state, level, seq, floor_picks) * per_start)
+    return Estimate(position, wait)
 
 
 def guaranteed_share(level: int, backlogged: Iterable[int], shares: Sequence[int] = DEFAULT_SHARES) -> float:

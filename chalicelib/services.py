@@ -432,10 +432,18 @@ class Services:
             return None
         s = self.settings
         state = self.control.backlog()
-        queue = policy.queue_level(task.priority_level, s.policy)
-        position = policy.queue_position(state, queue, task.queue_seq, s.policy, s.shares)
-        run_seconds = state.run_seconds or s.task_seconds
-        return Progress(position, policy.eta_seconds(position, s.capacity, run_seconds))
+        found = policy.estimate(
+            state,
+            policy.queue_level(task.priority_level, s.policy),
+            task.queue_seq,
+            self.clock(),
+            policy_name=s.policy,
+            capacity=s.capacity,
+            run_seconds=state.run_seconds or s.task_seconds,
+            shares=s.shares,
+            floor_picks=s.floor_picks,
+        )
+        return Progress(found.position, found.eta_seconds)
 
     def cancel(self, task_id: str, caller: Identity | None = None) -> Task:
         """Cancel a queued task, or ask a running one to stop; 409 when neither can be done.
@@ -985,14 +993,17 @@ class Services:
         """
         s = self.settings
         state = snapshot if snapshot is not None else self.control.backlog()
-        if snapshot is not None and policy.choose_level(state, s.policy) is None:
+        if snapshot is not None and policy.choose_level(state, s.policy, s.floor_picks) is None:
             state = self.control.backlog()  # the snapshot predates the last task: look again
-        sample = s.fair_sample if s.policy == "fair" else 1
+        # Weights order the users inside a level under every policy but the two plain ones.
+        sample = s.fair_sample if s.policy in ("fair", "priority") else 1
         while True:
             share = policy.batch_share(state.counts, s.capacity)
-            levels, after = policy.plan_picks(state, min(most, share), s.policy, s.shares)
+            levels, after = policy.plan_picks(state, min(most, share), s.policy, s.shares, s.floor_picks)
             if not levels:
                 break
+            # The pick's write also carries the levels' recent arrival rates (for ETAs).
+            after = policy.with_arrival_rates(after, self.clock())
             if last_run is not None:  # this slot's last seconds per task, for ETAs
                 after = replace(after, run_seconds=policy.moving_average(state.run_seconds, last_run))
             takes = {level: levels.count(level) for level in levels}

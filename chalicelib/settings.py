@@ -10,7 +10,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from chalicelib.policy import DEFAULT_SHARES, DEFAULT_THRESHOLDS, POLICIES, validate_shares, validate_thresholds
+from chalicelib.policy import (
+    DEFAULT_FLOOR_PICKS,
+    DEFAULT_POLICY,
+    DEFAULT_SHARES,
+    DEFAULT_THRESHOLDS,
+    LEVELS,
+    POLICIES,
+    validate_shares,
+    validate_thresholds,
+)
 
 
 class ConfigError(Exception):
@@ -34,8 +43,10 @@ class Settings:
     window_seconds: int = 6000
     window_buckets: int = 10
     thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
-    policy: str = "fair"
+    policy: str = DEFAULT_POLICY
     shares: tuple[int, ...] = DEFAULT_SHARES
+    # The priority policy: a level with queued tasks is picked at least once in every this many picks.
+    floor_picks: int = DEFAULT_FLOOR_PICKS
     fair_sample: int = 10
     task_seconds: float = 60.0
     task_function: str = "chalicelib.tasks.limited_f"
@@ -156,7 +167,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         )
     lease_seconds = _int(env, "PQH_LEASE_SECONDS", 60, 3, 900)
     auth = auth_mode(env)
-    policy_name = env.get("PQH_POLICY", "").strip() or "fair"
+    policy_name = env.get("PQH_POLICY", "").strip() or DEFAULT_POLICY
     if policy_name not in POLICIES:
         raise ConfigError(f"PQH_POLICY={policy_name!r} must be one of {', '.join(POLICIES)}")
     return Settings(
@@ -173,6 +184,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         thresholds=_thresholds(env),
         policy=policy_name,
         shares=_shares(env),
+        floor_picks=_int(env, "PQH_FLOOR_PICKS", DEFAULT_FLOOR_PICKS, LEVELS, 100_000),
         fair_sample=_int(env, "PQH_FAIR_SAMPLE", 10, 1, 10),
         task_seconds=_task_seconds(env),
         task_function=env.get("PQH_TASK_FUNCTION", "").strip() or "chalicelib.tasks.limited_f",

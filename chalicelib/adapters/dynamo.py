@@ -568,6 +568,10 @@ def _backlog_from(item: dict[str, Any]) -> Backlog:
         dequeued=tuple(int(_num(item, f"d{level}") or 0) for level in range(policy.LEVELS)),
         run_seconds=_num(item, "rt") or 0.0,
         tallies=tuple(int(_num(item, name) or 0) for name in TALLY_ATTRS),
+        stamps=tuple(int(_num(item, f"s{level}") or 0) for level in range(policy.LEVELS)),
+        arrival_rates=tuple(_num(item, f"a{level}") or 0.0 for level in range(policy.LEVELS)),
+        rated_enqueued=tuple(int(_num(item, f"r{level}") or 0) for level in range(policy.LEVELS)),
+        rated_at=_num(item, "ra") or 0.0,
     )
 
 
@@ -588,7 +592,9 @@ class DynamoControlStore:
     with ``now``, so a worker that dies frees its slot when the lease runs out.
     The backlog item counts queued tasks per level (l0..l5): +1 after a send,
     -1 by the worker that takes one to run. It also holds the fair policy's
-    virtual times (p0..p5, vt) and a version (v) that every pick moves on.
+    virtual times (p0..p5, vt), the priority policy's stamps (s0..s5), the
+    levels' arrival rates (a0..a5, counted up to r0..r5, as of ra) and a version
+    (v) that every pick moves on.
     """
 
     def __init__(self, client: Any, table: str) -> None:
@@ -723,10 +729,19 @@ class DynamoControlStore:
         if after.run_seconds > 0 and after.run_seconds != seen.run_seconds:
             values[":rt"] = _n(float(after.run_seconds))
             sets.append("rt = :rt")
-        for lvl, value in enumerate(after.passes):
-            if value != seen.passes[lvl]:
-                values[f":p{lvl}"] = _n(float(value))
-                sets.append(f"p{lvl} = :p{lvl}")
+        if after.rated_at != seen.rated_at:
+            values[":ra"] = _n(float(after.rated_at))
+            sets.append("ra = :ra")
+        for prefix, new_values, old_values, kind in (
+            ("p", after.passes, seen.passes, float),
+            ("s", after.stamps, seen.stamps, int),
+            ("a", after.arrival_rates, seen.arrival_rates, float),
+            ("r", after.rated_enqueued, seen.rated_enqueued, int),
+        ):
+            for lvl, value in enumerate(new_values):
+                if value != old_values[lvl]:
+                    values[f":{prefix}{lvl}"] = _n(kind(value))
+                    sets.append(f"{prefix}{lvl} = :{prefix}{lvl}")
         if seen.version:
             values[":v"] = {"N": str(seen.version)}
         adds, enough = [], []
