@@ -24,7 +24,7 @@ def stats(harness: Harness) -> dict:  # type: ignore[type-arg]
 
 def test_stats_of_an_idle_system(harness: Harness) -> None:
     s = stats(harness)
-    assert s["capacity"] == 1 and s["running"] == 0 and s["policy"] == "fair"
+    assert s["capacity"] == 1 and s["running"] == 0 and s["policy"] == "priority"
     assert [q["level"] for q in s["queues"]] == [0, 1, 2, 3, 4, 5]
     assert all(q["queued"] == q["dead_letters"] == 0 for q in s["queues"])
     assert s["tasks"] == {

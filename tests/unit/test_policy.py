@@ -104,10 +104,23 @@ def test_workers_wanted_is_one_per_queued_task_up_to_the_free_slots() -> None:
     assert policy.workers_wanted(0, [9] * 6, full_walk=True) == 0
 
 
-@pytest.mark.parametrize("policy_name", policy.POLICIES)
+@pytest.mark.parametrize(
+    ("policy_name", "state"),
+    [
+        ("fair", policy.Backlog(counts=(1, 0, 3, 0, 5, 7), passes=(0.0, 0.0, 0.5, 0.0, 0.25, 1.0), vtime=0.25)),
+        ("fifo", policy.Backlog(counts=(1, 0, 3, 0, 5, 7))),
+        # Priority order holds back lower levels in a batch: level 0 alone, then the floor.
+        ("strict", policy.Backlog(counts=(12, 0, 3, 0, 5, 7))),
+        (
+            "priority",
+            policy.Backlog(counts=(12, 0, 3, 0, 5, 7), dequeued=(20, 0, 0, 0, 0, 0), stamps=(20, 20, 16, 20, 12, 0)),
+        ),
+    ],
+)
 @pytest.mark.parametrize("most", [1, 3, 10])
-def test_a_planned_batch_is_the_same_as_single_picks_in_a_row(policy_name: str, most: int) -> None:
-    state = policy.Backlog(counts=(1, 0, 3, 0, 5, 7), passes=(0.0, 0.0, 0.5, 0.0, 0.25, 1.0), vtime=0.25)
+def test_a_planned_batch_is_the_same_as_single_picks_in_a_row(
+    policy_name: str, state: policy.Backlog, most: int
+) -> None:
     levels, after = policy.plan_picks(state, most, policy_name)
     one_by_one, current = [], state
     while len(one_by_one) < most and (level := policy.choose_level(current, policy_name)) is not None:
@@ -117,7 +130,7 @@ def test_a_planned_batch_is_the_same_as_single_picks_in_a_row(policy_name: str, 
 
 
 def test_a_batch_plan_stops_when_nothing_is_left() -> None:
-    levels, after = policy.plan_picks(policy.Backlog(counts=(0, 2, 0, 0, 0, 1)), 10, "strict")
+    levels, after = policy.plan_picks(policy.Backlog(counts=(0, 2, 0, 0, 0, 1)), 10, "fifo")
     assert levels == [1, 1, 5] and after.counts == (0,) * policy.LEVELS
     assert policy.plan_picks(policy.Backlog(), 10, "fair") == ([], policy.Backlog())
 

@@ -48,9 +48,14 @@ def test_a_fair_position_counts_a_level_ahead_by_its_virtual_time() -> None:
     assert [policy.queue_position(state, 1, seq, "fair") for seq in (1, 2, 3, 4)] == [1, 2, 3, 4]
 
 
-def test_eta_is_the_tasks_ahead_run_capacity_at_a_time() -> None:
-    assert policy.eta_seconds(10, 2, 3.0) == 15.0
-    assert policy.eta_seconds(0, 1, 60.0) == 0.0
+def test_eta_is_the_tasks_ahead_run_capacity_at_a_time_after_the_first_busy_slot_frees() -> None:
+    # Eleven queued on two slots of 3-s tasks, this one 11th: both slots busy, the
+    # first frees after 3 / (2 + 1) = 1 s; then the ten ahead, two at a time: 15 s.
+    state = Backlog(counts=(11, 0, 0, 0, 0, 0), enqueued=(11, 0, 0, 0, 0, 0))
+    found = policy.estimate(state, 0, 11, 0.0, policy_name="strict", capacity=2, run_seconds=3.0)
+    assert (found.position, found.eta_seconds) == (10, 16.0)
+    alone = Backlog(counts=(1, 0, 0, 0, 0, 0), enqueued=(1, 0, 0, 0, 0, 0))
+    assert policy.estimate(alone, 0, 1, 0.0, policy_name="strict", capacity=1, run_seconds=60.0).eta_seconds == 0.0
 
 
 def test_moving_average_of_run_times() -> None:
@@ -67,10 +72,11 @@ def test_positions_of_tasks_at_different_levels_and_as_they_move() -> None:
         progress = w.services.progress(w.services.result(task_id))
         return None if progress is None else (progress.queue_position, progress.eta_seconds)
 
-    assert position(heavy[0].task_id) == (0, 0.0)
-    assert position(light.task_id) == (1, 2.0)  # no run yet: PQH_TASK_SECONDS is the estimate
-    assert position(heavy[1].task_id) == (2, 4.0)
-    assert position(heavy[6].task_id) == (7, 14.0)
+    # Eight queued on one slot: it counts as busy, with half a task (1 s) left.
+    assert position(heavy[0].task_id) == (0, 1.0)
+    assert position(light.task_id) == (1, 3.0)  # no run yet: PQH_TASK_SECONDS is the estimate
+    assert position(heavy[1].task_id) == (2, 5.0)
+    assert position(heavy[6].task_id) == (7, 15.0)
     w.services.dispatch()
 
     def timed(x: object, ctx: object) -> None:
@@ -85,7 +91,7 @@ def test_positions_of_tasks_at_different_levels_and_as_they_move() -> None:
     for i in range(3):
         w.services.submit(f"n{i}", i)
     late = w.services.submit("late", 0)
-    assert position(late.task_id) == (3, pytest.approx(9.0))
+    assert position(late.task_id) == (3, pytest.approx(1.5 + 9.0))  # half a 3-s task, then three
 
 
 def test_drifted_counters_never_put_more_ahead_than_are_queued() -> None:

@@ -755,7 +755,8 @@ def test_with_prefetch_a_worker_picks_a_second_of_short_tasks_in_one_write_while
 
 def test_a_batch_runs_what_single_picks_would_in_the_same_order() -> None:
     def run(prefetch_seconds: float) -> tuple[list[tuple[str, object]], list[int]]:
-        w = make_world(capacity=1, prefetch_seconds=prefetch_seconds)
+        # The fair policy mixes levels in a batch (priority order stops a batch short).
+        w = make_world(capacity=1, prefetch_seconds=prefetch_seconds, policy="fair")
         # One heavy user's 12 tasks (levels 0, 1 x5, 2 x6) and three light users' two
         # each (levels 0 and 1), a second apart: no level holds more than ten.
         for i in range(12):
@@ -838,7 +839,7 @@ def test_a_batch_whose_short_polls_come_up_short_long_polls_for_the_rest() -> No
 
 
 def test_a_pick_whose_receive_fails_part_way_gives_back_what_it_took() -> None:
-    w = make_world(capacity=1, fair_sample=1)
+    w = make_world(capacity=1, fair_sample=1, policy="fair")  # a batch of two levels
     for user in ("a", "b", "c"):
         w.services.submit(user, 1)  # level 0
         w.services.submit(user, 2)  # level 1
@@ -860,7 +861,7 @@ def test_a_pick_whose_receive_fails_part_way_gives_back_what_it_took() -> None:
 
 
 def test_putting_tasks_back_tries_every_level_even_when_one_fails() -> None:
-    w = make_world(capacity=1, fair_sample=1)
+    w = make_world(capacity=1, fair_sample=1, policy="fair")  # a batch of two levels
     for user in ("a", "b"):
         w.services.submit(user, 1)
         w.services.submit(user, 2)

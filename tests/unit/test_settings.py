@@ -41,8 +41,9 @@ README_DEFAULTS = {
     "window_seconds": 6000,
     "window_buckets": 10,
     "thresholds": (1, 6, 16, 26, 36),
-    "policy": "fair",
+    "policy": "priority",
     "shares": (32, 16, 8, 4, 2, 1),
+    "floor_picks": 32,
     "fair_sample": 10,
     "task_function": "chalicelib.tasks.limited_f",
     "task_seconds": 60.0,
@@ -82,6 +83,7 @@ def test_the_default_hand_off_is_lambda_and_it_needs_the_function_names() -> Non
         ("PQH_TASK_SECONDS", "600"),
         ("PQH_MAX_BODY_BYTES", "131072"),
         ("PQH_REQUEUE_AFTER_SECONDS", str(13 * 24 * 3600)),
+        ("PQH_FLOOR_PICKS", "1000"),
     ],
 )
 def test_the_stated_upper_bounds_hold_and_are_refused_by_name_above(variable: str, highest_allowed: str) -> None:
@@ -102,8 +104,14 @@ def test_a_window_that_is_not_a_multiple_of_its_buckets_is_refused() -> None:
         load({**NAMES, "PQH_WINDOW_SECONDS": "6001"})
 
 
+def test_a_floor_of_fewer_picks_than_levels_is_refused() -> None:
+    assert load({**NAMES, "PQH_FLOOR_PICKS": "6"}).floor_picks == 6  # one pick per level: the least
+    with pytest.raises(ConfigError, match="PQH_FLOOR_PICKS=5 must be between 6 and 1000"):
+        load({**NAMES, "PQH_FLOOR_PICKS": "5"})
+
+
 def test_an_unknown_policy_is_refused_with_the_choices() -> None:
-    with pytest.raises(ConfigError, match="fair, strict, fifo"):
+    with pytest.raises(ConfigError, match="priority, fair, strict, fifo"):
         load({**NAMES, "PQH_POLICY": "lottery"})
 
 

@@ -1,0 +1,300 @@
+"""The priority policy: priority order first, and a floor for every backlogged level.
+
+The floor (README): with PQH_FLOOR_PICKS = F, a level that has queued tasks at
+every pick of F consecutive picks is picked at least once in them. The expected
+values below are written out by hand; the random tests check the stated bound
+(a constant) against sequences the policy produced, with the test's own
+bookkeeping of which level was backlogged at each pick.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import replace
+
+import pytest
+
+from chalicelib import policy
+from chalicelib.policy import Backlog
+from tests.fakes import make_world
+
+
+def run(state: Backlog, picks: int, floor_picks: int = 32) -> list[int]:
+    chosen = []
+    for _ in range(picks):
+        level = policy.choose_level(state, "priority", floor_picks)
+        if level is None:
+            break
+        chosen.append(level)
+        state = policy.after_pick(state, level, "priority")
+    return chosen
+
+
+# --- Worked by hand -------------------------------------------------------------
+
+
+def test_two_backlogged_levels_level_5_goes_every_28th_pick_with_the_default_floor() -> None:
+    # F = 32, so K = 32 - 5 = 27. Level 5's stamp is 0; it is overdue once 27 picks
+    # have passed, so the 28th pick is its, then again 28 picks later.
+    picks = run(Backlog(counts=(1000, 0, 0, 0, 0, 1000)), 100)
+    assert [i + 1 for i, level in enumerate(picks) if level == 5] == [28, 56, 84]
+
+
+def test_all_levels_backlogged_with_a_floor_of_eight_picks() -> None:
+    # F = 8, K = 3. Every stamp starts at 0. Picks 1-3: level 0 (the others' ages
+    # 0, 1, 2). Pick 4: levels 1-5 are all 3 picks old, ties to the higher priority:
+    # 1, then 2, 3, 4, 5 (each reset once picked). Pick 9: level 0 is 5 picks old,
+    # the oldest; from then on it is a round: 0, 1, 2, 3, 4, 5.
+    picks = run(Backlog(counts=(100,) * 6), 20, floor_picks=8)
+    assert picks == [0, 0, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]
+    # Level 5 was backlogged at picks 1-7 and picked at 8: the bound F = 8 is reached.
+
+
+def test_strict_order_while_nothing_is_overdue() -> None:
+    # Levels 2 and 4 were picked or empty a few picks ago: nothing is overdue.
+    state = Backlog(counts=(0, 0, 3, 0, 2, 0), dequeued=(10, 0, 0, 0, 0, 0), stamps=(10, 10, 8, 10, 9, 10))
+    assert run(state, 5) == [2, 2, 2, 4, 4]
+
+
+def test_a_level_that_was_idle_banks_no_credit() -> None:
+    # Level 5 alone for 500 picks, then level 0 becomes backlogged: level 0's stamp
+    # moved with every pick while it was empty, so it is not overdue, and level 5
+    # (picked just now) is not either: level 0 goes first for the next 27 picks.
+    state = Backlog(counts=(0, 0, 0, 0, 0, 600))
+    for _ in range(500):
+        state = policy.after_pick(state, 5, "priority")
+    state = replace(state, counts=(100, 0, 0, 0, 0, 100))
+    assert run(state, 28) == [0] * 27 + [5]
+
+
+def test_an_arrival_at_an_empty_level_is_not_overdue() -> None:
+    # Levels 0 and 5 backlogged, 20 picks made; level 3 was empty at all of them.
+    state = Backlog(counts=(50, 0, 0, 0, 0, 50))
+    for _ in range(20):
+        state = policy.after_pick(state, 0, "priority")
+    assert state.stamps == (20, 20, 20, 20, 20, 0)
+    state = replace(state, counts=(30, 0, 0, 1, 0, 50))  # one task arrives at level 3
+    # Pick 21 to 27: level 0 (level 5 is 20..26 picks old); pick 28: level 5 (27 old);
+    # level 3 waits behind level 0 like any lower level, not overdue until pick 48.
+    assert run(state, 9) == [0, 0, 0, 0, 0, 0, 0, 5, 0]
+
+
+def test_the_oldest_overdue_level_goes_first_ties_to_the_higher_priority() -> None:
+    state = Backlog(counts=(9, 9, 9, 9, 9, 9), dequeued=(100, 0, 0, 0, 0, 0), stamps=(100, 60, 50, 50, 90, 40))
+    # Ages: 0, 40, 50, 50, 10, 60. K = 27: levels 1, 2, 3 and 5 are overdue.
+    # 5 (60) first, then 2 and 3 (50, tie: 2 first), then 1 (40, now 43 old), then level 0.
+    assert run(state, 5) == [5, 2, 3, 1, 0]
+
+
+# --- The floor under random and exhaustive arrivals ------------------------------
+
+
+def longest_gaps(floor_picks: int, seed: int, picks: int = 400) -> dict[int, int]:
+    """Play random arrivals; per level, the most consecutive picks it was backlogged at and not picked."""
+    rng = random.Random(seed)
+    state = Backlog(counts=tuple(rng.randrange(0, 4) for _ in range(policy.LEVELS)))
+    waiting = [0] * policy.LEVELS  # picks in a row at which the level had tasks and was not picked
+    longest = [0] * policy.LEVELS
+    for _ in range(picks):
+        counts = list(state.counts)
+        for _ in range(rng.choice((0, 0, 1, 2, 3))):  # 0-3 arrivals, at levels weighted towards 0
+            counts[min(rng.randrange(8), policy.LEVELS - 1) if rng.random() < 0.5 else rng.randrange(6)] += 1
+        state = replace(state, counts=tuple(counts))
+        backlogged = [n > 0 for n in state.counts]
+        level = policy.choose_level(state, "priority", floor_picks)
+        if level is None:
+            waiting = [0] * policy.LEVELS
+            continue
+        for lvl in range(policy.LEVELS):
+            if lvl == level or not backlogged[lvl]:
+                waiting[lvl] = 0
+            else:
+                waiting[lvl] += 1
+                longest[lvl] = max(longest[lvl], waiting[lvl])
+        state = policy.after_pick(state, level, "priority")
+    return dict(enumerate(longest))
+
+
+@pytest.mark.parametrize("floor_picks", [6, 8, 13, 32])
+def test_a_backlogged_level_is_never_passed_over_for_f_picks_in_a_row(floor_picks: int) -> None:
+    # Passed over at most F - 1 picks in a row: so picked in every F consecutive picks.
+    bound = {6: 5, 8: 7, 13: 12, 32: 31}[floor_picks]
+    worst = 0
+    for seed in range(60):
+        worst = max(worst, *longest_gaps(floor_picks, seed).values())
+    assert worst <= bound
+
+
+def test_with_the_default_floor_every_backlogged_level_gets_2_of_every_64_picks() -> None:
+    rng = random.Random(11)
+    state = Backlog(counts=(5, 5, 5, 5, 5, 5))
+    history: list[tuple[int, tuple[bool, ...]]] = []
+    for _ in range(3000):
+        counts = list(state.counts)
+        counts[0] += rng.random() < 0.9  # level 0 keeps coming: the lower levels depend on the floor
+        counts[rng.randrange(1, policy.LEVELS)] += rng.random() < 0.2
+        state = replace(state, counts=tuple(counts))
+        level = policy.choose_level(state, "priority")
+        assert level is not None
+        history.append((level, tuple(n > 0 for n in state.counts)))
+        state = policy.after_pick(state, level, "priority")
+    checked = 0
+    for start in range(len(history) - 64):
+        window = history[start : start + 64]
+        for lvl in range(policy.LEVELS):
+            if all(backlogged[lvl] for _, backlogged in window):
+                checked += 1
+                assert sum(1 for level, _ in window if level == lvl) >= 2
+    assert checked > 1000  # the lower levels were backlogged through many windows
+
+
+def test_every_start_of_ages_keeps_the_floor_exhaustively() -> None:
+    # F = 8 (K = 3): every level backlogged, every combination of starting ages 0-3
+    # (4^6 = 4096 states): no level waits 8 picks in a row.
+    for start in itertools.product(range(4), repeat=policy.LEVELS):
+        state = Backlog(counts=(50,) * 6, dequeued=(3, 0, 0, 0, 0, 0), stamps=tuple(3 - age for age in start))
+        picks = run(state, 30, floor_picks=8)
+        for lvl in range(policy.LEVELS):
+            taken_at = [-1, *(i for i, level in enumerate(picks) if level == lvl), len(picks)]
+            assert max(b - a - 1 for a, b in itertools.pairwise(taken_at)) <= 7, (start, lvl, picks)
+
+
+def test_departures_from_priority_order_are_only_the_ones_the_floor_forces() -> None:
+    # Under random arrivals, a pick that is not the highest backlogged level is of a
+    # level that had waited at least K = 27 picks (the test's own count of picks since
+    # it was last picked or seen empty).
+    rng = random.Random(5)
+    state = Backlog()
+    since = [0] * policy.LEVELS
+    departures = 0
+    for _ in range(4000):
+        counts = list(state.counts)
+        counts[rng.randrange(policy.LEVELS)] += rng.random() < 0.7
+        counts[0] += rng.random() < 0.4
+        state = replace(state, counts=tuple(counts))
+        level = policy.choose_level(state, "priority")
+        if level is None:
+            continue
+        highest = next(lvl for lvl, n in enumerate(state.counts) if n > 0)
+        if level != highest:
+            departures += 1
+            assert since[level] >= 27
+            assert all(since[level] >= since[lvl] for lvl in range(policy.LEVELS) if state.counts[lvl] > 0)
+        state = policy.after_pick(state, level, "priority")
+        since = [0 if lvl == level or state.counts[lvl] <= 0 else since[lvl] + 1 for lvl in range(policy.LEVELS)]
+    assert departures > 20  # the floor did act
+
+
+# --- Batches picked ahead ------------------------------------------------------
+
+
+def test_a_batch_stops_short_of_lower_priority_work() -> None:
+    # Priority order: beyond its first task a batch holds only level-0 tasks and
+    # the floor's forced picks; a higher-priority arrival waits at most one task.
+    assert policy.plan_picks(Backlog(counts=(1, 0, 0, 3, 0, 0)), 5, "priority")[0] == [0]
+    assert policy.plan_picks(Backlog(counts=(0, 0, 0, 3, 0, 0)), 5, "priority")[0] == [3]
+    assert policy.plan_picks(Backlog(counts=(7, 0, 0, 3, 0, 0)), 5, "priority")[0] == [0, 0, 0, 0, 0]
+    assert policy.plan_picks(Backlog(counts=(1, 0, 0, 3, 0, 0)), 5, "strict")[0] == [0]
+    assert policy.plan_picks(Backlog(counts=(0, 2, 0, 3, 0, 0)), 5, "strict")[0] == [1]
+    # 26 picks made, level 5 last stamped at 0: the second pick of the batch is the
+    # floor's (level 5 is 27 picks old), so it is held; so are the level-0 ones.
+    state = Backlog(counts=(10, 0, 0, 0, 0, 5), dequeued=(26, 0, 0, 0, 0, 0), stamps=(26, 26, 26, 26, 26, 0))
+    assert policy.plan_picks(state, 5, "priority")[0] == [0, 5, 0, 0, 0]
+    # The fair policy and fifo batch as before (fair's order is by shares anyway).
+    assert policy.plan_picks(Backlog(counts=(1, 0, 0, 3, 0, 0)), 4, "fair")[0] == [0, 3, 3, 3]
+
+
+def test_a_task_held_ahead_delays_a_higher_priority_arrival_by_at_most_one_task() -> None:
+    w = make_world(capacity=1, prefetch_seconds=1.0, policy="priority")
+    for i in range(16):  # one user's tasks: levels 0, 1 x5, 2 x10
+        w.services.submit("heavy", i)
+    order: list[str] = []
+    light: dict[str, object] = {}
+
+    def task(x: object, ctx: object) -> str:
+        order.append(getattr(ctx, "user_id"))
+        w.clock.advance(0.1)  # an average of 0.1 s: a second of work is ten tasks
+        if len(order) == 8:  # a level-1 or -2 task runs; a new user's level-0 task arrives
+            light["at"] = len(order)
+            w.services.submit("light", "x")
+        return "done"
+
+    w.services.task_function = task
+    w.services.dispatch()
+    w.run_workers()
+    started_before = order.index("light") - light["at"]  # type: ignore[operator]
+    # At most the one task picked ahead on the slot (the next is picked while a task runs).
+    assert started_before <= 1
+    assert len(order) == 17
+
+
+# --- Position and ETA under the priority policy -----------------------------------
+
+
+def test_positions_replay_the_floor() -> None:
+    # F = 8 (K = 3), five tasks at level 0 and two at level 5, nothing picked yet.
+    # Picks by hand: 0, 0, 0 (level 5 is 0, 1, 2 picks old), 5 (3 old: overdue),
+    # 0, 0 (level 5 is 0, 1 old), then level 0 is empty: 5.
+    state = Backlog(counts=(5, 0, 0, 0, 0, 2), enqueued=(5, 0, 0, 0, 0, 2))
+    assert [policy.queue_position(state, 0, seq, "priority", floor_picks=8) for seq in range(1, 6)] == [0, 1, 2, 4, 5]
+    assert [policy.queue_position(state, 5, seq, "priority", floor_picks=8) for seq in (1, 2)] == [3, 6]
+    assert [policy.queue_position(state, 5, seq, "strict") for seq in (1, 2)] == [5, 6]
+
+
+def test_the_eta_counts_the_running_task_and_the_arrivals_that_go_first() -> None:
+    # Two tasks queued at level 2, this one second; 2-s tasks on one slot. More are
+    # queued than there are slots, so the slot is busy: its task has about
+    # 2 / (1 + 1) = 1 s left. Then the one ahead runs (2 s). Level 0 gets a task
+    # every 4 s (0.25/s): arrivals ahead take 0.25 x 2 = half the starts, so the
+    # wait is (1 + 2) / (1 - 0.5) = 6 s.
+    state = Backlog(
+        counts=(0, 0, 2, 0, 0, 0),
+        enqueued=(9, 0, 2, 0, 0, 0),
+        arrival_rates=(0.25, 0.0, 0.0, 0.0, 0.0, 0.0),
+        rated_enqueued=(9, 0, 2, 0, 0, 0),
+        rated_at=500.0,
+    )
+    found = policy.estimate(state, 2, 2, 500.0, policy_name="strict", capacity=1, run_seconds=2.0)
+    assert (found.position, found.eta_seconds) == (1, 6.0)
+    # Under fifo nothing overtakes: the first task waits for the busy slot alone (1 s).
+    found = policy.estimate(state, 2, 1, 500.0, policy_name="fifo", capacity=1, run_seconds=2.0)
+    assert (found.position, found.eta_seconds) == (0, 1.0)
+    # Alone in the queue: no slot is assumed busy, nothing ahead.
+    alone = replace(state, counts=(0, 0, 1, 0, 0, 0))
+    assert policy.estimate(alone, 2, 2, 500.0, policy_name="strict", capacity=1, run_seconds=2.0).eta_seconds == 0.0
+
+
+def test_the_priority_policy_caps_the_eta_at_its_floor() -> None:
+    # One task at level 5 behind 100 at level 0 that keep coming (10/s, 1-s tasks: the
+    # load is capped at 0.9). F = 32: position 27 (picked 28th); the wait from the
+    # load would be (0.5 + 27) / 0.1 = 275 s, but the floor promises at most 31
+    # picks before it: 0.5 + 31 x 1 = 31.5 s.
+    state = Backlog(
+        counts=(100, 0, 0, 0, 0, 1),
+        enqueued=(100, 0, 0, 0, 0, 1),
+        arrival_rates=(10.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        rated_enqueued=(100, 0, 0, 0, 0, 1),
+        rated_at=50.0,
+    )
+    found = policy.estimate(state, 5, 1, 50.0, policy_name="priority", capacity=1, run_seconds=1.0)
+    assert (found.position, found.eta_seconds) == (27, 31.5)
+
+
+def test_arrival_rates_decay_and_count_the_arrivals_since() -> None:
+    # 15 s (ARRIVAL_SECONDS) x ln 2 later the stored rate has halved; the three
+    # arrivals since add 3 / 15 = 0.2 per second.
+    state = Backlog(
+        enqueued=(13, 0, 0, 0, 0, 0),
+        arrival_rates=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        rated_enqueued=(10, 0, 0, 0, 0, 0),
+        rated_at=100.0,
+    )
+    rates = policy.arrival_rates_at(state, 100.0 + 15.0 * 0.6931471805599453)
+    assert rates[0] == pytest.approx(0.5 + 0.2) and rates[1:] == (0.0,) * 5
+    # A pick's write carries them, counted up to the arrivals it saw.
+    after = policy.with_arrival_rates(state, 110.0)
+    assert (after.rated_at, after.rated_enqueued) == (110.0, (13, 0, 0, 0, 0, 0))
+    # The first time there is nothing to measure from: zero, from now on.
+    first = policy.with_arrival_rates(replace(state, rated_at=0.0, arrival_rates=(0.0,) * 6), 7.0)
+    assert (first.arrival_rates, first.rated_enqueued, first.rated_at) == ((0.0,) * 6, (13, 0, 0, 0, 0, 0), 7.0)
