@@ -222,11 +222,6 @@ def queue_level(level: int, policy_name: str) -> int:
     return 0 if policy_name == "fifo" else level
 
 
-def validate_floor_picks(floor_picks: int) -> None:
-    if floor_picks < LEVELS:
-        raise ValueError(f"the floor must be at least {LEVELS} picks (one per level)")
-
-
 def overdue_age(floor_picks: int) -> int:
     """K: a backlogged level this many picks past its stamp is overdue.
 
@@ -499,15 +494,17 @@ def estimate(
     """A queued task's position and expected wait, from the backlog state alone.
 
     The wait is: the first busy slot freeing (about run / (capacity + 1) of the
-    running tasks' remaining time, when other tasks are queued: then every slot
-    is busy), then the tasks ahead, ``capacity`` at a time; under a policy that
+    running tasks' remaining time, when more tasks are queued than there are
+    slots: then every slot is taken; right after a burst into an idle system
+    the first tasks' waits are overstated by that much), then the tasks ahead,
+    ``capacity`` at a time; under a policy that
     keeps priority order, tasks arriving meanwhile at higher levels (their recent
     rate) take a share ``load`` of the starts, so it is divided by 1 - load. The
     priority policy caps it at its floor (floor_bound), whatever arrives.
     """
     position = queue_position(state, level, seq, policy_name, shares, floor_picks)
     per_start = run_seconds / capacity
-    busy = sum(max(0, n) for n in state.counts) > 1
+    busy = sum(max(0, n) for n in state.counts) > capacity
     first = run_seconds / (capacity + 1) if busy else 0.0
     load = 0.0
     if policy_name in PRIORITY_ORDERED:

@@ -184,7 +184,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         thresholds=_thresholds(env),
         policy=policy_name,
         shares=_shares(env),
-        floor_picks=_int(env, "PQH_FLOOR_PICKS", DEFAULT_FLOOR_PICKS, LEVELS, 100_000),
+        # At least one pick per level (the floor's proof needs K = F - LEVELS + 1 >= 1).
+        floor_picks=_int(env, "PQH_FLOOR_PICKS", DEFAULT_FLOOR_PICKS, LEVELS, 1000),
         fair_sample=_int(env, "PQH_FAIR_SAMPLE", 10, 1, 10),
         task_seconds=_task_seconds(env),
         task_function=env.get("PQH_TASK_FUNCTION", "").strip() or "chalicelib.tasks.limited_f",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -376,6 +376,48 @@ def test_a_pick_of_several_tasks_takes_them_from_each_level_in_one_write(ports: 
     assert levels == [4, 4]
     taken, current = ports.control.commit_pick(now, after, {4: 2})
     assert not taken and current.counts == (0, 0, 0, 0, 1, 0)
+
+
+def test_a_pick_keeps_the_priority_stamps_and_the_arrival_rates(ports: Ports) -> None:
+    ports.control.enqueue(0)
+    for _ in range(3):
+        ports.control.enqueue(5)
+    seen = ports.control.backlog()
+    levels, after = policy.plan_picks(seen, 1, "priority")
+    after = policy.with_arrival_rates(after, 1000.0)
+    # One task taken (pick number 1): level 0, now empty, and the empty levels 1-4
+    # are stamped 1; level 5 keeps 0. The rates start at zero from what was counted.
+    assert levels == [0] and after.stamps == (1, 1, 1, 1, 1, 0)
+    taken, now = ports.control.commit_pick(seen, after, {0: 1})
+    assert taken
+    assert (now.stamps, now.arrival_rates, now.rated_enqueued, now.rated_at) == (
+        (1, 1, 1, 1, 1, 0),
+        (0.0,) * 6,
+        (1, 0, 0, 0, 0, 3),
+        1000.0,
+    )
+    # A later pick writes what it changed, and the item reads back as written.
+    ports.control.enqueue(2)
+    seen = ports.control.backlog()
+    after = replace(
+        seen,
+        counts=(0, 0, 1, 0, 0, 2),
+        dequeued=(1, 0, 0, 0, 0, 1),
+        stamps=(2, 2, 1, 2, 2, 2),
+        arrival_rates=(0.125, 0.0, 0.0625, 0.0, 0.0, 0.5),
+        rated_enqueued=(1, 0, 1, 0, 0, 3),
+        rated_at=1015.5,
+    )
+    taken, now = ports.control.commit_pick(seen, after, {5: 1})
+    assert taken
+    read = ports.control.backlog()
+    for state in (now, read):
+        assert (state.stamps, state.arrival_rates, state.rated_enqueued, state.rated_at) == (
+            (2, 2, 1, 2, 2, 2),
+            (0.125, 0.0, 0.0625, 0.0, 0.0, 0.5),
+            (1, 0, 1, 0, 0, 3),
+            1015.5,
+        )
 
 
 def test_delete_many_deletes_in_batches_and_skips_stale_handles(ports: Ports) -> None:

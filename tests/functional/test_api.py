@@ -217,7 +217,8 @@ def test_a_queued_task_reports_its_position_and_eta(harness: Harness, monkeypatc
     ids = [harness.submit(f"user{i}", i).json_body["task_id"] for i in range(3)]  # all level 0
     heavy = [harness.submit("heavy", i).json_body["task_id"] for i in range(3)]  # heavy's 2nd, 3rd: level 1
     body = harness.result(ids[2]).json_body
-    assert (body["queue_position"], body["queue_position_approximate"], body["eta_seconds"]) == (2, True, 3.0)
+    # Six queued on one slot: it counts as busy (half a 1.5-s task left), then two ahead.
+    assert (body["queue_position"], body["queue_position_approximate"], body["eta_seconds"]) == (2, True, 3.75)
     assert harness.result(heavy[2]).json_body["queue_position"] == 4 + 1  # all of level 0, then heavy's 2nd
     harness.dispatch()
     harness.outcomes()

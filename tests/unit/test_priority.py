@@ -168,6 +168,7 @@ def test_departures_from_priority_order_are_only_the_ones_the_floor_forces() -> 
     state = Backlog()
     since = [0] * policy.LEVELS
     departures = 0
+    in_a_row = longest_run = 0
     for _ in range(4000):
         counts = list(state.counts)
         counts[rng.randrange(policy.LEVELS)] += rng.random() < 0.7
@@ -177,6 +178,8 @@ def test_departures_from_priority_order_are_only_the_ones_the_floor_forces() -> 
         if level is None:
             continue
         highest = next(lvl for lvl, n in enumerate(state.counts) if n > 0)
+        in_a_row = in_a_row + 1 if level != highest else 0
+        longest_run = max(longest_run, in_a_row)
         if level != highest:
             departures += 1
             assert since[level] >= 27
@@ -184,6 +187,8 @@ def test_departures_from_priority_order_are_only_the_ones_the_floor_forces() -> 
         state = policy.after_pick(state, level, "priority")
         since = [0 if lvl == level or state.counts[lvl] <= 0 else since[lvl] + 1 for lvl in range(policy.LEVELS)]
     assert departures > 20  # the floor did act
+    # The highest backlogged level is passed over at most 5 picks in a row (once per lower level).
+    assert 2 <= longest_run <= 5
 
 
 # --- Batches picked ahead ------------------------------------------------------
@@ -213,7 +218,7 @@ def test_a_task_held_ahead_delays_a_higher_priority_arrival_by_at_most_one_task(
     light: dict[str, object] = {}
 
     def task(x: object, ctx: object) -> str:
-        order.append(getattr(ctx, "user_id"))
+        order.append(ctx.user_id)
         w.clock.advance(0.1)  # an average of 0.1 s: a second of work is ten tasks
         if len(order) == 8:  # a level-1 or -2 task runs; a new user's level-0 task arrives
             light["at"] = len(order)
