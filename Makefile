@@ -64,7 +64,7 @@ bench: $(STAMP) ## benchmarks: cost of one AWS call, start delay, utilisation, S
 	$(BIN)/python -m bench.requests_per_task
 	$(BIN)/python -m bench.deep
 
-bench-fairness: $(STAMP) ## fairness benchmark: 4 workloads x fifo/strict/fair, table and plots in bench/results/
+bench-fairness: $(STAMP) ## fairness benchmark: 5 workloads x fifo/strict/fair/priority, tables and plots in bench/results/
 	$(BIN)/python -m bench.fairness
 
 run: $(STAMP) ## start the whole system locally (emulator, API on :8000, dispatcher, workers)
