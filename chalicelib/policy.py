@@ -497,10 +497,10 @@ def estimate(
     running tasks' remaining time, when more tasks are queued than there are
     slots: then every slot is taken; right after a burst into an idle system
     the first tasks' waits are overstated by that much), then the tasks ahead,
-    ``capacity`` at a time; under a policy that
-    keeps priority order, tasks arriving meanwhile at higher levels (their recent
-    rate) take a share ``load`` of the starts, so it is divided by 1 - load. The
-    priority policy caps it at its floor (floor_bound), whatever arrives.
+    ``capacity`` at a time; under a policy that keeps priority order, tasks
+    arriving meanwhile at higher levels (their recent rate) take a share
+    ``load`` of the starts, so it is divided by 1 - load. The priority policy
+    caps it at its floor (floor_bound), whatever arrives.
     """
     position = queue_position(state, level, seq, policy_name, shares, floor_picks)
     per_start = run_seconds / capacity
