@@ -268,9 +268,18 @@ def analyse(run: Run, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for (_, _, task_id), r in zip(run.tasks, rows, strict=True)
         if task_id in run.predicted
     ]
+    eta_by_class = {}
+    for klass in sorted({r["class"] for r in rows}):
+        mine = [
+            abs(r["wait"] - run.predicted[task_id])
+            for (_, _, task_id), r in zip(run.tasks, rows, strict=True)
+            if task_id in run.predicted and r["class"] == klass
+        ]
+        eta_by_class[klass] = percentile(mine, 90) if mine else None
     return {
         "workload": run.name,
         "tasks": len(rows),
+        "eta_error_p90_by_class": eta_by_class,
         "floor_64": floor_fraction(rows),
         "longest_starved": longest_starved(rows),
         "burst_ahead": burst_ahead(rows),
@@ -388,7 +397,7 @@ def summary(by_policy: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
         "| policy | light/visitor p50 / p95 vs strict: worst excess (s) | floor: least of 64 starts "
         "| longest starved (s) | Jain (weights 1, 2, 4) | burst tasks ahead of a light task "
-        "| ETA error p90, sustained light (s) |",
+        "| ETA error p90, sustained light (s): all / heavy / light |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     strict = by_policy.get("strict")
@@ -398,6 +407,7 @@ def summary(by_policy: dict[str, list[dict[str, Any]]]) -> str:
         else:
             worst, ok = light_within_strict(analyses, strict)
             versus = f"{worst:+.2f} ({'within' if ok else 'outside'} target)"
+        sustained = _by_name(analyses, "sustained")
         floors = [a["floor_64"] for a in analyses if a["floor_64"] is not None]
         floor = min(floors) if floors else None
         lines.append(
@@ -405,7 +415,8 @@ def summary(by_policy: dict[str, list[dict[str, Any]]]) -> str:
             f"| {max(a['longest_starved'] for a in analyses):.1f} "
             f"| {fmt(_by_name(analyses, 'weighted')['jain'])} "
             f"| {_by_name(analyses, 'burst of 30')['burst_ahead']} "
-            f"| {fmt(_by_name(analyses, 'sustained')['eta_error_p90'], 1)} |"
+            f"| {fmt(sustained['eta_error_p90'], 1)} / {fmt(sustained['eta_error_p90_by_class'].get('heavy'), 1)} "
+            f"/ {fmt(sustained['eta_error_p90_by_class'].get('light'), 1)} |"
         )
     return "\n".join(lines)
 

@@ -446,10 +446,10 @@ def floor_bound(state: Backlog, level: int, seq: int, floor_picks: int = DEFAULT
     return (_ahead_in_level(state, level, seq) + 1) * floor_picks - 1
 
 
-# Arrival rates are smoothed over about this many seconds (an exponential moving average).
-ARRIVAL_SECONDS = 15.0
-# Arrivals that go first are assumed to take at most this share of the starts.
-MAX_OVERTAKING_LOAD = 0.9
+# Arrival rates are smoothed over about this many seconds (an exponential moving
+# average): long enough that a burst, already counted in the position, does not
+# read as a lasting load (a 15-s average made ETAs after bursts several times too long).
+ARRIVAL_SECONDS = 60.0
 
 
 def arrival_rates_at(state: Backlog, now: float) -> tuple[float, ...]:
@@ -498,9 +498,10 @@ def estimate(
     slots: then every slot is taken; right after a burst into an idle system
     the first tasks' waits are overstated by that much), then the tasks ahead,
     ``capacity`` at a time; under a policy that keeps priority order, tasks
-    arriving meanwhile at higher levels (their recent rate) take a share
-    ``load`` of the starts, so it is divided by 1 - load. The priority policy
-    caps it at its floor (floor_bound), whatever arrives.
+    arriving at higher levels meanwhile (their recent rate times that wait,
+    each run ``capacity`` at a time: a factor 1 + load, load at most 1) go
+    first. The priority policy caps it at its floor (floor_bound), whatever
+    arrives.
     """
     position = queue_position(state, level, seq, policy_name, shares, floor_picks)
     per_start = run_seconds / capacity
@@ -508,9 +509,10 @@ def estimate(
     first = run_seconds / (capacity + 1) if busy else 0.0
     load = 0.0
     if policy_name in PRIORITY_ORDERED:
-        overtaking = sum(arrival_rates_at(state, now)[:level])
-        load = min(MAX_OVERTAKING_LOAD, overtaking * per_start)
-    wait = (first + position * per_start) / (1.0 - load)
+        # First order only: the arrivals during the arrivals' own runs would make it
+        # 1 / (1 - load), which a recent burst inflates without bound.
+        load = min(1.0, sum(arrival_rates_at(state, now)[:level]) * per_start)
+    wait = (first + position * per_start) * (1.0 + load)
     if policy_name == "priority":
         wait = min(wait, first + floor_bound(state, level, seq, floor_picks) * per_start)
     return Estimate(position, wait)

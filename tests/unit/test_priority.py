@@ -251,8 +251,8 @@ def test_the_eta_counts_the_running_task_and_the_arrivals_that_go_first() -> Non
     # Two tasks queued at level 2, this one second; 2-s tasks on one slot. More are
     # queued than there are slots, so the slot is busy: its task has about
     # 2 / (1 + 1) = 1 s left. Then the one ahead runs (2 s). Level 0 gets a task
-    # every 4 s (0.25/s): arrivals ahead take 0.25 x 2 = half the starts, so the
-    # wait is (1 + 2) / (1 - 0.5) = 6 s.
+    # every 4 s (0.25/s): during those 3 s, 0.75 tasks arrive that go first, 2 s
+    # each: the wait is (1 + 2) x (1 + 0.25 x 2) = 4.5 s.
     state = Backlog(
         counts=(0, 0, 2, 0, 0, 0),
         enqueued=(9, 0, 2, 0, 0, 0),
@@ -261,7 +261,7 @@ def test_the_eta_counts_the_running_task_and_the_arrivals_that_go_first() -> Non
         rated_at=500.0,
     )
     found = policy.estimate(state, 2, 2, 500.0, policy_name="strict", capacity=1, run_seconds=2.0)
-    assert (found.position, found.eta_seconds) == (1, 6.0)
+    assert (found.position, found.eta_seconds) == (1, 4.5)
     # Under fifo nothing overtakes: the first task waits for the busy slot alone (1 s).
     found = policy.estimate(state, 2, 1, 500.0, policy_name="fifo", capacity=1, run_seconds=2.0)
     assert (found.position, found.eta_seconds) == (0, 1.0)
@@ -272,8 +272,8 @@ def test_the_eta_counts_the_running_task_and_the_arrivals_that_go_first() -> Non
 
 def test_the_priority_policy_caps_the_eta_at_its_floor() -> None:
     # One task at level 5 behind 100 at level 0 that keep coming (10/s, 1-s tasks: the
-    # load is capped at 0.9). F = 32: position 27 (picked 28th); the wait from the
-    # load would be (0.5 + 27) / 0.1 = 275 s, but the floor promises at most 31
+    # load is capped at 1). F = 32: position 27 (picked 28th); the wait from the
+    # load would be (0.5 + 27) x 2 = 55 s, but the floor promises at most 31
     # picks before it: 0.5 + 31 x 1 = 31.5 s.
     state = Backlog(
         counts=(100, 0, 0, 0, 0, 1),
@@ -287,16 +287,16 @@ def test_the_priority_policy_caps_the_eta_at_its_floor() -> None:
 
 
 def test_arrival_rates_decay_and_count_the_arrivals_since() -> None:
-    # 15 s (ARRIVAL_SECONDS) x ln 2 later the stored rate has halved; the three
-    # arrivals since add 3 / 15 = 0.2 per second.
+    # 60 s (ARRIVAL_SECONDS) x ln 2 later the stored rate has halved; the three
+    # arrivals since add 3 / 60 = 0.05 per second.
     state = Backlog(
         enqueued=(13, 0, 0, 0, 0, 0),
         arrival_rates=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
         rated_enqueued=(10, 0, 0, 0, 0, 0),
         rated_at=100.0,
     )
-    rates = policy.arrival_rates_at(state, 100.0 + 15.0 * 0.6931471805599453)
-    assert rates[0] == pytest.approx(0.5 + 0.2) and rates[1:] == (0.0,) * 5
+    rates = policy.arrival_rates_at(state, 100.0 + 60.0 * 0.6931471805599453)
+    assert rates[0] == pytest.approx(0.5 + 0.05) and rates[1:] == (0.0,) * 5
     # A pick's write carries them, counted up to the arrivals it saw.
     after = policy.with_arrival_rates(state, 110.0)
     assert (after.rated_at, after.rated_enqueued) == (110.0, (13, 0, 0, 0, 0, 0))
