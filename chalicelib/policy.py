@@ -222,54 +222,54 @@ def queue_level(level: int, policy_name: str) -> int:
     return 0 if policy_name == "fifo" else level
 
 
-def overdue_age(floor_picks: int) -> int:
-    """K: a backlogged level this many picks past its stamp is overdue.
-
-    K = F - (LEVELS - 1) makes the floor exactly F (see choose_level).
-    """
-    return floor_picks - (LEVELS - 1)
-
-
 def picks_made(state: Backlog) -> int:
     """The pick number: tasks ever taken (every pick adds one, in the same write)."""
     return sum(state.dequeued)
 
 
-def ages(state: Backlog) -> list[int]:
-    """Picks since each level's stamp (never negative: a stamp ahead of the count is new)."""
+def floor_allows(state: Backlog, level: int, floor_picks: int = DEFAULT_FLOOR_PICKS) -> bool:
+    """Whether taking ``level`` now leaves every other backlogged level time to meet its deadline.
+
+    A level's deadline is its stamp + F: the last pick number it may wait for.
+    Picked now, ``level`` takes pick made + 1; the others, earliest deadline
+    first, could then take made + 2, made + 3, ...
+    """
     made = picks_made(state)
-    return [max(0, made - stamp) for stamp in state.stamps]
-
-
-def overdue_levels(state: Backlog, floor_picks: int = DEFAULT_FLOOR_PICKS) -> list[int]:
-    """The backlogged levels at least K picks past their stamps (the priority policy)."""
-    limit = overdue_age(floor_picks)
-    return [lvl for lvl, age in enumerate(ages(state)) if state.counts[lvl] > 0 and age >= limit]
+    others = sorted(
+        stamp + floor_picks for lvl, stamp in enumerate(state.stamps) if state.counts[lvl] > 0 and lvl != level
+    )
+    return all(made + 1 + j <= deadline for j, deadline in enumerate(others, start=1))
 
 
 def choose_level(state: Backlog, policy_name: str, floor_picks: int = DEFAULT_FLOOR_PICKS) -> int | None:
     """The level the next task comes from, or None when nothing is queued.
 
     strict and fifo: the highest level with a queued task.
-    priority: the highest level with a queued task, unless some backlogged level
-    is overdue (K or more picks since it was last picked or seen empty): then the
-    overdue level with the largest age, ties to the higher priority. Guarantee: a
-    level backlogged throughout F = K + LEVELS - 1 consecutive picks is picked in
-    them. Proof: let s be its stamp (s is at most the pick before the window).
-    From pick s + K + 1 on it is overdue, so only older overdue levels (stamps at
-    most s) can go first, each once (its stamp then moves past s). Those are at
-    most LEVELS - 2 levels: the level picked at pick s + K has a stamp past s.
-    So it is picked by pick s + K + LEVELS - 1 = s + F.
+    priority: the highest level with a queued task, unless that would leave a
+    backlogged level no way to be picked by its deadline (its stamp + F, the
+    stamp being the pick number at which it was last picked or seen empty):
+    then the earliest deadline goes first (the oldest stamp, ties to the higher
+    priority). So priority order is left only when the floor needs it, and as
+    late as it can be. Guarantee: every backlogged level is picked by its
+    deadline, so within any F consecutive picks throughout which it has queued
+    tasks. Proof: the sorted deadlines d1 <= d2 <= ... of the backlogged levels
+    always satisfy dj >= made + j (made: picks so far), which is exactly what
+    lets each be picked in time. It holds at the start; a level that becomes
+    backlogged was stamped at the last pick, so its deadline is made + F, last
+    in the order, and there are at most 6 <= F levels; a strict pick is made only
+    if it keeps it, by its condition; an earliest-deadline pick removes d1 and
+    moves the others one place up as made grows by one; the picked level's new
+    deadline made + 1 + F goes last.
     fair: stride scheduling over the backlogged levels. Each backlogged level's
     virtual time is at least the current one (an idle level banks no credit);
     the smallest goes next, ties to the higher priority.
     """
     if policy_name == "priority":
-        overdue = overdue_levels(state, floor_picks)
-        if overdue:
-            age = ages(state)
-            return min(overdue, key=lambda lvl: (-age[lvl], lvl))
-        return highest_backlogged(state.counts)
+        highest = highest_backlogged(state.counts)
+        if highest is None or floor_allows(state, highest, floor_picks):
+            return highest
+        backlogged = [lvl for lvl, count in enumerate(state.counts) if count > 0]
+        return min(backlogged, key=lambda lvl: (state.stamps[lvl], lvl))
     if policy_name != "fair":
         return highest_backlogged(state.counts)
     best: tuple[float, int] | None = None
@@ -312,11 +312,12 @@ def may_hold_ahead(state: Backlog, level: int, policy_name: str, floor_picks: in
     Under a policy that keeps priority order, a task held ahead must not delay a
     higher-priority arrival by more than one task per slot: beyond a batch's
     first task, only level-0 tasks (nothing outranks them) and picks the floor
-    forces (an arrival is never overdue, so it would not go before them) are held.
+    forces (an arrival's deadline is later than all others', so it would not
+    make them unnecessary) are held.
     """
     if policy_name not in PRIORITY_ORDERED or level == 0:
         return True
-    return policy_name == "priority" and level in overdue_levels(state, floor_picks)
+    return policy_name == "priority" and level != highest_backlogged(state.counts)
 
 
 def plan_picks(

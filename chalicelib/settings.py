@@ -184,7 +184,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         thresholds=_thresholds(env),
         policy=policy_name,
         shares=_shares(env),
-        # At least one pick per level (the floor's proof needs K = F - LEVELS + 1 >= 1).
+        # At least one pick per level: the floor's proof needs every level's deadline to fit (F >= LEVELS).
         floor_picks=_int(env, "PQH_FLOOR_PICKS", DEFAULT_FLOOR_PICKS, LEVELS, 1000),
         fair_sample=_int(env, "PQH_FAIR_SAMPLE", 10, 1, 10),
         task_seconds=_task_seconds(env),

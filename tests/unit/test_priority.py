@@ -34,20 +34,23 @@ def run(state: Backlog, picks: int, floor_picks: int = 32) -> list[int]:
 # --- Worked by hand -------------------------------------------------------------
 
 
-def test_two_backlogged_levels_level_5_goes_every_28th_pick_with_the_default_floor() -> None:
-    # F = 32, so K = 32 - 5 = 27. Level 5's stamp is 0; it is overdue once 27 picks
-    # have passed, so the 28th pick is its, then again 28 picks later.
+def test_two_backlogged_levels_level_5_goes_every_32nd_pick_with_the_default_floor() -> None:
+    # F = 32. Level 5's stamp is 0, its deadline pick 32: level 0 may take picks
+    # 1-31 (each leaves level 5 a pick before its deadline), level 5 takes pick 32,
+    # and its next deadline is 64: exactly the floor, no departure earlier.
     picks = run(Backlog(counts=(1000, 0, 0, 0, 0, 1000)), 100)
-    assert [i + 1 for i, level in enumerate(picks) if level == 5] == [28, 56, 84]
+    assert [i + 1 for i, level in enumerate(picks) if level == 5] == [32, 64, 96]
 
 
 def test_all_levels_backlogged_with_a_floor_of_eight_picks() -> None:
-    # F = 8, K = 3. Every stamp starts at 0. Picks 1-3: level 0 (the others' ages
-    # 0, 1, 2). Pick 4: levels 1-5 are all 3 picks old, ties to the higher priority:
-    # 1, then 2, 3, 4, 5 (each reset once picked). Pick 9: level 0 is 5 picks old,
-    # the oldest; from then on it is a round: 0, 1, 2, 3, 4, 5.
+    # F = 8. Every stamp starts at 0: levels 1-5 must be picked by pick 8. Picks
+    # 1-3: level 0 (after pick 3 the five others still fit in picks 4-8). Pick 4:
+    # level 0 would leave five levels four picks: the earliest deadline goes, ties
+    # to the higher priority: 1, then 2, 3, 4, 5. Stamps are then 3 (level 0), 4,
+    # 5, 6, 7, 8: deadlines 11-16; level 0 takes picks 9-11 (pick 11 leaves levels
+    # 1-5 picks 12-16), and so on: level 0 gets 3 of every 8, each other level 1.
     picks = run(Backlog(counts=(100,) * 6), 20, floor_picks=8)
-    assert picks == [0, 0, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]
+    assert picks == [0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 1]
     # Level 5 was backlogged at picks 1-7 and picked at 8: the bound F = 8 is reached.
 
 
@@ -59,25 +62,25 @@ def test_strict_order_while_nothing_is_overdue() -> None:
 
 def test_a_level_that_was_idle_banks_no_credit() -> None:
     # Level 5 alone for 500 picks, then level 0 becomes backlogged: level 0's stamp
-    # moved with every pick while it was empty, so it is not overdue, and level 5
-    # (picked just now) is not either: level 0 goes first for the next 27 picks.
+    # moved with every pick while it was empty, so it has no credit, and level 5
+    # (picked just now, deadline 532) waits for the next 31 picks.
     state = Backlog(counts=(0, 0, 0, 0, 0, 600))
     for _ in range(500):
         state = policy.after_pick(state, 5, "priority")
     state = replace(state, counts=(100, 0, 0, 0, 0, 100))
-    assert run(state, 28) == [0] * 27 + [5]
+    assert run(state, 32) == [0] * 31 + [5]
 
 
-def test_an_arrival_at_an_empty_level_is_not_overdue() -> None:
+def test_an_arrival_at_an_empty_level_has_the_latest_deadline() -> None:
     # Levels 0 and 5 backlogged, 20 picks made; level 3 was empty at all of them.
     state = Backlog(counts=(50, 0, 0, 0, 0, 50))
     for _ in range(20):
         state = policy.after_pick(state, 0, "priority")
     assert state.stamps == (20, 20, 20, 20, 20, 0)
     state = replace(state, counts=(30, 0, 0, 1, 0, 50))  # one task arrives at level 3
-    # Pick 21 to 27: level 0 (level 5 is 20..26 picks old); pick 28: level 5 (27 old);
-    # level 3 waits behind level 0 like any lower level, not overdue until pick 48.
-    assert run(state, 9) == [0, 0, 0, 0, 0, 0, 0, 5, 0]
+    # Deadlines: level 5 pick 32, level 3 pick 52. Picks 21-31: level 0 (each leaves
+    # levels 5 and 3 a pick each before their deadlines); pick 32: level 5; then level 0.
+    assert run(state, 13) == [0] * 11 + [5, 0]
 
 
 def test_the_oldest_overdue_level_goes_first_ties_to_the_higher_priority() -> None:
@@ -161,9 +164,10 @@ def test_every_start_of_ages_keeps_the_floor_exhaustively() -> None:
 
 
 def test_departures_from_priority_order_are_only_the_ones_the_floor_forces() -> None:
-    # Under random arrivals, a pick that is not the highest backlogged level is of a
-    # level that had waited at least K = 27 picks (the test's own count of picks since
-    # it was last picked or seen empty).
+    # Under random arrivals, a pick that is not the highest backlogged level is of the
+    # oldest level, and one that had waited at least F - 5 = 27 picks (the test's own
+    # count of picks since it was last picked or seen empty): with at most 5 levels
+    # due before it, a younger level's deadline leaves room for a strict pick.
     rng = random.Random(5)
     state = Backlog()
     since = [0] * policy.LEVELS
@@ -180,6 +184,11 @@ def test_departures_from_priority_order_are_only_the_ones_the_floor_forces() -> 
         highest = next(lvl for lvl, n in enumerate(state.counts) if n > 0)
         in_a_row = in_a_row + 1 if level != highest else 0
         longest_run = max(longest_run, in_a_row)
+        # Taking the highest level now would leave the j-th oldest other level (age a)
+        # j more picks: too late once a + 1 + j > 32. A departure happens exactly then.
+        others = sorted(since[lvl] for lvl in range(policy.LEVELS) if state.counts[lvl] > 0 and lvl != highest)
+        needed = any(age + 1 + j > 32 for j, age in enumerate(reversed(others), start=1))
+        assert (level != highest) == needed
         if level != highest:
             departures += 1
             assert since[level] >= 27
@@ -202,10 +211,10 @@ def test_a_batch_stops_short_of_lower_priority_work() -> None:
     assert policy.plan_picks(Backlog(counts=(7, 0, 0, 3, 0, 0)), 5, "priority")[0] == [0, 0, 0, 0, 0]
     assert policy.plan_picks(Backlog(counts=(1, 0, 0, 3, 0, 0)), 5, "strict")[0] == [0]
     assert policy.plan_picks(Backlog(counts=(0, 2, 0, 3, 0, 0)), 5, "strict")[0] == [1]
-    # 26 picks made, level 5 last stamped at 0: the second pick of the batch is the
-    # floor's (level 5 is 27 picks old), so it is held; so are the level-0 ones.
-    state = Backlog(counts=(10, 0, 0, 0, 0, 5), dequeued=(26, 0, 0, 0, 0, 0), stamps=(26, 26, 26, 26, 26, 0))
-    assert policy.plan_picks(state, 5, "priority")[0] == [0, 5, 0, 0, 0]
+    # 29 picks made, level 5 last stamped at 0 (its deadline is pick 32): the third
+    # pick of the batch is the floor's, so it is held; so are the level-0 ones.
+    state = Backlog(counts=(10, 0, 0, 0, 0, 5), dequeued=(29, 0, 0, 0, 0, 0), stamps=(29, 29, 29, 29, 29, 0))
+    assert policy.plan_picks(state, 5, "priority")[0] == [0, 0, 5, 0, 0]
     # The fair policy and fifo batch as before (fair's order is by shares anyway).
     assert policy.plan_picks(Backlog(counts=(1, 0, 0, 3, 0, 0)), 4, "fair")[0] == [0, 3, 3, 3]
 
@@ -238,13 +247,14 @@ def test_a_task_held_ahead_delays_a_higher_priority_arrival_by_at_most_one_task(
 
 
 def test_positions_replay_the_floor() -> None:
-    # F = 8 (K = 3), five tasks at level 0 and two at level 5, nothing picked yet.
-    # Picks by hand: 0, 0, 0 (level 5 is 0, 1, 2 picks old), 5 (3 old: overdue),
-    # 0, 0 (level 5 is 0, 1 old), then level 0 is empty: 5.
-    state = Backlog(counts=(5, 0, 0, 0, 0, 2), enqueued=(5, 0, 0, 0, 0, 2))
-    assert [policy.queue_position(state, 0, seq, "priority", floor_picks=8) for seq in range(1, 6)] == [0, 1, 2, 4, 5]
-    assert [policy.queue_position(state, 5, seq, "priority", floor_picks=8) for seq in (1, 2)] == [3, 6]
-    assert [policy.queue_position(state, 5, seq, "strict") for seq in (1, 2)] == [5, 6]
+    # F = 8, nine tasks at level 0 and two at level 5, nothing picked yet. Picks by
+    # hand: level 0 for picks 1-7, level 5 at its deadline (pick 8), level 0 for
+    # picks 9 and 10 (its last two), then level 5.
+    state = Backlog(counts=(9, 0, 0, 0, 0, 2), enqueued=(9, 0, 0, 0, 0, 2))
+    positions = [policy.queue_position(state, 0, seq, "priority", floor_picks=8) for seq in range(1, 10)]
+    assert positions == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    assert [policy.queue_position(state, 5, seq, "priority", floor_picks=8) for seq in (1, 2)] == [7, 10]
+    assert [policy.queue_position(state, 5, seq, "strict") for seq in (1, 2)] == [9, 10]
 
 
 def test_the_eta_counts_the_running_task_and_the_arrivals_that_go_first() -> None:
@@ -272,9 +282,9 @@ def test_the_eta_counts_the_running_task_and_the_arrivals_that_go_first() -> Non
 
 def test_the_priority_policy_caps_the_eta_at_its_floor() -> None:
     # One task at level 5 behind 100 at level 0 that keep coming (10/s, 1-s tasks: the
-    # load is capped at 1). F = 32: position 27 (picked 28th); the wait from the
-    # load would be (0.5 + 27) x 2 = 55 s, but the floor promises at most 31
-    # picks before it: 0.5 + 31 x 1 = 31.5 s.
+    # load is capped at 1). F = 32: position 31 (picked at its deadline, 32nd); the
+    # wait from the load would be (0.5 + 31) x 2 = 63 s, but the floor promises at
+    # most 31 picks before it, whatever arrives: 0.5 + 31 x 1 = 31.5 s.
     state = Backlog(
         counts=(100, 0, 0, 0, 0, 1),
         enqueued=(100, 0, 0, 0, 0, 1),
@@ -283,7 +293,7 @@ def test_the_priority_policy_caps_the_eta_at_its_floor() -> None:
         rated_at=50.0,
     )
     found = policy.estimate(state, 5, 1, 50.0, policy_name="priority", capacity=1, run_seconds=1.0)
-    assert (found.position, found.eta_seconds) == (27, 31.5)
+    assert (found.position, found.eta_seconds) == (31, 31.5)
 
 
 def test_arrival_rates_decay_and_count_the_arrivals_since() -> None:
