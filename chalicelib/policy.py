@@ -125,8 +125,10 @@ DEFAULT_POLICY = "priority"
 # Default shares of the fair policy: each level gets twice the share of the next.
 DEFAULT_SHARES: tuple[int, ...] = (32, 16, 8, 4, 2, 1)
 # The priority policy's floor F: a level with queued tasks is picked at least once in
-# every F consecutive picks (so at least 2 of every 64 with the default).
-DEFAULT_FLOOR_PICKS = 32
+# every F consecutive picks. 28, not 32: a task is started after its pick, and a
+# level that gets a task after the pick of one held ahead counts from that pick;
+# 2 x 28 leaves room for 8 held ahead in the 2-of-every-64-starts target.
+DEFAULT_FLOOR_PICKS = 28
 # Policies that keep priority order: a batch picked ahead stops short of work a
 # higher-priority arrival would have gone before (see plan_picks).
 PRIORITY_ORDERED = ("priority", "strict")

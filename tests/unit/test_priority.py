@@ -20,7 +20,7 @@ from chalicelib.policy import Backlog
 from tests.fakes import make_world
 
 
-def run(state: Backlog, picks: int, floor_picks: int = 32) -> list[int]:
+def run(state: Backlog, picks: int, floor_picks: int = 28) -> list[int]:
     chosen = []
     for _ in range(picks):
         level = policy.choose_level(state, "priority", floor_picks)
@@ -34,12 +34,13 @@ def run(state: Backlog, picks: int, floor_picks: int = 32) -> list[int]:
 # --- Worked by hand -------------------------------------------------------------
 
 
-def test_two_backlogged_levels_level_5_goes_every_32nd_pick_with_the_default_floor() -> None:
-    # F = 32. Level 5's stamp is 0, its deadline pick 32: level 0 may take picks
-    # 1-31 (each leaves level 5 a pick before its deadline), level 5 takes pick 32,
-    # and its next deadline is 64: exactly the floor, no departure earlier.
+def test_two_backlogged_levels_level_5_goes_every_28th_pick_with_the_default_floor() -> None:
+    # F = 28. Level 5's stamp is 0, its deadline pick 28: level 0 may take picks
+    # 1-27 (each leaves level 5 a pick before its deadline), level 5 takes pick 28,
+    # and its next deadline is 56: exactly the floor, no departure earlier.
+    assert policy.DEFAULT_FLOOR_PICKS == 28
     picks = run(Backlog(counts=(1000, 0, 0, 0, 0, 1000)), 100)
-    assert [i + 1 for i, level in enumerate(picks) if level == 5] == [32, 64, 96]
+    assert [i + 1 for i, level in enumerate(picks) if level == 5] == [28, 56, 84]
 
 
 def test_all_levels_backlogged_with_a_floor_of_eight_picks() -> None:
@@ -63,12 +64,12 @@ def test_strict_order_while_nothing_is_overdue() -> None:
 def test_a_level_that_was_idle_banks_no_credit() -> None:
     # Level 5 alone for 500 picks, then level 0 becomes backlogged: level 0's stamp
     # moved with every pick while it was empty, so it has no credit, and level 5
-    # (picked just now, deadline 532) waits for the next 31 picks.
+    # (picked just now, deadline 528) waits for the next 27 picks.
     state = Backlog(counts=(0, 0, 0, 0, 0, 600))
     for _ in range(500):
         state = policy.after_pick(state, 5, "priority")
     state = replace(state, counts=(100, 0, 0, 0, 0, 100))
-    assert run(state, 32) == [0] * 31 + [5]
+    assert run(state, 28) == [0] * 27 + [5]
 
 
 def test_an_arrival_at_an_empty_level_has_the_latest_deadline() -> None:
@@ -78,14 +79,15 @@ def test_an_arrival_at_an_empty_level_has_the_latest_deadline() -> None:
         state = policy.after_pick(state, 0, "priority")
     assert state.stamps == (20, 20, 20, 20, 20, 0)
     state = replace(state, counts=(30, 0, 0, 1, 0, 50))  # one task arrives at level 3
-    # Deadlines: level 5 pick 32, level 3 pick 52. Picks 21-31: level 0 (each leaves
-    # levels 5 and 3 a pick each before their deadlines); pick 32: level 5; then level 0.
-    assert run(state, 13) == [0] * 11 + [5, 0]
+    # Deadlines: level 5 pick 28, level 3 pick 48. Picks 21-27: level 0 (each leaves
+    # levels 5 and 3 a pick each before their deadlines); pick 28: level 5; then level 0.
+    assert run(state, 9) == [0] * 7 + [5, 0]
 
 
 def test_the_oldest_overdue_level_goes_first_ties_to_the_higher_priority() -> None:
     state = Backlog(counts=(9, 9, 9, 9, 9, 9), dequeued=(100, 0, 0, 0, 0, 0), stamps=(100, 60, 50, 50, 90, 40))
-    # Ages: 0, 40, 50, 50, 10, 60. K = 27: levels 1, 2, 3 and 5 are overdue.
+    # Ages: 0, 40, 50, 50, 10, 60: levels 1, 2, 3 and 5 are past their deadlines
+    # (stamp + 28), so they go first, oldest first.
     # 5 (60) first, then 2 and 3 (50, tie: 2 first), then 1 (40, now 43 old), then level 0.
     assert run(state, 5) == [5, 2, 3, 1, 0]
 
@@ -165,7 +167,7 @@ def test_every_start_of_ages_keeps_the_floor_exhaustively() -> None:
 
 def test_departures_from_priority_order_are_only_the_ones_the_floor_forces() -> None:
     # Under random arrivals, a pick that is not the highest backlogged level is of the
-    # oldest level, and one that had waited at least F - 5 = 27 picks (the test's own
+    # oldest level, and one that had waited at least F - 5 = 23 picks (the test's own
     # count of picks since it was last picked or seen empty): with at most 5 levels
     # due before it, a younger level's deadline leaves room for a strict pick.
     rng = random.Random(5)
@@ -185,13 +187,13 @@ def test_departures_from_priority_order_are_only_the_ones_the_floor_forces() -> 
         in_a_row = in_a_row + 1 if level != highest else 0
         longest_run = max(longest_run, in_a_row)
         # Taking the highest level now would leave the j-th oldest other level (age a)
-        # j more picks: too late once a + 1 + j > 32. A departure happens exactly then.
+        # j more picks: too late once a + 1 + j > 28. A departure happens exactly then.
         others = sorted(since[lvl] for lvl in range(policy.LEVELS) if state.counts[lvl] > 0 and lvl != highest)
-        needed = any(age + 1 + j > 32 for j, age in enumerate(reversed(others), start=1))
+        needed = any(age + 1 + j > 28 for j, age in enumerate(reversed(others), start=1))
         assert (level != highest) == needed
         if level != highest:
             departures += 1
-            assert since[level] >= 27
+            assert since[level] >= 23
             assert all(since[level] >= since[lvl] for lvl in range(policy.LEVELS) if state.counts[lvl] > 0)
         state = policy.after_pick(state, level, "priority")
         since = [0 if lvl == level or state.counts[lvl] <= 0 else since[lvl] + 1 for lvl in range(policy.LEVELS)]
@@ -211,9 +213,9 @@ def test_a_batch_stops_short_of_lower_priority_work() -> None:
     assert policy.plan_picks(Backlog(counts=(7, 0, 0, 3, 0, 0)), 5, "priority")[0] == [0, 0, 0, 0, 0]
     assert policy.plan_picks(Backlog(counts=(1, 0, 0, 3, 0, 0)), 5, "strict")[0] == [0]
     assert policy.plan_picks(Backlog(counts=(0, 2, 0, 3, 0, 0)), 5, "strict")[0] == [1]
-    # 29 picks made, level 5 last stamped at 0 (its deadline is pick 32): the third
+    # 25 picks made, level 5 last stamped at 0 (its deadline is pick 28): the third
     # pick of the batch is the floor's, so it is held; so are the level-0 ones.
-    state = Backlog(counts=(10, 0, 0, 0, 0, 5), dequeued=(29, 0, 0, 0, 0, 0), stamps=(29, 29, 29, 29, 29, 0))
+    state = Backlog(counts=(10, 0, 0, 0, 0, 5), dequeued=(25, 0, 0, 0, 0, 0), stamps=(25, 25, 25, 25, 25, 0))
     assert policy.plan_picks(state, 5, "priority")[0] == [0, 0, 5, 0, 0]
     # The fair policy and fifo batch as before (fair's order is by shares anyway).
     assert policy.plan_picks(Backlog(counts=(1, 0, 0, 3, 0, 0)), 4, "fair")[0] == [0, 3, 3, 3]
@@ -282,9 +284,9 @@ def test_the_eta_counts_the_running_task_and_the_arrivals_that_go_first() -> Non
 
 def test_the_priority_policy_caps_the_eta_at_its_floor() -> None:
     # One task at level 5 behind 100 at level 0 that keep coming (10/s, 1-s tasks: the
-    # load is capped at 1). F = 32: position 31 (picked at its deadline, 32nd); the
-    # wait from the load would be (0.5 + 31) x 2 = 63 s, but the floor promises at
-    # most 31 picks before it, whatever arrives: 0.5 + 31 x 1 = 31.5 s.
+    # load is capped at 1). F = 28: position 27 (picked at its deadline, 28th); the
+    # wait from the load would be (0.5 + 27) x 2 = 55 s, but the floor promises at
+    # most 27 picks before it, whatever arrives: 0.5 + 27 x 1 = 27.5 s.
     state = Backlog(
         counts=(100, 0, 0, 0, 0, 1),
         enqueued=(100, 0, 0, 0, 0, 1),
@@ -293,7 +295,7 @@ def test_the_priority_policy_caps_the_eta_at_its_floor() -> None:
         rated_at=50.0,
     )
     found = policy.estimate(state, 5, 1, 50.0, policy_name="priority", capacity=1, run_seconds=1.0)
-    assert (found.position, found.eta_seconds) == (31, 31.5)
+    assert (found.position, found.eta_seconds) == (27, 27.5)
 
 
 def test_arrival_rates_decay_and_count_the_arrivals_since() -> None:

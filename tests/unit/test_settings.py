@@ -43,7 +43,7 @@ README_DEFAULTS = {
     "thresholds": (1, 6, 16, 26, 36),
     "policy": "priority",
     "shares": (32, 16, 8, 4, 2, 1),
-    "floor_picks": 32,
+    "floor_picks": 28,
     "fair_sample": 10,
     "task_function": "chalicelib.tasks.limited_f",
     "task_seconds": 60.0,
