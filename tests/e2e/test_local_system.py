@@ -28,8 +28,9 @@ pytestmark = pytest.mark.e2e
 def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
     local_system: Callable[..., LocalSystem], tmp_path: Path
 ) -> None:
-    # Strict priority: the old scheme, whose promise this checks. (The fair default
-    # lets heavy levels through now and then; bench/fairness.py measures it.) No
+    # Strict priority: the old scheme, whose promise this checks. (The priority
+    # default lets a waiting lower level through once per PQH_FLOOR_PICKS picks;
+    # bench/fairness.py measures it.) No
     # prefetch: with it, the tasks picked ahead while another runs (a batch of up to
     # PQH_PREFETCH_SECONDS of work) may be ones a light user's later task would have
     # overtaken (tests/unit/test_services.py checks the batches).
