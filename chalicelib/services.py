@@ -49,7 +49,7 @@ from chalicelib.ports import (
 )
 from chalicelib.settings import ConfigError, Settings
 from chalicelib.tasks import TaskCancelledError, TaskContext, TaskFunction, load_task_function, supports_cancel
-from chalicelib.validation import is_task_id
+from chalicelib.validation import MAX_X_DEPTH, is_task_id, nesting
 
 log = logging.getLogger("pqh")
 
@@ -69,6 +69,9 @@ OUTCOME_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 OVERSTAY_FACTOR = 2.0
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
+# A result nests at most one level deeper than the deepest accepted x (the default
+# task's result holds x in input_x), so every recorded result reads back.
+MAX_RESULT_DEPTH = MAX_X_DEPTH + 1
 # /stats: how many users and recent tasks it lists, and how many usage items it reads at most.
 STATS_TOP_USERS = 10
 STATS_RECENT_TASKS = 20
@@ -1162,6 +1165,8 @@ class Services:
             return FAILURE, None, f"{type(exc).__name__}: {exc}"
         if size > MAX_RESULT_BYTES:
             return FAILURE, None, f"result is {size} bytes; the limit is {MAX_RESULT_BYTES}"
+        if (depth := nesting(result)) > MAX_RESULT_DEPTH:
+            return FAILURE, None, f"result nests {depth} levels deep; the limit is {MAX_RESULT_DEPTH}"
         return SUCCESS, result, None
 
 

@@ -1005,3 +1005,21 @@ def test_with_prefetch_an_outcome_write_that_fails_fails_the_worker_after_its_sl
     w.outcomes()
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
     assert w.control.backlog().counts == (0,) * LEVELS
+
+
+def test_a_result_nested_past_the_limit_fails_instead_of_being_stored_unreadable() -> None:
+    w = make_world()
+
+    def deep(x: Any, ctx: Any) -> Any:
+        value: Any = 0
+        for _ in range(900):
+            value = [value]
+        return value
+
+    w.services.task_function = deep
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    w.run_workers()
+    record = w.tasks.get(task.task_id)
+    assert record is not None and record.task_status == FAILURE
+    assert record.error == "result nests 900 levels deep; the limit is 65"
