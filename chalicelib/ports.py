@@ -60,8 +60,12 @@ class TaskStore(Protocol):
         expires_at: float,
         result: object = None,
         error: str | None = None,
+        unless_cancel_requested: bool = False,
     ) -> bool:
-        """Record the final status if ``run_id`` still owns the task; never overwrite a finished one."""
+        """Record the final status if ``run_id`` still owns the task; never overwrite a finished one.
+
+        With ``unless_cancel_requested``, also False when someone asked the task to stop.
+        """
 
     def requeue(self, task_id: str, queue_seq: int, expires_at: float, now: float) -> Task | None:
         """FAILURE -> PENDING with its attempts reset (a dead letter redriven); None if not FAILURE."""

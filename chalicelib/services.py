@@ -1101,8 +1101,27 @@ class Services:
         finished_at = self.clock()
         expires_at = finished_at + self.settings.result_ttl_seconds
         recorded = self._patiently(
-            lambda: self.tasks.finish(task.task_id, run_id, status, finished_at, expires_at, result=result, error=error)
+            lambda: self.tasks.finish(
+                task.task_id,
+                run_id,
+                status,
+                finished_at,
+                expires_at,
+                result=result,
+                error=error,
+                unless_cancel_requested=status != CANCELLED,
+            )
         )
+        if not recorded and status != CANCELLED:
+            # Someone was answered 202 (asked to stop) and the function finished before it
+            # looked: the answer holds. The result is dropped and the task is CANCELLED.
+            # One more write, only for a task whose cancel came while it ran.
+            recorded = self._patiently(
+                lambda: self.tasks.finish(task.task_id, run_id, CANCELLED, finished_at, expires_at)
+            )
+            if recorded:
+                log.info("task=%s finished after a cancel was asked for; recorded CANCELLED", task.task_id)
+                status = CANCELLED
         if recorded:
             log.info(
                 "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",

@@ -404,6 +404,7 @@ class DynamoTaskStore:
         expires_at: float,
         result: object = None,
         error: str | None = None,
+        unless_cancel_requested: bool = False,
     ) -> bool:
         values: dict[str, Any] = {
             ":status": {"S": status},
@@ -423,11 +424,15 @@ class DynamoTaskStore:
         kwargs: dict[str, Any] = {}
         if error is not None:
             kwargs["ExpressionAttributeNames"] = {"#err": "error"}
+        # Only the run that owns the task may finish it, and only once.
+        condition = "task_status = :started AND run_id = :run"
+        if unless_cancel_requested:
+            condition += " AND (attribute_not_exists(cancel_requested) OR cancel_requested = :false)"
+            values[":false"] = {"BOOL": False}
         return self._conditional(
             Key={"task_id": {"S": task_id}},
             UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until",
-            # Only the run that owns the task may finish it, and only once.
-            ConditionExpression="task_status = :started AND run_id = :run",
+            ConditionExpression=condition,
             ExpressionAttributeValues=values,
             **kwargs,
         )

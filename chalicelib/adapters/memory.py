@@ -143,10 +143,13 @@ class MemoryTaskStore:
         expires_at: float,
         result: object = None,
         error: str | None = None,
+        unless_cancel_requested: bool = False,
     ) -> bool:
         with self._lock:
             task = self._tasks.get(task_id)
             if task is None or task.task_status != STARTED or task.run_id != run_id:
+                return False
+            if unless_cancel_requested and task.cancel_requested:
                 return False
             self._tasks[task_id] = replace(
                 task,

@@ -416,6 +416,24 @@ def test_cancel_pending_and_request_cancel(ports: Ports) -> None:
     assert ports.tasks.get(running.task_id).cancel_requested
 
 
+def test_a_finish_unless_cancel_requested_yields_to_a_cancel_request(ports: Ports) -> None:
+    plain, asked = make_task(), make_task(task_id="55555555-5555-4555-8555-555555555555")
+    for task in (plain, asked):
+        ports.tasks.create(task)
+        assert ports.tasks.start(task.task_id, "run", NOW, NOW + 900)[0] == STARTED_NOW
+    assert ports.tasks.request_cancel(asked.task_id)
+    assert ports.tasks.finish(
+        plain.task_id, "run", "SUCCESS", NOW + 1, NOW + 100, result=1, unless_cancel_requested=True
+    )
+    assert not ports.tasks.finish(
+        asked.task_id, "run", "SUCCESS", NOW + 1, NOW + 100, result=1, unless_cancel_requested=True
+    )
+    assert ports.tasks.get(asked.task_id).task_status == "STARTED"
+    assert ports.tasks.finish(asked.task_id, "run", "CANCELLED", NOW + 1, NOW + 100)
+    assert ports.tasks.get(asked.task_id).task_status == "CANCELLED"
+    assert ports.tasks.get(plain.task_id).result == 1
+
+
 def test_refund_takes_back_one_live_submission(ports: Ports) -> None:
     for _ in range(2):
         ports.usage.record_submission("u1", NOW, 600, 6000)
