@@ -19,6 +19,7 @@ from chalice.app import AuthRequest, AuthResponse, Chalice, Rate, Request, Respo
 
 from chalicelib import views, wiring
 from chalicelib.domain import ForbiddenError, Handoff, Identity, PqhError, UnauthorizedError, ValidationError
+from chalicelib.gateway import GatewayUnauthorizedError
 from chalicelib.settings import ConfigError, auth_mode
 from chalicelib.validation import (
     check_idempotency_key,
@@ -97,10 +98,20 @@ def _stage_prefix() -> str:
 AUTH_AT_IMPORT = auth_mode(os.environ)
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an 'Authorization: Bearer <token>' header; None when absent, empty or another scheme."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 @app.authorizer(ttl_seconds=60)
 def api_key_auth(auth_request: AuthRequest) -> AuthResponse:
-    """The key (Authorization: Bearer pqh_...) -> its user; unknown keys are denied (403)."""
-    identity = wiring.services().authenticate(auth_request.token)
+    """The key (Authorization: Bearer pqh_...) -> its user; a malformed header is 401, an unknown key 403."""
+    token = bearer_token(auth_request.token)
+    if token is None:
+        raise GatewayUnauthorizedError()
+    identity = wiring.services().authenticate(token)
     if identity is None:
         return AuthResponse(routes=[], principal_id="anonymous")
     # Cached by API Gateway for ttl_seconds per key, for every route: admin rights
@@ -134,10 +145,13 @@ def _require_admin() -> None:
     expected = settings.admin_token
     if not expected:
         raise ForbiddenError("admin routes are disabled; set PQH_ADMIN_TOKEN to enable them")
-    given = _request().headers.get("authorization", "")
-    token = given[7:] if given.lower().startswith("bearer ") else ""
-    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ForbiddenError("admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'")
+    token = bearer_token(_request().headers.get("authorization"))
+    if token is None:  # no credential (or not a bearer one): 401; a wrong one: 403
+        raise UnauthorizedError("admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'")
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ForbiddenError(
+            "this token is not PQH_ADMIN_TOKEN; admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'"
+        )
 
 
 def _require_admin_if_configured() -> None:

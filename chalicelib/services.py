@@ -498,10 +498,8 @@ class Services:
         log.info("revoked key=%s…", key_id[:12])
 
     def authenticate(self, token: str | None) -> Identity | None:
-        """Who a bearer token is: the admin token, an issued key, or nobody (None)."""
+        """Who a bearer token (the header's token, without 'Bearer ') is: the admin token, an issued key, or nobody."""
         token = (token or "").strip()
-        if token[:7].lower() == "bearer ":
-            token = token[7:].strip()
         if not token:
             return None
         admin_token = self.settings.admin_token

@@ -60,7 +60,9 @@ def test_x_nested_to_the_limit_runs_and_its_result_reads_back(harness: Harness, 
 
 @pytest.mark.parametrize("depth", [LIMIT + 1, 484, 968, 20_000])
 @pytest.mark.parametrize("idempotency", [False, True])
-def test_x_nested_past_the_limit_is_a_400_and_nothing_is_stored(harness: Harness, depth: int, idempotency: bool) -> None:
+def test_x_nested_past_the_limit_is_a_400_and_nothing_is_stored(
+    harness: Harness, depth: int, idempotency: bool
+) -> None:
     headers = {"Idempotency-Key": f"deep-{depth}"} if idempotency else {}
     response = post(harness, '{"user_id": "u", "x": ' + nested(depth) + "}", headers)
     assert response.status_code == 400
