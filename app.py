@@ -18,7 +18,15 @@ from botocore.exceptions import ClientError
 from chalice.app import AuthRequest, AuthResponse, Chalice, Rate, Request, Response
 
 from chalicelib import views, wiring
-from chalicelib.domain import ForbiddenError, Handoff, Identity, PqhError, UnauthorizedError, ValidationError
+from chalicelib.domain import (
+    ForbiddenError,
+    Handoff,
+    Identity,
+    PqhError,
+    TooManyQueuedError,
+    UnauthorizedError,
+    ValidationError,
+)
 from chalicelib.gateway import GatewayUnauthorizedError
 from chalicelib.settings import ConfigError, auth_mode
 from chalicelib.validation import (
@@ -66,6 +74,8 @@ def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return view(*args, **kwargs)
+        except TooManyQueuedError as exc:
+            return _error(exc.status, exc.code, str(exc), {"Retry-After": str(exc.retry_after)})
         except PqhError as exc:
             return _error(exc.status, exc.code, str(exc))
         except ConfigError as exc:

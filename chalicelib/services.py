@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -31,6 +32,7 @@ from chalicelib.domain import (
     NotFoundError,
     QueuedMessage,
     Task,
+    TooManyQueuedError,
     ValidationError,
 )
 from chalicelib.ports import (
@@ -43,6 +45,7 @@ from chalicelib.ports import (
     Idempotency,
     Invoker,
     KeyStore,
+    QueuedLimitError,
     TaskQueues,
     TaskStore,
     UsageStore,
@@ -69,6 +72,8 @@ OUTCOME_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 OVERSTAY_FACTOR = 2.0
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
+# Times a submission at the queued limit recounts and tries again (others race it).
+QUEUED_LIMIT_TRIES = 3
 # A result nests at most one level deeper than the deepest accepted x (the default
 # task's result holds x in input_x), so every recorded result reads back.
 MAX_RESULT_DEPTH = MAX_X_DEPTH + 1
@@ -301,7 +306,7 @@ class Services:
         """Count the submission, pick its level, store it, queue it, nudge the dispatcher."""
         s = self.settings
         now = self.clock()
-        count_before, weight = self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds)
+        count_before, weight = self._count_submission(user_id, now)
         level = policy.level_for(count_before, weight, s.thresholds)
         queue = policy.queue_level(level, s.policy)
         try:
@@ -359,6 +364,30 @@ class Services:
         # dispatcher again. One Lambda invoke and one dispatcher run saved per submit
         # under a deep backlog; below it every submit nudges, so no slot idles.
         return task
+
+    def _count_submission(self, user_id: str, now: float) -> tuple[int, int]:
+        """record_submission under the user's queued limit; 429 when they really have that many queued.
+
+        The counter only goes up (a started task does not lower it: no write per task).
+        When it reaches the limit, the queued-by-user index says how many are really
+        queued (one Query), and the counter is brought down to that. So a user below
+        the limit pays nothing more, and one at it a Query per refused submission.
+        """
+        s = self.settings
+        limit = s.max_queued_per_user
+        for _ in range(QUEUED_LIMIT_TRIES):
+            try:
+                return self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds, limit)
+            except QueuedLimitError as full:
+                queued = self.tasks.queued_count(user_id)
+                if queued >= limit:
+                    raise TooManyQueuedError(
+                        f"user {user_id!r} has {queued} tasks queued; the limit is {limit} "
+                        "(PQH_MAX_QUEUED_PER_USER): wait until some have started, or cancel some",
+                        retry_after=min(300, max(1, math.ceil(s.task_seconds))),
+                    ) from full
+                self.usage.set_queued(user_id, full.counted, queued)
+        raise TooManyQueuedError(f"user {user_id!r} is submitting many tasks at once; retry shortly", retry_after=1)
 
     def _drop_unqueued(self, task: Task) -> None:
         """Delete the record of a task whose message was never sent; failing that, cancel it.

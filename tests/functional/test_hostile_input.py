@@ -69,3 +69,20 @@ def test_x_nested_past_the_limit_is_a_400_and_nothing_is_stored(
     assert response.json_body["error"] == "invalid_json"
     assert "nests" in response.json_body["message"] and "64" in response.json_body["message"]
     assert harness.task_items() == 0 and harness.usage_items() == 0
+
+
+def test_over_the_queued_limit_a_submit_is_429_with_retry_after_and_nothing_is_queued(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PQH_MAX_QUEUED_PER_USER", "2")
+    monkeypatch.setenv("PQH_TASK_SECONDS", "5")
+    assert [harness.submit("greedy", i).status_code for i in range(2)] == [202, 202]
+    refused = harness.submit("greedy", "third")
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "5"
+    assert refused.json_body["error"] == "too_many_queued"
+    assert "PQH_MAX_QUEUED_PER_USER" in refused.json_body["message"]
+    assert sum(harness.queue_depths()) == 2 and harness.task_items() == 2
+    usage = harness.client.http.get("/stats").json_body
+    assert {u["user_id"]: u["count_in_window"] for u in usage["users"]}["greedy"] == 2
+    assert harness.submit("other", 1).status_code == 202

@@ -31,3 +31,14 @@ def test_a_missing_resource_name_is_refused_with_its_name() -> None:
     env = {k: v for k, v in NAMES.items() if k != "PQH_CONTROL_TABLE"}
     with pytest.raises(ConfigError, match="PQH_CONTROL_TABLE"):
         load(env)
+
+
+def test_a_user_may_have_a_hundred_tasks_queued_unless_told_otherwise() -> None:
+    assert load(NAMES).max_queued_per_user == 100
+    assert load({**NAMES, "PQH_MAX_QUEUED_PER_USER": "5"}).max_queued_per_user == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "2000000"])
+def test_a_malformed_queued_limit_is_refused_with_its_name(value: str) -> None:
+    with pytest.raises(ConfigError, match="PQH_MAX_QUEUED_PER_USER"):
+        load({**NAMES, "PQH_MAX_QUEUED_PER_USER": value})
