@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 from chalice.app import AuthRequest, AuthResponse, Chalice, Rate, Request, Response
@@ -171,6 +172,14 @@ def _require_admin_if_configured() -> None:
         _require_admin()
 
 
+def _path_value(raw: str) -> str:
+    """A path parameter as the client meant it: Chalice's local server and API Gateway pass on its %-escapes."""
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"the path parameter {raw!r} is not percent-encoded UTF-8") from exc
+
+
 def _level(raw: str) -> int:
     if not raw.isdigit() or len(raw) > 1:
         raise ValidationError(f"level must be 0..5, got {raw!r}")
@@ -253,7 +262,7 @@ def revoke_key(key_id: str) -> dict[str, Any]:
 def get_user(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
-    return svc.user_usage(check_user_id(user_id, svc.settings.max_user_id_length))
+    return svc.user_usage(check_user_id(_path_value(user_id), svc.settings.max_user_id_length))
 
 
 @app.route("/admin/users/{user_id}/weight", methods=["PUT"], content_types=["*/*"], authorizer=AUTHORIZER)
@@ -261,7 +270,7 @@ def get_user(user_id: str) -> dict[str, Any]:
 def put_weight(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
-    user_id = check_user_id(user_id, svc.settings.max_user_id_length)
+    user_id = check_user_id(_path_value(user_id), svc.settings.max_user_id_length)
     request = _request()
     weight = parse_weight(_body(request), request.headers.get("content-type"), svc.settings.max_weight)
     svc.set_weight(user_id, weight)

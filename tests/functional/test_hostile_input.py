@@ -86,3 +86,18 @@ def test_over_the_queued_limit_a_submit_is_429_with_retry_after_and_nothing_is_q
     usage = harness.client.http.get("/stats").json_body
     assert {u["user_id"]: u["count_in_window"] for u in usage["users"]}["greedy"] == 2
     assert harness.submit("other", 1).status_code == 202
+
+
+def test_a_user_id_in_the_path_is_percent_decoded_and_checked(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PQH_ADMIN_TOKEN", "s3cret")
+    admin = {"Authorization": "Bearer s3cret"}
+    assert harness.submit("ü ser", 1).status_code == 202
+    found = harness.client.http.get("/admin/users/%C3%BC%20ser", headers=admin)
+    assert found.status_code == 200
+    assert (found.json_body["user_id"], found.json_body["count_in_window"]) == ("ü ser", 1)
+    for path in ("/admin/users/%FF", "/admin/users/%01", "/admin/users/" + "%C3%BC" * 129):
+        refused = harness.client.http.get(path, headers=admin)
+        assert refused.status_code == 400, path
+        assert refused.json_body["error"] in ("invalid_request", "invalid_user_id"), path
