@@ -14,6 +14,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi import checks
@@ -47,6 +48,9 @@ CONFIG = SchemathesisConfig.from_dict(
     {"checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "404", "409", "422", "429"]}}}
 )
 
+# Valid requests, and invalid ones (which must be refused with a 4xx).
+MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
+
 
 def run_every_operation(system: LocalSystem, credentials: list[dict[str, str]]) -> tuple[Counter[int], list[str]]:
     """Generate requests for every operation, each with the next of ``credentials`` (rotating); check each answer."""
@@ -64,7 +68,7 @@ def run_every_operation(system: LocalSystem, credentials: list[dict[str, str]]) 
             phases=[Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=operation.as_strategy())
+        @given(case=st.one_of(*(operation.as_strategy(generation_mode=mode) for mode in MODES)))
         def call(case: schemathesis.Case) -> None:
             headers = credentials[sum(statuses.values()) % len(credentials)]
             try:
