@@ -7,12 +7,13 @@ limits of the stage: throttling of the API, reserved concurrency of the
 background functions, and gateway responses that answer API Gateway's own
 refusals in the routes' ``{"error", "message"}`` shape (chalicelib/gateway.py).
 
-    python -m infra.merge_template > build/merge-template.json
+    python -m infra.merge_template [stage] > build/merge-template.json
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from chalicelib import gateway
@@ -51,30 +52,32 @@ def stage_capacity(stage: str) -> int:
 
 
 def gateway_responses() -> dict[str, Any]:
-    """API Gateway's own answers (no credential, a denied key, no route, throttled) as {error, message}."""
+    """API Gateway's own answers (no credential, a denied key, no route, throttled) as {error, message}.
+
+    The Serverless::Api's GatewayResponses: SAM writes them into the API definition,
+    so each deployment of the stage carries them (a separate GatewayResponse
+    resource takes effect only at the next deployment).
+    """
     answers: dict[str, tuple[int | None, str]] = {
         kind: (answer.status, answer.body().decode()) for kind, answer in gateway.ANSWERS.items()
     }
-    # Any other refusal keeps its status and message; messageString is already a quoted JSON string.
     answers["THROTTLED"] = (
         429,
         '{"error": "throttled", "message": "the API is over its request rate (the stage throttle); retry shortly"}',
     )
+    # Any other refusal keeps its status and message; messageString is already a quoted JSON string.
     answers["DEFAULT_4XX"] = (None, '{"error": "bad_request", "message": $context.error.messageString}')
     answers["DEFAULT_5XX"] = (None, '{"error": "gateway_error", "message": $context.error.messageString}')
-    resources: dict[str, Any] = {}
+    responses: dict[str, Any] = {}
     for kind, (status, template) in answers.items():
-        properties: dict[str, Any] = {
-            "RestApiId": {"Ref": "RestAPI"},
-            "ResponseType": kind,
+        response: dict[str, Any] = {
             "ResponseTemplates": {"application/json": template},
-            "ResponseParameters": {"gatewayresponse.header.Content-Type": "'application/json'"},
+            "ResponseParameters": {"Headers": {"Content-Type": "'application/json'"}},
         }
         if status is not None:
-            properties["StatusCode"] = str(status)
-        logical = "GatewayResponse" + "".join(part.title() for part in kind.split("_"))
-        resources[logical] = {"Type": "AWS::ApiGateway::GatewayResponse", "Properties": properties}
-    return resources
+            response["StatusCode"] = str(status)
+        responses[kind] = response
+    return responses
 
 
 def _function_name(function: str) -> dict[str, str]:
@@ -84,9 +87,9 @@ def _function_name(function: str) -> dict[str, str]:
 def merge_template(stage: str = "dev") -> dict[str, Any]:
     infra = load_template()
     resources: dict[str, Any] = dict(infra["Resources"])
-    resources.update(gateway_responses())
     resources["RestAPI"] = {
         "Properties": {
+            "GatewayResponses": gateway_responses(),
             "MethodSettings": [
                 {
                     "ResourcePath": "/*",
@@ -94,7 +97,7 @@ def merge_template(stage: str = "dev") -> dict[str, Any]:
                     "ThrottlingRateLimit": STAGE_RATE_LIMIT,
                     "ThrottlingBurstLimit": STAGE_BURST_LIMIT,
                 }
-            ]
+            ],
         }
     }
     reserved = {
@@ -127,4 +130,4 @@ def merge_template(stage: str = "dev") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(merge_template(), indent=2))
+    print(json.dumps(merge_template(sys.argv[1] if len(sys.argv) > 1 else "dev"), indent=2))

@@ -150,15 +150,12 @@ def test_compose_file_starts_localstack_with_the_services_pqh_uses() -> None:
 def test_the_gateways_own_refusals_have_the_routes_error_shape(packaged: dict[str, Any]) -> None:
     from chalicelib import gateway
 
-    responses = {
-        r["Properties"]["ResponseType"]: r["Properties"]
-        for r in packaged["Resources"].values()
-        if r["Type"] == "AWS::ApiGateway::GatewayResponse"
-    }
+    # On the Serverless::Api, so every deployment of the stage carries them.
+    responses = packaged["Resources"]["RestAPI"]["Properties"]["GatewayResponses"]
     assert set(responses) >= {"UNAUTHORIZED", "ACCESS_DENIED", "MISSING_AUTHENTICATION_TOKEN", "DEFAULT_4XX"}
     for kind, answer in gateway.ANSWERS.items():
         props = responses[kind]
-        assert props["RestApiId"] == {"Ref": "RestAPI"}
+        assert props["ResponseParameters"]["Headers"]["Content-Type"] == "'application/json'"
         assert props["StatusCode"] == str(answer.status)
         assert json.loads(props["ResponseTemplates"]["application/json"]) == {
             "error": answer.error,
