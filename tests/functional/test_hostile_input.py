@@ -101,3 +101,18 @@ def test_a_user_id_in_the_path_is_percent_decoded_and_checked(
         refused = harness.client.http.get(path, headers=admin)
         assert refused.status_code == 400, path
         assert refused.json_body["error"] in ("invalid_request", "invalid_user_id"), path
+
+
+def test_an_idempotent_submit_refused_at_the_limit_can_be_retried_with_its_key(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PQH_MAX_QUEUED_PER_USER", "1")
+    first = harness.submit("u", "first").json_body["task_id"]
+    keyed = {**JSON, "Idempotency-Key": "retry-me"}
+    body = json.dumps({"user_id": "u", "x": "second"})
+    refused = harness.client.http.post("/task", headers=keyed, body=body)
+    assert refused.status_code == 429 and refused.json_body["error"] == "too_many_queued"
+    assert harness.client.http.delete(f"/task/{first}").status_code == 200
+    accepted = harness.client.http.post("/task", headers=keyed, body=body)
+    assert accepted.status_code == 202 and accepted.headers["Idempotent-Replayed"] == "false"
+    assert harness.result(accepted.json_body["task_id"]).json_body["task_status"] == "PENDING"
