@@ -43,7 +43,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ and cfn-lint it
-	$(BIN)/python -m infra.merge_template > build-merge.json.tmp
+	$(BIN)/python -m infra.merge_template $(STAGE) > build-merge.json.tmp
 	mkdir -p build && mv build-merge.json.tmp build/merge-template.json
 	rm -rf build/package
 	@# Routes carry the API-key authorizer when app.py is imported with the stage's PQH_AUTH.

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -31,6 +32,7 @@ from chalicelib.domain import (
     NotFoundError,
     QueuedMessage,
     Task,
+    TooManyQueuedError,
     ValidationError,
 )
 from chalicelib.ports import (
@@ -43,13 +45,14 @@ from chalicelib.ports import (
     Idempotency,
     Invoker,
     KeyStore,
+    QueuedLimitError,
     TaskQueues,
     TaskStore,
     UsageStore,
 )
 from chalicelib.settings import ConfigError, Settings
 from chalicelib.tasks import TaskCancelledError, TaskContext, TaskFunction, load_task_function, supports_cancel
-from chalicelib.validation import is_task_id
+from chalicelib.validation import MAX_X_DEPTH, is_task_id, nesting
 
 log = logging.getLogger("pqh")
 
@@ -69,6 +72,11 @@ OUTCOME_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 OVERSTAY_FACTOR = 2.0
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
+# Times a submission at the queued limit recounts and tries again (others race it).
+QUEUED_LIMIT_TRIES = 3
+# A result nests at most one level deeper than the deepest accepted x (the default
+# task's result holds x in input_x), so every recorded result reads back.
+MAX_RESULT_DEPTH = MAX_X_DEPTH + 1
 # /stats: how many users and recent tasks it lists, and how many usage items it reads at most.
 STATS_TOP_USERS = 10
 STATS_RECENT_TASKS = 20
@@ -326,7 +334,7 @@ class Services:
         """Count the submission, pick its level, store it, queue it, nudge the dispatcher."""
         s = self.settings
         now = self.clock()
-        count_before, weight = self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds)
+        count_before, weight = self._count_submission(user_id, now)
         level = policy.level_for(count_before, weight, s.thresholds)
         queue = policy.queue_level(level, s.policy)
         try:
@@ -384,6 +392,30 @@ class Services:
         # dispatcher again. One Lambda invoke and one dispatcher run saved per submit
         # under a deep backlog; below it every submit nudges, so no slot idles.
         return task
+
+    def _count_submission(self, user_id: str, now: float) -> tuple[int, int]:
+        """record_submission under the user's queued limit; 429 when they really have that many queued.
+
+        The counter only goes up (a started task does not lower it: no write per task).
+        When it reaches the limit, the queued-by-user index says how many are really
+        queued (one Query), and the counter is brought down to that. So a user below
+        the limit pays nothing more, and one at it a Query per refused submission.
+        """
+        s = self.settings
+        limit = s.max_queued_per_user
+        for _ in range(QUEUED_LIMIT_TRIES):
+            try:
+                return self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds, limit)
+            except QueuedLimitError as full:
+                queued = self.tasks.queued_count(user_id)
+                if queued >= limit:
+                    raise TooManyQueuedError(
+                        f"user {user_id!r} has {queued} tasks queued; the limit is {limit} "
+                        "(PQH_MAX_QUEUED_PER_USER): wait until some have started, or cancel some",
+                        retry_after=min(300, max(1, math.ceil(s.task_seconds))),
+                    ) from full
+                self.usage.set_queued(user_id, full.counted, queued)
+        raise TooManyQueuedError(f"user {user_id!r} is submitting many tasks at once; retry shortly", retry_after=1)
 
     def _drop_unqueued(self, task: Task) -> None:
         """Delete the record of a task whose message was never sent; failing that, cancel it.
@@ -523,10 +555,8 @@ class Services:
         log.info("revoked key=%s…", key_id[:12])
 
     def authenticate(self, token: str | None) -> Identity | None:
-        """Who a bearer token is: the admin token, an issued key, or nobody (None)."""
+        """Who a bearer token (the header's token, without 'Bearer ') is: the admin token, an issued key, or nobody."""
         token = (token or "").strip()
-        if token[:7].lower() == "bearer ":
-            token = token[7:].strip()
         if not token:
             return None
         admin_token = self.settings.admin_token
@@ -1126,8 +1156,27 @@ class Services:
         finished_at = self.clock()
         expires_at = finished_at + self.settings.result_ttl_seconds
         recorded = self._patiently(
-            lambda: self.tasks.finish(task.task_id, run_id, status, finished_at, expires_at, result=result, error=error)
+            lambda: self.tasks.finish(
+                task.task_id,
+                run_id,
+                status,
+                finished_at,
+                expires_at,
+                result=result,
+                error=error,
+                unless_cancel_requested=status != CANCELLED,
+            )
         )
+        if not recorded and status != CANCELLED:
+            # Someone was answered 202 (asked to stop) and the function finished before it
+            # looked: the answer holds. The result is dropped and the task is CANCELLED.
+            # One more write, only for a task whose cancel came while it ran.
+            recorded = self._patiently(
+                lambda: self.tasks.finish(task.task_id, run_id, CANCELLED, finished_at, expires_at)
+            )
+            if recorded:
+                log.info("task=%s finished after a cancel was asked for; recorded CANCELLED", task.task_id)
+                status = CANCELLED
         if recorded:
             log.info(
                 "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
@@ -1190,6 +1239,8 @@ class Services:
             return FAILURE, None, f"{type(exc).__name__}: {exc}"
         if size > MAX_RESULT_BYTES:
             return FAILURE, None, f"result is {size} bytes; the limit is {MAX_RESULT_BYTES}"
+        if (depth := nesting(result)) > MAX_RESULT_DEPTH:
+            return FAILURE, None, f"result nests {depth} levels deep; the limit is {MAX_RESULT_DEPTH}"
         return SUCCESS, result, None
 
 

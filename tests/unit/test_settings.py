@@ -58,6 +58,7 @@ README_DEFAULTS = {
     "idempotency_seconds": 86400,
     "requeue_after_seconds": 604800,
     "prefetch_seconds": 1.0,
+    "max_queued_per_user": 100,
 }
 
 
@@ -82,6 +83,7 @@ def test_the_default_hand_off_is_lambda_and_it_needs_the_function_names() -> Non
         ("PQH_TASK_SECONDS", "600"),
         ("PQH_MAX_BODY_BYTES", "131072"),
         ("PQH_REQUEUE_AFTER_SECONDS", str(13 * 24 * 3600)),
+        ("PQH_MAX_QUEUED_PER_USER", "1000000"),
     ],
 )
 def test_the_stated_upper_bounds_hold_and_are_refused_by_name_above(variable: str, highest_allowed: str) -> None:
@@ -116,3 +118,14 @@ def test_the_readme_documents_every_variable_the_service_reads() -> None:
     read = set(re.findall(r'"(PQH_[A-Z_]+)"', (root / "chalicelib" / "settings.py").read_text()))
     assert read, "no variables found in settings.py"
     assert read - documented == set(), "read by the service but missing from the README's configuration table"
+
+
+def test_a_user_may_have_a_hundred_tasks_queued_unless_told_otherwise() -> None:
+    assert load(NAMES).max_queued_per_user == 100
+    assert load({**NAMES, "PQH_MAX_QUEUED_PER_USER": "5"}).max_queued_per_user == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "2000000"])
+def test_a_malformed_queued_limit_is_refused_with_its_name(value: str) -> None:
+    with pytest.raises(ConfigError, match="PQH_MAX_QUEUED_PER_USER"):
+        load({**NAMES, "PQH_MAX_QUEUED_PER_USER": value})
