@@ -18,6 +18,7 @@ from chalicelib import aws, wiring
 from chalicelib.adapters.memory import RecordingInvoker
 from infra.provision import provision
 from local.fast_moto import atomic_writes
+from tests.aws_rules import AwsRules
 
 # The test client serves requests on several threads; moto's DynamoDB writes are
 # not atomic across threads, DynamoDB's are. This gives moto that property.
@@ -52,6 +53,7 @@ class Harness:
     client: Client
     invoker: RecordingInvoker
     clock: Clock
+    rules: AwsRules
 
     def submit(self, user_id: str = "user_1", x: Any = "foo") -> Any:
         return self.client.http.post(
@@ -91,6 +93,20 @@ class Harness:
         return int(aws.client("dynamodb").scan(TableName="pqh-dev-tasks", Select="COUNT")["Count"])
 
 
+def check_aws_rules(monkeypatch: pytest.MonkeyPatch) -> AwsRules:
+    """Every client the code builds checks AWS's documented parameter rules (tests/aws_rules.py)."""
+    rules = AwsRules()
+    build = aws.client
+
+    def client(service: str) -> Any:
+        made = build(service)
+        rules.register(made)
+        return made
+
+    monkeypatch.setattr(aws, "client", client)
+    return rules
+
+
 @pytest.fixture
 def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     # Set the stage's variables up front so the test client's per-call patching is
@@ -100,9 +116,11 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     monkeypatch.setenv("PQH_TASK_SECONDS", "0")
     invoker = RecordingInvoker()
     clock = Clock()
+    rules = check_aws_rules(monkeypatch)
     with mock_aws():
         provision("pqh-dev", aws.client("dynamodb"), aws.client("sqs"))
         wiring.configure(invoker_factory=lambda settings: invoker, clock=clock)
         with Client(app, stage_name=CLIENT_STAGE, project_dir=str(ROOT)) as client:
-            yield Harness(client, invoker, clock)
+            yield Harness(client, invoker, clock, rules)
     assert "AWS_ENDPOINT_URL" not in os.environ
+    assert rules.violations == [], "calls AWS would refuse"
