@@ -6,6 +6,7 @@ import json
 import re
 import unicodedata
 from typing import Any
+from urllib.parse import unquote
 
 from chalicelib.domain import ForbiddenError, PayloadTooLargeError, UnsupportedMediaTypeError, ValidationError
 
@@ -131,6 +132,20 @@ def parse_weight(raw_body: bytes | None, content_type: str | None, max_weight: i
             "invalid_weight", f"'weight' must be an integer from 1 to {max_weight} (PQH_MAX_WEIGHT), got {weight!r}"
         )
     return weight
+
+
+def path_parameter(raw: str, name: str) -> str:
+    """A path parameter as the client meant it: percent-decoded exactly once.
+
+    Chalice's local server and test client pass path parameters as the client sent
+    them (still percent-encoded), and so do API Gateway REST APIs to a Lambda proxy
+    integration; the runtime does not decode them either. ``+`` is a plus sign in
+    a path (not a space).
+    """
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise _Invalid("invalid_path", f"the {name} in the path is not percent-encoded UTF-8") from exc
 
 
 def is_task_id(value: str) -> bool:

@@ -31,7 +31,13 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
         (["dynamodb:Query"], ["TasksTable/index/*"]),
         # Slots, backlog and API keys: POST /admin/keys puts a key's item, DELETE /admin/keys/{id} deletes it.
         (
-            ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"],
+            [
+                "dynamodb:UpdateItem",
+                "dynamodb:GetItem",
+                "dynamodb:BatchGetItem",
+                "dynamodb:PutItem",
+                "dynamodb:DeleteItem",
+            ],
             ["ControlTable"],
         ),
         (["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"], LEVEL_QUEUES),

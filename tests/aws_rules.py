@@ -63,7 +63,7 @@ TABLE_KEYS = _table_keys()
 
 
 def _value_bytes(value: dict[str, Any]) -> int:
-    """An attribute value's size as DynamoDB counts it (strings: UTF-8 bytes; numbers: about one byte per two digits)."""
+    """An attribute value's size as DynamoDB counts it (a string: its UTF-8 bytes; a number: ~1 byte per 2 digits)."""
     (kind, inner), *_ = value.items()
     if kind == "S":
         return len(str(inner).encode())
@@ -149,10 +149,10 @@ class AwsRules:
             broken.append(f"batch entry ids {ids!r} are not distinct 1-80 character [A-Za-z0-9_-] ids")
         return broken
 
-    def _sqs_SendMessage(self, request: dict[str, Any]) -> list[str]:  # noqa: N802 (botocore's operation names)
+    def _sqs_SendMessage(self, request: dict[str, Any]) -> list[str]:
         return self._message(request, "")
 
-    def _sqs_SendMessageBatch(self, request: dict[str, Any]) -> list[str]:  # noqa: N802
+    def _sqs_SendMessageBatch(self, request: dict[str, Any]) -> list[str]:
         broken = self._entries(request)
         total = 0
         for i, entry in enumerate(request.get("Entries", [])):
@@ -162,7 +162,7 @@ class AwsRules:
             broken.append(f"the batch's bodies are {total} bytes, over 256 KiB")
         return broken
 
-    def _sqs_ReceiveMessage(self, request: dict[str, Any]) -> list[str]:  # noqa: N802
+    def _sqs_ReceiveMessage(self, request: dict[str, Any]) -> list[str]:
         broken = []
         if not 1 <= int(request.get("MaxNumberOfMessages", 1)) <= SQS_MAX_BATCH:
             broken.append(f"MaxNumberOfMessages={request['MaxNumberOfMessages']} is not 1-10")
@@ -172,10 +172,10 @@ class AwsRules:
             broken.append(f"VisibilityTimeout={request['VisibilityTimeout']} is not 0-43200")
         return broken
 
-    def _sqs_DeleteMessageBatch(self, request: dict[str, Any]) -> list[str]:  # noqa: N802
+    def _sqs_DeleteMessageBatch(self, request: dict[str, Any]) -> list[str]:
         return self._entries(request)
 
-    def _sqs_ChangeMessageVisibilityBatch(self, request: dict[str, Any]) -> list[str]:  # noqa: N802
+    def _sqs_ChangeMessageVisibilityBatch(self, request: dict[str, Any]) -> list[str]:
         broken = self._entries(request)
         for entry in request.get("Entries", []):
             if not 0 <= int(entry.get("VisibilityTimeout", 0)) <= 43200:
@@ -184,15 +184,15 @@ class AwsRules:
 
     # --- DynamoDB --------------------------------------------------------------
 
-    def _dynamodb_BatchGetItem(self, request: dict[str, Any]) -> list[str]:  # noqa: N802
+    def _dynamodb_BatchGetItem(self, request: dict[str, Any]) -> list[str]:
         keys = sum(len(r.get("Keys", [])) for r in request.get("RequestItems", {}).values())
         return [] if keys <= 100 else [f"{keys} keys; a BatchGetItem asks for at most 100"]
 
-    def _dynamodb_BatchWriteItem(self, request: dict[str, Any]) -> list[str]:  # noqa: N802
+    def _dynamodb_BatchWriteItem(self, request: dict[str, Any]) -> list[str]:
         writes = sum(len(r) for r in request.get("RequestItems", {}).values())
         return [] if writes <= 25 else [f"{writes} writes; a BatchWriteItem holds at most 25"]
 
-    def _dynamodb_TransactWriteItems(self, request: dict[str, Any]) -> list[str]:  # noqa: N802
+    def _dynamodb_TransactWriteItems(self, request: dict[str, Any]) -> list[str]:
         actions = len(request.get("TransactItems", []))
         return [] if actions <= 100 else [f"{actions} actions; a transaction holds at most 100"]
 

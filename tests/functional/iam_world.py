@@ -230,4 +230,3 @@ def iam_world(monkeypatch: pytest.MonkeyPatch, app: Chalice, auth: str = "none")
         with client, enable_iam_authentication():
             yield world
     assert rules.violations == [], "calls AWS would refuse"
-
