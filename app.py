@@ -210,7 +210,9 @@ def issue_key() -> Response:
     _require_admin()
     svc = wiring.services()
     request = _request()
-    data = parse_json_object(_body(request), request.headers.get("content-type"), 4096)
+    # Room for the longest user id the settings allow, in astral characters as JSON escapes (12 bytes each).
+    limit = 4096 + 12 * svc.settings.max_user_id_length
+    data = parse_json_object(_body(request), request.headers.get("content-type"), limit)
     user_id = check_user_id(data.get("user_id"), svc.settings.max_user_id_length)
     admin = data.get("admin", False)
     if not isinstance(admin, bool):

@@ -10,6 +10,8 @@ from urllib.parse import unquote
 
 from chalicelib.domain import ForbiddenError, PayloadTooLargeError, UnsupportedMediaTypeError, ValidationError
 
+# DynamoDB's limit for a partition key value: a user id is one (usage table, queued-by-user index).
+MAX_USER_ID_BYTES = 2048
 TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -77,6 +79,12 @@ def check_user_id(user_id: Any, max_length: int) -> str:
         )
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in user_id):
         raise _Invalid("invalid_user_id", "'user_id' must not contain control characters")
+    size = len(user_id.encode("utf-8"))
+    if size > MAX_USER_ID_BYTES:
+        raise _Invalid(
+            "invalid_user_id",
+            f"'user_id' is {size} bytes in UTF-8; the limit is {MAX_USER_ID_BYTES} (a DynamoDB key's)",
+        )
     return user_id
 
 

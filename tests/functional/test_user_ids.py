@@ -108,3 +108,21 @@ def test_pqh_weight_sets_the_weight_of_the_user_it_names(
     assert CliRunner().invoke(cli, ["weight", user_id, "6"]).exit_code == 0
     got = harness.client.http.get(path_of(user_id), headers=ADMIN).json_body
     assert (got["user_id"], got["count_in_window"], got["weight"]) == (user_id, 1, 6)
+
+
+def test_a_user_id_longer_than_a_dynamodb_key_is_refused_with_a_400(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PQH_MAX_USER_ID_LENGTH", "1024")
+    too_long = harness.submit("🙂" * 513, 1)  # 2052 bytes: DynamoDB takes a key of at most 2048
+    assert too_long.status_code == 400 and too_long.json_body["error"] == "invalid_user_id"
+    assert "2052 bytes" in too_long.json_body["message"]
+    assert harness.submit("🙂" * 512, 1).status_code == 202
+
+
+def test_a_key_is_issued_for_the_longest_user_id_written_as_json_escapes(harness: Harness, admin: None) -> None:
+    user_id = "🙂" * 128  # PQH_MAX_USER_ID_LENGTH's default; 12 bytes a character as "\ud83d\ude42"
+    body = json.dumps({"user_id": user_id, "admin": False})
+    issued = harness.client.http.post("/admin/keys", headers=ADMIN, body=body)
+    assert issued.status_code == 201, issued.body
+    assert issued.json_body["user_id"] == user_id
