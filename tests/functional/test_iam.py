@@ -1,5 +1,8 @@
 """Each function's generated IAM policy allows every call it makes: action and resource, evaluated by moto.
 
+Two layers: here, moto's own IAM enforcement with per-function keys; in every
+harness test, tests/policy_check.py evaluates each call with moto's evaluator.
+
 Every route (in no-auth and api_key mode, the authorizer included), the dispatcher,
 the worker and the schedule's tick (with its retention guard re-sending a message)
 run with keys that hold exactly their own policy (tests/functional/iam_world.py).
@@ -7,6 +10,7 @@ run with keys that hold exactly their own policy (tests/functional/iam_world.py)
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -14,8 +18,10 @@ import pytest
 from app import app
 from chalicelib.services import Services
 from infra import iam
+from tests.functional.conftest import Harness
 from tests.functional.iam_world import IamWorld, iam_world
 from tests.functional.test_api_keys import BOOT, load_app_with_api_keys
+from tests.policy_check import Denial
 
 ADMIN = {"Authorization": "Bearer t"}
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -114,14 +120,18 @@ def test_api_key_mode_and_its_authorizer_are_allowed_by_their_policies(monkeypat
     assert {"dynamodb:PutItem", "dynamodb:DeleteItem"} <= world.actions_of("api_handler")
 
 
-def test_a_missing_grant_is_a_denied_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check has teeth: without the control table's PutItem no key can be issued."""
+def without_control_put_item() -> dict[str, Any]:
     grants = {**iam.GRANTS}
     grants["api_handler"] = [
         ([a for a in actions if a != "dynamodb:PutItem"] if resources == ["ControlTable"] else actions, resources)
         for actions, resources in grants["api_handler"]
     ]
-    monkeypatch.setattr(iam, "GRANTS", grants)
+    return grants
+
+
+def test_a_missing_grant_is_a_denied_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check has teeth: without the control table's PutItem no key can be issued."""
+    monkeypatch.setattr(iam, "GRANTS", without_control_put_item())
     monkeypatch.setenv("PQH_ADMIN_TOKEN", "t")
     with iam_world(monkeypatch, app) as world:
         assert world.http("post", "/admin/keys", ADMIN, {"user_id": "u"}).status_code == 500
@@ -129,3 +139,18 @@ def test_a_missing_grant_is_a_denied_call(monkeypatch: pytest.MonkeyPatch) -> No
     assert [(e.function, e.action, e.resource) for e in world.denied()] == [
         ("api_handler", "dynamodb:PutItem", control)
     ]
+
+
+def test_the_suite_wide_policy_check_refuses_a_call_the_policy_denies(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every harness test evaluates its calls against the policies too (tests/policy_check.py)."""
+    monkeypatch.setattr(iam, "GRANTS", without_control_put_item())
+    monkeypatch.setenv("PQH_ADMIN_TOKEN", "t")
+    assert harness.submit("u").status_code == 202  # allowed calls go through
+    refused = harness.client.http.post("/admin/keys", headers=ADMIN, body=json.dumps({"user_id": "u"}))
+    assert refused.status_code == 500
+    control = "arn:aws:dynamodb:us-east-1:123456789012:table/pqh-dev-control"
+    assert harness.policy.denials == [Denial("api_handler", "dynamodb:PutItem", control)]
+    assert harness.policy.evaluated > 5
+    harness.policy.denials.clear()  # seen: the harness would fail the test on it
