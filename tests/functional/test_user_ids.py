@@ -7,14 +7,19 @@ moto itself accepts a MessageGroupId that AWS refuses.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import requests
+from chalice.config import Config
+from chalice.local import LocalDevServer
 from click.testing import CliRunner
 
+from app import app
 from pqhcli.main import Api, cli
-from tests.functional.conftest import Harness
+from tests.functional.conftest import CLIENT_STAGE, ROOT, Harness
 
 ADMIN = {"Authorization": "Bearer t", "Content-Type": "application/json"}
 # Spaces, non-ASCII letters, emoji, URL syntax, and a string that looks already encoded.
@@ -126,3 +131,26 @@ def test_a_key_is_issued_for_the_longest_user_id_written_as_json_escapes(harness
     issued = harness.client.http.post("/admin/keys", headers=ADMIN, body=body)
     assert issued.status_code == 201, issued.body
     assert issued.json_body["user_id"] == user_id
+
+
+@pytest.mark.parametrize("path", ["/result/%FF", "/task/%C3", "/admin/keys/%E2%82", "/admin/users/%FF%FE"])
+def test_an_id_that_is_not_percent_encoded_utf8_is_a_400(harness: Harness, admin: None, path: str) -> None:
+    method = "get" if path.startswith(("/result", "/admin/users")) else "delete"
+    response = getattr(harness.client.http, method)(path, headers=ADMIN)
+    assert response.status_code == 400 and response.json_body["error"] == "invalid_path", response.body
+
+
+def test_chalice_local_server_passes_the_id_encoded_and_the_route_decodes_it_once(
+    harness: Harness, admin: None
+) -> None:
+    """`make run` serves the API with Chalice's own server: a real HTTP request, as `pqh` sends it."""
+    server = LocalDevServer(app, Config.create(chalice_stage=CLIENT_STAGE, project_dir=str(ROOT)), "127.0.0.1", 0)
+    threading.Thread(target=server.server.serve_forever, daemon=True).start()
+    try:
+        harness.submit("team a/b+%", 1)
+        url = f"http://127.0.0.1:{server.server.server_port}/admin/users/{quote('team a/b+%', safe='')}"
+        got = requests.get(url, headers=ADMIN, timeout=30).json()
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+    assert (got["user_id"], got["count_in_window"]) == ("team a/b+%", 1)
