@@ -63,7 +63,8 @@ def resources_of(service: str, operation: str, params: dict[str, Any], region: s
         if "QueueUrl" in request:
             _, account, name = urlparse(request["QueueUrl"]).path.split("/")
             return [f"arn:aws:sqs:{region}:{account}:{name}"]
-        return [f"arn:aws:sqs:{region}:{ACCOUNT}:{request['QueueName']}"]
+        if "QueueName" in request:
+            return [f"arn:aws:sqs:{region}:{ACCOUNT}:{request['QueueName']}"]
     if service == "dynamodb":
         tables = [str(request["TableName"])] if "TableName" in request else list(request.get("RequestItems", {}))
         tables += [str(part["TableName"]) for action in request.get("TransactItems", []) for part in action.values()]
