@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 from chalice.app import AuthRequest, AuthResponse, Chalice, Rate, Request, Response
@@ -36,6 +35,7 @@ from chalicelib.validation import (
     parse_json_object,
     parse_submission,
     parse_weight,
+    path_parameter,
 )
 
 app = Chalice(app_name="pqh")
@@ -174,16 +174,9 @@ def _require_admin_if_configured() -> None:
         _require_admin()
 
 
-def _path_value(raw: str) -> str:
-    """A path parameter as the client meant it: Chalice's local server and API Gateway pass on its %-escapes."""
-    try:
-        return unquote(raw, errors="strict")
-    except UnicodeDecodeError as exc:
-        raise ValidationError(f"the path parameter {raw!r} is not percent-encoded UTF-8") from exc
-
-
 def _level(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 1:
+    raw = path_parameter(raw, "level")
+    if len(raw) != 1 or not raw.isascii() or not raw.isdigit():
         raise ValidationError(f"level must be 0..5, got {raw!r}")
     return int(raw)
 
@@ -224,7 +217,7 @@ def submit_task() -> Response:
 @api_errors
 def get_result(task_id: str) -> dict[str, Any]:
     svc = wiring.services()
-    task = svc.result(task_id, _caller())
+    task = svc.result(path_parameter(task_id, "task id"), _caller())
     return views.result(task, svc.progress(task))
 
 
@@ -232,7 +225,7 @@ def get_result(task_id: str) -> dict[str, Any]:
 @api_errors
 def cancel_task(task_id: str) -> Response:
     """Cancel a queued task (200), or ask a running one to stop (202)."""
-    task = wiring.services().cancel(task_id, _caller())
+    task = wiring.services().cancel(path_parameter(task_id, "task id"), _caller())
     return Response(status_code=202 if task.task_status == "STARTED" else 200, body=views.result(task))
 
 
@@ -243,7 +236,9 @@ def issue_key() -> Response:
     _require_admin()
     svc = wiring.services()
     request = _request()
-    data = parse_json_object(_body(request), request.headers.get("content-type"), 4096)
+    # Room for the longest user id the settings allow, in astral characters as JSON escapes (12 bytes each).
+    limit = 4096 + 12 * svc.settings.max_user_id_length
+    data = parse_json_object(_body(request), request.headers.get("content-type"), limit)
     user_id = check_user_id(data.get("user_id"), svc.settings.max_user_id_length)
     admin = data.get("admin", False)
     if not isinstance(admin, bool):
@@ -255,6 +250,7 @@ def issue_key() -> Response:
 @api_errors
 def revoke_key(key_id: str) -> dict[str, Any]:
     _require_admin()
+    key_id = path_parameter(key_id, "key id")
     wiring.services().revoke_key(key_id)
     return {"revoked": key_id}
 
@@ -264,7 +260,7 @@ def revoke_key(key_id: str) -> dict[str, Any]:
 def get_user(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
-    return svc.user_usage(check_user_id(_path_value(user_id), svc.settings.max_user_id_length))
+    return svc.user_usage(check_user_id(path_parameter(user_id, "user id"), svc.settings.max_user_id_length))
 
 
 @app.route("/admin/users/{user_id}/weight", methods=["PUT"], content_types=["*/*"], authorizer=AUTHORIZER)
@@ -272,7 +268,7 @@ def get_user(user_id: str) -> dict[str, Any]:
 def put_weight(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
-    user_id = check_user_id(_path_value(user_id), svc.settings.max_user_id_length)
+    user_id = check_user_id(path_parameter(user_id, "user id"), svc.settings.max_user_id_length)
     request = _request()
     weight = parse_weight(_body(request), request.headers.get("content-type"), svc.settings.max_weight)
     svc.set_weight(user_id, weight)

@@ -142,6 +142,8 @@ class Backlog:
     run_seconds: float = 0.0  # moving average of recent run times (0: none yet)
     # Tasks finished since the start, by outcome (TALLIES order), for the dashboard.
     tallies: tuple[int, ...] = (0,) * 3
+    # Numbers given by ``enqueued`` to tasks never queued (a submit rolled back): not submitted.
+    withdrawn: tuple[int, ...] = (0,) * LEVELS
 
 
 def backlog_to_payload(state: Backlog) -> dict[str, Any]:
@@ -161,10 +163,12 @@ def backlog_from_payload(data: dict[str, Any]) -> Backlog | None:
             dequeued=tuple(int(v) for v in data["dequeued"]),
             run_seconds=float(data["run_seconds"]),
             tallies=tuple(int(v) for v in data["tallies"]),
+            # Hand-offs from versions without it carry none.
+            withdrawn=tuple(int(v) for v in data.get("withdrawn", (0,) * LEVELS)),
         )
     except (KeyError, TypeError, ValueError):
         return None
-    shapes = (state.counts, state.passes, state.enqueued, state.dequeued)
+    shapes = (state.counts, state.passes, state.enqueued, state.dequeued, state.withdrawn)
     if any(len(values) != LEVELS for values in shapes) or len(state.tallies) != len(TALLIES):
         return None
     return state

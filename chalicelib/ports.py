@@ -162,6 +162,13 @@ class ControlStore(Protocol):
         Returns (the level's count now, the task's sequence number in the level's queue).
         """
 
+    def withdraw(self, level: int) -> None:
+        """Take back an ``enqueue`` whose task was never queued, in one write.
+
+        The level's count goes down; the sequence number stays used (another task may
+        have the next one) and is counted withdrawn, so it is not in the submitted total.
+        """
+
     def commit_pick(
         self, seen: Backlog, after: Backlog, takes: Mapping[int, int], tallies: Sequence[int] = ()
     ) -> tuple[bool, Backlog]:

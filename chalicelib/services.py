@@ -372,7 +372,7 @@ class Services:
             # Not accepted: neither counted nor queued (best effort; the error goes to
             # the client). A count left behind corrects itself at the next pick.
             with contextlib.suppress(Exception):
-                self.control.add_backlog(queue, -1)
+                self.control.withdraw(queue)
             with contextlib.suppress(Exception):
                 self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
             raise
@@ -616,7 +616,7 @@ class Services:
                 for d in depths
             ],
             "tasks": {
-                "submitted": sum(state.enqueued),
+                "submitted": sum(state.enqueued) - sum(state.withdrawn),
                 "queued": sum(state.counts),
                 "running": running,
                 "succeeded": succeeded,
@@ -707,7 +707,7 @@ class Services:
                 expires_at = int(self.clock()) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
                 requeued = self.tasks.requeue(task_id, seq, expires_at, self.clock())
                 if requeued is None:
-                    self.control.add_backlog(queue, -1)
+                    self.control.withdraw(queue)
                     return False
                 task = requeued
             # PENDING: SQS moved it after too many receives; it never ran. A send that
@@ -715,7 +715,7 @@ class Services:
             self.queues.send(queue, task)
         except Exception:
             with contextlib.suppress(Exception):
-                self.control.add_backlog(queue, -1)
+                self.control.withdraw(queue)
             raise
         return True
 

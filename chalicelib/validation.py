@@ -7,9 +7,12 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 from chalicelib.domain import ForbiddenError, PayloadTooLargeError, UnsupportedMediaTypeError, ValidationError
 
+# DynamoDB's limit for a partition key value: a user id is one (usage table, queued-by-user index).
+MAX_USER_ID_BYTES = 2048
 TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # Arrays and objects in 'x' nest at most this deep. A record holds x one level down
 # (the default result's input_x) and a response one more: far below what Python's
@@ -130,6 +133,12 @@ def check_user_id(user_id: Any, max_length: int) -> str:
         )
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in user_id):
         raise _Invalid("invalid_user_id", "'user_id' must not contain control characters")
+    size = len(user_id.encode("utf-8"))
+    if size > MAX_USER_ID_BYTES:
+        raise _Invalid(
+            "invalid_user_id",
+            f"'user_id' is {size} bytes in UTF-8; the limit is {MAX_USER_ID_BYTES} (a DynamoDB key's)",
+        )
     return user_id
 
 
@@ -185,6 +194,20 @@ def parse_weight(raw_body: bytes | None, content_type: str | None, max_weight: i
             "invalid_weight", f"'weight' must be an integer from 1 to {max_weight} (PQH_MAX_WEIGHT), got {weight!r}"
         )
     return weight
+
+
+def path_parameter(raw: str, name: str) -> str:
+    """A path parameter as the client meant it: percent-decoded exactly once.
+
+    Chalice's local server and test client pass path parameters as the client sent
+    them (still percent-encoded), and so do API Gateway REST APIs to a Lambda proxy
+    integration; the runtime does not decode them either. ``+`` is a plus sign in
+    a path (not a space).
+    """
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise _Invalid("invalid_path", f"the {name} in the path is not percent-encoded UTF-8") from exc
 
 
 def is_task_id(value: str) -> bool:

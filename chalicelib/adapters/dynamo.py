@@ -609,6 +609,7 @@ def _backlog_from(item: dict[str, Any]) -> Backlog:
         dequeued=tuple(int(_num(item, f"d{level}") or 0) for level in range(policy.LEVELS)),
         run_seconds=_num(item, "rt") or 0.0,
         tallies=tuple(int(_num(item, name) or 0) for name in TALLY_ATTRS),
+        withdrawn=tuple(int(_num(item, f"w{level}") or 0) for level in range(policy.LEVELS)),
     )
 
 
@@ -740,6 +741,15 @@ class DynamoControlStore:
         )
         attributes = response["Attributes"]
         return int(attributes[f"l{level}"]["N"]), int(attributes[f"e{level}"]["N"])
+
+    def withdraw(self, level: int) -> None:
+        self._db.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": BACKLOG_KEY}},
+            UpdateExpression="ADD #l :minus, #w :one",
+            ExpressionAttributeNames={"#l": f"l{level}", "#w": f"w{level}"},
+            ExpressionAttributeValues={":minus": {"N": "-1"}, ":one": {"N": "1"}},
+        )
 
     def commit_pick(
         self, seen: Backlog, after: Backlog, takes: Mapping[int, int], tallies: Sequence[int] = ()

@@ -456,6 +456,13 @@ class MemoryControlStore:
             self._state = replace(self._state, counts=tuple(counts), enqueued=tuple(enqueued))
             return counts[level], enqueued[level]
 
+    def withdraw(self, level: int) -> None:
+        with self._mutex:
+            counts, withdrawn = list(self._state.counts), list(self._state.withdrawn)
+            counts[level] -= 1
+            withdrawn[level] += 1
+            self._state = replace(self._state, counts=tuple(counts), withdrawn=tuple(withdrawn))
+
     def commit_pick(
         self, seen: Backlog, after: Backlog, takes: Mapping[int, int], tallies: Sequence[int] = ()
     ) -> tuple[bool, Backlog]:

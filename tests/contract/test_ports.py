@@ -316,6 +316,15 @@ def test_only_the_holder_renews_a_slot_lease(ports: Ports) -> None:
     assert not ports.control.renew_slot(1, "a", NOW + 100)  # never claimed
 
 
+def test_a_withdrawn_enqueue_leaves_the_count_and_keeps_its_number_used(ports: Ports) -> None:
+    assert ports.control.enqueue(3) == (1, 1)
+    assert ports.control.enqueue(3) == (2, 2)
+    ports.control.withdraw(3)
+    state = ports.control.backlog()
+    assert (state.counts[3], state.enqueued[3], state.withdrawn[3]) == (1, 2, 1)
+    assert ports.control.enqueue(3) == (2, 3)  # numbers are never given twice
+
+
 def test_backlog_counts(ports: Ports) -> None:
     assert ports.control.backlog() == Backlog()
     ports.control.add_backlog(2, 3)

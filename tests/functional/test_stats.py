@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from chalicelib import aws
 from tests.functional.conftest import Harness
 
 ADMIN = {"Authorization": "Bearer secret"}
@@ -139,3 +142,22 @@ def test_the_dashboard_is_one_offline_page_that_reads_stats(harness: Harness) ->
     page = response.body.decode()
     assert 'fetch("stats"' in page  # relative: works under API Gateway's stage path too
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing loaded from elsewhere
+
+
+def test_a_submit_that_sqs_refuses_is_not_counted_as_submitted(harness: Harness) -> None:
+    refused: list[str] = []
+
+    def refuse_once(model: Any, **kwargs: Any) -> Any:
+        if refused:
+            return None
+        refused.append(model.name)
+        error = {"Error": {"Code": "InternalError", "Message": "refused"}, "ResponseMetadata": {"HTTPStatusCode": 500}}
+        return SimpleNamespace(status_code=500, headers={}, content=b"", text=""), error
+
+    aws.client("sqs").meta.events.register("before-call.sqs.SendMessage", refuse_once)
+    assert harness.submit("u").status_code == 500
+    assert refused == ["SendMessage"]
+    after_failure = stats(harness)["tasks"]
+    assert (after_failure["submitted"], after_failure["queued"]) == (0, 0)
+    assert harness.submit("u").status_code == 202
+    assert stats(harness)["tasks"]["submitted"] == 1
