@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DYNALITE = ROOT / "local" / "node" / "node_modules" / "dynalite" / "cli.js"
@@ -76,10 +77,19 @@ class EmulatorProcess:
         self._process = subprocess.Popen(
             self.command(),
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            env=self.environment(),
+            stdout=self.output(),
+            stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
+
+    def environment(self) -> dict[str, str] | None:
+        """The process's environment (None: this one's)."""
+        return None
+
+    def output(self) -> Any:
+        """Where the process's output goes (a file for emulators worth reading after a failure)."""
+        return subprocess.DEVNULL
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         assert self._process is not None, "launch() first"
