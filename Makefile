@@ -43,11 +43,16 @@ localstack-venv: $(LS_STAMP) ## install LocalStack's runtime into .venv-localsta
 # `make test` installs it when it can; without it the LocalStack tests skip, unless
 # PQH_REQUIRE_LOCALSTACK is set (CI sets it), when this fails.
 localstack-tier:
-	@$(MAKE) --no-print-directory $(LS_STAMP) || { test -z "$$PQH_REQUIRE_LOCALSTACK" && \
+	@$(MAKE) -s --no-print-directory $(LS_STAMP) || { test -z "$$PQH_REQUIRE_LOCALSTACK" && \
 	  echo "could not install LocalStack's runtime: the LocalStack tests will be skipped"; }
 
 localstack: $(STAMP) $(LS_STAMP) ## run LocalStack's runtime on 127.0.0.1:4566 without Docker (SQS, IAM, API Gateway, ...)
 	$(BIN)/python -m local.localstack
+
+LOCALSTACK_URL ?= http://127.0.0.1:4566
+deploy-localstack: $(STAMP) ## chalice deploy of the dev stage to a freshly started `make localstack` (functions stay Failed: no Docker)
+	AWS_ENDPOINT_URL=$(LOCALSTACK_URL) AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 \
+	  PQH_AUTH=$$($(BIN)/python -m infra.iam --auth $(STAGE)) $(BIN)/python -m infra.deploy_rehearsal --stage $(STAGE)
 
 # Debian's chromium, for the dashboard's browser test (Playwright drives it; it never downloads one).
 CHROMIUM := /usr/bin/chromium
@@ -79,7 +84,7 @@ package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ a
 clean: ## remove build output and caches
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv test browser lint format package clean localstack-venv localstack-tier localstack
+.PHONY: help venv test browser lint format package clean localstack-venv localstack-tier localstack deploy-localstack
 
 bench: $(STAMP) ## benchmarks: cost of one AWS call, start delay, utilisation, SQS depth, AWS requests per task, submit/dispatch at depth 0-10,000 (tables; bench/results/)
 	$(BIN)/python -m bench.emulator_calls

@@ -8,7 +8,10 @@ creates goes to state Failed, and chalice's wait (botocore's FunctionActive wait
 stops the deploy at the first one; CloudFormation's Lambda resource on LocalStack fails
 the same way (its stack rolls back). The functions' code is never run here.
 
-Refuses any endpoint that is not on this machine: this is for LocalStack only.
+It deploys a copy of the project (chalice records what it deployed in the project's
+.chalice/deployed/), to a freshly started LocalStack: run again on the same one, chalice
+finds the functions there but no record of them. Refuses any endpoint that is not on
+this machine: this is for LocalStack only. `make deploy-localstack` runs it:
 
     AWS_ENDPOINT_URL=http://127.0.0.1:4566 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \\
       AWS_DEFAULT_REGION=us-east-1 PQH_AUTH=api_key .venv/bin/python -m infra.deploy_rehearsal --stage dev
@@ -19,7 +22,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -56,6 +61,15 @@ def check_endpoint(env: dict[str, str]) -> str:
     return url
 
 
+def copy_project(dest: Path) -> Path:
+    """What `chalice deploy` reads: app.py, chalicelib/, requirements.txt and .chalice/ (no deployed records)."""
+    for name in ("app.py", "requirements.txt"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "chalicelib", dest / "chalicelib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / ".chalice", dest / ".chalice", ignore=shutil.ignore_patterns("deploy*"))
+    return dest
+
+
 def _skip_wait_for_active() -> None:
     """Replace chalice's wait for an Active function with a note of the state LocalStack reports."""
     from chalice.awsclient import TypedAWSClient
@@ -71,7 +85,7 @@ def _skip_wait_for_active() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", default="dev")
-    parser.add_argument("--project-dir", default=str(ROOT))
+    parser.add_argument("--project-dir", help="deploy this copy of the project (default: a fresh one)")
     args = parser.parse_args(argv)
     try:
         check_endpoint(dict(os.environ))
@@ -85,15 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     _skip_wait_for_active()
     from chalice.cli import cli
 
-    try:
-        cli.main(
-            args=["--project-dir", args.project_dir, "deploy", "--stage", args.stage],
-            prog_name="chalice",
-            obj={},
-            standalone_mode=False,
-        )
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    with tempfile.TemporaryDirectory(prefix="pqh-deploy-") as scratch:
+        project = args.project_dir or str(copy_project(Path(scratch)))
+        try:
+            cli.main(
+                args=["--project-dir", project, "deploy", "--stage", args.stage],
+                prog_name="chalice",
+                obj={},
+                standalone_mode=False,
+            )
+        except SystemExit as exc:
+            return int(exc.code or 0)
     return 0
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
+from infra.deploy_rehearsal import copy_project
 from local.localstack import LocalStackServer
 from local.process import ROOT
 
@@ -34,11 +34,7 @@ OPEN_ROUTES = {("/dashboard", "GET"), ("/openapi.json", "GET")}
 @pytest.fixture(scope="module")
 def deployed(localstack: LocalStackServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Deploy a copy of the project (chalice writes its deployed state into the project)."""
-    project = tmp_path_factory.mktemp("project")
-    for name in ("app.py", "requirements.txt"):
-        shutil.copy(ROOT / name, project / name)
-    shutil.copytree(ROOT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deploy*"))
+    project = copy_project(tmp_path_factory.mktemp("project"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PQH_"))}
     env.update(
         AWS_ENDPOINT_URL=localstack.url,
