@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from app import app
 from infra.deploy_rehearsal import copy_project
 from local.localstack import LocalStackServer
 from local.process import ROOT
@@ -106,9 +107,7 @@ def test_the_rest_api_has_every_route_behind_the_api_key_authorizer_except_the_o
     }
     for route in [("/task", "POST"), ("/result/{task_id}", "GET"), ("/admin/keys", "POST"), *OPEN_ROUTES]:
         assert route in methods
-    import app as app_module
-
-    declared = {(path, method) for path, entries in app_module.app.routes.items() for method in entries}
+    declared = {(path, method) for path, entries in app.routes.items() for method in entries}
     assert set(methods) == declared
     for route, method in methods.items():
         assert method["methodIntegration"]["type"] == "AWS_PROXY"
