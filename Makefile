@@ -46,8 +46,9 @@ localstack-tier:
 	@$(MAKE) -s --no-print-directory $(LS_STAMP) || { test -z "$$PQH_REQUIRE_LOCALSTACK" && \
 	  echo "could not install LocalStack's runtime: the LocalStack tests will be skipped"; }
 
+LOCALSTACK_PORT ?= 4566
 localstack: $(STAMP) $(LS_STAMP) ## run LocalStack's runtime on 127.0.0.1:4566 without Docker (SQS, IAM, API Gateway, ...)
-	$(BIN)/python -m local.localstack
+	$(BIN)/python -m local.localstack $(LOCALSTACK_PORT)
 
 LOCALSTACK_URL ?= http://127.0.0.1:4566
 deploy-localstack: $(STAMP) ## chalice deploy of the dev stage to a freshly started `make localstack` (functions stay Failed: no Docker)

@@ -74,6 +74,17 @@ class LocalStackServer(EmulatorProcess):
         )
         return env
 
+    def launch(self) -> None:
+        try:
+            super().launch()
+        except EmulatorError as exc:
+            if "is taken" not in str(exc):
+                raise
+            raise EmulatorError(
+                f"port {self.port} is taken: stop what listens there, or use another port "
+                f"(`make localstack LOCALSTACK_PORT=...`, then AWS_ENDPOINT_URL_SQS=http://{self.host}:<port>)"
+            ) from None
+
     def output(self) -> Any:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")

@@ -77,7 +77,7 @@ def _ports(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
                 DynamoControlStore(dynamodb, f"{prefix}-control"),
             )
         finally:
-            if kind != "moto":
+            if kind == "localstack":  # one LocalStack serves the whole session
                 teardown(prefix, dynamodb, sqs)
     aws.reset()
 
