@@ -43,6 +43,7 @@ class EmulatorProcess:
     """An emulator process on a loopback port: launch, wait until it answers, stop."""
 
     name = "emulator"
+    stop_seconds = 5.0  # after SIGTERM, then SIGKILL
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
@@ -110,7 +111,7 @@ class EmulatorProcess:
             return
         self._process.terminate()
         try:
-            self._process.wait(timeout=5)
+            self._process.wait(timeout=self.stop_seconds)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()

@@ -45,6 +45,8 @@ class LocalStackServer(EmulatorProcess):
     """LocalStack in host mode on ``host:port``, its files and its log (localstack.log) under ``data_dir``."""
 
     name = "LocalStack"
+    # Once its SQS has been used, its shutdown (4.14.0) never ends: it is killed after this.
+    stop_seconds = 2.0
 
     def __init__(self, host: str, port: int, data_dir: Path, services: tuple[str, ...] = SERVICES) -> None:
         super().__init__(host, port)
@@ -71,6 +73,7 @@ class LocalStackServer(EmulatorProcess):
             DNS_ADDRESS="0",  # no DNS server on port 53
             DISABLE_EVENTS="1",  # no usage analytics
             SKIP_SSL_CERT_DOWNLOAD="1",
+            PYTHONUNBUFFERED="1",  # its "Ready." reaches the log at once
         )
         return env
 
@@ -110,11 +113,17 @@ class LocalStackServer(EmulatorProcess):
             return json.loads(response.read())  # type: ignore[no-any-return]
 
     def probe(self) -> None:
-        """Raise OSError until LocalStack answers and every requested service is available."""
+        """Raise OSError until LocalStack answers, every requested service is available, and it is Ready.
+
+        Its health answers before the runtime has finished starting, and a runtime
+        stopped then hangs in its shutdown (until killed); it prints "Ready." once started.
+        """
         states = self.health().get("services", {})
         missing = [s for s in self.services if states.get(s) not in ("available", "running")]
         if missing:
             raise OSError(f"not yet available: {', '.join(missing)}")
+        if b"\nReady." not in self.log_path.read_bytes():
+            raise OSError("still starting")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         try:
