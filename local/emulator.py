@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DYNALITE = ROOT / "local" / "node" / "node_modules" / "dynalite" / "cli.js"
@@ -42,6 +43,7 @@ class EmulatorProcess:
     """An emulator process on a loopback port: launch, wait until it answers, stop."""
 
     name = "emulator"
+    stop_seconds = 5.0  # after SIGTERM, then SIGKILL
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
@@ -76,10 +78,19 @@ class EmulatorProcess:
         self._process = subprocess.Popen(
             self.command(),
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            env=self.environment(),
+            stdout=self.output(),
+            stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
+
+    def environment(self) -> dict[str, str] | None:
+        """The process's environment (None: this one's)."""
+        return None
+
+    def output(self) -> Any:
+        """Where the process's output goes (a file for emulators worth reading after a failure)."""
+        return subprocess.DEVNULL
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         assert self._process is not None, "launch() first"
@@ -100,7 +111,7 @@ class EmulatorProcess:
             return
         self._process.terminate()
         try:
-            self._process.wait(timeout=5)
+            self._process.wait(timeout=self.stop_seconds)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()

@@ -9,13 +9,19 @@ process serves the API and sends it the submits' triggers.
 
 The embedded emulator is two processes: dynalite for DynamoDB (Node.js; moto's
 server with PQH_DYNAMODB_EMULATOR=moto) and moto's server for SQS; boto3 reaches
-them through AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_SQS.
+them through AWS_ENDPOINT_URL_DYNAMODB and AWS_ENDPOINT_URL_SQS. A service whose
+endpoint the environment already names (AWS_ENDPOINT_URL_<SERVICE>, else
+AWS_ENDPOINT_URL) gets no embedded emulator: e.g. AWS_ENDPOINT_URL_SQS alone puts
+SQS on LocalStack and keeps DynamoDB on dynalite. Before creating anything the
+runner calls each service once (PQH_ENDPOINT_TIMEOUT seconds, default 5, no retry)
+and stops with one line naming the service and endpoint that did not answer.
 
 Environment (all optional): PQH_HOST, PQH_PORT, PQH_EMULATOR_PORT (DynamoDB),
 PQH_SQS_EMULATOR_PORT (SQS; default PQH_EMULATOR_PORT + 1; 0 with
 PQH_DYNAMODB_EMULATOR=moto: one moto server for both), PQH_DYNAMODB_EMULATOR
-(dynalite or moto), PQH_LOCAL_PREFIX, PQH_TICK_SECONDS, AWS_ENDPOINT_URL (use that
-emulator instead of starting any), plus every service setting of the README.
+(dynalite or moto), PQH_LOCAL_PREFIX, PQH_TICK_SECONDS, PQH_ENDPOINT_TIMEOUT,
+AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL_SQS (use that
+endpoint instead of starting an emulator), plus every service setting of the README.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from chalice.local import LocalDevServer, ThreadedHTTPServer  # noqa: E402
 from chalicelib import aws, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
+from local import endpoints  # noqa: E402
 from local.emulator import EmulatorError, EmulatorProcess, MotoServer, dynamodb_emulator  # noqa: E402
 from local.gateway import GatewayHandler  # noqa: E402
 from local.lambdas import RemoteLambdas  # noqa: E402
@@ -72,6 +79,42 @@ def _env_float(name: str, default: float) -> float:
         sys.exit(f"{name}={raw!r} is not a number")
 
 
+def start_emulators(emulator_port: int, sqs_port: int) -> list[EmulatorProcess]:
+    """Start an embedded emulator for each service the environment names no endpoint for.
+
+    Each started one is named in AWS_ENDPOINT_URL_<SERVICE>; AWS_ENDPOINT_URL, when
+    unset, points at the DynamoDB emulator, so no other call can reach AWS.
+    """
+    emulators: list[EmulatorProcess] = []
+    dynamodb: EmulatorProcess | None = None
+    if not endpoints.configured(endpoints.DYNAMODB):
+        dynamodb = dynamodb_emulator("127.0.0.1", emulator_port)
+        emulators.append(dynamodb)
+    sqs: EmulatorProcess | None = None
+    if not endpoints.configured(endpoints.SQS):
+        shared = isinstance(dynamodb, MotoServer) and not sqs_port
+        if shared:
+            sqs = dynamodb
+        else:
+            sqs = MotoServer("127.0.0.1", sqs_port or emulator_port + 1)
+            emulators.append(sqs)
+    try:
+        for emulator in emulators:
+            emulator.launch()
+        for emulator in emulators:
+            emulator.wait_ready()
+    except BaseException:
+        for emulator in emulators:
+            emulator.stop()
+        raise
+    if dynamodb is not None:
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = dynamodb.url
+        os.environ.setdefault("AWS_ENDPOINT_URL", dynamodb.url)
+    if sqs is not None:
+        os.environ["AWS_ENDPOINT_URL_SQS"] = sqs.url
+    return emulators
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     for noisy in ("botocore", "werkzeug", "urllib3"):
@@ -87,46 +130,29 @@ def main() -> int:
         os.environ.setdefault(name, value)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-    emulators: list[EmulatorProcess] = []
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    if not endpoint:
-        try:
-            dynamodb = dynamodb_emulator("127.0.0.1", emulator_port)
-        except EmulatorError as exc:
-            log.error("%s", exc)
-            return 2
-        emulators.append(dynamodb)
-        if sqs_port or not isinstance(dynamodb, MotoServer):
-            emulators.append(MotoServer("127.0.0.1", sqs_port or emulator_port + 1))
-        try:
-            for emulator in emulators:
-                emulator.launch()
-            for emulator in emulators:
-                emulator.wait_ready()
-        except EmulatorError as exc:
-            for emulator in emulators:
-                emulator.stop()
-            log.error("%s", exc)
-            return 2
-        except Exception:
-            for emulator in emulators:
-                emulator.stop()
-            raise
-        endpoint = dynamodb.url
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
-        if len(emulators) > 1:
-            os.environ["AWS_ENDPOINT_URL_SQS"] = emulators[1].url
-            sqs_url = emulators[1].url
-            log.info("AWS endpoints: DynamoDB %s (embedded %s), SQS %s (moto server)", endpoint, dynamodb.name, sqs_url)
-        else:
-            log.info("AWS endpoint: %s (embedded moto server)", endpoint)
-    else:
-        log.info("AWS endpoint: %s", endpoint)
-
+    try:
+        emulators = start_emulators(emulator_port, sqs_port)
+    except EmulatorError as exc:
+        log.error("%s", exc)
+        return 2
     stop = threading.Event()
     lambdas: RemoteLambdas | None = None
     server: LocalDevServer | None = None
     try:
+        timeout = _env_float("PQH_ENDPOINT_TIMEOUT", endpoints.DEFAULT_TIMEOUT)
+        try:
+            urls = [endpoints.check(service, timeout) for service in endpoints.SERVICES]
+        except endpoints.EndpointError as exc:
+            log.error("%s", exc)
+            return 2
+        started = {emulator.url: emulator.name for emulator in emulators}
+        log.info(
+            "AWS endpoints: %s",
+            ", ".join(
+                f"{service.name} {url}" + (f" (embedded {started[url]})" if url in started else "")
+                for service, url in zip(endpoints.SERVICES, urls, strict=True)
+            ),
+        )
         os.environ.update(settings_env(prefix))
         os.environ["PQH_HANDOFF"] = "local"
         try:

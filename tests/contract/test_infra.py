@@ -131,6 +131,25 @@ def test_packaged_functions_point_at_the_stacks_own_resources(packaged: dict[str
     assert tick["DispatchTickEvent"]["Properties"]["Schedule"] == "rate(1 minute)"
 
 
+def test_compose_files_localstack_takes_message_group_ids_runs_without_a_token_and_is_the_one_tested() -> None:
+    """4.4 refused MessageGroupId on standard queues (every submit a 500); from 4.7.0 on it takes them.
+
+    Images after 4.14.0 (calendar versions, from 2026.3.0) exit at start without
+    LOCALSTACK_AUTH_TOKEN. The LocalStack tier runs localstack-core from PyPI at the same
+    version, so what the tests ran is what the compose file starts.
+    """
+    compose = yaml.safe_load((ROOT / "docker-compose.localstack.yml").read_text())
+    tag = compose["services"]["localstack"]["image"].partition(":")[2]
+    version = tuple(int(part) for part in tag.split("."))
+    assert (4, 7, 0) <= version <= (4, 14, 0), tag
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "requirements-localstack.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    assert pins["localstack-core"] == tag
+
+
 def test_compose_file_starts_localstack_with_the_services_pqh_uses() -> None:
     """`docker compose config` needs the compose plugin, which this machine lacks; check the shape."""
     compose = yaml.safe_load((ROOT / "docker-compose.localstack.yml").read_text())

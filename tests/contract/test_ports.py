@@ -1,5 +1,8 @@
-"""One suite, three implementations: the in-memory fakes, the adapters on moto, and
-the DynamoDB adapters on dynalite (the local runner's DynamoDB emulator; SQS on moto).
+"""One suite, several implementations: the in-memory fakes, the adapters on moto, the
+DynamoDB adapters on dynalite (the local runner's DynamoDB emulator; SQS on moto), and
+for the queue cases the SQS adapter on LocalStack's runtime (a second, independent
+SQS that checks parameters as AWS documents them, e.g. MessageGroupId on standard
+queues, which moto accepts whatever it holds).
 
 If a fake drifts from what the AWS adapter does, or an emulator from the other,
 this suite fails for one of them.
@@ -23,7 +26,7 @@ from chalicelib.adapters.sqs import SqsTaskQueues
 from chalicelib.domain import FAILURE, PENDING, STARTED, SUCCESS, Task
 from chalicelib.policy import Backlog
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW, QueuedLimitError
-from infra.provision import provision
+from infra.provision import provision, teardown
 
 PREFIX = "pqh-contract"
 NOW = 2_000_000_000.0
@@ -51,27 +54,43 @@ def dynalite_url() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(params=["memory", "moto", "dynalite"])
-def ports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
-    if request.param == "memory":
+def _ports(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
+    if kind == "memory":
         yield Ports(MemoryUsageStore(), MemoryTaskStore(), MemoryTaskQueues(clock=time.time), MemoryControlStore())
         return
     prefix = PREFIX
-    if request.param == "dynalite":
+    if kind in ("dynalite", "localstack"):
         # An endpoint for DynamoDB alone: it bypasses moto's mock, which keeps SQS.
         monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", request.getfixturevalue("dynalite_url"))
         prefix = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
+    if kind == "localstack":
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", request.getfixturevalue("localstack").endpoint("sqs"))
     aws.reset()
     with mock_aws():
         dynamodb, sqs = aws.client("dynamodb"), aws.client("sqs")
         provision(prefix, dynamodb, sqs)
-        yield Ports(
-            DynamoUsageStore(dynamodb, f"{prefix}-usage"),
-            DynamoTaskStore(dynamodb, f"{prefix}-tasks"),
-            SqsTaskQueues(sqs, lambda level: f"{prefix}-level-{level}"),
-            DynamoControlStore(dynamodb, f"{prefix}-control"),
-        )
+        try:
+            yield Ports(
+                DynamoUsageStore(dynamodb, f"{prefix}-usage"),
+                DynamoTaskStore(dynamodb, f"{prefix}-tasks"),
+                SqsTaskQueues(sqs, lambda level: f"{prefix}-level-{level}"),
+                DynamoControlStore(dynamodb, f"{prefix}-control"),
+            )
+        finally:
+            if kind == "localstack":  # one LocalStack serves the whole session
+                teardown(prefix, dynamodb, sqs)
     aws.reset()
+
+
+@pytest.fixture(params=["memory", "moto", "dynalite"])
+def ports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
+    yield from _ports(request.param, request, monkeypatch)
+
+
+@pytest.fixture(params=["memory", "moto", "localstack"])
+def queue_ports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
+    """For the cases of the queue port alone: SQS on moto and on LocalStack (dynalite would repeat moto's SQS)."""
+    yield from _ports(request.param, request, monkeypatch)
 
 
 def make_task(task_id: str = "11111111-1111-4111-8111-111111111111", x: Any = "foo") -> Task:
@@ -263,21 +282,21 @@ def test_delete_task(ports: Ports) -> None:
 # --- queues -----------------------------------------------------------------
 
 
-def test_queue_send_receive_delete(ports: Ports) -> None:
+def test_queue_send_receive_delete(queue_ports: Ports) -> None:
     for i in range(3):
-        ports.queues.send(4, make_task(task_id=f"task-{i}"))
+        queue_ports.queues.send(4, make_task(task_id=f"task-{i}"))
     received = []
     while len(received) < 3:  # SQS may return fewer than asked
-        more = ports.queues.receive(4, 10, wait_seconds=1)
+        more = queue_ports.queues.receive(4, 10, wait_seconds=1)
         assert more, "a long poll must see the queued messages"
         received += more
     assert {m.task_id for m in received} == {"task-0", "task-1", "task-2"}
     assert {(m.user_id, m.submitted_at, m.tag) for m in received} == {("u1", NOW + 0.125, 2.5)}
-    assert ports.queues.receive(4, 10, wait_seconds=0) == []  # in flight: invisible
-    assert ports.queues.receive(3, 10, wait_seconds=0) == []  # levels are separate
+    assert queue_ports.queues.receive(4, 10, wait_seconds=0) == []  # in flight: invisible
+    assert queue_ports.queues.receive(3, 10, wait_seconds=0) == []  # levels are separate
     for message in received:
-        ports.queues.delete(4, message.receipt_handle)
-    assert ports.queues.receive(4, 10, wait_seconds=0) == []
+        queue_ports.queues.delete(4, message.receipt_handle)
+    assert queue_ports.queues.receive(4, 10, wait_seconds=0) == []
 
 
 # --- control ----------------------------------------------------------------
@@ -387,25 +406,25 @@ def test_a_pick_of_several_tasks_takes_them_from_each_level_in_one_write(ports: 
     assert not taken and current.counts == (0, 0, 0, 0, 1, 0)
 
 
-def test_delete_many_deletes_in_batches_and_skips_stale_handles(ports: Ports) -> None:
+def test_delete_many_deletes_in_batches_and_skips_stale_handles(queue_ports: Ports) -> None:
     for i in range(12):
-        ports.queues.send(1, make_task(task_id=f"task-{i}"))
+        queue_ports.queues.send(1, make_task(task_id=f"task-{i}"))
     received: list[str] = []
     while len(received) < 12:
-        more = ports.queues.receive(1, 10, wait_seconds=1)
+        more = queue_ports.queues.receive(1, 10, wait_seconds=1)
         assert more, "a long poll must see the queued messages"
         received += [m.receipt_handle for m in more]
-    ports.queues.delete_many(1, received[:11])
-    ports.queues.delete_many(1, [received[11], received[0]])  # received[0] is gone already
-    assert [d.queued + d.in_flight for d in ports.queues.depths()][1] == 0
+    queue_ports.queues.delete_many(1, received[:11])
+    queue_ports.queues.delete_many(1, [received[11], received[0]])  # received[0] is gone already
+    assert [d.queued + d.in_flight for d in queue_ports.queues.depths()][1] == 0
 
 
-def test_give_back_makes_a_message_visible_again(ports: Ports) -> None:
-    ports.queues.send(2, make_task())
-    (message,) = ports.queues.receive(2, 10, wait_seconds=1)
-    assert ports.queues.receive(2, 10, wait_seconds=0) == []
-    ports.queues.give_back(2, [message.receipt_handle])
-    (again,) = ports.queues.receive(2, 10, wait_seconds=1)
+def test_give_back_makes_a_message_visible_again(queue_ports: Ports) -> None:
+    queue_ports.queues.send(2, make_task())
+    (message,) = queue_ports.queues.receive(2, 10, wait_seconds=1)
+    assert queue_ports.queues.receive(2, 10, wait_seconds=0) == []
+    queue_ports.queues.give_back(2, [message.receipt_handle])
+    (again,) = queue_ports.queues.receive(2, 10, wait_seconds=1)
     assert again.task_id == message.task_id
 
 
@@ -515,24 +534,24 @@ def test_requeue_turns_only_a_failed_task_back_into_a_queued_one(ports: Ports) -
     assert ports.tasks.start(task.task_id, "run-2", NOW + 2, NOW + 300)[0] == STARTED_NOW
 
 
-def test_dead_letters_can_be_looked_at_moved_and_purged(ports: Ports) -> None:
+def test_dead_letters_can_be_looked_at_moved_and_purged(queue_ports: Ports) -> None:
     task = make_task()
-    ports.queues.send(2, task)
-    [message] = ports.queues.receive(2, 1, 0)
-    ports.queues.send_dead(2, message, "RuntimeError: boom")
-    ports.queues.delete(2, message.receipt_handle)
-    depths = ports.queues.depths()
+    queue_ports.queues.send(2, task)
+    [message] = queue_ports.queues.receive(2, 1, 0)
+    queue_ports.queues.send_dead(2, message, "RuntimeError: boom")
+    queue_ports.queues.delete(2, message.receipt_handle)
+    depths = queue_ports.queues.depths()
     assert [(d.level, d.queued, d.dead) for d in depths][2] == (2, 0, 1)
     # A look leaves them where they are.
     for _ in range(2):
-        [seen] = ports.queues.receive_dead(2, 10, hide_seconds=0)
+        [seen] = queue_ports.queues.receive_dead(2, 10, hide_seconds=0)
         assert (seen.task_id, seen.user_id, seen.reason) == (task.task_id, "u1", "RuntimeError: boom")
-    [taken] = ports.queues.receive_dead(2, 10, hide_seconds=60)
-    ports.queues.delete_dead(2, taken.receipt_handle)
-    assert ports.queues.depths()[2].dead == 0
-    ports.queues.send_dead(4, message, "again")
-    assert ports.queues.purge_dead(4) == 1
-    assert ports.queues.depths()[4].dead == 0
+    [taken] = queue_ports.queues.receive_dead(2, 10, hide_seconds=60)
+    queue_ports.queues.delete_dead(2, taken.receipt_handle)
+    assert queue_ports.queues.depths()[2].dead == 0
+    queue_ports.queues.send_dead(4, message, "again")
+    assert queue_ports.queues.purge_dead(4) == 1
+    assert queue_ports.queues.depths()[4].dead == 0
 
 
 def test_tallies_ride_on_backlog_writes_and_picks(ports: Ports) -> None:
