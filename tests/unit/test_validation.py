@@ -293,3 +293,62 @@ def test_task_ids_are_lowercase_uuids() -> None:
     assert not is_task_id("0f8fad5b-d9cb-469f-a165-70867728950e0")
     assert not is_task_id("x0f8fad5b-d9cb-469f-a165-70867728950e")
     assert not is_task_id("")
+
+
+# --- Edges a mutation run left unguarded ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"), [(b'{"x": NaN}', "NaN is not valid JSON"), (b'{"x": 1e999}', "1e999 is out of range")]
+)
+def test_the_json_error_names_the_offending_token(body: bytes, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        parse_json_object(body, None, 100)
+
+
+def test_parameters_after_the_media_type_do_not_matter() -> None:
+    check_content_type("application/json; charset=utf-8; profile=x")
+    with pytest.raises(UnsupportedMediaTypeError):
+        check_content_type("text/plain; note=application/json")
+
+
+def test_every_body_parser_checks_the_content_type() -> None:
+    with pytest.raises(UnsupportedMediaTypeError):
+        parse_json_object(b'{"x": 1}', "text/plain", 100)
+    with pytest.raises(UnsupportedMediaTypeError):
+        parse_submission(submission({"user_id": "u", "x": 1}), "text/plain", 1000, 128)
+    with pytest.raises(UnsupportedMediaTypeError):
+        parse_weight(submission({"weight": 2}), "text/plain", 1000)
+
+
+def test_the_surrogate_message_says_what_to_send_instead() -> None:
+    with pytest.raises(ValidationError) as error:
+        parse_json_object(b'{"x": "\\ud800"}', None, 100)
+    assert str(error.value) == (
+        "the body has a lone surrogate escape (such as \\ud800): JSON strings must be Unicode text; "
+        "send characters outside the BMP as a surrogate pair or as UTF-8"
+    )
+
+
+def test_a_long_user_id_is_refused_with_the_user_id_code() -> None:
+    with pytest.raises(ValidationError) as error:
+        check_user_id("a" * 6, 5)
+    assert error.value.code == "invalid_user_id"
+    with pytest.raises(ValidationError) as error:
+        check_user_id("é" * 1025, 2000)
+    assert error.value.code == "invalid_user_id"
+
+
+def test_x_defaults_to_32_kib_as_json() -> None:
+    x = "a" * (32768 - 2)  # with its quotes: 32,768 bytes
+    assert parse_submission(submission({"user_id": "u", "x": x}), None, 10**6, 128)[1] == x
+    with pytest.raises(PayloadTooLargeError):
+        parse_submission(submission({"user_id": "u", "x": x + "a"}), None, 10**6, 128)
+
+
+def test_a_weight_body_may_be_4_kib() -> None:
+    body = b'{"weight": 3, "pad": "' + b"a" * (4096 - 24) + b'"}'
+    assert len(body) == 4096
+    assert parse_weight(body, None, 1000) == 3
+    with pytest.raises(PayloadTooLargeError):
+        parse_weight(body[:-2] + b'a"}', None, 1000)
