@@ -53,10 +53,6 @@ from chalicelib.validation import is_task_id
 
 log = logging.getLogger("pqh")
 
-# A STARTED task may be started again only after this long (its worker died). It
-# exceeds the worker Lambda's timeout (900 s), and the queues' visibility timeout
-# (960 s) exceeds it, so a message is never delivered again while its run lives.
-TASK_RUN_LEASE_SECONDS = 930
 # SQS keeps a queued message this long (MessageRetentionPeriod in infra/resources.json).
 QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
 # A task whose worker died this many times while running it is marked FAILURE.
@@ -1058,7 +1054,7 @@ class Services:
 
         run_id = uuid.uuid4().hex
         now = self.clock()
-        outcome, task = self.tasks.start(message.task_id, run_id, now, now + TASK_RUN_LEASE_SECONDS)
+        outcome, task = self.tasks.start(message.task_id, run_id, now, now + self.settings.run_lease_seconds)
         if counted and (outcome != STARTED_NOW or (task is not None and task.attempts > 1)):
             # This message was a duplicate or a redelivery, and was not counted; the
             # count the pick took belongs to another message of the level: give it back.

@@ -118,7 +118,7 @@ def test_the_lambda_process_killed_mid_run_twice_and_in_a_burst_loses_nothing_an
         return set(journal.ended()) <= successes
 
     def submit_while_down(first: int) -> list[str]:
-        """Submit until the runner says the Lambda process is back; the ones answered before were accepted while it was down."""
+        """Submit six tasks; those answered before the runner logs the process back came while it was down."""
         backs = system.log_path.read_text().count(BACK)
         down: list[str] = []
         for i in range(6):
@@ -187,3 +187,53 @@ def test_the_lambda_process_killed_mid_run_twice_and_in_a_burst_loses_nothing_an
     log = system.log_path.read_text()
     assert "is not running" not in log
     assert "Traceback" not in log
+
+
+def _emulator_process(system: LocalSystem, marker: str) -> int:
+    pids = [pid for pid, command in _children(system.process.pid).items() if marker in command]
+    assert len(pids) == 1, _children(system.process.pid)
+    return pids[0]
+
+
+def test_dynalite_killed_is_started_again_with_its_tables(local_system: Callable[..., LocalSystem]) -> None:
+    system = local_system(PQH_TASK_SECONDS="0.05", PQH_CAPACITY="2")
+    before = [system.submit("alice", i)["task_id"] for i in range(4)]
+    system.wait_all(before, timeout=60)
+
+    os.kill(_emulator_process(system, "dynalite"), signal.SIGKILL)
+    _wait_for(
+        "dynalite running again",
+        lambda: "dynalite (DynamoDB) is running again" in system.log_path.read_text(),
+        system,
+    )
+
+    # The records written before the kill are still there; new tasks run.
+    assert {system.result(task_id)["task_status"] for task_id in before} == {"SUCCESS"}
+    after = [system.submit("bob", i)["task_id"] for i in range(4)]
+    assert {r["task_status"] for r in system.wait_all(after, timeout=60)} == {"SUCCESS"}
+    assert system.http.get(f"{system.base_url}/stats", timeout=30).json()["tasks"]["succeeded"] == 8
+    assert system.process.poll() is None
+
+
+def test_the_sqs_emulator_killed_stops_the_runner_with_a_message(local_system: Callable[..., LocalSystem]) -> None:
+    system = local_system(PQH_TASK_SECONDS="0.05")
+    system.wait_all([system.submit("alice", "x")["task_id"]], timeout=60)
+    children = _children(system.process.pid)
+
+    os.kill(_emulator_process(system, "local.fast_moto"), signal.SIGKILL)
+    # The runner stops by itself: its queues are gone, so accepting tasks would lose them.
+    _wait_for("the runner to stop", lambda: system.process.poll() is not None, system)
+    assert system.process.returncode == 1
+    log = system.log_path.read_text()
+    assert "moto server (SQS) killed by SIGKILL" in log
+    assert "Start `make run` again" in log
+    # The other children exit with the runner.
+    _wait_for("its children to exit", lambda: not any(_is_running(pid) for pid in children), system)
+
+
+def _is_running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
