@@ -81,6 +81,9 @@ class TaskStore(Protocol):
     def queued_count(self, user_id: str) -> int:
         """How many of the user's tasks are PENDING (from a sparse index: eventually consistent)."""
 
+    def running_count(self, level: int, now: float) -> int:
+        """How many tasks of priority ``level`` are STARTED with a live run lease (a sparse index)."""
+
 
 class TaskQueues(Protocol):
     def send(self, level: int, task: Task) -> None: ...

@@ -517,7 +517,7 @@ class Services:
         s = self.settings
         now = self.clock()
         slots, state = self.control.slots_and_backlog(s.capacity)
-        running = sum(1 for slot in slots if not slot.is_free(now))
+        slots_held = sum(1 for slot in slots if not slot.is_free(now))
         depths = self.queues.depths()
         users, truncated = self.usage.top_users(
             now, s.bucket_seconds, s.window_seconds, STATS_TOP_USERS, STATS_MAX_USAGE_ITEMS
@@ -530,23 +530,32 @@ class Services:
         for slot in slots:
             totals = policy.add_tallies(totals, slot.tallies)
         succeeded, failed, cancelled = totals
-        # The index is by priority level; under fifo every level's tasks share queue 0.
+        # The indexes are by priority level; under fifo every level's tasks share queue 0.
         oldest: list[float | None] = [None] * policy.LEVELS
+        running_by_queue = [0] * policy.LEVELS
         for level in range(policy.LEVELS):
             since = self.tasks.oldest_queued(level)
             queue = policy.queue_level(level, s.policy)
             if since is not None and (oldest[queue] is None or since < oldest[queue]):  # type: ignore[operator]
                 oldest[queue] = since
+            running_by_queue[queue] += self.tasks.running_count(level, now)
         return {
             "generated_at": now,
             "policy": s.policy,
             "capacity": s.capacity,
-            "running": running,
+            # Slots held by a live worker lease (a worker runs one task at a time on its slot).
+            "slots_held": slots_held,
+            "running": slots_held,  # the old name of slots_held
             "queues": [
                 {
                     "level": d.level,
                     "queued": d.queued,
-                    "in_flight": d.in_flight,
+                    # Started, not finished, run lease live: what an operator calls running.
+                    "running": running_by_queue[d.level],
+                    # SQS's in-flight count: received and not yet deleted. It includes
+                    # tasks picked ahead and finished tasks whose deletes are batched.
+                    "received_not_deleted": d.in_flight,
+                    "in_flight": d.in_flight,  # the old name of received_not_deleted
                     "counted": state.counts[d.level],
                     "dead_letters": d.dead,
                     "oldest_seconds": _age(oldest[d.level], now),
@@ -556,7 +565,7 @@ class Services:
             "tasks": {
                 "submitted": sum(state.enqueued),
                 "queued": sum(state.counts),
-                "running": running,
+                "running": sum(running_by_queue),
                 "succeeded": succeeded,
                 "failed": failed,
                 "cancelled": cancelled,

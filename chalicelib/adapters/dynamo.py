@@ -253,10 +253,12 @@ def _top(counts: dict[str, int], weights: dict[str, int], limit: int) -> list[Us
 
 # Sparse indexes of the tasks table (infra/resources.json): a task is in
 # QUEUED_INDEX (key queued_user) and AGE_INDEX (key queued_level, sorted by
-# queued_since) while PENDING, and in RECENT_INDEX (key done_hour, sorted by
+# queued_since) while PENDING, in RUNNING_INDEX (key running_level, sorted by
+# run_lease_until) while STARTED, and in RECENT_INDEX (key done_hour, sorted by
 # finished_at) once finished.
 QUEUED_INDEX = "queued-by-user"
 AGE_INDEX = "queued-by-age"
+RUNNING_INDEX = "running-by-level"
 RECENT_INDEX = "recent"
 
 
@@ -365,8 +367,8 @@ class DynamoTaskStore:
                 TableName=self._table,
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
-                    "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease "
-                    "ADD attempts :one REMOVE queued_user, queued_level, queued_since"
+                    "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease, "
+                    "running_level = priority_level ADD attempts :one REMOVE queued_user, queued_level, queued_since"
                 ),
                 # Runnable when never started, or when the run that started it has
                 # lost its lease (it crashed or timed out): at-least-once delivery.
@@ -425,7 +427,7 @@ class DynamoTaskStore:
             kwargs["ExpressionAttributeNames"] = {"#err": "error"}
         return self._conditional(
             Key={"task_id": {"S": task_id}},
-            UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until",
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until, running_level",
             # Only the run that owns the task may finish it, and only once.
             ConditionExpression="task_status = :started AND run_id = :run",
             ExpressionAttributeValues=values,
@@ -440,8 +442,8 @@ class DynamoTaskStore:
                 UpdateExpression=(
                     "SET task_status = :pending, queue_seq = :seq, expires_at = :exp, queued_user = user_id, "
                     "queued_level = priority_level, queued_since = :now, "
-                    "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, #err, done_hour, "
-                    "task_result, cancel_requested"
+                    "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, running_level, #err, "
+                    "done_hour, task_result, cancel_requested"
                 ),
                 ConditionExpression="task_status = :failure",
                 ExpressionAttributeNames={"#err": "error"},
@@ -532,6 +534,23 @@ class DynamoTaskStore:
                 ":pending": {"S": PENDING},
             },
         )
+
+    def running_count(self, level: int, now: float) -> int:
+        total = 0
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": RUNNING_INDEX,
+            # A run whose lease has run out has died: its task runs again when SQS shows its message.
+            "KeyConditionExpression": "running_level = :l AND run_lease_until > :now",
+            "ExpressionAttributeValues": {":l": {"N": str(level)}, ":now": _n(now)},
+            "Select": "COUNT",
+        }
+        while True:
+            response = self._db.query(**kwargs)
+            total += int(response.get("Count", 0))
+            if not response.get("LastEvaluatedKey"):
+                return total
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def queued_count(self, user_id: str) -> int:
         total = 0

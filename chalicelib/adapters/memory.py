@@ -182,6 +182,14 @@ class MemoryTaskStore:
             self._since[task_id] = now
             return copy.deepcopy(task)
 
+    def running_count(self, level: int, now: float) -> int:
+        with self._lock:
+            return sum(
+                1
+                for t in self._tasks.values()
+                if t.task_status == STARTED and t.priority_level == level and (t.run_lease_until or 0.0) > now
+            )
+
     def recent(self, now: float, limit: int) -> list[TaskSummary]:
         with self._lock:
             done = [t for t in self._tasks.values() if t.task_status in FINISHED and t.finished_at is not None]

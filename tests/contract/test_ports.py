@@ -248,6 +248,19 @@ def test_a_started_task_whose_lease_ran_out_can_start_again(ports: Ports) -> Non
     assert (final.task_status, final.error, final.result) == (FAILURE, "E: boom", None)
 
 
+def test_a_task_counts_as_running_from_its_start_until_it_finishes_or_its_run_lease_runs_out(ports: Ports) -> None:
+    task = make_task()  # priority level 3
+    ports.tasks.create(task)
+    assert ports.tasks.running_count(3, NOW) == 0
+    ports.tasks.start(task.task_id, "run-a", NOW, NOW + 10)
+    assert [ports.tasks.running_count(level, NOW + 1) for level in range(6)] == [0, 0, 0, 1, 0, 0]
+    assert ports.tasks.running_count(3, NOW + 10) == 0  # its worker died: not running any more
+    ports.tasks.start(task.task_id, "run-b", NOW + 10, NOW + 20)
+    assert ports.tasks.running_count(3, NOW + 11) == 1
+    ports.tasks.finish(task.task_id, "run-b", SUCCESS, NOW + 12, NOW + 1000, result=1)
+    assert ports.tasks.running_count(3, NOW + 12) == 0
+
+
 def test_start_of_a_missing_task(ports: Ports) -> None:
     assert ports.tasks.start("33333333-3333-4333-8333-333333333333", "r", NOW, NOW + 1) == (MISSING, None)
 

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from chalicelib import aws
+from chalicelib.adapters.dynamo import DynamoTaskStore
 from tests.functional.conftest import Harness
 
 ADMIN = {"Authorization": "Bearer secret"}
@@ -139,3 +141,35 @@ def test_the_dashboard_is_one_offline_page_that_reads_stats(harness: Harness) ->
     page = response.body.decode()
     assert 'fetch("stats"' in page  # relative: works under API Gateway's stage path too
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing loaded from elsewhere
+
+
+def test_a_finished_task_whose_message_is_not_yet_deleted_is_not_running(harness: Harness) -> None:
+    """A worker deletes finished tasks' messages in batches: until then SQS counts them received, not running."""
+    task_id = harness.submit("u").json_body["task_id"]
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName="pqh-dev-level-0")["QueueUrl"]
+    assert len(sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1).get("Messages", [])) == 1
+    level_0 = stats(harness)["queues"][0]
+    assert (level_0["queued"], level_0["received_not_deleted"], level_0["running"]) == (0, 1, 0)
+
+    store = DynamoTaskStore(aws.client("dynamodb"), "pqh-dev-tasks")
+    now = harness.clock.now
+    store.start(task_id, "run-1", now, now + 930)
+    s = stats(harness)
+    assert (s["queues"][0]["received_not_deleted"], s["queues"][0]["running"]) == (1, 1)
+    assert [q["running"] for q in s["queues"][1:]] == [0, 0, 0, 0, 0]
+
+    store.finish(task_id, "run-1", "SUCCESS", now + 1, now + 3600, result="done")
+    level_0 = stats(harness)["queues"][0]
+    assert (level_0["queued"], level_0["received_not_deleted"], level_0["running"]) == (0, 1, 0)
+    assert level_0["in_flight"] == level_0["received_not_deleted"]  # the old name, kept for existing readers
+
+
+def test_a_started_task_whose_run_lease_ran_out_is_not_running(harness: Harness) -> None:
+    """Its worker died: it runs again once SQS shows its message again, and is not running meanwhile."""
+    task_id = harness.submit("u").json_body["task_id"]
+    now = harness.clock.now
+    DynamoTaskStore(aws.client("dynamodb"), "pqh-dev-tasks").start(task_id, "dead-run", now, now + 930)
+    assert stats(harness)["queues"][0]["running"] == 1
+    harness.clock.now += 931
+    assert stats(harness)["queues"][0]["running"] == 0
