@@ -518,6 +518,7 @@ class Services:
         now = self.clock()
         slots, state = self.control.slots_and_backlog(s.capacity)
         slots_held = sum(1 for slot in slots if not slot.is_free(now))
+        live_holders = {slot.holder for slot in slots if not slot.is_free(now)}
         depths = self.queues.depths()
         users, truncated = self.usage.top_users(
             now, s.bucket_seconds, s.window_seconds, STATS_TOP_USERS, STATS_MAX_USAGE_ITEMS
@@ -538,7 +539,9 @@ class Services:
             queue = policy.queue_level(level, s.policy)
             if since is not None and (oldest[queue] is None or since < oldest[queue]):  # type: ignore[operator]
                 oldest[queue] = since
-            running_by_queue[queue] += self.tasks.running_count(level, now)
+            # A task counts while its worker holds its slot: a dead worker's task stops
+            # counting when its slot lease runs out, long before its run lease does.
+            running_by_queue[queue] += sum(1 for h in self.tasks.running_holders(level, now) if h in live_holders)
         return {
             "generated_at": now,
             "policy": s.policy,
@@ -832,7 +835,7 @@ class Services:
                     # it: a worker that dies starting the next task has recorded this one.
                     held.running(pending=prefetched is not None)
                     try:
-                        outcome = self._run_one(level, message, counted, deletes)
+                        outcome = self._run_one(level, message, counted, deletes, holder)
                     finally:
                         held.ran()
                     deletes.flush_if_due()
@@ -1051,7 +1054,12 @@ class Services:
         return [messages[i] for i in chosen]
 
     def _run_one(
-        self, level: int, message: QueuedMessage, counted: bool = True, deletes: PendingDeletes | None = None
+        self,
+        level: int,
+        message: QueuedMessage,
+        counted: bool = True,
+        deletes: PendingDeletes | None = None,
+        slot_holder: str = "",
     ) -> str:
         """Run one task at most once and record its outcome."""
 
@@ -1063,7 +1071,9 @@ class Services:
 
         run_id = uuid.uuid4().hex
         now = self.clock()
-        outcome, task = self.tasks.start(message.task_id, run_id, now, now + self.settings.run_lease_seconds)
+        outcome, task = self.tasks.start(
+            message.task_id, run_id, now, now + self.settings.run_lease_seconds, slot_holder
+        )
         if counted and (outcome != STARTED_NOW or (task is not None and task.attempts > 1)):
             # This message was a duplicate or a redelivery, and was not counted; the
             # count the pick took belongs to another message of the level: give it back.

@@ -285,6 +285,7 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         error=s("error"),
         run_id=s("run_id"),
         run_lease_until=_num(item, "run_lease_until"),
+        run_holder=s("run_holder"),
         attempts=int(_num(item, "attempts") or 0),
         tag=_num(item, "tag") or 0.0,
         cancel_requested=bool(item.get("cancel_requested", {}).get("BOOL", False)),
@@ -361,14 +362,18 @@ class DynamoTaskStore:
             ExpressionAttributeValues={":t": {"BOOL": True}, ":started": {"S": STARTED}},
         )
 
-    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
+    def start(
+        self, task_id: str, run_id: str, now: float, lease_until: float, slot_holder: str = ""
+    ) -> tuple[str, Task | None]:
+        holder = ", run_holder = :holder" if slot_holder else ""
         try:
             response = self._db.update_item(
                 TableName=self._table,
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
                     "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease, "
-                    "running_level = priority_level ADD attempts :one REMOVE queued_user, queued_level, queued_since"
+                    f"running_level = priority_level{holder} "
+                    "ADD attempts :one REMOVE queued_user, queued_level, queued_since"
                 ),
                 # Runnable when never started, or when the run that started it has
                 # lost its lease (it crashed or timed out): at-least-once delivery.
@@ -383,6 +388,7 @@ class DynamoTaskStore:
                     ":run": {"S": run_id},
                     ":lease": _n(lease_until),
                     ":one": {"N": "1"},
+                    **({":holder": {"S": slot_holder}} if slot_holder else {}),
                 },
                 ReturnValues="ALL_NEW",
             )
@@ -427,7 +433,7 @@ class DynamoTaskStore:
             kwargs["ExpressionAttributeNames"] = {"#err": "error"}
         return self._conditional(
             Key={"task_id": {"S": task_id}},
-            UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until, running_level",
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until, running_level, run_holder",
             # Only the run that owns the task may finish it, and only once.
             ConditionExpression="task_status = :started AND run_id = :run",
             ExpressionAttributeValues=values,
@@ -442,8 +448,8 @@ class DynamoTaskStore:
                 UpdateExpression=(
                     "SET task_status = :pending, queue_seq = :seq, expires_at = :exp, queued_user = user_id, "
                     "queued_level = priority_level, queued_since = :now, "
-                    "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, running_level, #err, "
-                    "done_hour, task_result, cancel_requested"
+                    "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, running_level, "
+                    "run_holder, #err, done_hour, task_result, cancel_requested"
                 ),
                 ConditionExpression="task_status = :failure",
                 ExpressionAttributeNames={"#err": "error"},
@@ -535,21 +541,21 @@ class DynamoTaskStore:
             },
         )
 
-    def running_count(self, level: int, now: float) -> int:
-        total = 0
+    def running_holders(self, level: int, now: float) -> list[str]:
+        holders: list[str] = []
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": RUNNING_INDEX,
             # A run whose lease has run out has died: its task runs again when SQS shows its message.
             "KeyConditionExpression": "running_level = :l AND run_lease_until > :now",
             "ExpressionAttributeValues": {":l": {"N": str(level)}, ":now": _n(now)},
-            "Select": "COUNT",
+            "ProjectionExpression": "run_holder",
         }
         while True:
             response = self._db.query(**kwargs)
-            total += int(response.get("Count", 0))
+            holders += [item.get("run_holder", {}).get("S", "") for item in response.get("Items", [])]
             if not response.get("LastEvaluatedKey"):
-                return total
+                return holders
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def queued_count(self, user_id: str) -> int:

@@ -251,14 +251,14 @@ def test_a_started_task_whose_lease_ran_out_can_start_again(ports: Ports) -> Non
 def test_a_task_counts_as_running_from_its_start_until_it_finishes_or_its_run_lease_runs_out(ports: Ports) -> None:
     task = make_task()  # priority level 3
     ports.tasks.create(task)
-    assert ports.tasks.running_count(3, NOW) == 0
-    ports.tasks.start(task.task_id, "run-a", NOW, NOW + 10)
-    assert [ports.tasks.running_count(level, NOW + 1) for level in range(6)] == [0, 0, 0, 1, 0, 0]
-    assert ports.tasks.running_count(3, NOW + 10) == 0  # its worker died: not running any more
-    ports.tasks.start(task.task_id, "run-b", NOW + 10, NOW + 20)
-    assert ports.tasks.running_count(3, NOW + 11) == 1
+    assert ports.tasks.running_holders(3, NOW) == []
+    ports.tasks.start(task.task_id, "run-a", NOW, NOW + 10, "holder-a")
+    assert [ports.tasks.running_holders(level, NOW + 1) for level in range(6)] == [[], [], [], ["holder-a"], [], []]
+    assert ports.tasks.running_holders(3, NOW + 10) == []  # its worker died: not running any more
+    ports.tasks.start(task.task_id, "run-b", NOW + 10, NOW + 20, "holder-b")
+    assert ports.tasks.running_holders(3, NOW + 11) == ["holder-b"]
     ports.tasks.finish(task.task_id, "run-b", SUCCESS, NOW + 12, NOW + 1000, result=1)
-    assert ports.tasks.running_count(3, NOW + 12) == 0
+    assert ports.tasks.running_holders(3, NOW + 12) == []
 
 
 def test_start_of_a_missing_task(ports: Ports) -> None:

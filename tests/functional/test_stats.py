@@ -7,7 +7,7 @@ import re
 import pytest
 
 from chalicelib import aws
-from chalicelib.adapters.dynamo import DynamoTaskStore
+from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore
 from tests.functional.conftest import Harness
 
 ADMIN = {"Authorization": "Bearer secret"}
@@ -152,24 +152,31 @@ def test_a_finished_task_whose_message_is_not_yet_deleted_is_not_running(harness
     level_0 = stats(harness)["queues"][0]
     assert (level_0["queued"], level_0["received_not_deleted"], level_0["running"]) == (0, 1, 0)
 
-    store = DynamoTaskStore(aws.client("dynamodb"), "pqh-dev-tasks")
+    # A worker holds slot 0 and starts the task.
     now = harness.clock.now
-    store.start(task_id, "run-1", now, now + 930)
+    assert DynamoControlStore(aws.client("dynamodb"), "pqh-dev-control").claim_slot(0, "worker-1", now, now + 60)
+    store = DynamoTaskStore(aws.client("dynamodb"), "pqh-dev-tasks")
+    store.start(task_id, "run-1", now, now + 930, "worker-1")
     s = stats(harness)
     assert (s["queues"][0]["received_not_deleted"], s["queues"][0]["running"]) == (1, 1)
     assert [q["running"] for q in s["queues"][1:]] == [0, 0, 0, 0, 0]
+    assert (s["tasks"]["running"], s["slots_held"]) == (1, 1)
 
     store.finish(task_id, "run-1", "SUCCESS", now + 1, now + 3600, result="done")
-    level_0 = stats(harness)["queues"][0]
+    s = stats(harness)
+    level_0 = s["queues"][0]
     assert (level_0["queued"], level_0["received_not_deleted"], level_0["running"]) == (0, 1, 0)
+    assert s["tasks"]["running"] == 0
     assert level_0["in_flight"] == level_0["received_not_deleted"]  # the old name, kept for existing readers
 
 
-def test_a_started_task_whose_run_lease_ran_out_is_not_running(harness: Harness) -> None:
-    """Its worker died: it runs again once SQS shows its message again, and is not running meanwhile."""
+def test_a_task_whose_worker_died_stops_counting_as_running_when_its_slot_lease_runs_out(harness: Harness) -> None:
+    """It runs again once SQS shows its message again (960 s); it is not running meanwhile."""
     task_id = harness.submit("u").json_body["task_id"]
     now = harness.clock.now
-    DynamoTaskStore(aws.client("dynamodb"), "pqh-dev-tasks").start(task_id, "dead-run", now, now + 930)
+    assert DynamoControlStore(aws.client("dynamodb"), "pqh-dev-control").claim_slot(0, "worker-1", now, now + 60)
+    DynamoTaskStore(aws.client("dynamodb"), "pqh-dev-tasks").start(task_id, "dead-run", now, now + 930, "worker-1")
     assert stats(harness)["queues"][0]["running"] == 1
-    harness.clock.now += 931
-    assert stats(harness)["queues"][0]["running"] == 0
+    harness.clock.now += 61  # the slot lease ran out; the task's run lease (930 s) has not
+    s = stats(harness)
+    assert (s["queues"][0]["running"], s["tasks"]["running"], s["slots_held"]) == (0, 0, 0)
