@@ -1,7 +1,7 @@
 """The embedded AWS emulators on loopback, each a child process.
 
-DynamoDB is dynalite (a Node.js implementation of DynamoDB's API, in memory;
-`make` installs it from npm into local/node/), or moto's server with
+DynamoDB is dynalite (a Node.js implementation of DynamoDB's API, in memory or
+on disk; `make` installs it from npm into local/node/), or moto's server with
 PQH_DYNAMODB_EMULATOR=moto. SQS is moto's server with speed fixes for deep
 queues (local/fast_moto.py).
 

@@ -124,11 +124,11 @@ class EmulatorWatch:
             if code is None:
                 continue
             if not emulator.keeps_state:
+                held = {"SQS": "queues", "DynamoDB": "tables"}.get(emulator.serves, "tables and queues")
                 return (
-                    f"{emulator.name} ({emulator.serves}) {exit_reason(code)}. It kept its "
-                    f"{emulator.serves} state in memory only, so the queued tasks' messages and records are gone "
-                    "and would never run; stopping rather than accepting tasks. Start `make run` again (it starts "
-                    "empty)."
+                    f"{emulator.name} ({emulator.serves}) {exit_reason(code)}. It kept its {held} in memory only: "
+                    "they are gone, and with them what the queued tasks need to run. Stopping rather than accepting "
+                    "tasks that would never run. Start `make run` again (it starts empty)."
                 )
             pause = self._backoff[id(emulator)].pause(time.monotonic() - self._started[id(emulator)])
             log.error(
