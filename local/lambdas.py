@@ -146,10 +146,6 @@ class RemoteLambdas:
         self._supervisor = threading.Thread(target=self._supervise, name="lambda-supervisor", daemon=True)
         self._supervisor.start()
 
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
     def _spawn(self) -> subprocess.Popen[bytes]:
         """Start the Lambda process and wait until its handlers run."""
         ready_read, ready_write = os.pipe()
@@ -173,29 +169,21 @@ class RemoteLambdas:
         return process
 
     def _supervise(self) -> None:
-        """Wait for the Lambda process to die; start it again, pausing longer while it keeps dying."""
+        """Wait for the Lambda process to die, and start it again."""
         while True:
             dead = self._process
             dead.wait()
             if self._stopping.is_set():
                 return
-            pause = self._backoff.pause(self._clock() - self._started_at)
             log.error(
-                "the local Lambda process (pid %d) %s; starting it again%s. The tasks it was running run again "
-                "once their run leases and their messages' visibility timeout run out; its slots free when their "
-                "leases do",
+                "the local Lambda process (pid %d) %s. The tasks it was running run again once their run leases "
+                "and their messages' visibility timeout run out; its slots free when their leases do",
                 dead.pid,
                 exit_reason(dead.returncode),
-                f" in {pause:.0f}s (it keeps dying)" if pause else "",
             )
-            if self._stopping.wait(pause):
+            process = self._restart(uptime=self._clock() - self._started_at)
+            if process is None:
                 return
-            try:
-                process = self._spawn()
-            except LambdaProcessError as exc:
-                log.error("%s", exc)
-                self._started_at = self._clock()
-                continue  # ``dead`` is still the current process: its wait returns at once, the pause grows
             with self._lock:
                 self._process = process
                 self._started_at = self._clock()
@@ -206,6 +194,19 @@ class RemoteLambdas:
             log.info("%s (pid %d)", RUNNING_AGAIN, process.pid)
             if owed:
                 self.trigger_dispatch()
+
+    def _restart(self, uptime: float) -> subprocess.Popen[bytes] | None:
+        """Start the process again, pausing longer while it keeps dying; None if the runner stops first."""
+        while True:
+            pause = self._backoff.pause(uptime)
+            log.info("starting the local Lambda process again%s", f" in {pause:.0f}s (it keeps dying)" if pause else "")
+            if self._stopping.wait(pause):
+                return None
+            try:
+                return self._spawn()
+            except LambdaProcessError as exc:
+                log.error("%s", exc)
+                uptime = 0.0
 
     def _send(self, message: dict[str, object]) -> None:
         with self._lock:
