@@ -31,7 +31,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser: ## install Debian's chromium if it is missing (the dashboard test needs it)
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the dashboard test"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null \
-	  || echo "could not install chromium: the dashboard's browser test will be skipped"; }
+	  || { echo "could not install Debian's chromium: the dashboard's browser test cannot run" >&2; exit 1; }; }
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .
@@ -43,7 +43,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ and cfn-lint it
-	$(BIN)/python -m infra.merge_template > build-merge.json.tmp
+	$(BIN)/python -m infra.merge_template $(STAGE) > build-merge.json.tmp
 	mkdir -p build && mv build-merge.json.tmp build/merge-template.json
 	rm -rf build/package
 	@# Routes carry the API-key authorizer when app.py is imported with the stage's PQH_AUTH.
@@ -73,4 +73,9 @@ run: $(STAMP) ## start the whole system locally (emulator, API on :8000, dispatc
 chaos: $(STAMP) ## submit tasks while injecting crashes, throttling, duplicates and poison; report lost/run-twice
 	$(BIN)/python -m bench.chaos
 
-.PHONY: run bench bench-fairness chaos
+mutation: $(STAMP) ## mutation testing (mutmut) of the policy, validation and the services; kill rates per module
+	rm -rf mutants && mkdir -p build
+	$(BIN)/mutmut run --max-children 2 > build/mutation.log 2>&1 || { tail -c 2000 build/mutation.log; exit 1; }
+	$(BIN)/python -m bench.mutation
+
+.PHONY: run bench bench-fairness chaos mutation

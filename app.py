@@ -13,12 +13,22 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 from chalice.app import AuthRequest, AuthResponse, Chalice, Rate, Request, Response
 
 from chalicelib import views, wiring
-from chalicelib.domain import ForbiddenError, Handoff, Identity, PqhError, UnauthorizedError, ValidationError
+from chalicelib.domain import (
+    ForbiddenError,
+    Handoff,
+    Identity,
+    PqhError,
+    TooManyQueuedError,
+    UnauthorizedError,
+    ValidationError,
+)
+from chalicelib.gateway import GatewayUnauthorizedError
 from chalicelib.settings import ConfigError, auth_mode
 from chalicelib.validation import (
     check_idempotency_key,
@@ -35,6 +45,8 @@ logging.getLogger("pqh").setLevel(logging.INFO)
 THROTTLING = {
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
+    "Throttling",
+    "RequestThrottled",  # SQS
     "RequestLimitExceeded",
     "TooManyRequestsException",
     "ServiceUnavailable",
@@ -65,6 +77,8 @@ def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return view(*args, **kwargs)
+        except TooManyQueuedError as exc:
+            return _error(exc.status, exc.code, str(exc), {"Retry-After": str(exc.retry_after)})
         except PqhError as exc:
             return _error(exc.status, exc.code, str(exc))
         except ConfigError as exc:
@@ -97,10 +111,20 @@ def _stage_prefix() -> str:
 AUTH_AT_IMPORT = auth_mode(os.environ)
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an 'Authorization: Bearer <token>' header; None when absent, empty or another scheme."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 @app.authorizer(ttl_seconds=60)
 def api_key_auth(auth_request: AuthRequest) -> AuthResponse:
-    """The key (Authorization: Bearer pqh_...) -> its user; unknown keys are denied (403)."""
-    identity = wiring.services().authenticate(auth_request.token)
+    """The key (Authorization: Bearer pqh_...) -> its user; a malformed header is 401, an unknown key 403."""
+    token = bearer_token(auth_request.token)
+    if token is None:
+        raise GatewayUnauthorizedError()
+    identity = wiring.services().authenticate(token)
     if identity is None:
         return AuthResponse(routes=[], principal_id="anonymous")
     # Cached by API Gateway for ttl_seconds per key, for every route: admin rights
@@ -134,10 +158,13 @@ def _require_admin() -> None:
     expected = settings.admin_token
     if not expected:
         raise ForbiddenError("admin routes are disabled; set PQH_ADMIN_TOKEN to enable them")
-    given = _request().headers.get("authorization", "")
-    token = given[7:] if given.lower().startswith("bearer ") else ""
-    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ForbiddenError("admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'")
+    token = bearer_token(_request().headers.get("authorization"))
+    if token is None:  # no credential (or not a bearer one): 401; a wrong one: 403
+        raise UnauthorizedError("admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'")
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ForbiddenError(
+            "this token is not PQH_ADMIN_TOKEN; admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'"
+        )
 
 
 def _require_admin_if_configured() -> None:
@@ -145,6 +172,14 @@ def _require_admin_if_configured() -> None:
     settings = wiring.services().settings
     if settings.admin_token or settings.auth == "api_key":
         _require_admin()
+
+
+def _path_value(raw: str) -> str:
+    """A path parameter as the client meant it: Chalice's local server and API Gateway pass on its %-escapes."""
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"the path parameter {raw!r} is not percent-encoded UTF-8") from exc
 
 
 def _level(raw: str) -> int:
@@ -229,7 +264,7 @@ def revoke_key(key_id: str) -> dict[str, Any]:
 def get_user(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
-    return svc.user_usage(check_user_id(user_id, svc.settings.max_user_id_length))
+    return svc.user_usage(check_user_id(_path_value(user_id), svc.settings.max_user_id_length))
 
 
 @app.route("/admin/users/{user_id}/weight", methods=["PUT"], content_types=["*/*"], authorizer=AUTHORIZER)
@@ -237,7 +272,7 @@ def get_user(user_id: str) -> dict[str, Any]:
 def put_weight(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
-    user_id = check_user_id(user_id, svc.settings.max_user_id_length)
+    user_id = check_user_id(_path_value(user_id), svc.settings.max_user_id_length)
     request = _request()
     weight = parse_weight(_body(request), request.headers.get("content-type"), svc.settings.max_weight)
     svc.set_weight(user_id, weight)

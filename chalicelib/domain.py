@@ -175,6 +175,17 @@ class UnauthorizedError(PqhError):
     code = "unauthorized"
 
 
+class TooManyQueuedError(PqhError):
+    """The user has PQH_MAX_QUEUED_PER_USER tasks queued; answered 429 with Retry-After."""
+
+    status = 429
+    code = "too_many_queued"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class IdempotencyConflictError(PqhError):
     status = 409
     code = "idempotency_in_progress"

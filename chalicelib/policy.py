@@ -193,7 +193,7 @@ def queue_level(level: int, policy_name: str) -> int:
     return 0 if policy_name == "fifo" else level
 
 
-def choose_level(state: Backlog, policy_name: str, shares: Sequence[int] = DEFAULT_SHARES) -> int | None:
+def choose_level(state: Backlog, policy_name: str) -> int | None:
     """The level the next task comes from, or None when nothing is queued.
 
     strict and fifo: the highest level with a queued task.
@@ -235,7 +235,7 @@ def plan_picks(
     The same choices as ``most`` single picks in a row (fewer if fewer are queued).
     """
     levels: list[int] = []
-    while len(levels) < most and (level := choose_level(state, policy_name, shares)) is not None:
+    while len(levels) < most and (level := choose_level(state, policy_name)) is not None:
         levels.append(level)
         state = after_pick(state, level, policy_name, shares)
     return levels, state
@@ -317,7 +317,7 @@ def queue_position(
     position = 0
     taken_from_level = 0
     while position < POSITION_LIMIT:
-        chosen = choose_level(sim, policy_name, shares)
+        chosen = choose_level(sim, policy_name)
         if chosen is None:
             break
         if chosen == level:

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -16,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from chalicelib import policy
 from chalicelib.domain import (
@@ -31,6 +32,7 @@ from chalicelib.domain import (
     NotFoundError,
     QueuedMessage,
     Task,
+    TooManyQueuedError,
     ValidationError,
 )
 from chalicelib.ports import (
@@ -43,13 +45,14 @@ from chalicelib.ports import (
     Idempotency,
     Invoker,
     KeyStore,
+    QueuedLimitError,
     TaskQueues,
     TaskStore,
     UsageStore,
 )
 from chalicelib.settings import ConfigError, Settings
 from chalicelib.tasks import TaskCancelledError, TaskContext, TaskFunction, load_task_function, supports_cancel
-from chalicelib.validation import is_task_id
+from chalicelib.validation import MAX_X_DEPTH, is_task_id, nesting
 
 log = logging.getLogger("pqh")
 
@@ -65,6 +68,11 @@ OUTCOME_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 OVERSTAY_FACTOR = 2.0
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
+# Times a submission at the queued limit recounts and tries again (others race it).
+QUEUED_LIMIT_TRIES = 3
+# A result nests at most one level deeper than the deepest accepted x (the default
+# task's result holds x in input_x), so every recorded result reads back.
+MAX_RESULT_DEPTH = MAX_X_DEPTH + 1
 # /stats: how many users and recent tasks it lists, and how many usage items it reads at most.
 STATS_TOP_USERS = 10
 STATS_RECENT_TASKS = 20
@@ -189,6 +197,25 @@ class PendingDeletes:
 Picked = tuple[int, QueuedMessage, policy.Backlog, bool]
 
 
+class Timer(Protocol):
+    """A started one-shot timer: ``cancel`` stops it if it has not fired; ``join`` waits for a firing one."""
+
+    def cancel(self) -> None: ...
+
+    def join(self) -> None: ...
+
+
+StartTimer = Callable[[float, Callable[[], None]], Timer]
+
+
+def start_thread_timer(delay: float, fire: Callable[[], None]) -> Timer:
+    """Call ``fire`` on a daemon thread after ``delay`` seconds."""
+    timer = threading.Timer(delay, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class Ahead:
     """A worker's tasks picked and not yet run, in the order to run them.
 
@@ -198,16 +225,24 @@ class Ahead:
     So no task picked ahead waits much longer than ``limit`` behind slow ones.
     """
 
-    def __init__(self, put_back: Callable[[list[Picked]], None], limit: float) -> None:
+    def __init__(
+        self,
+        put_back: Callable[[list[Picked]], None],
+        limit: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        start_timer: StartTimer | None = None,
+    ) -> None:
         self._put_back = put_back
         self._limit = limit
+        self._monotonic = monotonic
+        self._start_timer = start_timer or start_thread_timer
         self._lock = threading.Lock()
         self._held: collections.deque[Picked] = collections.deque()
         self._since = 0.0  # when the oldest task held was picked (monotonic)
         self._overdue = False  # the running task outlived the limit: nothing more is held
         self._gave_back = False
         self._run = 0  # which run the watchdog watches; a late timer of an earlier one does nothing
-        self._timer: threading.Timer | None = None
+        self._timer: Timer | None = None
 
     def __bool__(self) -> bool:
         with self._lock:
@@ -217,7 +252,7 @@ class Ahead:
         with self._lock:
             if not self._overdue:
                 if batch and not self._held:
-                    self._since = time.monotonic()
+                    self._since = self._monotonic()
                 self._held.extend(batch)
                 return
             self._gave_back = self._gave_back or bool(batch)
@@ -241,11 +276,9 @@ class Ahead:
         with self._lock:
             if not (self._held or pending):
                 return
-            waited = time.monotonic() - self._since if self._held else 0.0
+            waited = self._monotonic() - self._since if self._held else 0.0
             run = self._run
-        self._timer = threading.Timer(max(0.0, self._limit - waited), self._overstayed, args=(run,))
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer = self._start_timer(max(0.0, self._limit - waited), lambda: self._overstayed(run))
 
     def ran(self) -> None:
         """The task is done (or failed): stop watching, and wait for a watchdog already at work."""
@@ -284,6 +317,9 @@ class Services:
     control: ControlStore
     invoker: Invoker
     clock: Callable[[], float] = time.time
+    # The worker's watchdog measures and waits in these: tests drive them by hand.
+    monotonic: Callable[[], float] = time.monotonic
+    start_timer: StartTimer = start_thread_timer
     task_function: TaskFunction | None = None
     keys: KeyStore | None = None
     idempotency: Idempotency | None = None
@@ -294,7 +330,7 @@ class Services:
         """Count the submission, pick its level, store it, queue it, nudge the dispatcher."""
         s = self.settings
         now = self.clock()
-        count_before, weight = self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds)
+        count_before, weight = self._count_submission(user_id, now)
         level = policy.level_for(count_before, weight, s.thresholds)
         queue = policy.queue_level(level, s.policy)
         try:
@@ -352,6 +388,30 @@ class Services:
         # dispatcher again. One Lambda invoke and one dispatcher run saved per submit
         # under a deep backlog; below it every submit nudges, so no slot idles.
         return task
+
+    def _count_submission(self, user_id: str, now: float) -> tuple[int, int]:
+        """record_submission under the user's queued limit; 429 when they really have that many queued.
+
+        The counter only goes up (a started task does not lower it: no write per task).
+        When it reaches the limit, the queued-by-user index says how many are really
+        queued (one Query), and the counter is brought down to that. So a user below
+        the limit pays nothing more, and one at it a Query per refused submission.
+        """
+        s = self.settings
+        limit = s.max_queued_per_user
+        for _ in range(QUEUED_LIMIT_TRIES):
+            try:
+                return self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds, limit)
+            except QueuedLimitError as full:
+                queued = self.tasks.queued_count(user_id)
+                if queued >= limit:
+                    raise TooManyQueuedError(
+                        f"user {user_id!r} has {queued} tasks queued; the limit is {limit} "
+                        "(PQH_MAX_QUEUED_PER_USER): wait until some have started, or cancel some",
+                        retry_after=min(300, max(1, math.ceil(s.task_seconds))),
+                    ) from full
+                self.usage.set_queued(user_id, full.counted, queued)
+        raise TooManyQueuedError(f"user {user_id!r} is submitting many tasks at once; retry shortly", retry_after=1)
 
     def _drop_unqueued(self, task: Task) -> None:
         """Delete the record of a task whose message was never sent; failing that, cancel it.
@@ -491,10 +551,8 @@ class Services:
         log.info("revoked key=%s…", key_id[:12])
 
     def authenticate(self, token: str | None) -> Identity | None:
-        """Who a bearer token is: the admin token, an issued key, or nobody (None)."""
+        """Who a bearer token (the header's token, without 'Bearer ') is: the admin token, an issued key, or nobody."""
         token = (token or "").strip()
-        if token[:7].lower() == "bearer ":
-            token = token[7:].strip()
         if not token:
             return None
         admin_token = self.settings.admin_token
@@ -774,7 +832,7 @@ class Services:
         deletes = PendingDeletes(self.queues, self.clock)
         # Picked and not yet run, in the order to run them: up to PQH_PREFETCH_SECONDS
         # of short tasks are picked with one write and received with one call.
-        held = Ahead(self._put_back_now, OVERSTAY_FACTOR * s.prefetch_seconds)
+        held = Ahead(self._put_back_now, OVERSTAY_FACTOR * s.prefetch_seconds, self.monotonic, self.start_timer)
         # The next batch, picked while the last held task runs (it adds them to ``held``).
         prefetched: Future[tuple[int, ...]] | None = None
         pool: ThreadPoolExecutor | None = None
@@ -965,7 +1023,7 @@ class Services:
         """
         s = self.settings
         state = snapshot if snapshot is not None else self.control.backlog()
-        if snapshot is not None and policy.choose_level(state, s.policy, s.shares) is None:
+        if snapshot is not None and policy.choose_level(state, s.policy) is None:
             state = self.control.backlog()  # the snapshot predates the last task: look again
         sample = s.fair_sample if s.policy == "fair" else 1
         while True:
@@ -1113,8 +1171,27 @@ class Services:
         finished_at = self.clock()
         expires_at = finished_at + self.settings.result_ttl_seconds
         recorded = self._patiently(
-            lambda: self.tasks.finish(task.task_id, run_id, status, finished_at, expires_at, result=result, error=error)
+            lambda: self.tasks.finish(
+                task.task_id,
+                run_id,
+                status,
+                finished_at,
+                expires_at,
+                result=result,
+                error=error,
+                unless_cancel_requested=status != CANCELLED,
+            )
         )
+        if not recorded and status != CANCELLED:
+            # Someone was answered 202 (asked to stop) and the function finished before it
+            # looked: the answer holds. The result is dropped and the task is CANCELLED.
+            # One more write, only for a task whose cancel came while it ran.
+            recorded = self._patiently(
+                lambda: self.tasks.finish(task.task_id, run_id, CANCELLED, finished_at, expires_at)
+            )
+            if recorded:
+                log.info("task=%s finished after a cancel was asked for; recorded CANCELLED", task.task_id)
+                status = CANCELLED
         if recorded:
             log.info(
                 "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
@@ -1177,6 +1254,8 @@ class Services:
             return FAILURE, None, f"{type(exc).__name__}: {exc}"
         if size > MAX_RESULT_BYTES:
             return FAILURE, None, f"result is {size} bytes; the limit is {MAX_RESULT_BYTES}"
+        if (depth := nesting(result)) > MAX_RESULT_DEPTH:
+            return FAILURE, None, f"result nests {depth} levels deep; the limit is {MAX_RESULT_DEPTH}"
         return SUCCESS, result, None
 
 

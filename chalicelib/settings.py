@@ -58,6 +58,8 @@ class Settings:
     # A worker picks its next task while the current one runs when tasks take at
     # most this long on average (0: never). The choice is then that much older.
     prefetch_seconds: float = 1.0
+    # A user with this many tasks queued (not yet started) gets 429 for another.
+    max_queued_per_user: int = 100
 
     @property
     def bucket_seconds(self) -> int:
@@ -197,4 +199,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         # Below SQS's 14-day retention, with a day to spare for a tick that fails.
         requeue_after_seconds=_int(env, "PQH_REQUEUE_AFTER_SECONDS", 7 * 24 * 3600, 60, 13 * 24 * 3600),
         prefetch_seconds=_float(env, "PQH_PREFETCH_SECONDS", 1.0, 0.0),
+        max_queued_per_user=_int(env, "PQH_MAX_QUEUED_PER_USER", 100, 1, 1_000_000),
     )

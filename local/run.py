@@ -44,12 +44,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chalice.config import Config  # noqa: E402
-from chalice.local import ChaliceRequestHandler, LocalDevServer, ThreadedHTTPServer  # noqa: E402
+from chalice.local import LocalDevServer, ThreadedHTTPServer  # noqa: E402
 
 from chalicelib import aws, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
 from local.emulator import EmulatorError, EmulatorProcess, MotoServer, dynamodb_emulator  # noqa: E402
+from local.gateway import GatewayHandler  # noqa: E402
 from local.lambdas import LambdaProcessError, RemoteLambdas  # noqa: E402
 from local.supervision import Backoff, exit_reason  # noqa: E402
 
@@ -65,16 +66,6 @@ class BacklogServer(ThreadedHTTPServer):
 
     request_queue_size = 128
     daemon_threads = True
-
-
-class NoDelayHandler(ChaliceRequestHandler):
-    """Chalice's handler with TCP_NODELAY.
-
-    It writes headers and body in separate sends; on a kept-alive connection,
-    Nagle's algorithm then waits for the client's delayed ACK, about 40 ms a request.
-    """
-
-    disable_nagle_algorithm = True
 
 
 def _env_int(name: str, default: int) -> int:
@@ -250,9 +241,10 @@ def main() -> int:
             return 2
         wiring.configure(invoker_factory=lambda _settings: lambdas)
 
+        GatewayHandler.max_body_bytes = settings.max_body_bytes
         config = Config.create(chalice_stage="local", app_name="pqh", project_dir=str(ROOT))
         server = LocalDevServer(
-            app_module.app, config, host, port, handler_cls=NoDelayHandler, server_cls=BacklogServer
+            app_module.app, config, host, port, handler_cls=GatewayHandler, server_cls=BacklogServer
         )
         threading.Thread(target=server.server.serve_forever, name="http", daemon=True).start()
         log.info(

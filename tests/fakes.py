@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,6 +36,43 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@dataclass
+class ManualTimer:
+    due: float
+    fire: Callable[[], None]
+    cancelled: bool = False
+    fired: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def join(self) -> None:
+        """Firing is synchronous here: nothing to wait for."""
+
+
+@dataclass
+class ManualTimers:
+    """A monotonic clock and one-shot timers that fire only when a test advances the clock."""
+
+    now: float = 0.0
+    started: list[ManualTimer] = field(default_factory=list)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def start(self, delay: float, fire: Callable[[], None]) -> ManualTimer:
+        timer = ManualTimer(self.now + delay, fire)
+        self.started.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for timer in list(self.started):
+            if not timer.cancelled and not timer.fired and timer.due <= self.now:
+                timer.fired = True
+                timer.fire()
 
 
 @dataclass

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from chalicelib import policy
 from chalicelib.domain import CANCELLED, FAILURE, FINISHED, PENDING, STARTED, Task, TaskSummary, UserUsage
 from chalicelib.policy import Backlog, Slot
-from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
+from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW, QueuedLimitError
 
 OLD_WEIGHT_SK = "w"  # where versions before December 2026 kept a weight (see adopt_old_weights)
 # The expiry of a weighted user's counters (9999-12-31): DynamoDB's TTL never reaches it.
@@ -53,6 +53,9 @@ BUCKET_PREFIX = "b"
 # up; then one more write removes them (about once per this many buckets of an
 # active user). The item's TTL removes the whole item once the user is idle.
 STALE_LIMIT = 8
+# The user's queued counter, on the same item: an upper bound of their queued tasks
+# (see UsageStore.record_submission), raised by each submission's own write.
+QUEUED = "queued"
 
 
 def _bucket_attr(start: int) -> str:
@@ -103,19 +106,37 @@ class DynamoUsageStore:
     def _key(self, user_id: str, sk: str = USAGE_SK) -> dict[str, Any]:
         return {"user_id": {"S": user_id}, "sk": {"S": sk}}
 
-    def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+    def record_submission(
+        self, user_id: str, now: float, bucket_seconds: int, window_seconds: int, max_queued: int | None = None
+    ) -> tuple[int, int]:
         start = policy.bucket_start(now, bucket_seconds)
         expires = policy.bucket_expiry(start, bucket_seconds, window_seconds)
-        # One atomic ADD; the whole item comes back, so concurrent submissions each
-        # see a distinct total, and their "count before" values are distinct too.
-        response = self._db.update_item(
-            TableName=self._table,
-            Key=self._key(user_id),
-            UpdateExpression="ADD #b :one SET expires_at = if_not_exists(#hold, :exp)",
-            ExpressionAttributeNames={"#b": _bucket_attr(start), "#hold": HOLD},
-            ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(expires)}},
-            ReturnValues="ALL_NEW",
-        )
+        # One atomic ADD (the queued counter's too, under its limit); the whole item
+        # comes back, so concurrent submissions each see a distinct total, and their
+        # "count before" values are distinct too.
+        values = {":one": {"N": "1"}, ":exp": {"N": str(expires)}}
+        limit: dict[str, Any] = {}
+        if max_queued is not None:
+            values[":max"] = {"N": str(max_queued)}
+            limit = {
+                "ConditionExpression": "attribute_not_exists(#q) OR #q < :max",
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        try:
+            response = self._db.update_item(
+                TableName=self._table,
+                Key=self._key(user_id),
+                UpdateExpression="ADD #b :one, #q :one SET expires_at = if_not_exists(#hold, :exp)",
+                ExpressionAttributeNames={"#b": _bucket_attr(start), "#hold": HOLD, "#q": QUEUED},
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                **limit,
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            old = exc.response.get("Item") or self._counters(user_id)
+            raise QueuedLimitError(int(_num(old, QUEUED) or 0)) from exc
         item = response["Attributes"]
         buckets = _buckets(item)
         self._sweep(user_id, buckets, now, bucket_seconds, window_seconds)
@@ -132,6 +153,21 @@ class DynamoUsageStore:
                 UpdateExpression="REMOVE " + ", ".join(f"#x{i}" for i in range(len(dead))),
                 ExpressionAttributeNames={f"#x{i}": _bucket_attr(start) for i, start in enumerate(dead)},
             )
+
+    def _counters(self, user_id: str) -> dict[str, Any]:
+        response = self._db.get_item(TableName=self._table, Key=self._key(user_id), ConsistentRead=True)
+        return response.get("Item") or {}
+
+    def set_queued(self, user_id: str, seen: int, value: int) -> bool:
+        return _conditional_update(
+            self._db,
+            self._table,
+            Key=self._key(user_id),
+            UpdateExpression="SET #q = :value",
+            ConditionExpression="#q = :seen",
+            ExpressionAttributeNames={"#q": QUEUED},
+            ExpressionAttributeValues={":value": {"N": str(value)}, ":seen": {"N": str(seen)}},
+        )
 
     def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
         """Live count and weight, from the counters item (consistent read)."""
@@ -412,6 +448,7 @@ class DynamoTaskStore:
         expires_at: float,
         result: object = None,
         error: str | None = None,
+        unless_cancel_requested: bool = False,
     ) -> bool:
         values: dict[str, Any] = {
             ":status": {"S": status},
@@ -431,11 +468,15 @@ class DynamoTaskStore:
         kwargs: dict[str, Any] = {}
         if error is not None:
             kwargs["ExpressionAttributeNames"] = {"#err": "error"}
+        # Only the run that owns the task may finish it, and only once.
+        condition = "task_status = :started AND run_id = :run"
+        if unless_cancel_requested:
+            condition += " AND (attribute_not_exists(cancel_requested) OR cancel_requested = :false)"
+            values[":false"] = {"BOOL": False}
         return self._conditional(
             Key={"task_id": {"S": task_id}},
             UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until, running_level, run_holder",
-            # Only the run that owns the task may finish it, and only once.
-            ConditionExpression="task_status = :started AND run_id = :run",
+            ConditionExpression=condition,
             ExpressionAttributeValues=values,
             **kwargs,
         )

@@ -26,22 +26,36 @@ from chalicelib.domain import (
     UserUsage,
 )
 from chalicelib.policy import Backlog, Slot
-from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
+from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW, QueuedLimitError
 
 
 class MemoryUsageStore:
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, int], tuple[int, int]] = {}  # (user, start) -> (count, expires_at)
         self._weights: dict[str, int] = {}
+        self._queued: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+    def record_submission(
+        self, user_id: str, now: float, bucket_seconds: int, window_seconds: int, max_queued: int | None = None
+    ) -> tuple[int, int]:
         start = policy.bucket_start(now, bucket_seconds)
         with self._lock:
+            queued = self._queued.get(user_id, 0)
+            if max_queued is not None and queued >= max_queued:
+                raise QueuedLimitError(queued)
+            self._queued[user_id] = queued + 1
             count, _ = self._buckets.get((user_id, start), (0, 0))
             self._buckets[(user_id, start)] = (count + 1, policy.bucket_expiry(start, bucket_seconds, window_seconds))
             total = self._count(user_id, now)
             return total - 1, self._weights.get(user_id, 1)
+
+    def set_queued(self, user_id: str, seen: int, value: int) -> bool:
+        with self._lock:
+            if self._queued.get(user_id, 0) != seen:
+                return False
+            self._queued[user_id] = value
+            return True
 
     def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
         with self._lock:
@@ -146,10 +160,13 @@ class MemoryTaskStore:
         expires_at: float,
         result: object = None,
         error: str | None = None,
+        unless_cancel_requested: bool = False,
     ) -> bool:
         with self._lock:
             task = self._tasks.get(task_id)
             if task is None or task.task_status != STARTED or task.run_id != run_id:
+                return False
+            if unless_cancel_requested and task.cancel_requested:
                 return False
             self._tasks[task_id] = replace(
                 task,

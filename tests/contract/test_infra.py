@@ -145,3 +145,42 @@ def test_compose_file_starts_localstack_with_the_services_pqh_uses() -> None:
     for volume in service["volumes"]:
         name = volume.split(":", 1)[0]
         assert name.startswith("/") or name in compose["volumes"]
+
+
+def test_the_gateways_own_refusals_have_the_routes_error_shape(packaged: dict[str, Any]) -> None:
+    from chalicelib import gateway
+
+    # On the Serverless::Api, so every deployment of the stage carries them.
+    responses = packaged["Resources"]["RestAPI"]["Properties"]["GatewayResponses"]
+    assert set(responses) >= {"UNAUTHORIZED", "ACCESS_DENIED", "MISSING_AUTHENTICATION_TOKEN", "DEFAULT_4XX"}
+    for kind, answer in gateway.ANSWERS.items():
+        props = responses[kind]
+        assert props["ResponseParameters"]["Headers"]["Content-Type"] == "'application/json'"
+        assert props["StatusCode"] == str(answer.status)
+        assert json.loads(props["ResponseTemplates"]["application/json"]) == {
+            "error": answer.error,
+            "message": answer.message,
+        }
+    # Any other refusal of the gateway's (throttling included) keeps its message, in the same shape.
+    template = responses["DEFAULT_4XX"]["ResponseTemplates"]["application/json"]
+    filled = template.replace("$context.error.messageString", json.dumps("Too Many Requests"))
+    assert set(json.loads(filled)) == {"error", "message"}
+
+
+def test_the_stage_is_throttled_and_the_background_functions_have_reserved_concurrency(
+    packaged: dict[str, Any],
+) -> None:
+    (setting,) = packaged["Resources"]["RestAPI"]["Properties"]["MethodSettings"]
+    assert (setting["ResourcePath"], setting["HttpMethod"]) == ("/*", "*")
+    assert 0 < setting["ThrottlingRateLimit"] <= setting["ThrottlingBurstLimit"] <= 5000
+    capacity = int(stage_env_value("PQH_CAPACITY", "1"))
+    worker = packaged["Resources"]["Worker"]["Properties"]["ReservedConcurrentExecutions"]
+    # A slot's worker and the one it hands over to may overlap, once per slot.
+    assert worker >= 2 * capacity
+    assert 1 <= packaged["Resources"]["Dispatcher"]["Properties"]["ReservedConcurrentExecutions"] <= 2
+    assert packaged["Resources"]["DispatchTick"]["Properties"]["ReservedConcurrentExecutions"] == 1
+
+
+def stage_env_value(name: str, default: str) -> str:
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    return str(config["stages"]["dev"].get("environment_variables", {}).get(name, default))

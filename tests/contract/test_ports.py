@@ -22,7 +22,7 @@ from chalicelib.adapters.memory import MemoryControlStore, MemoryTaskQueues, Mem
 from chalicelib.adapters.sqs import SqsTaskQueues
 from chalicelib.domain import FAILURE, PENDING, STARTED, SUCCESS, Task
 from chalicelib.policy import Backlog
-from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
+from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW, QueuedLimitError
 from infra.provision import provision
 
 PREFIX = "pqh-contract"
@@ -429,6 +429,24 @@ def test_cancel_pending_and_request_cancel(ports: Ports) -> None:
     assert ports.tasks.get(running.task_id).cancel_requested
 
 
+def test_a_finish_unless_cancel_requested_yields_to_a_cancel_request(ports: Ports) -> None:
+    plain, asked = make_task(), make_task(task_id="55555555-5555-4555-8555-555555555555")
+    for task in (plain, asked):
+        ports.tasks.create(task)
+        assert ports.tasks.start(task.task_id, "run", NOW, NOW + 900)[0] == STARTED_NOW
+    assert ports.tasks.request_cancel(asked.task_id)
+    assert ports.tasks.finish(
+        plain.task_id, "run", "SUCCESS", NOW + 1, NOW + 100, result=1, unless_cancel_requested=True
+    )
+    assert not ports.tasks.finish(
+        asked.task_id, "run", "SUCCESS", NOW + 1, NOW + 100, result=1, unless_cancel_requested=True
+    )
+    assert ports.tasks.get(asked.task_id).task_status == "STARTED"
+    assert ports.tasks.finish(asked.task_id, "run", "CANCELLED", NOW + 1, NOW + 100)
+    assert ports.tasks.get(asked.task_id).task_status == "CANCELLED"
+    assert ports.tasks.get(plain.task_id).result == 1
+
+
 def test_refund_takes_back_one_live_submission(ports: Ports) -> None:
     for _ in range(2):
         ports.usage.record_submission("u1", NOW, 600, 6000)
@@ -558,3 +576,19 @@ def test_a_release_adds_the_workers_finished_tasks_to_the_slot(ports: Ports) -> 
     assert ports.control.release_slot(0, "c") is False
     [slot] = ports.control.slots(1)
     assert slot.tallies == (3, 1, 1) and slot.is_free(NOW)
+
+
+def test_record_submission_stops_at_the_queued_limit_without_counting(ports: Ports) -> None:
+    for _ in range(2):
+        ports.usage.record_submission("u1", NOW, 600, 6000, max_queued=2)
+    with pytest.raises(QueuedLimitError) as full:
+        ports.usage.record_submission("u1", NOW, 600, 6000, max_queued=2)
+    assert full.value.counted == 2
+    assert ports.usage.usage("u1", NOW, 600, 6000) == (2, 1)  # the refused one is not counted
+    # Brought down to what is really queued (say 1), the user may submit again, up to the limit.
+    assert not ports.usage.set_queued("u1", seen=5, value=1)  # only from the value that was seen
+    assert ports.usage.set_queued("u1", seen=2, value=1)
+    assert ports.usage.record_submission("u1", NOW, 600, 6000, max_queued=2) == (2, 1)
+    with pytest.raises(QueuedLimitError):
+        ports.usage.record_submission("u1", NOW, 600, 6000, max_queued=2)
+    assert ports.usage.record_submission("u2", NOW, 600, 6000, max_queued=2) == (0, 1)

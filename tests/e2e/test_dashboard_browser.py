@@ -17,6 +17,9 @@ import pytest
 from local.process import LocalSystem
 
 CHROMIUM = Path(os.environ.get("PQH_CHROMIUM", "/usr/bin/chromium"))
+# Read when the module is imported: the autouse fixture in tests/conftest.py clears
+# every PQH_* variable before each test, so a fixture would never see it.
+REQUIRE_BROWSER = os.environ.get("PQH_REQUIRE_BROWSER") == "1"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 # As root and on a closed network: no sandbox, no background connections.
 CHROMIUM_ARGS = [
@@ -35,7 +38,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def browser_page():  # type: ignore[no-untyped-def]
     if not CHROMIUM.exists():
-        if os.environ.get("PQH_REQUIRE_BROWSER") == "1":
+        if REQUIRE_BROWSER:
             pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (make browser)")
         pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
     from playwright.sync_api import sync_playwright
@@ -54,8 +57,9 @@ def shown(page, element_id: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_the_dashboard_shows_the_system_changing_as_tasks_run(
-    local_system: Callable[..., LocalSystem], browser_page
+    browser_page, local_system: Callable[..., LocalSystem]
 ) -> None:  # type: ignore[no-untyped-def]
+    # browser_page comes first: a missing browser fails (or skips) before the system starts.
     system = local_system(PQH_CAPACITY="2", PQH_TASK_SECONDS="1")
     page = browser_page
     errors: list[str] = []

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
-    local_system: Callable[..., LocalSystem],
+    local_system: Callable[..., LocalSystem], tmp_path: Path
 ) -> None:
     # Strict priority: the old scheme, whose promise this checks. (The fair default
     # lets heavy levels through now and then; bench/fairness.py measures it.) No
@@ -34,7 +34,12 @@ def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
     # PQH_PREFETCH_SECONDS of work) may be ones a light user's later task would have
     # overtaken (tests/unit/test_services.py checks the batches).
     system = local_system(
-        PQH_CAPACITY="1", PQH_TASK_SECONDS="0.1", PQH_TICK_SECONDS="60", PQH_POLICY="strict", PQH_PREFETCH_SECONDS="0"
+        PQH_CAPACITY="1",
+        PQH_TASK_SECONDS="0.1",
+        PQH_TICK_SECONDS="60",
+        PQH_POLICY="strict",
+        PQH_PREFETCH_SECONDS="0",
+        PQH_TASK_FUNCTION="tests.e2e.gate.gated",
     )
 
     # Idle: the task starts on the submit's own trigger, not on the minute tick.
@@ -44,21 +49,32 @@ def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
     assert done["started_at"] - done["submitted_at"] < 30  # the tick is 60 s away
     assert done["task_result"]["input_x"] == "x0"
 
+    # The one slot is held by a task that waits for a file: everything below is queued
+    # before anything else starts, however slow the submits are on a busy machine.
+    gate = tmp_path / "gate"
+    holder = system.submit("gatekeeper", {"gate": str(gate)})
+    deadline = time.monotonic() + 60
+    while system.result(holder["task_id"])["task_status"] != "STARTED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert system.result(holder["task_id"])["task_status"] == "STARTED"
+
     # A heavy user's burst of 30, then five light users right after.
     heavy = [system.submit("heavy", i) for i in range(30)]
     light = [system.submit(f"light_{i}", i) for i in range(5)]
     assert [t["priority_level"] for t in heavy[:7]] == [0, 1, 1, 1, 1, 1, 2]
     assert {t["priority_level"] for t in light} == {0}
+    gate.touch()
 
     heavy_done = system.wait_all([t["task_id"] for t in heavy])
     light_done = system.wait_all([t["task_id"] for t in light])
-    last_light_submitted = max(t["submitted_at"] for t in light_done)
-    backlog = [t for t in heavy_done if t["started_at"] > last_light_submitted]
-    assert len(backlog) >= 10  # most of the burst was still queued when the light users came
-    assert max(t["started_at"] for t in light_done) < min(t["started_at"] for t in backlog)
+    # Strict priority: the light users' level-0 tasks all start before any of the
+    # burst's level-1 and lower tasks (29 of its 30), although submitted after them.
+    below = [t for t, submitted in zip(heavy_done, heavy, strict=True) if submitted["priority_level"] > 0]
+    assert len(below) == 29
+    assert max(t["started_at"] for t in light_done) < min(t["started_at"] for t in below)
 
     # Nothing is left PENDING or STARTED.
-    everything = [first["task_id"]] + [t["task_id"] for t in heavy + light]
+    everything = [first["task_id"], holder["task_id"]] + [t["task_id"] for t in heavy + light]
     assert {system.result(t)["task_status"] for t in everything} == {"SUCCESS"}
 
     # Ctrl-C stops everything cleanly: the emulators and the Lambda stand-ins' process.

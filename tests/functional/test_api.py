@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
+from chalicelib import aws
 from tests.functional.conftest import Harness
 
 JSON = {"Content-Type": "application/json"}
@@ -220,3 +223,45 @@ def test_a_queued_task_reports_its_position_and_eta(harness: Harness, monkeypatc
     harness.outcomes()
     done = harness.result(ids[2]).json_body
     assert done["task_status"] == "SUCCESS" and "queue_position" not in done
+
+
+@pytest.mark.parametrize(
+    ("service", "operation", "code"),
+    [
+        ("dynamodb", "UpdateItem", "ProvisionedThroughputExceededException"),
+        ("dynamodb", "PutItem", "ThrottlingException"),
+        ("sqs", "SendMessage", "RequestThrottled"),
+        ("sqs", "SendMessage", "ServiceUnavailable"),
+    ],
+)
+def test_throttling_is_a_503_with_retry_after_and_queues_nothing(
+    harness: Harness, service: str, operation: str, code: str
+) -> None:
+    def throttled(model: Any, **kwargs: Any) -> None:
+        if model.name == operation:
+            raise ClientError({"Error": {"Code": code, "Message": "Rate exceeded"}}, operation)
+
+    aws.client(service).meta.events.register(f"before-call.{service}.{operation}", throttled)
+    try:
+        response = harness.submit("u", 1)
+    finally:
+        aws.client(service).meta.events.unregister(f"before-call.{service}.{operation}", throttled)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json_body == {"error": "busy", "message": "the service is busy; retry shortly"}
+    assert harness.queue_depths() == [0] * 6 and harness.task_items() == 0
+    # The user was not charged for it: their next submission is still level 0.
+    assert harness.submit("u", 2).json_body["priority_level"] == 0
+
+
+def test_an_aws_error_that_is_not_throttling_is_not_a_503(harness: Harness) -> None:
+    def denied(model: Any, **kwargs: Any) -> None:
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "UpdateItem")
+
+    aws.client("dynamodb").meta.events.register("before-call.dynamodb.UpdateItem", denied)
+    try:
+        response = harness.submit("u", 1)
+    finally:
+        aws.client("dynamodb").meta.events.unregister("before-call.dynamodb.UpdateItem", denied)
+    assert response.status_code == 500
+    assert "Retry-After" not in response.headers

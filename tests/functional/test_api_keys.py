@@ -120,18 +120,35 @@ def test_a_revoked_key_stops_working(keyed: Keyed) -> None:
     assert keyed.call("delete", f"/admin/keys/{issued['key_id']}", BOOT).status_code == 404
 
 
-def test_the_authorizer_only_reads_the_control_table(keyed: Keyed) -> None:
-    from infra.iam import GRANTS
+def test_the_authorizer_only_reads_the_control_table(keyed: Keyed, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chalicelib.services import Services
 
-    calls: set[str] = set()
-    aws.client("dynamodb").meta.events.register(
-        "before-call.*.*", lambda model, **kw: calls.add(f"dynamodb:{model.name}")
-    )
+    calls: list[tuple[str, str, str]] = []  # (who made it, operation, table)
+    who = {"now": "route"}
+
+    def record(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+        table = params.get("TableName") or ",".join(sorted(params.get("RequestItems", {})))
+        calls.append((who["now"], model.name, str(table)))
+
+    authenticate = Services.authenticate
+
+    def authenticating(self: Services, token: str | None) -> Any:
+        who["now"] = "authorizer"
+        try:
+            return authenticate(self, token)
+        finally:
+            who["now"] = "route"
+
+    monkeypatch.setattr(Services, "authenticate", authenticating)
+    aws.client("dynamodb").meta.events.register("before-parameter-build.dynamodb.*", record)
     alice = keyed.issue("alice")["api_key"]
     calls.clear()
-    keyed.call("get", "/result/00000000-0000-4000-8000-000000000000", alice)
-    granted = {a for actions, _ in GRANTS["api_key_auth"] for a in actions}
-    assert "dynamodb:GetItem" in calls and granted == {"dynamodb:GetItem"}
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert keyed.call("get", f"/result/{unknown}", alice).status_code == 404  # the route reads the tasks table
+    assert keyed.call("get", f"/result/{unknown}", "pqh_" + "0" * 43).status_code == 403  # an unknown key
+    by_authorizer = [(operation, table) for caller, operation, table in calls if caller == "authorizer"]
+    assert by_authorizer == [("GetItem", "pqh-dev-control")] * 2
+    assert ("route", "GetItem", "pqh-dev-tasks") in calls  # the recording sees the route's reads too
 
 
 # --- Idempotency-Key (no-auth mode, the default harness) ------------------------

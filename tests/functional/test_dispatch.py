@@ -99,3 +99,34 @@ def test_the_tick_dispatches_even_when_the_retention_guard_fails(
     assert report["requeued"] is None and report["workers_started"] == 1
     assert harness.outcomes() == ["SUCCESS"]
     assert harness.result(task_id).json_body["task_status"] == "SUCCESS"
+
+
+def test_the_tick_sends_again_only_tasks_queued_longer_than_pqh_requeue_after_seconds(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PQH_REQUEUE_AFTER_SECONDS", "3600")
+    old = harness.submit("a", 1).json_body["task_id"]
+    harness.clock.now += 3000
+    young = harness.submit("b", 2).json_body["task_id"]
+    harness.invoker.take_handoffs()  # nothing runs: the service is saturated meanwhile
+    harness.clock.now += 700  # the first task has been queued 3,700 s, the second 700 s
+
+    report = harness.client.lambda_.invoke("dispatch_tick", tick_event(harness)).payload
+    assert report["requeued"] == 1
+    assert harness.queue_depths()[0] == 3  # two messages, and a fresh copy of the first task's
+
+    harness.clock.now += 3000  # the second task: 3,700 s; the first was sent again 3,000 s ago
+    report = harness.client.lambda_.invoke("dispatch_tick", tick_event(harness)).payload
+    assert report["requeued"] == 1
+    assert harness.queue_depths()[0] == 4
+
+    harness.clock.now += 100  # nothing has waited 3,600 s since its last message
+    report = harness.client.lambda_.invoke("dispatch_tick", tick_event(harness)).payload
+    assert report["requeued"] == 0
+    harness.invoker.take_handoffs()  # the ticks' hand-offs are dropped: their leases run out
+    harness.clock.now += 3600
+    # Each ran once: the copies are duplicates the start condition skips.
+    harness.dispatch()
+    outcomes = harness.outcomes()
+    assert outcomes.count("SUCCESS") == 2
+    assert {harness.result(t).json_body["task_status"] for t in (old, young)} == {"SUCCESS"}

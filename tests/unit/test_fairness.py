@@ -35,15 +35,34 @@ def test_strict_starves_a_backlogged_level_5() -> None:
     assert 5 not in picks
 
 
-@pytest.mark.parametrize("backlogged", [(0, 5), (0, 1, 5), (1, 2, 5), (0, 1, 2, 3, 4, 5), (2, 3), (4, 5)])
+# The README's floor: with shares 32:16:8:4:2:1, a backlogged level L gets at least
+# share[L] / (sum of the backlogged levels' shares) of the picks. Written out here
+# by hand, per case, rather than computed by the policy module.
+FLOORS = {
+    (0, 5): {0: 32 / 33, 5: 1 / 33},
+    (0, 1, 5): {0: 32 / 49, 1: 16 / 49, 5: 1 / 49},
+    (1, 2, 5): {1: 16 / 25, 2: 8 / 25, 5: 1 / 25},
+    (0, 1, 2, 3, 4, 5): {0: 32 / 63, 1: 16 / 63, 2: 8 / 63, 3: 4 / 63, 4: 2 / 63, 5: 1 / 63},
+    (2, 3): {2: 8 / 12, 3: 4 / 12},
+    (4, 5): {4: 2 / 3, 5: 1 / 3},
+}
+
+
+@pytest.mark.parametrize("backlogged", list(FLOORS))
 def test_every_backlogged_level_gets_at_least_its_share_of_picks(backlogged: tuple[int, ...]) -> None:
     counts = [10_000 if level in backlogged else 0 for level in range(policy.LEVELS)]
     for window in (63, 200, 1000):
         picks = simulate(counts, window)
         got = Counter(picks)
         for level in backlogged:
-            floor = policy.guaranteed_share(level, backlogged) * window
+            floor = FLOORS[backlogged][level] * window
             assert got[level] >= int(floor) - 1, (level, window, got)
+
+
+def test_guaranteed_share_is_the_level_share_over_the_backlogged_levels_shares() -> None:
+    assert policy.guaranteed_share(5, (0, 5)) == pytest.approx(1 / 33)
+    assert policy.guaranteed_share(1, (0, 1, 5)) == pytest.approx(16 / 49)
+    assert policy.guaranteed_share(3, (2,)) == pytest.approx(4 / 12)  # a level counts itself as backlogged
 
 
 def test_the_share_floor_holds_in_every_stretch_under_random_arrivals() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib import policy
-from chalicelib.policy import Slot
+from chalicelib.policy import Backlog, Slot
 
 
 def expected_level(count: int) -> int:
@@ -169,3 +169,99 @@ def test_a_batch_takes_at_most_its_slots_share_of_the_backlog(
     counts: tuple[int, ...], capacity: int, share: int
 ) -> None:
     assert policy.batch_share(counts, capacity) == share
+
+
+# --- Edges the mutation run found unguarded (docs/testing.md) ---------------------
+
+
+def test_threshold_errors_say_what_is_expected() -> None:
+    with pytest.raises(ValueError, match=r"^need 5 lower bounds \(levels 1\.\.5\), got 4$"):
+        policy.validate_thresholds([1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"^the bound of level 1 must be at least 1 \(a count of 0 is level 0\)$"):
+        policy.validate_thresholds([0, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match=r"^bounds must be strictly increasing$"):
+        policy.validate_thresholds([1, 2, 2, 4, 5])
+    policy.validate_thresholds([1, 2, 3, 4, 5])  # the smallest allowed: one submission is level 1
+
+
+def test_a_weight_below_one_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"^weight must be at least 1$"):
+        policy.charged_count(3, 0)
+
+
+def test_the_charged_count_is_a_whole_number() -> None:
+    assert policy.charged_count(7, 2) == 3
+    assert isinstance(policy.charged_count(7, 2), int)
+
+
+def test_a_payload_round_trips_every_field() -> None:
+    state = Backlog(
+        counts=(1, 2, 3, 4, 5, 6),
+        passes=(0.5, 0.25, 0.0, 1.0, 2.0, 3.0),
+        vtime=0.75,
+        version=9,
+        enqueued=(10, 11, 12, 13, 14, 15),
+        dequeued=(9, 9, 9, 9, 9, 9),
+        run_seconds=1.5,
+        tallies=(7, 8, 9),
+    )
+    assert policy.backlog_from_payload(policy.backlog_to_payload(state)) == state
+    wrong_tallies = {**policy.backlog_to_payload(state), "tallies": [1, 2]}
+    assert policy.backlog_from_payload(wrong_tallies) is None
+    wrong_counts = {**policy.backlog_to_payload(state), "counts": [1, 2, 3]}
+    assert policy.backlog_from_payload(wrong_counts) is None
+
+
+def test_tallies_add_up_and_empty_ones_count_as_zero() -> None:
+    assert policy.add_tallies((1, 2, 3), (10, 20, 30)) == (11, 22, 33)
+    assert policy.add_tallies((), (0, 1, 0)) == (0, 1, 0)
+    assert policy.add_tallies((0, 0, 1), ()) == (0, 0, 1)
+    with pytest.raises(ValueError):
+        policy.add_tallies((1, 2), (1, 2, 3))  # a malformed record is an error, not a silent drop
+
+
+def test_fair_ties_go_to_the_higher_priority() -> None:
+    assert policy.choose_level(Backlog(counts=(1,) * 6), "fair") == 0
+    assert policy.choose_level(Backlog(counts=(0, 0, 1, 0, 1, 0)), "fair") == 2
+
+
+def test_a_pick_moves_every_field_it_owns() -> None:
+    state = Backlog(counts=(2, 0, 0, 0, 3, 0), passes=(0.0, 0.0, 0.0, 0.0, 0.5, 0.0), vtime=1.0, version=4)
+    after = policy.after_pick(state, 4, "fair")
+    assert after.counts == (2, 0, 0, 0, 2, 0)
+    assert after.dequeued == (0, 0, 0, 0, 1, 0)
+    assert after.version == 5
+    # It started at the clock (1.0, its own pass of 0.5 is behind it) and moves on by 1/share (share 2).
+    assert after.vtime == 1.0 and after.passes[4] == 1.5
+    again = policy.after_pick(after, 4, "fair")
+    assert again.dequeued == (0, 0, 0, 0, 2, 0) and again.version == 6 and again.passes[4] == 2.0
+    strict = policy.after_pick(state, 0, "strict")
+    assert strict.passes == state.passes and strict.vtime == state.vtime and strict.version == 5
+
+
+def test_plan_picks_uses_the_shares_it_is_given() -> None:
+    state = Backlog(counts=(5, 5, 0, 0, 0, 0))
+    default, _ = policy.plan_picks(state, 4, "fair")
+    assert default == [0, 1, 0, 0]  # 32:16: level 1 once in three
+    equal, _ = policy.plan_picks(state, 4, "fair", shares=(1, 1, 1, 1, 1, 1))
+    assert equal == [0, 1, 0, 1]  # equal shares take turns
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert policy.percentile(values, 0.0) == 1.0
+    assert policy.percentile(values, 0.5) == 3.0
+    assert policy.percentile(values, 1.0) == 5.0
+    assert policy.percentile([10.0, 20.0], 1.0) == 20.0
+    assert policy.percentile([], 0.5) is None
+
+
+def test_a_small_first_average_is_smoothed_like_any_other() -> None:
+    assert policy.moving_average(0.5, 2.0) == pytest.approx(0.8)  # 0.8 * 0.5 + 0.2 * 2
+
+
+def test_a_task_whose_level_is_counted_empty_still_gets_a_position() -> None:
+    # The counts say level 0 is empty (they drift after faults), but this task is there.
+    state = Backlog(counts=(0, 3, 0, 0, 0, 0), enqueued=(1, 3, 0, 0, 0, 0))
+    assert policy.queue_position(state, 0, 1, "strict") == 0
+    assert policy.queue_position(state, 0, 1, "fair") == 0

@@ -9,20 +9,6 @@ from chalicelib.policy import Backlog
 from tests.fakes import make_world
 
 
-def replay(state: Backlog, level: int, ahead_in_level: int, policy_name: str) -> int:
-    """Brute force: pick until the task's turn, counting the picks before it."""
-    picks, taken = 0, 0
-    while True:
-        chosen = policy.choose_level(state, policy_name)
-        assert chosen is not None
-        if chosen == level:
-            if taken == ahead_in_level:
-                return picks
-            taken += 1
-        picks += 1
-        state = policy.after_pick(state, chosen, policy_name)
-
-
 def test_strict_position_is_the_higher_levels_plus_those_ahead_in_its_own() -> None:
     state = Backlog(counts=(2, 5, 3, 0, 0, 7), enqueued=(10, 20, 30, 0, 0, 40), dequeued=(8, 15, 27, 0, 0, 33))
     # Level 2, sequence number 29: 27 taken, so #28 is ahead of it.
@@ -31,19 +17,35 @@ def test_strict_position_is_the_higher_levels_plus_those_ahead_in_its_own() -> N
     assert policy.queue_position(state, 5, 40, "strict") == 2 + 5 + 3 + 6
 
 
-@pytest.mark.parametrize("level", range(policy.LEVELS))
-def test_fair_position_replays_the_policy(level: int) -> None:
+def test_fair_positions_follow_stride_order_worked_by_hand() -> None:
+    # Three tasks at level 0 (share 32) and two at level 5 (share 1), every virtual
+    # time 0. Stride scheduling, ties to the higher priority, by hand:
+    #   pick 1: both at 0 -> level 0 (its pass becomes 1/32)
+    #   pick 2: level 0 at 1/32, level 5 at 0 -> level 5 (its pass becomes 1)
+    #   picks 3, 4: level 0 at 1/32, then 2/32, both below 1 -> level 0, level 0
+    #   pick 5: level 5
+    # So the order is 0, 5, 0, 0, 5: the positions are the picks before each task.
+    state = Backlog(counts=(3, 0, 0, 0, 0, 2), enqueued=(3, 0, 0, 0, 0, 2), dequeued=(0,) * 6)
+    assert [policy.queue_position(state, 0, seq, "fair") for seq in (1, 2, 3)] == [0, 2, 3]
+    assert [policy.queue_position(state, 5, seq, "fair") for seq in (1, 2)] == [1, 4]
+    # Under strict priority level 5 waits for all of level 0.
+    assert [policy.queue_position(state, 5, seq, "strict") for seq in (1, 2)] == [3, 4]
+
+
+def test_a_fair_position_counts_a_level_ahead_by_its_virtual_time() -> None:
+    # Level 1 (share 16) has been served lately: its pass is 0.5 while the clock is at
+    # 0.25. Level 4 (share 2) is at the clock. Order by hand: level 4 at 0.25 goes
+    # first (pass -> 0.75), then level 1 at 0.5 (-> 0.5625), level 1 again at 0.5625,
+    # then level 1 at 0.625, level 1 at 0.6875, and only then level 4 at 0.75.
     state = Backlog(
-        counts=(3, 4, 5, 6, 7, 8),
-        passes=(0.5, 0.2, 0.0, 0.7, 0.1, 0.0),
-        vtime=0.1,
-        enqueued=(3, 4, 5, 6, 7, 8),
+        counts=(0, 4, 0, 0, 2, 0),
+        passes=(0.0, 0.5, 0.0, 0.0, 0.0, 0.0),
+        vtime=0.25,
+        enqueued=(0, 4, 0, 0, 2, 0),
         dequeued=(0,) * 6,
     )
-    for seq in range(1, state.counts[level] + 1):
-        assert policy.queue_position(state, level, seq, "fair") == replay(state, level, seq - 1, "fair")
-    # The fair policy starts a level-5 task long before strict would.
-    assert policy.queue_position(state, 5, 1, "fair") < policy.queue_position(state, 5, 1, "strict")
+    assert [policy.queue_position(state, 4, seq, "fair") for seq in (1, 2)] == [0, 5]
+    assert [policy.queue_position(state, 1, seq, "fair") for seq in (1, 2, 3, 4)] == [1, 2, 3, 4]
 
 
 def test_eta_is_the_tasks_ahead_run_capacity_at_a_time() -> None:

@@ -13,11 +13,11 @@ from unittest import mock
 import pytest
 
 from chalicelib import services as services_mod
-from chalicelib.domain import CANCELLED, FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError
+from chalicelib.domain import CANCELLED, FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError, TooManyQueuedError
 from chalicelib.policy import LEVELS, Backlog, backlog_from_payload, backlog_to_payload
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, RUNNING_ELSEWHERE
 from chalicelib.settings import TASK_RUN_LEASE_SECONDS
-from tests.fakes import make_world
+from tests.fakes import ManualTimers, make_world
 
 
 def test_submit_counts_picks_level_stores_queues_and_nudges() -> None:
@@ -794,9 +794,10 @@ def test_a_batch_runs_what_single_picks_would_in_the_same_order() -> None:
     assert single.index(("light0", 103)) < single.index(("heavy", 2))  # light before heavy at level 1
 
 
-def test_tasks_held_behind_a_slow_task_go_back_for_any_slot_to_take(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(services_mod, "OVERSTAY_FACTOR", 0.05)  # held tasks wait 0.05 s of a slow task
+def test_tasks_held_behind_a_slow_task_go_back_for_any_slot_to_take() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
+    timers = ManualTimers()
+    w.services.monotonic, w.services.start_timer = timers.monotonic, timers.start
     tasks = [w.services.submit(f"user{i}", i) for i in range(12)]
     w.services.dispatch()
     order: list[str] = []
@@ -807,9 +808,10 @@ def test_tasks_held_behind_a_slow_task_go_back_for_any_slot_to_take(monkeypatch:
         w.clock.advance(0.1)  # an average of 0.1 s: the third pick takes the other ten
         if len(order) == 4:  # the second of that batch, with eight held behind it, is slow
             triggers = w.invoker.dispatch_triggers
-            deadline = time.monotonic() + 5
-            while w.control.backlog().counts[0] < 8 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            seen["before"] = w.control.backlog().counts[0]
+            timers.advance(1.99)  # held 1.99 s: still under the limit (2 x PQH_PREFETCH_SECONDS)
+            seen["held"] = w.control.backlog().counts[0]
+            timers.advance(0.01)  # the limit: the watchdog gives them back
             seen["counted"] = w.control.backlog().counts[0]
             seen["visible"] = sum(d.queued for d in w.queues.depths())
             seen["nudges"] = w.invoker.dispatch_triggers - triggers
@@ -819,7 +821,7 @@ def test_tasks_held_behind_a_slow_task_go_back_for_any_slot_to_take(monkeypatch:
     assert w.outcomes() == [SUCCESS] * 12
     # The eight went back, visible and counted, and the dispatcher was asked to fill
     # any free slot; this worker then took them again once its slow task was done.
-    assert seen == {"counted": 8, "visible": 8, "nudges": 1}
+    assert seen == {"before": 0, "held": 0, "counted": 8, "visible": 8, "nudges": 1}
     assert sorted(order) == sorted(t.task_id for t in tasks)  # each ran once
     assert w.control.backlog().counts == (0,) * LEVELS and w.queues.depth(0) == 0
 
@@ -879,11 +881,10 @@ def test_putting_tasks_back_tries_every_level_even_when_one_fails() -> None:
     assert depths[0].queued == 0 and w.control.backlog().counts[0] == 0  # level 0 returns after its timeout
 
 
-def test_a_worker_goes_on_when_a_batch_it_picked_ahead_went_back_behind_a_slow_task(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(services_mod, "OVERSTAY_FACTOR", 0.05)
+def test_a_worker_goes_on_when_a_batch_it_picked_ahead_went_back_behind_a_slow_task() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
+    timers = ManualTimers()
+    w.services.monotonic, w.services.start_timer = timers.monotonic, timers.start
     for i in range(12):
         w.services.submit(f"user{i}", i)
     w.services.dispatch()
@@ -893,9 +894,10 @@ def test_a_worker_goes_on_when_a_batch_it_picked_ahead_went_back_behind_a_slow_t
         ran.append(x)
         w.clock.advance(0.1)
         if len(ran) == 2:  # the batch of ten is picked during this task, which is slow
-            deadline = time.monotonic() + 5
+            timers.advance(2.0)  # the watchdog's limit: whatever is held, or picked from now on, goes back
+            deadline = time.monotonic() + 30
             while w.control.backlog().counts[0] < 10 and time.monotonic() < deadline:
-                time.sleep(0.01)  # until the watchdog has given the batch back
+                time.sleep(0.01)  # the prefetch thread's batch, given back as it arrives
         return "done"
 
     w.services.task_function = task
@@ -908,25 +910,39 @@ def test_a_worker_goes_on_when_a_batch_it_picked_ahead_went_back_behind_a_slow_t
 
 def test_a_watchdog_that_fires_as_its_task_ends_leaves_the_next_batch_alone() -> None:
     put_back: list[list[Any]] = []
-    ahead = services_mod.Ahead(put_back.append, limit=0.01)
+    timers = ManualTimers()
+    ahead = services_mod.Ahead(put_back.append, limit=1.0, monotonic=timers.monotonic, start_timer=timers.start)
     ahead.add(["a", "b"])  # type: ignore[list-item]
     ahead.running(pending=False)
-    time.sleep(0.2)
+    timers.advance(0.99)
+    assert put_back == [] and ahead  # not yet
+    timers.advance(0.01)
     ahead.ran()
     assert put_back == [["a", "b"]] and ahead.gave_back() and not ahead
     # A late timer of that run (the race: it fired just as the task ended) does nothing.
     ahead.add(["c"])  # type: ignore[list-item]
     ahead._overstayed(0)
     assert put_back == [["a", "b"]] and ahead.next() == "c"
-    # Held tasks wait at most about the limit in all, not a limit per task run.
+    # Held tasks wait at most the limit in all, not a limit per task run.
     ahead.add(["d", "e"])  # type: ignore[list-item]
-    time.sleep(0.05)
-    ahead.running(pending=False)  # already held longer than the limit: back at once
-    time.sleep(0.05)
+    timers.advance(0.6)  # held 0.6 s before the next task starts
+    ahead.running(pending=False)
+    timers.advance(0.39)
+    assert put_back[-1] == ["a", "b"]
+    timers.advance(0.01)  # 1 s held in all
     ahead.ran()
     assert put_back[-1] == ["d", "e"]
+    # A finished run's timer is cancelled: the next run's held tasks are not sent back by it.
+    ahead.add(["f"])  # type: ignore[list-item]
+    ahead.running(pending=False)
+    ahead.ran()
+    assert timers.started[-1].cancelled
+    started = len(timers.started)
+    ahead.next()
     ahead.running(pending=False)  # nothing held, nothing being picked: no watchdog
-    assert ahead._timer is None
+    assert len(timers.started) == started
+    ahead.running(pending=True)  # a batch is being picked: watched for the whole limit
+    assert timers.started[-1].due == timers.now + 1.0
 
 
 def test_a_prefetched_task_goes_back_when_the_worker_stops_before_running_it() -> None:
@@ -1005,3 +1021,67 @@ def test_with_prefetch_an_outcome_write_that_fails_fails_the_worker_after_its_sl
     w.outcomes()
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
     assert w.control.backlog().counts == (0,) * LEVELS
+
+
+def test_a_result_nested_past_the_limit_fails_instead_of_being_stored_unreadable() -> None:
+    w = make_world()
+
+    def deep(x: Any, ctx: Any) -> Any:
+        value: Any = 0
+        for _ in range(900):
+            value = [value]
+        return value
+
+    w.services.task_function = deep
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    w.run_workers()
+    record = w.tasks.get(task.task_id)
+    assert record is not None and record.task_status == FAILURE
+    assert record.error == "result nests 900 levels deep; the limit is 65"
+
+
+def test_a_user_at_the_queued_limit_is_refused_and_nothing_is_counted_or_queued() -> None:
+    w = make_world(max_queued_per_user=3)
+    for i in range(3):
+        w.services.submit("greedy", i)
+    usage = w.services.user_usage("greedy")
+    with pytest.raises(TooManyQueuedError) as refused:
+        w.services.submit("greedy", "one too many")
+    assert refused.value.status == 429 and refused.value.retry_after >= 1
+    assert "3 tasks queued" in str(refused.value) and "PQH_MAX_QUEUED_PER_USER" in str(refused.value)
+    assert w.services.user_usage("greedy") == usage  # not counted
+    assert sum(w.queues.depth(level) for level in range(LEVELS)) == 3  # not queued
+    assert len(w.tasks.all()) == 3
+    assert w.services.submit("someone else", 1).task_status == PENDING  # a limit per user
+
+
+def test_a_user_whose_tasks_started_or_were_cancelled_may_queue_again() -> None:
+    w = make_world(max_queued_per_user=3)
+    first = [w.services.submit("u", i) for i in range(3)]
+    w.services.cancel(first[0].task_id)
+    assert w.services.submit("u", "after a cancel").task_status == PENDING
+    with pytest.raises(TooManyQueuedError):
+        w.services.submit("u", "over")
+    w.services.dispatch()
+    w.run_workers()  # every queued task ran
+    for i in range(3):
+        w.services.submit("u", f"again {i}")
+    with pytest.raises(TooManyQueuedError):
+        w.services.submit("u", "over again")
+
+
+def test_concurrent_submissions_of_one_user_stop_at_the_limit_give_or_take_those_in_flight() -> None:
+    """A recount at the limit misses submissions counted but not yet stored: at most one per other client."""
+    w = make_world(max_queued_per_user=10)
+
+    def submit(i: int) -> str:
+        try:
+            return w.services.submit("burst", i).task_status
+        except TooManyQueuedError:
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = collections.Counter(pool.map(submit, range(40)))
+    assert 10 <= answers[PENDING] <= 10 + 7
+    assert answers[PENDING] + answers["refused"] == 40

@@ -1,0 +1,137 @@
+"""Kill rates of the last `mutmut run`, per module and per part of the services.
+
+`make mutation` runs mutmut (configured in pyproject.toml) and then this. A mutant
+counts as killed when a test failed (or timed out) with it in place; "no tests"
+mutants count against the rate, as survivors do. Mutants named in EQUIVALENT
+behave exactly like the code (no test can tell them apart): they are listed with
+the reason and left out of the second rate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "bench" / "results" / "mutation.json"
+
+# The services' parts the mutation targets name: submitting, results and cancelling,
+# and the worker's pick and outcome logic. Everything else in services.py is "other".
+SERVICE_PARTS = {
+    "submit": {"submit", "_drop_unqueued", "submit_once", "_nudge_dispatcher"},
+    "result and cancel": {"result", "progress", "cancel", "_cancel_check", "_task_function"},
+    "worker: pick": {
+        "_pick_next",
+        "_receive_for",
+        "_undo_pick",
+        "_some_of",
+        "_anything_counted",
+        "_batch_size",
+        "_prefetch_wanted",
+        "_prefetch",
+        "_put_back",
+        "_put_back_now",
+    },
+    "worker: run and outcome": {"run", "_run_one", "_execute", "_patiently", "_to_dead_letters"},
+}
+
+# The worker's helpers that own threads: the tasks it holds ahead, and its batched deletes.
+CLASS_PARTS = {
+    "Ahead": "worker: pick",
+    "PendingDeletes": "worker: run and outcome",
+    "Heartbeat": "worker: run and outcome",
+}
+
+# Mutant -> why it is equivalent. Names are mutmut's (module.x_function__mutmut_N).
+EQUIVALENT: dict[str, str] = {
+    "chalicelib.policy.x_bucket_start__mutmut_3": "now // b and int(now / b) agree for the positive times used",
+    "chalicelib.policy.x_free_slots__mutmut_3": "a held slot at id == capacity is outside range(capacity) anyway",
+    "chalicelib.policy.x_takes_of__mutmut_10": "zero takes were dropped just before: n <= 0 and n < 0 agree",
+    "chalicelib.policy.x_takes_of__mutmut_11": "zero takes were dropped just before: n < 1 and n < 0 agree on ints",
+    "chalicelib.policy.x_batch_size__mutmut_4": "with ahead_seconds == 0 both branches return 1",
+    "chalicelib.policy.x_percentile__mutmut_7": "q is at most 1, so the rank never exceeds len - 1",
+    "chalicelib.policy.x_pick_within_level__mutmut_2": "the first of the whole sorted list is the first of one",
+    "chalicelib.policy.x_pick_within_level__mutmut_5": "the first of the best two is the first of one",
+    "chalicelib.policy.x_queue_position__mutmut_24": "a level's count only matters while it is at least 1",
+    "chalicelib.policy.x_queue_position__mutmut_35": "the loop returns long before POSITION_LIMIT",
+}
+
+LINE = re.compile(r"^\s*(?P<name>[\w.ǁ]+__mutmut_\d+): (?P<status>.+?)\s*$")
+
+
+def results() -> list[tuple[str, str]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [(m["name"], m["status"]) for m in map(LINE.match, out.splitlines()) if m]
+
+
+def group_of(name: str) -> str:
+    """'policy', 'validation', or 'services: <part>' for a mutant's name."""
+    base = name.rsplit("__mutmut_", 1)[0]  # chalicelib.services.xǁServicesǁsubmit, chalicelib.policy.x_level_for
+    module, _, function = base.rpartition(".")
+    module = module.removeprefix("chalicelib.")
+    if module != "services":
+        return module
+    owner, function = function.split("ǁ")[1:3] if "ǁ" in function else ("", function.removeprefix("x_"))
+    if owner in CLASS_PARTS:
+        return f"services: {CLASS_PARTS[owner]}"
+    for part, functions in SERVICE_PARTS.items():
+        if function in functions:
+            return f"services: {part}"
+    return "services: other"
+
+
+def summarise(rows: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
+    by_group: dict[str, Counter[str]] = defaultdict(Counter)
+    for name, status in rows:
+        by_group[group_of(name)][status] += 1
+        if name in EQUIVALENT:
+            by_group[group_of(name)]["equivalent"] += 1
+    table: dict[str, dict[str, float]] = {}
+    for group in sorted(by_group):
+        c = by_group[group]
+        total = sum(n for status, n in c.items() if status != "equivalent")
+        killed = c["killed"] + c["timeout"]
+        table[group] = {
+            "mutants": total,
+            "killed": killed,
+            "survived": c["survived"],
+            "no tests": c["no tests"],
+            "equivalent": c["equivalent"],
+            "kill rate": killed / total if total else 0.0,
+            "kill rate without equivalents": killed / (total - c["equivalent"]) if total > c["equivalent"] else 0.0,
+        }
+    return table
+
+
+def main() -> None:
+    rows = results()
+    if not rows:
+        sys.exit("no mutmut results: run `make mutation` first")
+    table = summarise(rows)
+    header = f"{'part':34} {'mutants':>7} {'killed':>6} {'survived':>8} {'no tests':>8} {'equiv.':>6} {'rate':>6}"
+    print(header)
+    for group, r in table.items():
+        print(
+            f"{group:34} {r['mutants']:7.0f} {r['killed']:6.0f} {r['survived']:8.0f} {r['no tests']:8.0f} "
+            f"{r['equivalent']:6.0f} {r['kill rate without equivalents']:6.1%}"
+        )
+    left = [name for name, status in rows if status in ("survived", "no tests") and name not in EQUIVALENT]
+    print(f"\n{len(left)} mutants left alive (not named equivalent); `mutmut show <name>` shows each:")
+    for name in left:
+        print(f"  {name}")
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps({"table": table, "alive": left, "equivalent": EQUIVALENT}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
