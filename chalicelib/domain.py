@@ -30,6 +30,7 @@ class Task:
     error: str | None = None
     run_id: str | None = None
     run_lease_until: float | None = None
+    run_holder: str | None = None  # the slot holder of the worker running it (for /stats)
     attempts: int = 0
     tag: float = 0.0  # count before / weight at submit: orders tasks inside a level
     cancel_requested: bool = False

@@ -67,8 +67,10 @@ class TaskStore(Protocol):
     def request_cancel(self, task_id: str) -> bool:
         """Flag a STARTED task for its worker to stop; False if it is not STARTED."""
 
-    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
-        """Mark STARTED unless finished or running under a live lease; return the outcome."""
+    def start(
+        self, task_id: str, run_id: str, now: float, lease_until: float, slot_holder: str = ""
+    ) -> tuple[str, Task | None]:
+        """Mark STARTED (by the worker holding ``slot_holder``) unless finished or running under a live lease."""
 
     def finish(
         self,
@@ -103,6 +105,9 @@ class TaskStore(Protocol):
 
     def queued_count(self, user_id: str) -> int:
         """How many of the user's tasks are PENDING (from a sparse index: eventually consistent)."""
+
+    def running_holders(self, level: int, now: float) -> list[str]:
+        """The slot holders of the tasks of ``level`` STARTED with a live run lease (a sparse index)."""
 
 
 class TaskQueues(Protocol):

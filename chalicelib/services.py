@@ -56,10 +56,6 @@ from chalicelib.validation import MAX_X_DEPTH, is_task_id, nesting
 
 log = logging.getLogger("pqh")
 
-# A STARTED task may be started again only after this long (its worker died). It
-# exceeds the worker Lambda's timeout (900 s), and the queues' visibility timeout
-# (960 s) exceeds it, so a message is never delivered again while its run lives.
-TASK_RUN_LEASE_SECONDS = 930
 # SQS keeps a queued message this long (MessageRetentionPeriod in infra/resources.json).
 QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
 # A task whose worker died this many times while running it is marked FAILURE.
@@ -579,7 +575,8 @@ class Services:
         s = self.settings
         now = self.clock()
         slots, state = self.control.slots_and_backlog(s.capacity)
-        running = sum(1 for slot in slots if not slot.is_free(now))
+        slots_held = sum(1 for slot in slots if not slot.is_free(now))
+        live_holders = {slot.holder for slot in slots if not slot.is_free(now)}
         depths = self.queues.depths()
         users, truncated = self.usage.top_users(
             now, s.bucket_seconds, s.window_seconds, STATS_TOP_USERS, STATS_MAX_USAGE_ITEMS
@@ -592,23 +589,34 @@ class Services:
         for slot in slots:
             totals = policy.add_tallies(totals, slot.tallies)
         succeeded, failed, cancelled = totals
-        # The index is by priority level; under fifo every level's tasks share queue 0.
+        # The indexes are by priority level; under fifo every level's tasks share queue 0.
         oldest: list[float | None] = [None] * policy.LEVELS
+        running_by_queue = [0] * policy.LEVELS
         for level in range(policy.LEVELS):
             since = self.tasks.oldest_queued(level)
             queue = policy.queue_level(level, s.policy)
             if since is not None and (oldest[queue] is None or since < oldest[queue]):  # type: ignore[operator]
                 oldest[queue] = since
+            # A task counts while its worker holds its slot: a dead worker's task stops
+            # counting when its slot lease runs out, long before its run lease does.
+            running_by_queue[queue] += sum(1 for h in self.tasks.running_holders(level, now) if h in live_holders)
         return {
             "generated_at": now,
             "policy": s.policy,
             "capacity": s.capacity,
-            "running": running,
+            # Slots held by a live worker lease (a worker runs one task at a time on its slot).
+            "slots_held": slots_held,
+            "running": slots_held,  # the old name of slots_held
             "queues": [
                 {
                     "level": d.level,
                     "queued": d.queued,
-                    "in_flight": d.in_flight,
+                    # Started, not finished, run lease live: what an operator calls running.
+                    "running": running_by_queue[d.level],
+                    # SQS's in-flight count: received and not yet deleted. It includes
+                    # tasks picked ahead and finished tasks whose deletes are batched.
+                    "received_not_deleted": d.in_flight,
+                    "in_flight": d.in_flight,  # the old name of received_not_deleted
                     "counted": state.counts[d.level],
                     "dead_letters": d.dead,
                     "oldest_seconds": _age(oldest[d.level], now),
@@ -618,7 +626,7 @@ class Services:
             "tasks": {
                 "submitted": sum(state.enqueued) - sum(state.withdrawn),
                 "queued": sum(state.counts),
-                "running": running,
+                "running": sum(running_by_queue),
                 "succeeded": succeeded,
                 "failed": failed,
                 "cancelled": cancelled,
@@ -885,7 +893,7 @@ class Services:
                     # it: a worker that dies starting the next task has recorded this one.
                     held.running(pending=prefetched is not None)
                     try:
-                        outcome = self._run_one(level, message, counted, deletes)
+                        outcome = self._run_one(level, message, counted, deletes, holder)
                     finally:
                         held.ran()
                     deletes.flush_if_due()
@@ -1104,7 +1112,12 @@ class Services:
         return [messages[i] for i in chosen]
 
     def _run_one(
-        self, level: int, message: QueuedMessage, counted: bool = True, deletes: PendingDeletes | None = None
+        self,
+        level: int,
+        message: QueuedMessage,
+        counted: bool = True,
+        deletes: PendingDeletes | None = None,
+        slot_holder: str = "",
     ) -> str:
         """Run one task at most once and record its outcome."""
 
@@ -1116,7 +1129,9 @@ class Services:
 
         run_id = uuid.uuid4().hex
         now = self.clock()
-        outcome, task = self.tasks.start(message.task_id, run_id, now, now + TASK_RUN_LEASE_SECONDS)
+        outcome, task = self.tasks.start(
+            message.task_id, run_id, now, now + self.settings.run_lease_seconds, slot_holder
+        )
         if counted and (outcome != STARTED_NOW or (task is not None and task.attempts > 1)):
             # This message was a duplicate or a redelivery, and was not counted; the
             # count the pick took belongs to another message of the level: give it back.

@@ -1,7 +1,7 @@
 """The embedded AWS emulators on loopback, each a child process.
 
-DynamoDB is dynalite (a Node.js implementation of DynamoDB's API, in memory;
-`make` installs it from npm into local/node/), or moto's server with
+DynamoDB is dynalite (a Node.js implementation of DynamoDB's API, in memory or
+on disk; `make` installs it from npm into local/node/), or moto's server with
 PQH_DYNAMODB_EMULATOR=moto. SQS is moto's server with speed fixes for deep
 queues (local/fast_moto.py).
 
@@ -48,7 +48,17 @@ class EmulatorProcess:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
+        self.serves = "AWS"  # which services the runner points at it: DynamoDB, SQS, or both
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether a restarted process has the tables or queues the dead one had."""
+        return False
+
+    def exit_code(self) -> int | None:
+        """None while the process runs (or was never launched); its exit code once it has died."""
+        return None if self._process is None else self._process.poll()
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -131,7 +141,11 @@ class MotoServer(EmulatorProcess):
 
 
 class DynaliteServer(EmulatorProcess):
-    """dynalite: DynamoDB's API in Node.js, in memory; tables are ACTIVE as soon as created.
+    """dynalite: DynamoDB's API in Node.js; tables are ACTIVE as soon as created.
+
+    In memory, or with ``path`` in a LevelDB directory there, which a restarted
+    process reads again: the local runner keeps its tables on disk for the run,
+    so a dynalite that dies is started again with nothing lost.
 
     A conditional UpdateItem costs it about 1.3 ms of CPU where moto's server
     spends about 4.4 ms (bench/emulator_calls.py); it applies each write to an
@@ -141,6 +155,14 @@ class DynaliteServer(EmulatorProcess):
     """
 
     name = "dynalite"
+
+    def __init__(self, host: str, port: int, path: Path | None = None) -> None:
+        super().__init__(host, port)
+        self.path = path
+
+    @property
+    def keeps_state(self) -> bool:
+        return self.path is not None
 
     def command(self) -> list[str]:
         node = shutil.which("node")
@@ -157,14 +179,15 @@ class DynaliteServer(EmulatorProcess):
             "--port",
             str(self.port),
             *("--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"),
+            *(("--path", str(self.path)) if self.path is not None else ()),
         ]
 
 
-def dynamodb_emulator(host: str, port: int, kind: str | None = None) -> EmulatorProcess:
-    """The DynamoDB emulator named by PQH_DYNAMODB_EMULATOR: dynalite (the default) or moto."""
+def dynamodb_emulator(host: str, port: int, kind: str | None = None, path: Path | None = None) -> EmulatorProcess:
+    """The DynamoDB emulator named by PQH_DYNAMODB_EMULATOR: dynalite (the default; on disk at ``path``) or moto."""
     kind = (kind if kind is not None else os.environ.get("PQH_DYNAMODB_EMULATOR", "")).strip() or "dynalite"
     if kind == "dynalite":
-        return DynaliteServer(host, port)
+        return DynaliteServer(host, port, path)
     if kind == "moto":
         return MotoServer(host, port)
     raise EmulatorError(f"PQH_DYNAMODB_EMULATOR={kind!r}: use dynalite or moto")

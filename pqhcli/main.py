@@ -208,15 +208,22 @@ def stats(api: Api, as_json: bool) -> None:
     t = body["tasks"]
     waits = body["wait_seconds"]
     console.print(
-        f"[bold]running {body['running']}/{body['capacity']}[/]  queued {t['queued']}  submitted {t['submitted']}  "
+        f"[bold]running {t['running']}/{body['capacity']}[/]  queued {t['queued']}  submitted {t['submitted']}  "
         f"succeeded {t['succeeded']}  failed {t['failed']}  cancelled {t['cancelled']}  "
         f"dead letters {t['dead_letters']}  wait p50 {waits['p50']}s p90 {waits['p90']}s  (policy {body['policy']})"
     )
     console.print(
         _table(
             "Queues",
-            ["level", "queued", "in flight", "counted", "dead letters"],
-            [[q["level"], q["queued"], q["in_flight"], q["counted"], q["dead_letters"]] for q in body["queues"]],
+            ["level", "queued", "running", "received, not deleted", "counted", "dead letters"],
+            [
+                # A server older than these columns has neither: "-".
+                [
+                    *(q["level"], q["queued"], q.get("running", "-"), q.get("received_not_deleted", "-")),
+                    *(q["counted"], q["dead_letters"]),
+                ]
+                for q in body["queues"]
+            ],
         )
     )
     console.print(

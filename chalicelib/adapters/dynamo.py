@@ -289,10 +289,12 @@ def _top(counts: dict[str, int], weights: dict[str, int], limit: int) -> list[Us
 
 # Sparse indexes of the tasks table (infra/resources.json): a task is in
 # QUEUED_INDEX (key queued_user) and AGE_INDEX (key queued_level, sorted by
-# queued_since) while PENDING, and in RECENT_INDEX (key done_hour, sorted by
+# queued_since) while PENDING, in RUNNING_INDEX (key running_level, sorted by
+# run_lease_until) while STARTED, and in RECENT_INDEX (key done_hour, sorted by
 # finished_at) once finished.
 QUEUED_INDEX = "queued-by-user"
 AGE_INDEX = "queued-by-age"
+RUNNING_INDEX = "running-by-level"
 RECENT_INDEX = "recent"
 
 
@@ -319,6 +321,7 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         error=s("error"),
         run_id=s("run_id"),
         run_lease_until=_num(item, "run_lease_until"),
+        run_holder=s("run_holder"),
         attempts=int(_num(item, "attempts") or 0),
         tag=_num(item, "tag") or 0.0,
         cancel_requested=bool(item.get("cancel_requested", {}).get("BOOL", False)),
@@ -395,13 +398,17 @@ class DynamoTaskStore:
             ExpressionAttributeValues={":t": {"BOOL": True}, ":started": {"S": STARTED}},
         )
 
-    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
+    def start(
+        self, task_id: str, run_id: str, now: float, lease_until: float, slot_holder: str = ""
+    ) -> tuple[str, Task | None]:
+        holder = ", run_holder = :holder" if slot_holder else ""
         try:
             response = self._db.update_item(
                 TableName=self._table,
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
-                    "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease "
+                    "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease, "
+                    f"running_level = priority_level{holder} "
                     "ADD attempts :one REMOVE queued_user, queued_level, queued_since"
                 ),
                 # Runnable when never started, or when the run that started it has
@@ -417,6 +424,7 @@ class DynamoTaskStore:
                     ":run": {"S": run_id},
                     ":lease": _n(lease_until),
                     ":one": {"N": "1"},
+                    **({":holder": {"S": slot_holder}} if slot_holder else {}),
                 },
                 ReturnValues="ALL_NEW",
             )
@@ -467,7 +475,7 @@ class DynamoTaskStore:
             values[":false"] = {"BOOL": False}
         return self._conditional(
             Key={"task_id": {"S": task_id}},
-            UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until",
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until, running_level, run_holder",
             ConditionExpression=condition,
             ExpressionAttributeValues=values,
             **kwargs,
@@ -481,8 +489,8 @@ class DynamoTaskStore:
                 UpdateExpression=(
                     "SET task_status = :pending, queue_seq = :seq, expires_at = :exp, queued_user = user_id, "
                     "queued_level = priority_level, queued_since = :now, "
-                    "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, #err, done_hour, "
-                    "task_result, cancel_requested"
+                    "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, running_level, "
+                    "run_holder, #err, done_hour, task_result, cancel_requested"
                 ),
                 ConditionExpression="task_status = :failure",
                 ExpressionAttributeNames={"#err": "error"},
@@ -573,6 +581,23 @@ class DynamoTaskStore:
                 ":pending": {"S": PENDING},
             },
         )
+
+    def running_holders(self, level: int, now: float) -> list[str]:
+        holders: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": RUNNING_INDEX,
+            # A run whose lease has run out has died: its task runs again when SQS shows its message.
+            "KeyConditionExpression": "running_level = :l AND run_lease_until > :now",
+            "ExpressionAttributeValues": {":l": {"N": str(level)}, ":now": _n(now)},
+            "ProjectionExpression": "run_holder",
+        }
+        while True:
+            response = self._db.query(**kwargs)
+            holders += [item.get("run_holder", {}).get("S", "") for item in response.get("Items", [])]
+            if not response.get("LastEvaluatedKey"):
+                return holders
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def queued_count(self, user_id: str) -> int:
         total = 0

@@ -127,7 +127,9 @@ class MemoryTaskStore:
             self._tasks[task_id] = replace(task, cancel_requested=True)
             return True
 
-    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
+    def start(
+        self, task_id: str, run_id: str, now: float, lease_until: float, slot_holder: str = ""
+    ) -> tuple[str, Task | None]:
         with self._lock:
             task = self._tasks.get(task_id)
             if task is None:
@@ -143,6 +145,7 @@ class MemoryTaskStore:
                 started_at=now,
                 run_id=run_id,
                 run_lease_until=lease_until,
+                run_holder=slot_holder or None,
                 attempts=task.attempts + 1,
             )
             self._tasks[task_id] = task
@@ -172,6 +175,7 @@ class MemoryTaskStore:
                 result=copy.deepcopy(result) if error is None else None,
                 error=error,
                 run_lease_until=None,
+                run_holder=None,
                 expires_at=int(expires_at),
             )
             return True
@@ -191,6 +195,7 @@ class MemoryTaskStore:
                 finished_at=None,
                 run_id=None,
                 run_lease_until=None,
+                run_holder=None,
                 error=None,
                 result=None,
                 cancel_requested=False,
@@ -198,6 +203,14 @@ class MemoryTaskStore:
             self._tasks[task_id] = task
             self._since[task_id] = now
             return copy.deepcopy(task)
+
+    def running_holders(self, level: int, now: float) -> list[str]:
+        with self._lock:
+            return [
+                t.run_holder or ""
+                for t in self._tasks.values()
+                if t.task_status == STARTED and t.priority_level == level and (t.run_lease_until or 0.0) > now
+            ]
 
     def recent(self, now: float, limit: int) -> list[TaskSummary]:
         with self._lock:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from chalicelib.services import TASK_RUN_LEASE_SECONDS
+from chalicelib.settings import TASK_RUN_LEASE_SECONDS
 from infra.iam import GRANTS, policy_path, stage_auth, stage_policy
 from infra.merge_template import merge_template
 from infra.provision import load_template

@@ -267,6 +267,19 @@ def test_a_started_task_whose_lease_ran_out_can_start_again(ports: Ports) -> Non
     assert (final.task_status, final.error, final.result) == (FAILURE, "E: boom", None)
 
 
+def test_a_task_counts_as_running_from_its_start_until_it_finishes_or_its_run_lease_runs_out(ports: Ports) -> None:
+    task = make_task()  # priority level 3
+    ports.tasks.create(task)
+    assert ports.tasks.running_holders(3, NOW) == []
+    ports.tasks.start(task.task_id, "run-a", NOW, NOW + 10, "holder-a")
+    assert [ports.tasks.running_holders(level, NOW + 1) for level in range(6)] == [[], [], [], ["holder-a"], [], []]
+    assert ports.tasks.running_holders(3, NOW + 10) == []  # its worker died: not running any more
+    ports.tasks.start(task.task_id, "run-b", NOW + 10, NOW + 20, "holder-b")
+    assert ports.tasks.running_holders(3, NOW + 11) == ["holder-b"]
+    ports.tasks.finish(task.task_id, "run-b", SUCCESS, NOW + 12, NOW + 1000, result=1)
+    assert ports.tasks.running_holders(3, NOW + 12) == []
+
+
 def test_start_of_a_missing_task(ports: Ports) -> None:
     assert ports.tasks.start("33333333-3333-4333-8333-333333333333", "r", NOW, NOW + 1) == (MISSING, None)
 

@@ -47,6 +47,7 @@ README_DEFAULTS = {
     "task_function": "chalicelib.tasks.limited_f",
     "task_seconds": 60.0,
     "lease_seconds": 60,
+    "run_lease_seconds": 930,
     "runner_seconds": 240.0,
     "result_ttl_seconds": 604800,
     "max_body_bytes": 65536,
@@ -129,3 +130,14 @@ def test_a_user_may_have_a_hundred_tasks_queued_unless_told_otherwise() -> None:
 def test_a_malformed_queued_limit_is_refused_with_its_name(value: str) -> None:
     with pytest.raises(ConfigError, match="PQH_MAX_QUEUED_PER_USER"):
         load({**NAMES, "PQH_MAX_QUEUED_PER_USER": value})
+
+
+def test_a_started_task_may_start_again_930_s_after_its_run_began_unless_told_otherwise() -> None:
+    assert load(NAMES).run_lease_seconds == 930
+    assert load({**NAMES, "PQH_RUN_LEASE_SECONDS": "6"}).run_lease_seconds == 6
+
+
+@pytest.mark.parametrize("value", ["1", "soon", "43201"])
+def test_a_malformed_run_lease_is_refused_with_its_name(value: str) -> None:
+    with pytest.raises(ConfigError, match="PQH_RUN_LEASE_SECONDS"):
+        load({**NAMES, "PQH_RUN_LEASE_SECONDS": value})
