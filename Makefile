@@ -22,8 +22,38 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml l
 
 venv: $(STAMP) ## create .venv and install the pinned dependencies (and dynalite from npm into local/node/)
 
-test: $(STAMP) browser ## run the whole suite (unit, contract, functional, end-to-end, the dashboard in Chromium)
+test: $(STAMP) browser localstack-tier ## run the whole suite (unit, contract, functional, end-to-end, LocalStack, the dashboard in Chromium)
 	$(BIN)/python -m pytest
+
+# LocalStack's runtime (localstack-core, pinned in requirements-localstack.txt) in a
+# virtualenv of its own on Python 3.13; the tests start it on a free loopback port.
+LS_VENV := .venv-localstack
+LS_STAMP := $(LS_VENV)/.installed
+PYTHON313 ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13; do \
+  $$p -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null && { echo $$p; break; }; done)
+
+$(LS_STAMP): requirements-localstack.txt
+	@test -n "$(PYTHON313)" || { echo "LocalStack's runtime needs Python 3.13: put python3.13 on PATH or set PYTHON313"; exit 1; }
+	@test -x $(LS_VENV)/bin/python || $(PYTHON313) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-localstack.txt
+	@touch $@
+
+localstack-venv: $(LS_STAMP) ## install LocalStack's runtime into .venv-localstack (Python 3.13, about 0.5 GB)
+
+# `make test` installs it when it can; without it the LocalStack tests skip, unless
+# PQH_REQUIRE_LOCALSTACK is set (CI sets it), when this fails.
+localstack-tier:
+	@$(MAKE) -s --no-print-directory $(LS_STAMP) || { test -z "$$PQH_REQUIRE_LOCALSTACK" && \
+	  echo "could not install LocalStack's runtime: the LocalStack tests will be skipped"; }
+
+LOCALSTACK_PORT ?= 4566
+localstack: $(STAMP) $(LS_STAMP) ## run LocalStack's runtime on 127.0.0.1:4566 without Docker (SQS, IAM, API Gateway, ...)
+	$(BIN)/python -m local.localstack $(LOCALSTACK_PORT)
+
+LOCALSTACK_URL ?= http://127.0.0.1:4566
+deploy-localstack: $(STAMP) ## chalice deploy of the dev stage to a freshly started `make localstack` (functions stay Failed: no Docker)
+	AWS_ENDPOINT_URL=$(LOCALSTACK_URL) AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1 \
+	  PQH_AUTH=$$($(BIN)/python -m infra.iam --auth $(STAGE)) $(BIN)/python -m infra.deploy_rehearsal --stage $(STAGE)
 
 # Debian's chromium, for the dashboard's browser test (Playwright drives it; it never downloads one).
 CHROMIUM := /usr/bin/chromium
@@ -43,7 +73,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ and cfn-lint it
-	$(BIN)/python -m infra.merge_template > build-merge.json.tmp
+	$(BIN)/python -m infra.merge_template $(STAGE) > build-merge.json.tmp
 	mkdir -p build && mv build-merge.json.tmp build/merge-template.json
 	rm -rf build/package
 	@# Routes carry the API-key authorizer when app.py is imported with the stage's PQH_AUTH.
@@ -55,7 +85,7 @@ package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ a
 clean: ## remove build output and caches
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv test browser lint format package clean
+.PHONY: help venv test browser lint format package clean localstack-venv localstack-tier localstack deploy-localstack
 
 bench: $(STAMP) ## benchmarks: cost of one AWS call, start delay, utilisation, SQS depth, AWS requests per task, submit/dispatch at depth 0-10,000 (tables; bench/results/)
 	$(BIN)/python -m bench.emulator_calls

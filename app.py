@@ -18,7 +18,16 @@ from botocore.exceptions import ClientError
 from chalice.app import AuthRequest, AuthResponse, Chalice, Rate, Request, Response
 
 from chalicelib import views, wiring
-from chalicelib.domain import ForbiddenError, Handoff, Identity, PqhError, UnauthorizedError, ValidationError
+from chalicelib.domain import (
+    ForbiddenError,
+    Handoff,
+    Identity,
+    PqhError,
+    TooManyQueuedError,
+    UnauthorizedError,
+    ValidationError,
+)
+from chalicelib.gateway import GatewayUnauthorizedError
 from chalicelib.settings import ConfigError, auth_mode
 from chalicelib.validation import (
     check_idempotency_key,
@@ -26,6 +35,7 @@ from chalicelib.validation import (
     parse_json_object,
     parse_submission,
     parse_weight,
+    path_parameter,
 )
 
 app = Chalice(app_name="pqh")
@@ -67,6 +77,8 @@ def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return view(*args, **kwargs)
+        except TooManyQueuedError as exc:
+            return _error(exc.status, exc.code, str(exc), {"Retry-After": str(exc.retry_after)})
         except PqhError as exc:
             return _error(exc.status, exc.code, str(exc))
         except ConfigError as exc:
@@ -99,10 +111,20 @@ def _stage_prefix() -> str:
 AUTH_AT_IMPORT = auth_mode(os.environ)
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an 'Authorization: Bearer <token>' header; None when absent, empty or another scheme."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 @app.authorizer(ttl_seconds=60)
 def api_key_auth(auth_request: AuthRequest) -> AuthResponse:
-    """The key (Authorization: Bearer pqh_...) -> its user; unknown keys are denied (403)."""
-    identity = wiring.services().authenticate(auth_request.token)
+    """The key (Authorization: Bearer pqh_...) -> its user; a malformed header is 401, an unknown key 403."""
+    token = bearer_token(auth_request.token)
+    if token is None:
+        raise GatewayUnauthorizedError()
+    identity = wiring.services().authenticate(token)
     if identity is None:
         return AuthResponse(routes=[], principal_id="anonymous")
     # Cached by API Gateway for ttl_seconds per key, for every route: admin rights
@@ -136,10 +158,13 @@ def _require_admin() -> None:
     expected = settings.admin_token
     if not expected:
         raise ForbiddenError("admin routes are disabled; set PQH_ADMIN_TOKEN to enable them")
-    given = _request().headers.get("authorization", "")
-    token = given[7:] if given.lower().startswith("bearer ") else ""
-    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ForbiddenError("admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'")
+    token = bearer_token(_request().headers.get("authorization"))
+    if token is None:  # no credential (or not a bearer one): 401; a wrong one: 403
+        raise UnauthorizedError("admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'")
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ForbiddenError(
+            "this token is not PQH_ADMIN_TOKEN; admin routes need 'Authorization: Bearer <PQH_ADMIN_TOKEN>'"
+        )
 
 
 def _require_admin_if_configured() -> None:
@@ -150,7 +175,8 @@ def _require_admin_if_configured() -> None:
 
 
 def _level(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 1:
+    raw = path_parameter(raw, "level")
+    if len(raw) != 1 or not raw.isascii() or not raw.isdigit():
         raise ValidationError(f"level must be 0..5, got {raw!r}")
     return int(raw)
 
@@ -191,7 +217,7 @@ def submit_task() -> Response:
 @api_errors
 def get_result(task_id: str) -> dict[str, Any]:
     svc = wiring.services()
-    task = svc.result(task_id, _caller())
+    task = svc.result(path_parameter(task_id, "task id"), _caller())
     return views.result(task, svc.progress(task))
 
 
@@ -199,7 +225,7 @@ def get_result(task_id: str) -> dict[str, Any]:
 @api_errors
 def cancel_task(task_id: str) -> Response:
     """Cancel a queued task (200), or ask a running one to stop (202)."""
-    task = wiring.services().cancel(task_id, _caller())
+    task = wiring.services().cancel(path_parameter(task_id, "task id"), _caller())
     return Response(status_code=202 if task.task_status == "STARTED" else 200, body=views.result(task))
 
 
@@ -210,7 +236,9 @@ def issue_key() -> Response:
     _require_admin()
     svc = wiring.services()
     request = _request()
-    data = parse_json_object(_body(request), request.headers.get("content-type"), 4096)
+    # Room for the longest user id the settings allow, in astral characters as JSON escapes (12 bytes each).
+    limit = 4096 + 12 * svc.settings.max_user_id_length
+    data = parse_json_object(_body(request), request.headers.get("content-type"), limit)
     user_id = check_user_id(data.get("user_id"), svc.settings.max_user_id_length)
     admin = data.get("admin", False)
     if not isinstance(admin, bool):
@@ -222,6 +250,7 @@ def issue_key() -> Response:
 @api_errors
 def revoke_key(key_id: str) -> dict[str, Any]:
     _require_admin()
+    key_id = path_parameter(key_id, "key id")
     wiring.services().revoke_key(key_id)
     return {"revoked": key_id}
 
@@ -231,7 +260,7 @@ def revoke_key(key_id: str) -> dict[str, Any]:
 def get_user(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
-    return svc.user_usage(check_user_id(user_id, svc.settings.max_user_id_length))
+    return svc.user_usage(check_user_id(path_parameter(user_id, "user id"), svc.settings.max_user_id_length))
 
 
 @app.route("/admin/users/{user_id}/weight", methods=["PUT"], content_types=["*/*"], authorizer=AUTHORIZER)
@@ -239,7 +268,7 @@ def get_user(user_id: str) -> dict[str, Any]:
 def put_weight(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
-    user_id = check_user_id(user_id, svc.settings.max_user_id_length)
+    user_id = check_user_id(path_parameter(user_id, "user id"), svc.settings.max_user_id_length)
     request = _request()
     weight = parse_weight(_body(request), request.headers.get("content-type"), svc.settings.max_weight)
     svc.set_weight(user_id, weight)

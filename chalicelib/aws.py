@@ -49,6 +49,14 @@ def client(service: str) -> Any:
         return existing
 
 
+def probe_client(service: str, timeout: float) -> Any:
+    """A fresh client that gives up after ``timeout`` seconds and never retries: to check that an endpoint answers."""
+    config = CONFIG.merge(
+        Config(connect_timeout=timeout, read_timeout=timeout, retries={"mode": "standard", "max_attempts": 1})
+    )
+    return boto3.session.Session().client(service, config=config)
+
+
 def reset() -> None:
     """Forget cached clients (tests start a new moto mock per test)."""
     with _lock:

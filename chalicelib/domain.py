@@ -30,6 +30,7 @@ class Task:
     error: str | None = None
     run_id: str | None = None
     run_lease_until: float | None = None
+    run_holder: str | None = None  # the slot holder of the worker running it (for /stats)
     attempts: int = 0
     tag: float = 0.0  # count before / weight at submit: orders tasks inside a level
     cancel_requested: bool = False
@@ -172,6 +173,17 @@ class ForbiddenError(PqhError):
 class UnauthorizedError(PqhError):
     status = 401
     code = "unauthorized"
+
+
+class TooManyQueuedError(PqhError):
+    """The user has PQH_MAX_QUEUED_PER_USER tasks queued; answered 429 with Retry-After."""
+
+    status = 429
+    code = "too_many_queued"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class IdempotencyConflictError(PqhError):

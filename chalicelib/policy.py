@@ -144,7 +144,8 @@ class Backlog:
     ``version`` changes on every pick (a pick is committed only if no other pick
     came in between and the same levels are empty and non-empty).
     ``arrival_rates[L]`` is level L's recent arrivals per second as of ``rated_at``,
-    which counted the arrivals up to ``rated_enqueued[L]`` (for ETAs).
+    which counted the tasks submitted up to ``rated_enqueued[L]`` (enqueued less
+    withdrawn; for ETAs).
     """
 
     counts: tuple[int, ...] = (0,) * LEVELS
@@ -156,6 +157,8 @@ class Backlog:
     run_seconds: float = 0.0  # moving average of recent run times (0: none yet)
     # Tasks finished since the start, by outcome (TALLIES order), for the dashboard.
     tallies: tuple[int, ...] = (0,) * 3
+    # Numbers given by ``enqueued`` to tasks never queued (a submit rolled back): not submitted.
+    withdrawn: tuple[int, ...] = (0,) * LEVELS
     stamps: tuple[int, ...] = (0,) * LEVELS
     arrival_rates: tuple[float, ...] = (0.0,) * LEVELS
     rated_enqueued: tuple[int, ...] = (0,) * LEVELS
@@ -179,6 +182,8 @@ def backlog_from_payload(data: dict[str, Any]) -> Backlog | None:
             dequeued=tuple(int(v) for v in data["dequeued"]),
             run_seconds=float(data["run_seconds"]),
             tallies=tuple(int(v) for v in data["tallies"]),
+            # Hand-offs from versions without it carry none.
+            withdrawn=tuple(int(v) for v in data.get("withdrawn", (0,) * LEVELS)),
             # Absent from a dispatcher of an older version: the policy's start values.
             stamps=tuple(int(v) for v in data.get("stamps", (0,) * LEVELS)),
             arrival_rates=tuple(float(v) for v in data.get("arrival_rates", (0.0,) * LEVELS)),
@@ -195,6 +200,7 @@ def backlog_from_payload(data: dict[str, Any]) -> Backlog | None:
         state.stamps,
         state.arrival_rates,
         state.rated_enqueued,
+        state.withdrawn,
     )
     if any(len(values) != LEVELS for values in shapes) or len(state.tallies) != len(TALLIES):
         return None
@@ -461,9 +467,14 @@ def arrival_rates_at(state: Backlog, now: float) -> tuple[float, ...]:
         return state.arrival_rates
     decay = math.exp(-max(0.0, now - state.rated_at) / ARRIVAL_SECONDS)
     return tuple(
-        rate * decay + max(0, enqueued - rated) / ARRIVAL_SECONDS
-        for rate, enqueued, rated in zip(state.arrival_rates, state.enqueued, state.rated_enqueued, strict=True)
+        rate * decay + max(0, arrived - rated) / ARRIVAL_SECONDS
+        for rate, arrived, rated in zip(state.arrival_rates, _arrived(state), state.rated_enqueued, strict=True)
     )
+
+
+def _arrived(state: Backlog) -> tuple[int, ...]:
+    """Tasks ever submitted per level: the numbers given, less those of submits rolled back."""
+    return tuple(e - w for e, w in zip(state.enqueued, state.withdrawn, strict=True))
 
 
 def with_arrival_rates(state: Backlog, now: float) -> Backlog:
@@ -473,7 +484,7 @@ def with_arrival_rates(state: Backlog, now: float) -> Backlog:
     """
     # Rounded: a rate decayed for hours would fall below the smallest number DynamoDB stores.
     rates = tuple(round(r, 6) for r in arrival_rates_at(state, now)) if state.rated_at > 0 else (0.0,) * LEVELS
-    return replace(state, arrival_rates=rates, rated_enqueued=state.enqueued, rated_at=max(now, state.rated_at))
+    return replace(state, arrival_rates=rates, rated_enqueued=_arrived(state), rated_at=max(now, state.rated_at))
 
 
 @dataclass(frozen=True)

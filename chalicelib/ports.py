@@ -16,9 +16,28 @@ MISSING = "missing"  # no such task (expired or never created)
 LEASE_LOST = "lease lost"  # ran, but its run lease ran out first: another run records the outcome
 
 
+class QueuedLimitError(Exception):
+    """A submission not counted: the user's queued counter is at the limit (it may be stale: see set_queued)."""
+
+    def __init__(self, counted: int) -> None:
+        super().__init__(f"the user's queued counter is at {counted}")
+        self.counted = counted
+
+
 class UsageStore(Protocol):
-    def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
-        """Count one submission atomically; return (count before it, weight)."""
+    def record_submission(
+        self, user_id: str, now: float, bucket_seconds: int, window_seconds: int, max_queued: int | None = None
+    ) -> tuple[int, int]:
+        """Count one submission atomically; return (count before it, weight).
+
+        The user's queued counter goes up in the same write; with ``max_queued``, a
+        counter already at it raises QueuedLimitError and nothing is counted. The
+        counter is an upper bound of the user's queued tasks: nothing lowers it when
+        a task starts, only set_queued, when the limit is reached.
+        """
+
+    def set_queued(self, user_id: str, seen: int, value: int) -> bool:
+        """Set the queued counter to ``value`` if it is still ``seen``; False if it moved meanwhile."""
 
     def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
         """Return (count in the window, weight) without counting anything."""
@@ -48,8 +67,10 @@ class TaskStore(Protocol):
     def request_cancel(self, task_id: str) -> bool:
         """Flag a STARTED task for its worker to stop; False if it is not STARTED."""
 
-    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
-        """Mark STARTED unless finished or running under a live lease; return the outcome."""
+    def start(
+        self, task_id: str, run_id: str, now: float, lease_until: float, slot_holder: str = ""
+    ) -> tuple[str, Task | None]:
+        """Mark STARTED (by the worker holding ``slot_holder``) unless finished or running under a live lease."""
 
     def finish(
         self,
@@ -60,8 +81,12 @@ class TaskStore(Protocol):
         expires_at: float,
         result: object = None,
         error: str | None = None,
+        unless_cancel_requested: bool = False,
     ) -> bool:
-        """Record the final status if ``run_id`` still owns the task; never overwrite a finished one."""
+        """Record the final status if ``run_id`` still owns the task; never overwrite a finished one.
+
+        With ``unless_cancel_requested``, also False when someone asked the task to stop.
+        """
 
     def requeue(self, task_id: str, queue_seq: int, expires_at: float, now: float) -> Task | None:
         """FAILURE -> PENDING with its attempts reset (a dead letter redriven); None if not FAILURE."""
@@ -80,6 +105,9 @@ class TaskStore(Protocol):
 
     def queued_count(self, user_id: str) -> int:
         """How many of the user's tasks are PENDING (from a sparse index: eventually consistent)."""
+
+    def running_holders(self, level: int, now: float) -> list[str]:
+        """The slot holders of the tasks of ``level`` STARTED with a live run lease (a sparse index)."""
 
 
 class TaskQueues(Protocol):
@@ -137,6 +165,13 @@ class ControlStore(Protocol):
         """Count one more task queued at ``level``, in one write.
 
         Returns (the level's count now, the task's sequence number in the level's queue).
+        """
+
+    def withdraw(self, level: int) -> None:
+        """Take back an ``enqueue`` whose task was never queued, in one write.
+
+        The level's count goes down; the sequence number stays used (another task may
+        have the next one) and is counted withdrawn, so it is not in the submitted total.
         """
 
     def commit_pick(

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -31,6 +32,7 @@ from chalicelib.domain import (
     NotFoundError,
     QueuedMessage,
     Task,
+    TooManyQueuedError,
     ValidationError,
 )
 from chalicelib.ports import (
@@ -43,20 +45,17 @@ from chalicelib.ports import (
     Idempotency,
     Invoker,
     KeyStore,
+    QueuedLimitError,
     TaskQueues,
     TaskStore,
     UsageStore,
 )
 from chalicelib.settings import ConfigError, Settings
 from chalicelib.tasks import TaskCancelledError, TaskContext, TaskFunction, load_task_function, supports_cancel
-from chalicelib.validation import is_task_id
+from chalicelib.validation import MAX_X_DEPTH, is_task_id, nesting
 
 log = logging.getLogger("pqh")
 
-# A STARTED task may be started again only after this long (its worker died). It
-# exceeds the worker Lambda's timeout (900 s), and the queues' visibility timeout
-# (960 s) exceeds it, so a message is never delivered again while its run lives.
-TASK_RUN_LEASE_SECONDS = 930
 # SQS keeps a queued message this long (MessageRetentionPeriod in infra/resources.json).
 QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
 # A task whose worker died this many times while running it is marked FAILURE.
@@ -69,6 +68,11 @@ OUTCOME_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
 OVERSTAY_FACTOR = 2.0
 # Results larger than this are not stored (a DynamoDB item holds 400 KB).
 MAX_RESULT_BYTES = 128 * 1024
+# Times a submission at the queued limit recounts and tries again (others race it).
+QUEUED_LIMIT_TRIES = 3
+# A result nests at most one level deeper than the deepest accepted x (the default
+# task's result holds x in input_x), so every recorded result reads back.
+MAX_RESULT_DEPTH = MAX_X_DEPTH + 1
 # /stats: how many users and recent tasks it lists, and how many usage items it reads at most.
 STATS_TOP_USERS = 10
 STATS_RECENT_TASKS = 20
@@ -326,7 +330,7 @@ class Services:
         """Count the submission, pick its level, store it, queue it, nudge the dispatcher."""
         s = self.settings
         now = self.clock()
-        count_before, weight = self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds)
+        count_before, weight = self._count_submission(user_id, now)
         level = policy.level_for(count_before, weight, s.thresholds)
         queue = policy.queue_level(level, s.policy)
         try:
@@ -364,7 +368,7 @@ class Services:
             # Not accepted: neither counted nor queued (best effort; the error goes to
             # the client). A count left behind corrects itself at the next pick.
             with contextlib.suppress(Exception):
-                self.control.add_backlog(queue, -1)
+                self.control.withdraw(queue)
             with contextlib.suppress(Exception):
                 self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
             raise
@@ -384,6 +388,30 @@ class Services:
         # dispatcher again. One Lambda invoke and one dispatcher run saved per submit
         # under a deep backlog; below it every submit nudges, so no slot idles.
         return task
+
+    def _count_submission(self, user_id: str, now: float) -> tuple[int, int]:
+        """record_submission under the user's queued limit; 429 when they really have that many queued.
+
+        The counter only goes up (a started task does not lower it: no write per task).
+        When it reaches the limit, the queued-by-user index says how many are really
+        queued (one Query), and the counter is brought down to that. So a user below
+        the limit pays nothing more, and one at it a Query per refused submission.
+        """
+        s = self.settings
+        limit = s.max_queued_per_user
+        for _ in range(QUEUED_LIMIT_TRIES):
+            try:
+                return self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds, limit)
+            except QueuedLimitError as full:
+                queued = self.tasks.queued_count(user_id)
+                if queued >= limit:
+                    raise TooManyQueuedError(
+                        f"user {user_id!r} has {queued} tasks queued; the limit is {limit} "
+                        "(PQH_MAX_QUEUED_PER_USER): wait until some have started, or cancel some",
+                        retry_after=min(300, max(1, math.ceil(s.task_seconds))),
+                    ) from full
+                self.usage.set_queued(user_id, full.counted, queued)
+        raise TooManyQueuedError(f"user {user_id!r} is submitting many tasks at once; retry shortly", retry_after=1)
 
     def _drop_unqueued(self, task: Task) -> None:
         """Delete the record of a task whose message was never sent; failing that, cancel it.
@@ -531,10 +559,8 @@ class Services:
         log.info("revoked key=%s…", key_id[:12])
 
     def authenticate(self, token: str | None) -> Identity | None:
-        """Who a bearer token is: the admin token, an issued key, or nobody (None)."""
+        """Who a bearer token (the header's token, without 'Bearer ') is: the admin token, an issued key, or nobody."""
         token = (token or "").strip()
-        if token[:7].lower() == "bearer ":
-            token = token[7:].strip()
         if not token:
             return None
         admin_token = self.settings.admin_token
@@ -557,7 +583,8 @@ class Services:
         s = self.settings
         now = self.clock()
         slots, state = self.control.slots_and_backlog(s.capacity)
-        running = sum(1 for slot in slots if not slot.is_free(now))
+        slots_held = sum(1 for slot in slots if not slot.is_free(now))
+        live_holders = {slot.holder for slot in slots if not slot.is_free(now)}
         depths = self.queues.depths()
         users, truncated = self.usage.top_users(
             now, s.bucket_seconds, s.window_seconds, STATS_TOP_USERS, STATS_MAX_USAGE_ITEMS
@@ -570,23 +597,34 @@ class Services:
         for slot in slots:
             totals = policy.add_tallies(totals, slot.tallies)
         succeeded, failed, cancelled = totals
-        # The index is by priority level; under fifo every level's tasks share queue 0.
+        # The indexes are by priority level; under fifo every level's tasks share queue 0.
         oldest: list[float | None] = [None] * policy.LEVELS
+        running_by_queue = [0] * policy.LEVELS
         for level in range(policy.LEVELS):
             since = self.tasks.oldest_queued(level)
             queue = policy.queue_level(level, s.policy)
             if since is not None and (oldest[queue] is None or since < oldest[queue]):  # type: ignore[operator]
                 oldest[queue] = since
+            # A task counts while its worker holds its slot: a dead worker's task stops
+            # counting when its slot lease runs out, long before its run lease does.
+            running_by_queue[queue] += sum(1 for h in self.tasks.running_holders(level, now) if h in live_holders)
         return {
             "generated_at": now,
             "policy": s.policy,
             "capacity": s.capacity,
-            "running": running,
+            # Slots held by a live worker lease (a worker runs one task at a time on its slot).
+            "slots_held": slots_held,
+            "running": slots_held,  # the old name of slots_held
             "queues": [
                 {
                     "level": d.level,
                     "queued": d.queued,
-                    "in_flight": d.in_flight,
+                    # Started, not finished, run lease live: what an operator calls running.
+                    "running": running_by_queue[d.level],
+                    # SQS's in-flight count: received and not yet deleted. It includes
+                    # tasks picked ahead and finished tasks whose deletes are batched.
+                    "received_not_deleted": d.in_flight,
+                    "in_flight": d.in_flight,  # the old name of received_not_deleted
                     "counted": state.counts[d.level],
                     "dead_letters": d.dead,
                     "oldest_seconds": _age(oldest[d.level], now),
@@ -594,9 +632,9 @@ class Services:
                 for d in depths
             ],
             "tasks": {
-                "submitted": sum(state.enqueued),
+                "submitted": sum(state.enqueued) - sum(state.withdrawn),
                 "queued": sum(state.counts),
-                "running": running,
+                "running": sum(running_by_queue),
                 "succeeded": succeeded,
                 "failed": failed,
                 "cancelled": cancelled,
@@ -685,7 +723,7 @@ class Services:
                 expires_at = int(self.clock()) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
                 requeued = self.tasks.requeue(task_id, seq, expires_at, self.clock())
                 if requeued is None:
-                    self.control.add_backlog(queue, -1)
+                    self.control.withdraw(queue)
                     return False
                 task = requeued
             # PENDING: SQS moved it after too many receives; it never ran. A send that
@@ -693,7 +731,7 @@ class Services:
             self.queues.send(queue, task)
         except Exception:
             with contextlib.suppress(Exception):
-                self.control.add_backlog(queue, -1)
+                self.control.withdraw(queue)
             raise
         return True
 
@@ -863,7 +901,7 @@ class Services:
                     # it: a worker that dies starting the next task has recorded this one.
                     held.running(pending=prefetched is not None)
                     try:
-                        outcome = self._run_one(level, message, counted, deletes)
+                        outcome = self._run_one(level, message, counted, deletes, holder)
                     finally:
                         held.ran()
                     deletes.flush_if_due()
@@ -1085,7 +1123,12 @@ class Services:
         return [messages[i] for i in chosen]
 
     def _run_one(
-        self, level: int, message: QueuedMessage, counted: bool = True, deletes: PendingDeletes | None = None
+        self,
+        level: int,
+        message: QueuedMessage,
+        counted: bool = True,
+        deletes: PendingDeletes | None = None,
+        slot_holder: str = "",
     ) -> str:
         """Run one task at most once and record its outcome."""
 
@@ -1097,7 +1140,9 @@ class Services:
 
         run_id = uuid.uuid4().hex
         now = self.clock()
-        outcome, task = self.tasks.start(message.task_id, run_id, now, now + TASK_RUN_LEASE_SECONDS)
+        outcome, task = self.tasks.start(
+            message.task_id, run_id, now, now + self.settings.run_lease_seconds, slot_holder
+        )
         if counted and (outcome != STARTED_NOW or (task is not None and task.attempts > 1)):
             # This message was a duplicate or a redelivery, and was not counted; the
             # count the pick took belongs to another message of the level: give it back.
@@ -1137,8 +1182,27 @@ class Services:
         finished_at = self.clock()
         expires_at = finished_at + self.settings.result_ttl_seconds
         recorded = self._patiently(
-            lambda: self.tasks.finish(task.task_id, run_id, status, finished_at, expires_at, result=result, error=error)
+            lambda: self.tasks.finish(
+                task.task_id,
+                run_id,
+                status,
+                finished_at,
+                expires_at,
+                result=result,
+                error=error,
+                unless_cancel_requested=status != CANCELLED,
+            )
         )
+        if not recorded and status != CANCELLED:
+            # Someone was answered 202 (asked to stop) and the function finished before it
+            # looked: the answer holds. The result is dropped and the task is CANCELLED.
+            # One more write, only for a task whose cancel came while it ran.
+            recorded = self._patiently(
+                lambda: self.tasks.finish(task.task_id, run_id, CANCELLED, finished_at, expires_at)
+            )
+            if recorded:
+                log.info("task=%s finished after a cancel was asked for; recorded CANCELLED", task.task_id)
+                status = CANCELLED
         if recorded:
             log.info(
                 "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
@@ -1201,6 +1265,8 @@ class Services:
             return FAILURE, None, f"{type(exc).__name__}: {exc}"
         if size > MAX_RESULT_BYTES:
             return FAILURE, None, f"result is {size} bytes; the limit is {MAX_RESULT_BYTES}"
+        if (depth := nesting(result)) > MAX_RESULT_DEPTH:
+            return FAILURE, None, f"result nests {depth} levels deep; the limit is {MAX_RESULT_DEPTH}"
         return SUCCESS, result, None
 
 

@@ -27,6 +27,10 @@ class ConfigError(Exception):
 
 
 HANDOFF_MODES = ("lambda", "local")
+# A STARTED task may be started again only after this long (its worker died). It
+# exceeds the worker Lambda's timeout (900 s), and the queues' visibility timeout
+# (960 s) exceeds it, so a message is never delivered again while its run lives.
+TASK_RUN_LEASE_SECONDS = 930
 AUTH_MODES = ("none", "api_key")
 
 
@@ -51,6 +55,7 @@ class Settings:
     task_seconds: float = 60.0
     task_function: str = "chalicelib.tasks.limited_f"
     lease_seconds: int = 60
+    run_lease_seconds: int = TASK_RUN_LEASE_SECONDS
     runner_seconds: float = 240.0
     max_body_bytes: int = 65536
     max_user_id_length: int = 128
@@ -64,6 +69,8 @@ class Settings:
     # A worker picks its next task while the current one runs when tasks take at
     # most this long on average (0: never). The choice is then that much older.
     prefetch_seconds: float = 1.0
+    # A user with this many tasks queued (not yet started) gets 429 for another.
+    max_queued_per_user: int = 100
 
     @property
     def bucket_seconds(self) -> int:
@@ -190,6 +197,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         task_seconds=_task_seconds(env),
         task_function=env.get("PQH_TASK_FUNCTION", "").strip() or "chalicelib.tasks.limited_f",
         lease_seconds=lease_seconds,
+        # Shorter only where runs are known to be shorter (the local runner's time-compressed tests).
+        run_lease_seconds=_int(env, "PQH_RUN_LEASE_SECONDS", TASK_RUN_LEASE_SECONDS, 2, 43200),
         runner_seconds=_float(env, "PQH_RUNNER_SECONDS", 240.0, 1.0),
         # Up to 128 KiB: a record holds x and the default result (x again) in one 400 KB item.
         max_body_bytes=_int(env, "PQH_MAX_BODY_BYTES", 65536, 64, 131072),
@@ -203,4 +212,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         # Below SQS's 14-day retention, with a day to spare for a tick that fails.
         requeue_after_seconds=_int(env, "PQH_REQUEUE_AFTER_SECONDS", 7 * 24 * 3600, 60, 13 * 24 * 3600),
         prefetch_seconds=_float(env, "PQH_PREFETCH_SECONDS", 1.0, 0.0),
+        max_queued_per_user=_int(env, "PQH_MAX_QUEUED_PER_USER", 100, 1, 1_000_000),
     )

@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 from chalicelib.domain import ForbiddenError, PayloadTooLargeError, UnsupportedMediaTypeError, ValidationError
 
+# DynamoDB's limit for a partition key value: a user id is one (usage table, queued-by-user index).
+MAX_USER_ID_BYTES = 2048
 TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Arrays and objects in 'x' nest at most this deep. A record holds x one level down
+# (the default result's input_x) and a response one more: far below what Python's
+# JSON reader and the idempotency utility can walk back, so every record reads back.
+MAX_X_DEPTH = 64
+MAX_BODY_DEPTH = MAX_X_DEPTH + 1  # the body is the object that holds 'x'
+SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class _Invalid(ValidationError):
@@ -56,12 +66,59 @@ def parse_json_object(raw_body: bytes | None, content_type: str | None, max_byte
     except (UnicodeDecodeError, ValueError) as exc:
         raise _Invalid("invalid_json", f"the body is not valid UTF-8 JSON: {exc}") from exc
     except RecursionError as exc:
-        raise _Invalid("invalid_json", "the body nests too deeply to parse") from exc
+        raise _Invalid(
+            "invalid_json",
+            f"the body nests too deeply to parse; the limit is {MAX_BODY_DEPTH} levels ('x' may nest {MAX_X_DEPTH})",
+        ) from exc
+    check_text(data, MAX_BODY_DEPTH)
     if not isinstance(data, dict):
         raise _Invalid(
             "invalid_body", f"the body must be a JSON object with 'x' and 'user_id', not a JSON {type(data).__name__}"
         )
     return data
+
+
+def nesting(value: Any) -> int:
+    """How deep arrays and objects nest in a parsed JSON value (a scalar is 0); no recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _strings(value: Any) -> Iterator[str]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            yield from item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def check_text(data: Any, max_depth: int) -> None:
+    """Refuse what could be stored but not read back: deep nesting, lone surrogates (not Unicode text)."""
+    depth = nesting(data)
+    if depth > max_depth:
+        raise _Invalid(
+            "invalid_json",
+            f"the body nests {depth} levels deep; the limit is {max_depth} ('x' may nest {max_depth - 1} levels)",
+        )
+    for text in _strings(data):
+        if SURROGATES.search(text):
+            raise _Invalid(
+                "invalid_json",
+                "the body has a lone surrogate escape (such as \\ud800): JSON strings must be Unicode text; "
+                "send characters outside the BMP as a surrogate pair or as UTF-8",
+            )
 
 
 def check_user_id(user_id: Any, max_length: int) -> str:
@@ -76,6 +133,12 @@ def check_user_id(user_id: Any, max_length: int) -> str:
         )
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in user_id):
         raise _Invalid("invalid_user_id", "'user_id' must not contain control characters")
+    size = len(user_id.encode("utf-8"))
+    if size > MAX_USER_ID_BYTES:
+        raise _Invalid(
+            "invalid_user_id",
+            f"'user_id' is {size} bytes in UTF-8; the limit is {MAX_USER_ID_BYTES} (a DynamoDB key's)",
+        )
     return user_id
 
 
@@ -131,6 +194,20 @@ def parse_weight(raw_body: bytes | None, content_type: str | None, max_weight: i
             "invalid_weight", f"'weight' must be an integer from 1 to {max_weight} (PQH_MAX_WEIGHT), got {weight!r}"
         )
     return weight
+
+
+def path_parameter(raw: str, name: str) -> str:
+    """A path parameter as the client meant it: percent-decoded exactly once.
+
+    Chalice's local server and test client pass path parameters as the client sent
+    them (still percent-encoded), and so do API Gateway REST APIs to a Lambda proxy
+    integration; the runtime does not decode them either. ``+`` is a plus sign in
+    a path (not a space).
+    """
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise _Invalid("invalid_path", f"the {name} in the path is not percent-encoded UTF-8") from exc
 
 
 def is_task_id(value: str) -> bool:

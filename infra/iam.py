@@ -29,7 +29,17 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
         ),
         (["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"], ["TasksTable"]),
         (["dynamodb:Query"], ["TasksTable/index/*"]),
-        (["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:BatchGetItem"], ["ControlTable"]),
+        # Slots, backlog and API keys: POST /admin/keys puts a key's item, DELETE /admin/keys/{id} deletes it.
+        (
+            [
+                "dynamodb:UpdateItem",
+                "dynamodb:GetItem",
+                "dynamodb:BatchGetItem",
+                "dynamodb:PutItem",
+                "dynamodb:DeleteItem",
+            ],
+            ["ControlTable"],
+        ),
         (["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"], LEVEL_QUEUES),
         (
             [

@@ -2,17 +2,22 @@
 
 It adds the tables and queues of infra/resources.json, names the functions after
 the stack, points their PQH_* variables at the stack's resources, and gives each
-function's role the least-privilege policy of infra/iam.py.
+function's role the least-privilege policy of infra/iam.py. It also sets the
+limits of the stage: throttling of the API, reserved concurrency of the
+background functions, and gateway responses that answer API Gateway's own
+refusals in the routes' ``{"error", "message"}`` shape (chalicelib/gateway.py).
 
-    python -m infra.merge_template > build/merge-template.json
+    python -m infra.merge_template [stage] > build/merge-template.json
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
-from infra.iam import FUNCTION_SUFFIX, GRANTS, template_policy
+from chalicelib import gateway
+from infra.iam import FUNCTION_SUFFIX, GRANTS, ROOT, template_policy
 from infra.provision import load_template
 
 # Chalice's logical ids for each function and its role.
@@ -25,13 +30,81 @@ LOGICAL_IDS = {
 }
 
 
+# The stage's throttle, for all routes and callers together: steady requests per
+# second and the burst above it. Over it, API Gateway answers 429 (DEFAULT_4XX below).
+STAGE_RATE_LIMIT = 50
+STAGE_BURST_LIMIT = 100
+# The dispatcher runs one pass at a time (a DynamoDB lock; triggers meanwhile
+# coalesce into one rerun): one running and one arriving. The tick is once a minute.
+DISPATCHER_CONCURRENCY = 2
+TICK_CONCURRENCY = 1
+
+
+def worker_concurrency(capacity: int) -> int:
+    """A worker per slot, plus the one it hands over to (they overlap briefly), plus one spare."""
+    return 2 * capacity + 1
+
+
+def stage_capacity(stage: str) -> int:
+    """The PQH_CAPACITY a stage deploys with (.chalice/config.json; 1 if unset, as in the settings)."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    return int(config["stages"][stage].get("environment_variables", {}).get("PQH_CAPACITY", "1"))
+
+
+def gateway_responses() -> dict[str, Any]:
+    """API Gateway's own answers (no credential, a denied key, no route, throttled) as {error, message}.
+
+    The Serverless::Api's GatewayResponses: SAM writes them into the API definition,
+    so each deployment of the stage carries them (a separate GatewayResponse
+    resource takes effect only at the next deployment).
+    """
+    answers: dict[str, tuple[int | None, str]] = {
+        kind: (answer.status, answer.body().decode()) for kind, answer in gateway.ANSWERS.items()
+    }
+    answers["THROTTLED"] = (
+        429,
+        '{"error": "throttled", "message": "the API is over its request rate (the stage throttle); retry shortly"}',
+    )
+    # Any other refusal keeps its status and message; messageString is already a quoted JSON string.
+    answers["DEFAULT_4XX"] = (None, '{"error": "bad_request", "message": $context.error.messageString}')
+    answers["DEFAULT_5XX"] = (None, '{"error": "gateway_error", "message": $context.error.messageString}')
+    responses: dict[str, Any] = {}
+    for kind, (status, template) in answers.items():
+        response: dict[str, Any] = {
+            "ResponseTemplates": {"application/json": template},
+            "ResponseParameters": {"Headers": {"Content-Type": "'application/json'"}},
+        }
+        if status is not None:
+            response["StatusCode"] = str(status)
+        responses[kind] = response
+    return responses
+
+
 def _function_name(function: str) -> dict[str, str]:
     return {"Fn::Sub": f"${{AWS::StackName}}-{FUNCTION_SUFFIX[function]}"}
 
 
-def merge_template() -> dict[str, Any]:
+def merge_template(stage: str = "dev") -> dict[str, Any]:
     infra = load_template()
     resources: dict[str, Any] = dict(infra["Resources"])
+    resources["RestAPI"] = {
+        "Properties": {
+            "GatewayResponses": gateway_responses(),
+            "MethodSettings": [
+                {
+                    "ResourcePath": "/*",
+                    "HttpMethod": "*",
+                    "ThrottlingRateLimit": STAGE_RATE_LIMIT,
+                    "ThrottlingBurstLimit": STAGE_BURST_LIMIT,
+                }
+            ],
+        }
+    }
+    reserved = {
+        "worker": worker_concurrency(stage_capacity(stage)),
+        "dispatcher": DISPATCHER_CONCURRENCY,
+        "dispatch_tick": TICK_CONCURRENCY,
+    }
     variables = {
         "PQH_TASKS_TABLE": {"Ref": "TasksTable"},
         "PQH_USAGE_TABLE": {"Ref": "UsageTable"},
@@ -47,6 +120,8 @@ def merge_template() -> dict[str, Any]:
             # A retried worker invocation would find its slot handed on and run nothing:
             # do not retry it (the dispatcher starts a fresh one when needed).
             properties["EventInvokeConfig"] = {"MaximumRetryAttempts": 0}
+        if function in reserved:
+            properties["ReservedConcurrentExecutions"] = reserved[function]
         resources[logical] = {"Properties": properties}
         resources[role] = {
             "Properties": {"Policies": [{"PolicyName": f"{role}Policy", "PolicyDocument": template_policy(function)}]}
@@ -55,4 +130,4 @@ def merge_template() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(merge_template(), indent=2))
+    print(json.dumps(merge_template(sys.argv[1] if len(sys.argv) > 1 else "dev"), indent=2))

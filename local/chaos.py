@@ -241,6 +241,7 @@ class Chaos:
             "PQH_CAPACITY": str(self.config.capacity),
             "PQH_TASK_SECONDS": str(self.config.task_seconds),
             "PQH_LEASE_SECONDS": str(SLOT_LEASE_SECONDS),
+            "PQH_RUN_LEASE_SECONDS": str(RUN_LEASE_SECONDS),
         }
         if self.config.prefetch_seconds is not None:
             env["PQH_PREFETCH_SECONDS"] = str(self.config.prefetch_seconds)
@@ -346,8 +347,6 @@ class Chaos:
         quiet.setLevel(logging.CRITICAL)  # the injected faults would fill the log
         prefix = f"pqh-chaos-{uuid.uuid4().hex[:6]}"
         self._build(prefix)
-        saved_lease = services_mod.TASK_RUN_LEASE_SECONDS
-        services_mod.TASK_RUN_LEASE_SECONDS = RUN_LEASE_SECONDS
         saved_delays = services_mod.OUTCOME_RETRY_DELAYS
         services_mod.OUTCOME_RETRY_DELAYS = tuple(BACKOFF_SCALE * d for d in saved_delays)
         hooks = [(aws.client(name), f"before-send.{name}") for name in ("dynamodb", "sqs")]
@@ -366,7 +365,6 @@ class Chaos:
             self._stop.set()
             dispatcher.join(timeout=10)
             self._pool.shutdown(wait=True)
-            services_mod.TASK_RUN_LEASE_SECONDS = saved_lease
             services_mod.OUTCOME_RETRY_DELAYS = saved_delays
             ExponentialBackoff.delay_amount = original_delay
             quiet.setLevel(saved_level)

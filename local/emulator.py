@@ -1,7 +1,7 @@
 """The embedded AWS emulators on loopback, each a child process.
 
-DynamoDB is dynalite (a Node.js implementation of DynamoDB's API, in memory;
-`make` installs it from npm into local/node/), or moto's server with
+DynamoDB is dynalite (a Node.js implementation of DynamoDB's API, in memory or
+on disk; `make` installs it from npm into local/node/), or moto's server with
 PQH_DYNAMODB_EMULATOR=moto. SQS is moto's server with speed fixes for deep
 queues (local/fast_moto.py).
 
@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DYNALITE = ROOT / "local" / "node" / "node_modules" / "dynalite" / "cli.js"
@@ -42,11 +43,22 @@ class EmulatorProcess:
     """An emulator process on a loopback port: launch, wait until it answers, stop."""
 
     name = "emulator"
+    stop_seconds = 5.0  # after SIGTERM, then SIGKILL
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}"
+        self.serves = "AWS"  # which services the runner points at it: DynamoDB, SQS, or both
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether a restarted process has the tables or queues the dead one had."""
+        return False
+
+    def exit_code(self) -> int | None:
+        """None while the process runs (or was never launched); its exit code once it has died."""
+        return None if self._process is None else self._process.poll()
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -76,10 +88,19 @@ class EmulatorProcess:
         self._process = subprocess.Popen(
             self.command(),
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            env=self.environment(),
+            stdout=self.output(),
+            stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
+
+    def environment(self) -> dict[str, str] | None:
+        """The process's environment (None: this one's)."""
+        return None
+
+    def output(self) -> Any:
+        """Where the process's output goes (a file for emulators worth reading after a failure)."""
+        return subprocess.DEVNULL
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         assert self._process is not None, "launch() first"
@@ -100,7 +121,7 @@ class EmulatorProcess:
             return
         self._process.terminate()
         try:
-            self._process.wait(timeout=5)
+            self._process.wait(timeout=self.stop_seconds)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
@@ -120,7 +141,11 @@ class MotoServer(EmulatorProcess):
 
 
 class DynaliteServer(EmulatorProcess):
-    """dynalite: DynamoDB's API in Node.js, in memory; tables are ACTIVE as soon as created.
+    """dynalite: DynamoDB's API in Node.js; tables are ACTIVE as soon as created.
+
+    In memory, or with ``path`` in a LevelDB directory there, which a restarted
+    process reads again: the local runner keeps its tables on disk for the run,
+    so a dynalite that dies is started again with nothing lost.
 
     A conditional UpdateItem costs it about 1.3 ms of CPU where moto's server
     spends about 4.4 ms (bench/emulator_calls.py); it applies each write to an
@@ -130,6 +155,14 @@ class DynaliteServer(EmulatorProcess):
     """
 
     name = "dynalite"
+
+    def __init__(self, host: str, port: int, path: Path | None = None) -> None:
+        super().__init__(host, port)
+        self.path = path
+
+    @property
+    def keeps_state(self) -> bool:
+        return self.path is not None
 
     def command(self) -> list[str]:
         node = shutil.which("node")
@@ -146,14 +179,15 @@ class DynaliteServer(EmulatorProcess):
             "--port",
             str(self.port),
             *("--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"),
+            *(("--path", str(self.path)) if self.path is not None else ()),
         ]
 
 
-def dynamodb_emulator(host: str, port: int, kind: str | None = None) -> EmulatorProcess:
-    """The DynamoDB emulator named by PQH_DYNAMODB_EMULATOR: dynalite (the default) or moto."""
+def dynamodb_emulator(host: str, port: int, kind: str | None = None, path: Path | None = None) -> EmulatorProcess:
+    """The DynamoDB emulator named by PQH_DYNAMODB_EMULATOR: dynalite (the default; on disk at ``path``) or moto."""
     kind = (kind if kind is not None else os.environ.get("PQH_DYNAMODB_EMULATOR", "")).strip() or "dynalite"
     if kind == "dynalite":
-        return DynaliteServer(host, port)
+        return DynaliteServer(host, port, path)
     if kind == "moto":
         return MotoServer(host, port)
     raise EmulatorError(f"PQH_DYNAMODB_EMULATOR={kind!r}: use dynalite or moto")

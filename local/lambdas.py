@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
 
 from chalice.local import LambdaContext
@@ -30,8 +31,11 @@ from chalice.local import LambdaContext
 from chalicelib import wiring
 from chalicelib.domain import Handoff
 from local.emulator import ROOT, die_with_parent
+from local.supervision import Backoff, exit_reason
 
 log = logging.getLogger("pqh.local")
+# Logged once a restarted Lambda process runs its handlers.
+RUNNING_AGAIN = "the local Lambda process is running again"
 
 
 class LocalLambdas:
@@ -106,6 +110,10 @@ class LocalLambdas:
                     log.exception("dispatcher failed; the next trigger or tick retries")
 
 
+class LambdaProcessError(Exception):
+    """The Lambda process could not start; the message says how it ended."""
+
+
 class RemoteLambdas:
     """The Invoker of the API process: invocations go to the Lambda process (``python -m local.lambdas``).
 
@@ -113,15 +121,38 @@ class RemoteLambdas:
     here they are two processes, so the API's requests and the workers' loops do
     not share one interpreter lock. Each invocation is a line of JSON on the
     child's stdin; the child's output goes to the runner's.
+
+    The Lambda process is supervised: when it dies it is started again (at once,
+    then with a growing pause while it keeps dying). What it held comes back as
+    after a Lambda crash on AWS: its slots when their leases run out, its
+    received messages after the queues' visibility timeout, its started tasks
+    once their run leases have run out, all found by the schedule's walk. An
+    invocation sent while it is down is taken as AWS takes an asynchronous
+    invoke it cannot run yet: accepted, and one dispatch follows once it is back
+    (the tasks wait in SQS and DynamoDB meanwhile).
     """
 
-    def __init__(self, capacity: int, tick_seconds: float) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, capacity: int, tick_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._capacity = capacity
+        self._tick = tick_seconds
+        self._clock = clock
+        self._lock = threading.Lock()  # guards the pipe and the swap to a restarted process
+        self._stopping = threading.Event()
+        self._backoff = Backoff()
+        # An invocation found the process down: a dispatch is owed once it is back.
+        self._undelivered = False
+        self._process = self._spawn()
+        self._started_at = clock()
+        self._supervisor = threading.Thread(target=self._supervise, name="lambda-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start the Lambda process and wait until its handlers run."""
         ready_read, ready_write = os.pipe()
-        self._process = subprocess.Popen(
+        process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "local.lambdas"),
-                *("--capacity", str(capacity), "--tick", str(tick_seconds), "--ready-fd", str(ready_write)),
+                *("--capacity", str(self._capacity), "--tick", str(self._tick), "--ready-fd", str(ready_write)),
             ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
@@ -133,18 +164,66 @@ class RemoteLambdas:
         # the runner says it is up once this process is.
         with os.fdopen(ready_read, "rb") as ready:
             if ready.read(1) != b"1":
-                self._process.wait()
-                raise RuntimeError(f"the local Lambda process exited with code {self._process.returncode}")
+                process.wait()
+                raise LambdaProcessError(f"the local Lambda process {exit_reason(process.returncode)} while starting")
+        return process
+
+    def _supervise(self) -> None:
+        """Wait for the Lambda process to die, and start it again."""
+        while True:
+            dead = self._process
+            dead.wait()
+            if self._stopping.is_set():
+                return
+            log.error(
+                "the local Lambda process (pid %d) %s. The tasks it was running run again once their run leases "
+                "and their messages' visibility timeout run out; its slots free when their leases do",
+                dead.pid,
+                exit_reason(dead.returncode),
+            )
+            process = self._restart(uptime=self._clock() - self._started_at)
+            if process is None:
+                return
+            with self._lock:
+                self._process = process
+                self._started_at = self._clock()
+                owed, self._undelivered = self._undelivered, False
+            if self._stopping.is_set():
+                self._close(process)
+                return
+            log.info("%s (pid %d)", RUNNING_AGAIN, process.pid)
+            if owed:
+                self.trigger_dispatch()
+
+    def _restart(self, uptime: float) -> subprocess.Popen[bytes] | None:
+        """Start the process again, pausing longer while it keeps dying; None if the runner stops first."""
+        while True:
+            pause = self._backoff.pause(uptime)
+            log.info("starting the local Lambda process again%s", f" in {pause:.0f}s (it keeps dying)" if pause else "")
+            if self._stopping.wait(pause):
+                return None
+            try:
+                return self._spawn()
+            except LambdaProcessError as exc:
+                log.error("%s", exc)
+                uptime = 0.0
 
     def _send(self, message: dict[str, object]) -> None:
-        stdin = self._process.stdin
-        if stdin is None or self._process.poll() is not None:
-            raise RuntimeError("the local Lambda process is not running")
         with self._lock:
-            stdin.write((json.dumps(message) + "\n").encode())
-            stdin.flush()
+            process = self._process
+            if process.poll() is None and process.stdin is not None:
+                try:
+                    process.stdin.write((json.dumps(message) + "\n").encode())
+                    process.stdin.flush()
+                    return
+                except OSError:  # it died since the poll: the supervisor restarts it
+                    pass
+            if not self._undelivered and not self._stopping.is_set():
+                log.warning("the local Lambda process is down: submits are queued and run once it is back")
+            self._undelivered = True
 
     def start_worker(self, handoff: Handoff) -> None:
+        # Not delivered while the process is down: the slot frees when its lease runs out.
         self._send({"function": "worker", "payload": handoff.to_payload()})
 
     def trigger_dispatch(self) -> None:
@@ -152,14 +231,22 @@ class RemoteLambdas:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Close the pipe: the Lambda process stops its dispatcher and workers and exits."""
-        if self._process.stdin is not None:
+        self._stopping.set()
+        with self._lock:
+            process = self._process
+        self._close(process, timeout)
+        self._supervisor.join(timeout=timeout)
+
+    @staticmethod
+    def _close(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+        if process.stdin is not None:
             with contextlib.suppress(OSError):
-                self._process.stdin.close()
+                process.stdin.close()
         try:
-            self._process.wait(timeout=timeout)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+            process.kill()
+            process.wait()
 
 
 def serve(capacity: int, tick_seconds: float, ready_fd: int | None = None) -> int:

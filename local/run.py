@@ -9,37 +9,58 @@ process serves the API and sends it the submits' triggers.
 
 The embedded emulator is two processes: dynalite for DynamoDB (Node.js; moto's
 server with PQH_DYNAMODB_EMULATOR=moto) and moto's server for SQS; boto3 reaches
-them through AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_SQS.
+them through AWS_ENDPOINT_URL_DYNAMODB and AWS_ENDPOINT_URL_SQS. A service whose
+endpoint the environment already names (AWS_ENDPOINT_URL_<SERVICE>, else
+AWS_ENDPOINT_URL) gets no embedded emulator: e.g. AWS_ENDPOINT_URL_SQS alone puts
+SQS on LocalStack and keeps DynamoDB on dynalite. Before creating anything the
+runner calls each service once (PQH_ENDPOINT_TIMEOUT seconds, default 5, no retry)
+and stops with one line naming the service and endpoint that did not answer.
 
 Environment (all optional): PQH_HOST, PQH_PORT, PQH_EMULATOR_PORT (DynamoDB),
 PQH_SQS_EMULATOR_PORT (SQS; default PQH_EMULATOR_PORT + 1; 0 with
 PQH_DYNAMODB_EMULATOR=moto: one moto server for both), PQH_DYNAMODB_EMULATOR
-(dynalite or moto), PQH_LOCAL_PREFIX, PQH_TICK_SECONDS, AWS_ENDPOINT_URL (use that
-emulator instead of starting any), plus every service setting of the README.
+(dynalite or moto), PQH_LOCAL_PREFIX, PQH_TICK_SECONDS, PQH_ENDPOINT_TIMEOUT,
+PQH_VISIBILITY_SECONDS (the queues' visibility timeout; the template's 960 s by
+default), AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL_SQS (use
+that endpoint instead of starting an emulator), plus every service setting of the
+README.
+
+Supervision: the Lambda process is started again whenever it dies (see
+local/lambdas.py). dynalite keeps its tables on disk for the run, so it is started
+again too. moto's server keeps its queues in memory only: if it dies, the queued
+tasks' messages are gone, and the runner stops with a message instead of
+accepting tasks that would never run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chalice.config import Config  # noqa: E402
-from chalice.local import ChaliceRequestHandler, LocalDevServer, ThreadedHTTPServer  # noqa: E402
+from chalice.local import LocalDevServer, ThreadedHTTPServer  # noqa: E402
 
 from chalicelib import aws, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
+from local import endpoints  # noqa: E402
 from local.emulator import EmulatorError, EmulatorProcess, MotoServer, dynamodb_emulator  # noqa: E402
-from local.lambdas import RemoteLambdas  # noqa: E402
+from local.gateway import GatewayHandler  # noqa: E402
+from local.lambdas import LambdaProcessError, RemoteLambdas  # noqa: E402
+from local.supervision import Backoff, exit_reason  # noqa: E402
 
 log = logging.getLogger("pqh.local")
 
@@ -53,16 +74,6 @@ class BacklogServer(ThreadedHTTPServer):
 
     request_queue_size = 128
     daemon_threads = True
-
-
-class NoDelayHandler(ChaliceRequestHandler):
-    """Chalice's handler with TCP_NODELAY.
-
-    It writes headers and body in separate sends; on a kept-alive connection,
-    Nagle's algorithm then waits for the client's delayed ACK, about 40 ms a request.
-    """
-
-    disable_nagle_algorithm = True
 
 
 def _env_int(name: str, default: int) -> int:
@@ -81,6 +92,101 @@ def _env_float(name: str, default: float) -> float:
         sys.exit(f"{name}={raw!r} is not a number")
 
 
+def start_emulators(emulator_port: int, sqs_port: int, data_dir: Path) -> list[EmulatorProcess]:
+    """Start an embedded emulator for each service the environment names no endpoint for.
+
+    Each started one is named in AWS_ENDPOINT_URL_<SERVICE>; AWS_ENDPOINT_URL, when
+    unset, points at the DynamoDB emulator, so no other call can reach AWS. dynalite
+    keeps its tables in ``data_dir`` for the run, so a dynalite that dies restarts with them.
+    """
+    emulators: list[EmulatorProcess] = []
+    dynamodb: EmulatorProcess | None = None
+    if not endpoints.configured(endpoints.DYNAMODB):
+        dynamodb = dynamodb_emulator("127.0.0.1", emulator_port, path=data_dir / "tables")
+        dynamodb.serves = "DynamoDB"
+        emulators.append(dynamodb)
+    sqs: EmulatorProcess | None = None
+    if not endpoints.configured(endpoints.SQS):
+        shared = isinstance(dynamodb, MotoServer) and not sqs_port
+        if shared and dynamodb is not None:
+            dynamodb.serves = "DynamoDB and SQS"
+            sqs = dynamodb
+        else:
+            sqs = MotoServer("127.0.0.1", sqs_port or emulator_port + 1)
+            sqs.serves = "SQS"
+            emulators.append(sqs)
+    try:
+        for emulator in emulators:
+            emulator.launch()
+        for emulator in emulators:
+            emulator.wait_ready()
+    except BaseException:
+        for emulator in emulators:
+            emulator.stop()
+        raise
+    if dynamodb is not None:
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = dynamodb.url
+        os.environ.setdefault("AWS_ENDPOINT_URL", dynamodb.url)
+    if sqs is not None:
+        os.environ["AWS_ENDPOINT_URL_SQS"] = sqs.url
+    return emulators
+
+
+def _level_queue_urls(sqs: Any, prefix: str) -> list[str]:
+    return [sqs.get_queue_url(QueueName=f"{prefix}-level-{level}")["QueueUrl"] for level in range(6)]
+
+
+def _set_visibility(sqs: Any, prefix: str, seconds: int) -> None:
+    """PQH_VISIBILITY_SECONDS: a received message comes back this much sooner or later than on AWS."""
+    for url in _level_queue_urls(sqs, prefix):
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": str(seconds)})
+
+
+def _visibility(sqs: Any, prefix: str) -> int:
+    url = _level_queue_urls(sqs, prefix)[0]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])
+    return int(attributes["Attributes"]["VisibilityTimeout"])
+
+
+class EmulatorWatch:
+    """Restarts an emulator that died if it keeps its state; otherwise says why the runner must stop."""
+
+    def __init__(self, emulators: list[EmulatorProcess]) -> None:
+        self._emulators = emulators
+        self._backoff = {id(emulator): Backoff() for emulator in emulators}
+        self._started = {id(emulator): time.monotonic() for emulator in emulators}
+
+    def check(self) -> str | None:
+        """None while every emulator runs (after restarting those that can be); else why to stop."""
+        for emulator in self._emulators:
+            code = emulator.exit_code()
+            if code is None:
+                continue
+            if not emulator.keeps_state:
+                held = {"SQS": "queues", "DynamoDB": "tables"}.get(emulator.serves, "tables and queues")
+                return (
+                    f"{emulator.name} ({emulator.serves}) {exit_reason(code)}. It kept its {held} in memory only: "
+                    "they are gone, and with them what the queued tasks need to run. Stopping rather than accepting "
+                    "tasks that would never run. Start `make run` again (it starts empty)."
+                )
+            pause = self._backoff[id(emulator)].pause(time.monotonic() - self._started[id(emulator)])
+            log.error(
+                "%s (%s) %s; starting it again%s with its tables (on disk for this run)",
+                emulator.name,
+                emulator.serves,
+                exit_reason(code),
+                f" in {pause:.0f}s (it keeps dying)" if pause else "",
+            )
+            time.sleep(pause)
+            try:
+                emulator.start()
+            except EmulatorError as exc:
+                return f"{emulator.name} ({emulator.serves}) could not be started again: {exc}; stopping."
+            self._started[id(emulator)] = time.monotonic()
+            log.info("%s (%s) is running again on %s", emulator.name, emulator.serves, emulator.url)
+        return None
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     for noisy in ("botocore", "werkzeug", "urllib3"):
@@ -96,46 +202,35 @@ def main() -> int:
         os.environ.setdefault(name, value)
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-    emulators: list[EmulatorProcess] = []
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    if not endpoint:
-        try:
-            dynamodb = dynamodb_emulator("127.0.0.1", emulator_port)
-        except EmulatorError as exc:
-            log.error("%s", exc)
-            return 2
-        emulators.append(dynamodb)
-        if sqs_port or not isinstance(dynamodb, MotoServer):
-            emulators.append(MotoServer("127.0.0.1", sqs_port or emulator_port + 1))
-        try:
-            for emulator in emulators:
-                emulator.launch()
-            for emulator in emulators:
-                emulator.wait_ready()
-        except EmulatorError as exc:
-            for emulator in emulators:
-                emulator.stop()
-            log.error("%s", exc)
-            return 2
-        except Exception:
-            for emulator in emulators:
-                emulator.stop()
-            raise
-        endpoint = dynamodb.url
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
-        if len(emulators) > 1:
-            os.environ["AWS_ENDPOINT_URL_SQS"] = emulators[1].url
-            sqs_url = emulators[1].url
-            log.info("AWS endpoints: DynamoDB %s (embedded %s), SQS %s (moto server)", endpoint, dynamodb.name, sqs_url)
-        else:
-            log.info("AWS endpoint: %s (embedded moto server)", endpoint)
-    else:
-        log.info("AWS endpoint: %s", endpoint)
-
+    # dynalite's tables live on disk for this run, so a dynalite that dies restarts with them.
+    data_dir = Path(tempfile.mkdtemp(prefix="pqh-dynalite-"))
+    try:
+        emulators = start_emulators(emulator_port, sqs_port, data_dir)
+    except EmulatorError as exc:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        log.error("%s", exc)
+        return 2
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
     stop = threading.Event()
     lambdas: RemoteLambdas | None = None
     server: LocalDevServer | None = None
     try:
+        timeout = _env_float("PQH_ENDPOINT_TIMEOUT", endpoints.DEFAULT_TIMEOUT)
+        try:
+            urls = [endpoints.check(service, timeout) for service in endpoints.SERVICES]
+        except endpoints.EndpointError as exc:
+            log.error("%s", exc)
+            return 2
+        started = {emulator.url: emulator.name for emulator in emulators}
+        log.info(
+            "AWS endpoints: %s",
+            ", ".join(
+                f"{service.name} {url}" + (f" (embedded {started[url]})" if url in started else "")
+                for service, url in zip(endpoints.SERVICES, urls, strict=True)
+            ),
+        )
         os.environ.update(settings_env(prefix))
         os.environ["PQH_HANDOFF"] = "local"
         try:
@@ -144,6 +239,18 @@ def main() -> int:
             log.error("configuration error: %s", exc)
             return 2
         provision(prefix, aws.client("dynamodb"), aws.client("sqs"))
+        visibility = _env_int("PQH_VISIBILITY_SECONDS", 0)
+        if visibility:
+            _set_visibility(aws.client("sqs"), prefix, visibility)
+        visibility = visibility or _visibility(aws.client("sqs"), prefix)
+        if settings.run_lease_seconds >= visibility:
+            log.error(
+                "PQH_RUN_LEASE_SECONDS=%d must be below the queues' visibility timeout (%d s, PQH_VISIBILITY_SECONDS): "
+                "a message would come back while its task still runs",
+                settings.run_lease_seconds,
+                visibility,
+            )
+            return 2
         log.info("tables and queues ready (prefix %s)", prefix)
 
         import app as app_module  # after the environment is set
@@ -153,12 +260,17 @@ def main() -> int:
 
         # The dispatcher, the workers and the tick run in a process of their own, as
         # separate Lambda functions do on AWS; this process serves the API.
-        lambdas = RemoteLambdas(capacity=settings.capacity, tick_seconds=tick_seconds)
+        try:
+            lambdas = RemoteLambdas(capacity=settings.capacity, tick_seconds=tick_seconds)
+        except LambdaProcessError as exc:
+            log.error("%s", exc)
+            return 2
         wiring.configure(invoker_factory=lambda _settings: lambdas)
 
+        GatewayHandler.max_body_bytes = settings.max_body_bytes
         config = Config.create(chalice_stage="local", app_name="pqh", project_dir=str(ROOT))
         server = LocalDevServer(
-            app_module.app, config, host, port, handler_cls=NoDelayHandler, server_cls=BacklogServer
+            app_module.app, config, host, port, handler_cls=GatewayHandler, server_cls=BacklogServer
         )
         threading.Thread(target=server.server.serve_forever, name="http", daemon=True).start()
         log.info(
@@ -175,7 +287,13 @@ def main() -> int:
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        stop.wait()
+        watch = EmulatorWatch(emulators)
+        while not stop.wait(0.5):
+            lost = watch.check()
+            if lost:
+                log.error("%s", lost)
+                log.info("stopping")
+                return 1
         log.info("stopping")
         return 0
     finally:
@@ -186,6 +304,7 @@ def main() -> int:
             lambdas.stop()
         for emulator in emulators:
             emulator.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
         log.info("stopped")
 
 

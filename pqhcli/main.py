@@ -33,6 +33,15 @@ from rich.table import Table
 DONE = ("SUCCESS", "FAILURE", "CANCELLED")
 
 
+def segment(value: str) -> str:
+    """An id as one path segment: every reserved character percent-encoded, ``/`` included.
+
+    The API decodes a path parameter exactly once, so any id reaches the same user
+    (or task, or key) as it would in a JSON body.
+    """
+    return quote(value, safe="")
+
+
 class Api:
     """User routes send PQH_API_KEY; admin routes PQH_ADMIN_TOKEN (or PQH_API_KEY, an admin key)."""
 
@@ -119,7 +128,7 @@ def follow(api: Api, task_id: str, every: float) -> None:
     else:
         last = ""
         while True:
-            body = api.call("GET", f"/result/{task_id}")
+            body = api.call("GET", f"/result/{segment(task_id)}")
             line = describe(body)
             if line != last:
                 click.echo(line)
@@ -139,7 +148,7 @@ def follow_with_bar(api: Api, task_id: str, every: float) -> dict[str, Any]:
         bar = progress.add_task("submitted", total=None)
         first_position: int | None = None
         while True:
-            body: dict[str, Any] = api.call("GET", f"/result/{task_id}")
+            body: dict[str, Any] = api.call("GET", f"/result/{segment(task_id)}")
             status = body["task_status"]
             if status == "PENDING" and "queue_position" in body:
                 position = int(body["queue_position"])
@@ -164,7 +173,7 @@ def result(api: Api, task_id: str, wait: bool) -> None:
     if wait:
         follow(api, task_id, 0.5)
         return
-    click.echo(json.dumps(api.call("GET", f"/result/{task_id}"), indent=2))
+    click.echo(json.dumps(api.call("GET", f"/result/{segment(task_id)}"), indent=2))
 
 
 @cli.command()
@@ -172,7 +181,7 @@ def result(api: Api, task_id: str, wait: bool) -> None:
 @click.pass_obj
 def cancel(api: Api, task_id: str) -> None:
     """Cancel a queued task, or ask a running one to stop."""
-    body = api.call("DELETE", f"/task/{task_id}")
+    body = api.call("DELETE", f"/task/{segment(task_id)}")
     click.echo(f"{task_id}: {describe(body)}")
 
 
@@ -182,7 +191,7 @@ def cancel(api: Api, task_id: str) -> None:
 @click.pass_obj
 def weight(api: Api, user_id: str, weight: int) -> None:
     """Set a user's weight (needs PQH_ADMIN_TOKEN)."""
-    body = api.call("PUT", f"/admin/users/{quote(user_id, safe='')}/weight", {"weight": weight})
+    body = api.call("PUT", f"/admin/users/{segment(user_id)}/weight", {"weight": weight})
     click.echo(json.dumps(body))
 
 
@@ -199,15 +208,22 @@ def stats(api: Api, as_json: bool) -> None:
     t = body["tasks"]
     waits = body["wait_seconds"]
     console.print(
-        f"[bold]running {body['running']}/{body['capacity']}[/]  queued {t['queued']}  submitted {t['submitted']}  "
+        f"[bold]running {t['running']}/{body['capacity']}[/]  queued {t['queued']}  submitted {t['submitted']}  "
         f"succeeded {t['succeeded']}  failed {t['failed']}  cancelled {t['cancelled']}  "
         f"dead letters {t['dead_letters']}  wait p50 {waits['p50']}s p90 {waits['p90']}s  (policy {body['policy']})"
     )
     console.print(
         _table(
             "Queues",
-            ["level", "queued", "in flight", "counted", "dead letters"],
-            [[q["level"], q["queued"], q["in_flight"], q["counted"], q["dead_letters"]] for q in body["queues"]],
+            ["level", "queued", "running", "received, not deleted", "counted", "dead letters"],
+            [
+                # A server older than these columns has neither: "-".
+                [
+                    *(q["level"], q["queued"], q.get("running", "-"), q.get("received_not_deleted", "-")),
+                    *(q["counted"], q["dead_letters"]),
+                ]
+                for q in body["queues"]
+            ],
         )
     )
     console.print(
@@ -262,7 +278,7 @@ def key_issue(api: Api, user_id: str, admin: bool) -> None:
 @click.pass_obj
 def key_revoke(api: Api, key_id: str) -> None:
     """Revoke the key whose id (its SHA-256) is KEY_ID."""
-    api.call("DELETE", f"/admin/keys/{key_id}")
+    api.call("DELETE", f"/admin/keys/{segment(key_id)}")
     click.echo(f"revoked {key_id}")
 
 

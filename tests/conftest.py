@@ -7,6 +7,7 @@ import os
 import pytest
 
 from chalicelib import wiring
+from tests.localstack.fixture import localstack  # noqa: F401  (the LocalStack tier's fixture)
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from chalicelib import policy
 from chalicelib.domain import CANCELLED, FAILURE, FINISHED, PENDING, STARTED, Task, TaskSummary, UserUsage
 from chalicelib.policy import Backlog, Slot
-from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
+from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW, QueuedLimitError
 
 OLD_WEIGHT_SK = "w"  # where versions before December 2026 kept a weight (see adopt_old_weights)
 # The expiry of a weighted user's counters (9999-12-31): DynamoDB's TTL never reaches it.
@@ -53,6 +53,9 @@ BUCKET_PREFIX = "b"
 # up; then one more write removes them (about once per this many buckets of an
 # active user). The item's TTL removes the whole item once the user is idle.
 STALE_LIMIT = 8
+# The user's queued counter, on the same item: an upper bound of their queued tasks
+# (see UsageStore.record_submission), raised by each submission's own write.
+QUEUED = "queued"
 
 
 def _bucket_attr(start: int) -> str:
@@ -103,19 +106,37 @@ class DynamoUsageStore:
     def _key(self, user_id: str, sk: str = USAGE_SK) -> dict[str, Any]:
         return {"user_id": {"S": user_id}, "sk": {"S": sk}}
 
-    def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+    def record_submission(
+        self, user_id: str, now: float, bucket_seconds: int, window_seconds: int, max_queued: int | None = None
+    ) -> tuple[int, int]:
         start = policy.bucket_start(now, bucket_seconds)
         expires = policy.bucket_expiry(start, bucket_seconds, window_seconds)
-        # One atomic ADD; the whole item comes back, so concurrent submissions each
-        # see a distinct total, and their "count before" values are distinct too.
-        response = self._db.update_item(
-            TableName=self._table,
-            Key=self._key(user_id),
-            UpdateExpression="ADD #b :one SET expires_at = if_not_exists(#hold, :exp)",
-            ExpressionAttributeNames={"#b": _bucket_attr(start), "#hold": HOLD},
-            ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(expires)}},
-            ReturnValues="ALL_NEW",
-        )
+        # One atomic ADD (the queued counter's too, under its limit); the whole item
+        # comes back, so concurrent submissions each see a distinct total, and their
+        # "count before" values are distinct too.
+        values = {":one": {"N": "1"}, ":exp": {"N": str(expires)}}
+        limit: dict[str, Any] = {}
+        if max_queued is not None:
+            values[":max"] = {"N": str(max_queued)}
+            limit = {
+                "ConditionExpression": "attribute_not_exists(#q) OR #q < :max",
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        try:
+            response = self._db.update_item(
+                TableName=self._table,
+                Key=self._key(user_id),
+                UpdateExpression="ADD #b :one, #q :one SET expires_at = if_not_exists(#hold, :exp)",
+                ExpressionAttributeNames={"#b": _bucket_attr(start), "#hold": HOLD, "#q": QUEUED},
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                **limit,
+            )
+        except ClientError as exc:
+            if not _is_conditional_failure(exc):
+                raise
+            old = exc.response.get("Item") or self._counters(user_id)
+            raise QueuedLimitError(int(_num(old, QUEUED) or 0)) from exc
         item = response["Attributes"]
         buckets = _buckets(item)
         self._sweep(user_id, buckets, now, bucket_seconds, window_seconds)
@@ -132,6 +153,21 @@ class DynamoUsageStore:
                 UpdateExpression="REMOVE " + ", ".join(f"#x{i}" for i in range(len(dead))),
                 ExpressionAttributeNames={f"#x{i}": _bucket_attr(start) for i, start in enumerate(dead)},
             )
+
+    def _counters(self, user_id: str) -> dict[str, Any]:
+        response = self._db.get_item(TableName=self._table, Key=self._key(user_id), ConsistentRead=True)
+        return response.get("Item") or {}
+
+    def set_queued(self, user_id: str, seen: int, value: int) -> bool:
+        return _conditional_update(
+            self._db,
+            self._table,
+            Key=self._key(user_id),
+            UpdateExpression="SET #q = :value",
+            ConditionExpression="#q = :seen",
+            ExpressionAttributeNames={"#q": QUEUED},
+            ExpressionAttributeValues={":value": {"N": str(value)}, ":seen": {"N": str(seen)}},
+        )
 
     def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
         """Live count and weight, from the counters item (consistent read)."""
@@ -253,10 +289,12 @@ def _top(counts: dict[str, int], weights: dict[str, int], limit: int) -> list[Us
 
 # Sparse indexes of the tasks table (infra/resources.json): a task is in
 # QUEUED_INDEX (key queued_user) and AGE_INDEX (key queued_level, sorted by
-# queued_since) while PENDING, and in RECENT_INDEX (key done_hour, sorted by
+# queued_since) while PENDING, in RUNNING_INDEX (key running_level, sorted by
+# run_lease_until) while STARTED, and in RECENT_INDEX (key done_hour, sorted by
 # finished_at) once finished.
 QUEUED_INDEX = "queued-by-user"
 AGE_INDEX = "queued-by-age"
+RUNNING_INDEX = "running-by-level"
 RECENT_INDEX = "recent"
 
 
@@ -283,6 +321,7 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         error=s("error"),
         run_id=s("run_id"),
         run_lease_until=_num(item, "run_lease_until"),
+        run_holder=s("run_holder"),
         attempts=int(_num(item, "attempts") or 0),
         tag=_num(item, "tag") or 0.0,
         cancel_requested=bool(item.get("cancel_requested", {}).get("BOOL", False)),
@@ -359,13 +398,17 @@ class DynamoTaskStore:
             ExpressionAttributeValues={":t": {"BOOL": True}, ":started": {"S": STARTED}},
         )
 
-    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
+    def start(
+        self, task_id: str, run_id: str, now: float, lease_until: float, slot_holder: str = ""
+    ) -> tuple[str, Task | None]:
+        holder = ", run_holder = :holder" if slot_holder else ""
         try:
             response = self._db.update_item(
                 TableName=self._table,
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
-                    "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease "
+                    "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease, "
+                    f"running_level = priority_level{holder} "
                     "ADD attempts :one REMOVE queued_user, queued_level, queued_since"
                 ),
                 # Runnable when never started, or when the run that started it has
@@ -381,6 +424,7 @@ class DynamoTaskStore:
                     ":run": {"S": run_id},
                     ":lease": _n(lease_until),
                     ":one": {"N": "1"},
+                    **({":holder": {"S": slot_holder}} if slot_holder else {}),
                 },
                 ReturnValues="ALL_NEW",
             )
@@ -404,6 +448,7 @@ class DynamoTaskStore:
         expires_at: float,
         result: object = None,
         error: str | None = None,
+        unless_cancel_requested: bool = False,
     ) -> bool:
         values: dict[str, Any] = {
             ":status": {"S": status},
@@ -423,11 +468,15 @@ class DynamoTaskStore:
         kwargs: dict[str, Any] = {}
         if error is not None:
             kwargs["ExpressionAttributeNames"] = {"#err": "error"}
+        # Only the run that owns the task may finish it, and only once.
+        condition = "task_status = :started AND run_id = :run"
+        if unless_cancel_requested:
+            condition += " AND (attribute_not_exists(cancel_requested) OR cancel_requested = :false)"
+            values[":false"] = {"BOOL": False}
         return self._conditional(
             Key={"task_id": {"S": task_id}},
-            UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until",
-            # Only the run that owns the task may finish it, and only once.
-            ConditionExpression="task_status = :started AND run_id = :run",
+            UpdateExpression="SET " + ", ".join(sets) + " REMOVE run_lease_until, running_level, run_holder",
+            ConditionExpression=condition,
             ExpressionAttributeValues=values,
             **kwargs,
         )
@@ -440,8 +489,8 @@ class DynamoTaskStore:
                 UpdateExpression=(
                     "SET task_status = :pending, queue_seq = :seq, expires_at = :exp, queued_user = user_id, "
                     "queued_level = priority_level, queued_since = :now, "
-                    "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, #err, done_hour, "
-                    "task_result, cancel_requested"
+                    "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, running_level, "
+                    "run_holder, #err, done_hour, task_result, cancel_requested"
                 ),
                 ConditionExpression="task_status = :failure",
                 ExpressionAttributeNames={"#err": "error"},
@@ -533,6 +582,23 @@ class DynamoTaskStore:
             },
         )
 
+    def running_holders(self, level: int, now: float) -> list[str]:
+        holders: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": RUNNING_INDEX,
+            # A run whose lease has run out has died: its task runs again when SQS shows its message.
+            "KeyConditionExpression": "running_level = :l AND run_lease_until > :now",
+            "ExpressionAttributeValues": {":l": {"N": str(level)}, ":now": _n(now)},
+            "ProjectionExpression": "run_holder",
+        }
+        while True:
+            response = self._db.query(**kwargs)
+            holders += [item.get("run_holder", {}).get("S", "") for item in response.get("Items", [])]
+            if not response.get("LastEvaluatedKey"):
+                return holders
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
     def queued_count(self, user_id: str) -> int:
         total = 0
         kwargs: dict[str, Any] = {
@@ -568,6 +634,7 @@ def _backlog_from(item: dict[str, Any]) -> Backlog:
         dequeued=tuple(int(_num(item, f"d{level}") or 0) for level in range(policy.LEVELS)),
         run_seconds=_num(item, "rt") or 0.0,
         tallies=tuple(int(_num(item, name) or 0) for name in TALLY_ATTRS),
+        withdrawn=tuple(int(_num(item, f"w{level}") or 0) for level in range(policy.LEVELS)),
         stamps=tuple(int(_num(item, f"s{level}") or 0) for level in range(policy.LEVELS)),
         arrival_rates=tuple(_num(item, f"a{level}") or 0.0 for level in range(policy.LEVELS)),
         rated_enqueued=tuple(int(_num(item, f"r{level}") or 0) for level in range(policy.LEVELS)),
@@ -705,6 +772,15 @@ class DynamoControlStore:
         )
         attributes = response["Attributes"]
         return int(attributes[f"l{level}"]["N"]), int(attributes[f"e{level}"]["N"])
+
+    def withdraw(self, level: int) -> None:
+        self._db.update_item(
+            TableName=self._table,
+            Key={"pk": {"S": BACKLOG_KEY}},
+            UpdateExpression="ADD #l :minus, #w :one",
+            ExpressionAttributeNames={"#l": f"l{level}", "#w": f"w{level}"},
+            ExpressionAttributeValues={":minus": {"N": "-1"}, ":one": {"N": "1"}},
+        )
 
     def commit_pick(
         self, seen: Backlog, after: Backlog, takes: Mapping[int, int], tallies: Sequence[int] = ()

@@ -26,22 +26,36 @@ from chalicelib.domain import (
     UserUsage,
 )
 from chalicelib.policy import Backlog, Slot
-from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
+from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW, QueuedLimitError
 
 
 class MemoryUsageStore:
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, int], tuple[int, int]] = {}  # (user, start) -> (count, expires_at)
         self._weights: dict[str, int] = {}
+        self._queued: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def record_submission(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
+    def record_submission(
+        self, user_id: str, now: float, bucket_seconds: int, window_seconds: int, max_queued: int | None = None
+    ) -> tuple[int, int]:
         start = policy.bucket_start(now, bucket_seconds)
         with self._lock:
+            queued = self._queued.get(user_id, 0)
+            if max_queued is not None and queued >= max_queued:
+                raise QueuedLimitError(queued)
+            self._queued[user_id] = queued + 1
             count, _ = self._buckets.get((user_id, start), (0, 0))
             self._buckets[(user_id, start)] = (count + 1, policy.bucket_expiry(start, bucket_seconds, window_seconds))
             total = self._count(user_id, now)
             return total - 1, self._weights.get(user_id, 1)
+
+    def set_queued(self, user_id: str, seen: int, value: int) -> bool:
+        with self._lock:
+            if self._queued.get(user_id, 0) != seen:
+                return False
+            self._queued[user_id] = value
+            return True
 
     def usage(self, user_id: str, now: float, bucket_seconds: int, window_seconds: int) -> tuple[int, int]:
         with self._lock:
@@ -113,7 +127,9 @@ class MemoryTaskStore:
             self._tasks[task_id] = replace(task, cancel_requested=True)
             return True
 
-    def start(self, task_id: str, run_id: str, now: float, lease_until: float) -> tuple[str, Task | None]:
+    def start(
+        self, task_id: str, run_id: str, now: float, lease_until: float, slot_holder: str = ""
+    ) -> tuple[str, Task | None]:
         with self._lock:
             task = self._tasks.get(task_id)
             if task is None:
@@ -129,6 +145,7 @@ class MemoryTaskStore:
                 started_at=now,
                 run_id=run_id,
                 run_lease_until=lease_until,
+                run_holder=slot_holder or None,
                 attempts=task.attempts + 1,
             )
             self._tasks[task_id] = task
@@ -143,10 +160,13 @@ class MemoryTaskStore:
         expires_at: float,
         result: object = None,
         error: str | None = None,
+        unless_cancel_requested: bool = False,
     ) -> bool:
         with self._lock:
             task = self._tasks.get(task_id)
             if task is None or task.task_status != STARTED or task.run_id != run_id:
+                return False
+            if unless_cancel_requested and task.cancel_requested:
                 return False
             self._tasks[task_id] = replace(
                 task,
@@ -155,6 +175,7 @@ class MemoryTaskStore:
                 result=copy.deepcopy(result) if error is None else None,
                 error=error,
                 run_lease_until=None,
+                run_holder=None,
                 expires_at=int(expires_at),
             )
             return True
@@ -174,6 +195,7 @@ class MemoryTaskStore:
                 finished_at=None,
                 run_id=None,
                 run_lease_until=None,
+                run_holder=None,
                 error=None,
                 result=None,
                 cancel_requested=False,
@@ -181,6 +203,14 @@ class MemoryTaskStore:
             self._tasks[task_id] = task
             self._since[task_id] = now
             return copy.deepcopy(task)
+
+    def running_holders(self, level: int, now: float) -> list[str]:
+        with self._lock:
+            return [
+                t.run_holder or ""
+                for t in self._tasks.values()
+                if t.task_status == STARTED and t.priority_level == level and (t.run_lease_until or 0.0) > now
+            ]
 
     def recent(self, now: float, limit: int) -> list[TaskSummary]:
         with self._lock:
@@ -438,6 +468,13 @@ class MemoryControlStore:
             enqueued[level] += 1
             self._state = replace(self._state, counts=tuple(counts), enqueued=tuple(enqueued))
             return counts[level], enqueued[level]
+
+    def withdraw(self, level: int) -> None:
+        with self._mutex:
+            counts, withdrawn = list(self._state.counts), list(self._state.withdrawn)
+            counts[level] -= 1
+            withdrawn[level] += 1
+            self._state = replace(self._state, counts=tuple(counts), withdrawn=tuple(withdrawn))
 
     def commit_pick(
         self, seen: Backlog, after: Backlog, takes: Mapping[int, int], tallies: Sequence[int] = ()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +19,25 @@ log = logging.getLogger(__name__)
 
 # Dead-letter queues are numbered after the six level queues in the URL cache.
 DEAD = 100
+
+# SQS takes 1-128 ASCII letters, digits and punctuation as a MessageGroupId:
+# exactly the visible ASCII characters, \x21-\x7e.
+GROUP_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+DIGEST_PREFIX = "~sha256:"
+
+
+def message_group_id(user_id: str) -> str:
+    """A user's MessageGroupId: always one SQS accepts, and one per user.
+
+    An id SQS accepts is its own group id, unless it starts with DIGEST_PREFIX; any
+    other id (a space, a non-ASCII letter, over 128 characters) is DIGEST_PREFIX and
+    the SHA-256 of its UTF-8 bytes in hex (72 characters). An id kept as it is never
+    starts with the prefix, a digest always does, so two users share a group id only
+    if their ids share a SHA-256.
+    """
+    if GROUP_ID_RE.fullmatch(user_id) and not user_id.startswith(DIGEST_PREFIX):
+        return user_id
+    return DIGEST_PREFIX + hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
 def _parse(raw: dict[str, Any]) -> QueuedMessage:
@@ -58,7 +79,9 @@ class SqsTaskQueues:
         body = {"task_id": task.task_id, "user_id": task.user_id, "submitted_at": task.submitted_at, "tag": task.tag}
         # MessageGroupId: on AWS, SQS fair queues keep one user's run of messages
         # from delaying other users' in the same queue (moto ignores it).
-        self._sqs.send_message(QueueUrl=self.url(level), MessageBody=json.dumps(body), MessageGroupId=task.user_id)
+        self._sqs.send_message(
+            QueueUrl=self.url(level), MessageBody=json.dumps(body), MessageGroupId=message_group_id(task.user_id)
+        )
 
     def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
         return self._receive(level, max_count, WaitTimeSeconds=wait_seconds)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from chalicelib.services import TASK_RUN_LEASE_SECONDS
+from chalicelib.settings import TASK_RUN_LEASE_SECONDS
 from infra.iam import GRANTS, policy_path, stage_auth, stage_policy
 from infra.merge_template import merge_template
 from infra.provision import load_template
@@ -131,6 +131,25 @@ def test_packaged_functions_point_at_the_stacks_own_resources(packaged: dict[str
     assert tick["DispatchTickEvent"]["Properties"]["Schedule"] == "rate(1 minute)"
 
 
+def test_compose_files_localstack_takes_message_group_ids_runs_without_a_token_and_is_the_one_tested() -> None:
+    """4.4 refused MessageGroupId on standard queues (every submit a 500); from 4.7.0 on it takes them.
+
+    Images after 4.14.0 (calendar versions, from 2026.3.0) exit at start without
+    LOCALSTACK_AUTH_TOKEN. The LocalStack tier runs localstack-core from PyPI at the same
+    version, so what the tests ran is what the compose file starts.
+    """
+    compose = yaml.safe_load((ROOT / "docker-compose.localstack.yml").read_text())
+    tag = compose["services"]["localstack"]["image"].partition(":")[2]
+    version = tuple(int(part) for part in tag.split("."))
+    assert (4, 7, 0) <= version <= (4, 14, 0), tag
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "requirements-localstack.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    assert pins["localstack-core"] == tag
+
+
 def test_compose_file_starts_localstack_with_the_services_pqh_uses() -> None:
     """`docker compose config` needs the compose plugin, which this machine lacks; check the shape."""
     compose = yaml.safe_load((ROOT / "docker-compose.localstack.yml").read_text())
@@ -145,3 +164,42 @@ def test_compose_file_starts_localstack_with_the_services_pqh_uses() -> None:
     for volume in service["volumes"]:
         name = volume.split(":", 1)[0]
         assert name.startswith("/") or name in compose["volumes"]
+
+
+def test_the_gateways_own_refusals_have_the_routes_error_shape(packaged: dict[str, Any]) -> None:
+    from chalicelib import gateway
+
+    # On the Serverless::Api, so every deployment of the stage carries them.
+    responses = packaged["Resources"]["RestAPI"]["Properties"]["GatewayResponses"]
+    assert set(responses) >= {"UNAUTHORIZED", "ACCESS_DENIED", "MISSING_AUTHENTICATION_TOKEN", "DEFAULT_4XX"}
+    for kind, answer in gateway.ANSWERS.items():
+        props = responses[kind]
+        assert props["ResponseParameters"]["Headers"]["Content-Type"] == "'application/json'"
+        assert props["StatusCode"] == str(answer.status)
+        assert json.loads(props["ResponseTemplates"]["application/json"]) == {
+            "error": answer.error,
+            "message": answer.message,
+        }
+    # Any other refusal of the gateway's (throttling included) keeps its message, in the same shape.
+    template = responses["DEFAULT_4XX"]["ResponseTemplates"]["application/json"]
+    filled = template.replace("$context.error.messageString", json.dumps("Too Many Requests"))
+    assert set(json.loads(filled)) == {"error", "message"}
+
+
+def test_the_stage_is_throttled_and_the_background_functions_have_reserved_concurrency(
+    packaged: dict[str, Any],
+) -> None:
+    (setting,) = packaged["Resources"]["RestAPI"]["Properties"]["MethodSettings"]
+    assert (setting["ResourcePath"], setting["HttpMethod"]) == ("/*", "*")
+    assert 0 < setting["ThrottlingRateLimit"] <= setting["ThrottlingBurstLimit"] <= 5000
+    capacity = int(stage_env_value("PQH_CAPACITY", "1"))
+    worker = packaged["Resources"]["Worker"]["Properties"]["ReservedConcurrentExecutions"]
+    # A slot's worker and the one it hands over to may overlap, once per slot.
+    assert worker >= 2 * capacity
+    assert 1 <= packaged["Resources"]["Dispatcher"]["Properties"]["ReservedConcurrentExecutions"] <= 2
+    assert packaged["Resources"]["DispatchTick"]["Properties"]["ReservedConcurrentExecutions"] == 1
+
+
+def stage_env_value(name: str, default: str) -> str:
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    return str(config["stages"]["dev"].get("environment_variables", {}).get(name, default))

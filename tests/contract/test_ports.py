@@ -1,5 +1,8 @@
-"""One suite, three implementations: the in-memory fakes, the adapters on moto, and
-the DynamoDB adapters on dynalite (the local runner's DynamoDB emulator; SQS on moto).
+"""One suite, several implementations: the in-memory fakes, the adapters on moto, the
+DynamoDB adapters on dynalite (the local runner's DynamoDB emulator; SQS on moto), and
+for the queue cases the SQS adapter on LocalStack's runtime (a second, independent
+SQS that checks parameters as AWS documents them, e.g. MessageGroupId on standard
+queues, which moto accepts whatever it holds).
 
 If a fake drifts from what the AWS adapter does, or an emulator from the other,
 this suite fails for one of them.
@@ -22,8 +25,8 @@ from chalicelib.adapters.memory import MemoryControlStore, MemoryTaskQueues, Mem
 from chalicelib.adapters.sqs import SqsTaskQueues
 from chalicelib.domain import FAILURE, PENDING, STARTED, SUCCESS, Task
 from chalicelib.policy import Backlog
-from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
-from infra.provision import provision
+from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW, QueuedLimitError
+from infra.provision import provision, teardown
 
 PREFIX = "pqh-contract"
 NOW = 2_000_000_000.0
@@ -51,27 +54,43 @@ def dynalite_url() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(params=["memory", "moto", "dynalite"])
-def ports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
-    if request.param == "memory":
+def _ports(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
+    if kind == "memory":
         yield Ports(MemoryUsageStore(), MemoryTaskStore(), MemoryTaskQueues(clock=time.time), MemoryControlStore())
         return
     prefix = PREFIX
-    if request.param == "dynalite":
+    if kind in ("dynalite", "localstack"):
         # An endpoint for DynamoDB alone: it bypasses moto's mock, which keeps SQS.
         monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", request.getfixturevalue("dynalite_url"))
         prefix = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
+    if kind == "localstack":
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", request.getfixturevalue("localstack").endpoint("sqs"))
     aws.reset()
     with mock_aws():
         dynamodb, sqs = aws.client("dynamodb"), aws.client("sqs")
         provision(prefix, dynamodb, sqs)
-        yield Ports(
-            DynamoUsageStore(dynamodb, f"{prefix}-usage"),
-            DynamoTaskStore(dynamodb, f"{prefix}-tasks"),
-            SqsTaskQueues(sqs, lambda level: f"{prefix}-level-{level}"),
-            DynamoControlStore(dynamodb, f"{prefix}-control"),
-        )
+        try:
+            yield Ports(
+                DynamoUsageStore(dynamodb, f"{prefix}-usage"),
+                DynamoTaskStore(dynamodb, f"{prefix}-tasks"),
+                SqsTaskQueues(sqs, lambda level: f"{prefix}-level-{level}"),
+                DynamoControlStore(dynamodb, f"{prefix}-control"),
+            )
+        finally:
+            if kind == "localstack":  # one LocalStack serves the whole session
+                teardown(prefix, dynamodb, sqs)
     aws.reset()
+
+
+@pytest.fixture(params=["memory", "moto", "dynalite"])
+def ports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
+    yield from _ports(request.param, request, monkeypatch)
+
+
+@pytest.fixture(params=["memory", "moto", "localstack"])
+def queue_ports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
+    """For the cases of the queue port alone: SQS on moto and on LocalStack (dynalite would repeat moto's SQS)."""
+    yield from _ports(request.param, request, monkeypatch)
 
 
 def make_task(task_id: str = "11111111-1111-4111-8111-111111111111", x: Any = "foo") -> Task:
@@ -248,6 +267,19 @@ def test_a_started_task_whose_lease_ran_out_can_start_again(ports: Ports) -> Non
     assert (final.task_status, final.error, final.result) == (FAILURE, "E: boom", None)
 
 
+def test_a_task_counts_as_running_from_its_start_until_it_finishes_or_its_run_lease_runs_out(ports: Ports) -> None:
+    task = make_task()  # priority level 3
+    ports.tasks.create(task)
+    assert ports.tasks.running_holders(3, NOW) == []
+    ports.tasks.start(task.task_id, "run-a", NOW, NOW + 10, "holder-a")
+    assert [ports.tasks.running_holders(level, NOW + 1) for level in range(6)] == [[], [], [], ["holder-a"], [], []]
+    assert ports.tasks.running_holders(3, NOW + 10) == []  # its worker died: not running any more
+    ports.tasks.start(task.task_id, "run-b", NOW + 10, NOW + 20, "holder-b")
+    assert ports.tasks.running_holders(3, NOW + 11) == ["holder-b"]
+    ports.tasks.finish(task.task_id, "run-b", SUCCESS, NOW + 12, NOW + 1000, result=1)
+    assert ports.tasks.running_holders(3, NOW + 12) == []
+
+
 def test_start_of_a_missing_task(ports: Ports) -> None:
     assert ports.tasks.start("33333333-3333-4333-8333-333333333333", "r", NOW, NOW + 1) == (MISSING, None)
 
@@ -263,21 +295,21 @@ def test_delete_task(ports: Ports) -> None:
 # --- queues -----------------------------------------------------------------
 
 
-def test_queue_send_receive_delete(ports: Ports) -> None:
+def test_queue_send_receive_delete(queue_ports: Ports) -> None:
     for i in range(3):
-        ports.queues.send(4, make_task(task_id=f"task-{i}"))
+        queue_ports.queues.send(4, make_task(task_id=f"task-{i}"))
     received = []
     while len(received) < 3:  # SQS may return fewer than asked
-        more = ports.queues.receive(4, 10, wait_seconds=1)
+        more = queue_ports.queues.receive(4, 10, wait_seconds=1)
         assert more, "a long poll must see the queued messages"
         received += more
     assert {m.task_id for m in received} == {"task-0", "task-1", "task-2"}
     assert {(m.user_id, m.submitted_at, m.tag) for m in received} == {("u1", NOW + 0.125, 2.5)}
-    assert ports.queues.receive(4, 10, wait_seconds=0) == []  # in flight: invisible
-    assert ports.queues.receive(3, 10, wait_seconds=0) == []  # levels are separate
+    assert queue_ports.queues.receive(4, 10, wait_seconds=0) == []  # in flight: invisible
+    assert queue_ports.queues.receive(3, 10, wait_seconds=0) == []  # levels are separate
     for message in received:
-        ports.queues.delete(4, message.receipt_handle)
-    assert ports.queues.receive(4, 10, wait_seconds=0) == []
+        queue_ports.queues.delete(4, message.receipt_handle)
+    assert queue_ports.queues.receive(4, 10, wait_seconds=0) == []
 
 
 # --- control ----------------------------------------------------------------
@@ -314,6 +346,15 @@ def test_only_the_holder_renews_a_slot_lease(ports: Ports) -> None:
     assert ports.control.renew_slot(0, "a", NOW + 100)
     assert not ports.control.claim_slot(0, "b", NOW + 50, NOW + 60)  # renewed: still held
     assert not ports.control.renew_slot(1, "a", NOW + 100)  # never claimed
+
+
+def test_a_withdrawn_enqueue_leaves_the_count_and_keeps_its_number_used(ports: Ports) -> None:
+    assert ports.control.enqueue(3) == (1, 1)
+    assert ports.control.enqueue(3) == (2, 2)
+    ports.control.withdraw(3)
+    state = ports.control.backlog()
+    assert (state.counts[3], state.enqueued[3], state.withdrawn[3]) == (1, 2, 1)
+    assert ports.control.enqueue(3) == (2, 3)  # numbers are never given twice
 
 
 def test_backlog_counts(ports: Ports) -> None:
@@ -420,25 +461,25 @@ def test_a_pick_keeps_the_priority_stamps_and_the_arrival_rates(ports: Ports) ->
         )
 
 
-def test_delete_many_deletes_in_batches_and_skips_stale_handles(ports: Ports) -> None:
+def test_delete_many_deletes_in_batches_and_skips_stale_handles(queue_ports: Ports) -> None:
     for i in range(12):
-        ports.queues.send(1, make_task(task_id=f"task-{i}"))
+        queue_ports.queues.send(1, make_task(task_id=f"task-{i}"))
     received: list[str] = []
     while len(received) < 12:
-        more = ports.queues.receive(1, 10, wait_seconds=1)
+        more = queue_ports.queues.receive(1, 10, wait_seconds=1)
         assert more, "a long poll must see the queued messages"
         received += [m.receipt_handle for m in more]
-    ports.queues.delete_many(1, received[:11])
-    ports.queues.delete_many(1, [received[11], received[0]])  # received[0] is gone already
-    assert [d.queued + d.in_flight for d in ports.queues.depths()][1] == 0
+    queue_ports.queues.delete_many(1, received[:11])
+    queue_ports.queues.delete_many(1, [received[11], received[0]])  # received[0] is gone already
+    assert [d.queued + d.in_flight for d in queue_ports.queues.depths()][1] == 0
 
 
-def test_give_back_makes_a_message_visible_again(ports: Ports) -> None:
-    ports.queues.send(2, make_task())
-    (message,) = ports.queues.receive(2, 10, wait_seconds=1)
-    assert ports.queues.receive(2, 10, wait_seconds=0) == []
-    ports.queues.give_back(2, [message.receipt_handle])
-    (again,) = ports.queues.receive(2, 10, wait_seconds=1)
+def test_give_back_makes_a_message_visible_again(queue_ports: Ports) -> None:
+    queue_ports.queues.send(2, make_task())
+    (message,) = queue_ports.queues.receive(2, 10, wait_seconds=1)
+    assert queue_ports.queues.receive(2, 10, wait_seconds=0) == []
+    queue_ports.queues.give_back(2, [message.receipt_handle])
+    (again,) = queue_ports.queues.receive(2, 10, wait_seconds=1)
     assert again.task_id == message.task_id
 
 
@@ -456,6 +497,24 @@ def test_cancel_pending_and_request_cancel(ports: Ports) -> None:
     assert not ports.tasks.cancel_pending(running.task_id, NOW, NOW + 100)  # running: not pending
     assert ports.tasks.request_cancel(running.task_id)
     assert ports.tasks.get(running.task_id).cancel_requested
+
+
+def test_a_finish_unless_cancel_requested_yields_to_a_cancel_request(ports: Ports) -> None:
+    plain, asked = make_task(), make_task(task_id="55555555-5555-4555-8555-555555555555")
+    for task in (plain, asked):
+        ports.tasks.create(task)
+        assert ports.tasks.start(task.task_id, "run", NOW, NOW + 900)[0] == STARTED_NOW
+    assert ports.tasks.request_cancel(asked.task_id)
+    assert ports.tasks.finish(
+        plain.task_id, "run", "SUCCESS", NOW + 1, NOW + 100, result=1, unless_cancel_requested=True
+    )
+    assert not ports.tasks.finish(
+        asked.task_id, "run", "SUCCESS", NOW + 1, NOW + 100, result=1, unless_cancel_requested=True
+    )
+    assert ports.tasks.get(asked.task_id).task_status == "STARTED"
+    assert ports.tasks.finish(asked.task_id, "run", "CANCELLED", NOW + 1, NOW + 100)
+    assert ports.tasks.get(asked.task_id).task_status == "CANCELLED"
+    assert ports.tasks.get(plain.task_id).result == 1
 
 
 def test_refund_takes_back_one_live_submission(ports: Ports) -> None:
@@ -530,24 +589,24 @@ def test_requeue_turns_only_a_failed_task_back_into_a_queued_one(ports: Ports) -
     assert ports.tasks.start(task.task_id, "run-2", NOW + 2, NOW + 300)[0] == STARTED_NOW
 
 
-def test_dead_letters_can_be_looked_at_moved_and_purged(ports: Ports) -> None:
+def test_dead_letters_can_be_looked_at_moved_and_purged(queue_ports: Ports) -> None:
     task = make_task()
-    ports.queues.send(2, task)
-    [message] = ports.queues.receive(2, 1, 0)
-    ports.queues.send_dead(2, message, "RuntimeError: boom")
-    ports.queues.delete(2, message.receipt_handle)
-    depths = ports.queues.depths()
+    queue_ports.queues.send(2, task)
+    [message] = queue_ports.queues.receive(2, 1, 0)
+    queue_ports.queues.send_dead(2, message, "RuntimeError: boom")
+    queue_ports.queues.delete(2, message.receipt_handle)
+    depths = queue_ports.queues.depths()
     assert [(d.level, d.queued, d.dead) for d in depths][2] == (2, 0, 1)
     # A look leaves them where they are.
     for _ in range(2):
-        [seen] = ports.queues.receive_dead(2, 10, hide_seconds=0)
+        [seen] = queue_ports.queues.receive_dead(2, 10, hide_seconds=0)
         assert (seen.task_id, seen.user_id, seen.reason) == (task.task_id, "u1", "RuntimeError: boom")
-    [taken] = ports.queues.receive_dead(2, 10, hide_seconds=60)
-    ports.queues.delete_dead(2, taken.receipt_handle)
-    assert ports.queues.depths()[2].dead == 0
-    ports.queues.send_dead(4, message, "again")
-    assert ports.queues.purge_dead(4) == 1
-    assert ports.queues.depths()[4].dead == 0
+    [taken] = queue_ports.queues.receive_dead(2, 10, hide_seconds=60)
+    queue_ports.queues.delete_dead(2, taken.receipt_handle)
+    assert queue_ports.queues.depths()[2].dead == 0
+    queue_ports.queues.send_dead(4, message, "again")
+    assert queue_ports.queues.purge_dead(4) == 1
+    assert queue_ports.queues.depths()[4].dead == 0
 
 
 def test_tallies_ride_on_backlog_writes_and_picks(ports: Ports) -> None:
@@ -587,3 +646,19 @@ def test_a_release_adds_the_workers_finished_tasks_to_the_slot(ports: Ports) -> 
     assert ports.control.release_slot(0, "c") is False
     [slot] = ports.control.slots(1)
     assert slot.tallies == (3, 1, 1) and slot.is_free(NOW)
+
+
+def test_record_submission_stops_at_the_queued_limit_without_counting(ports: Ports) -> None:
+    for _ in range(2):
+        ports.usage.record_submission("u1", NOW, 600, 6000, max_queued=2)
+    with pytest.raises(QueuedLimitError) as full:
+        ports.usage.record_submission("u1", NOW, 600, 6000, max_queued=2)
+    assert full.value.counted == 2
+    assert ports.usage.usage("u1", NOW, 600, 6000) == (2, 1)  # the refused one is not counted
+    # Brought down to what is really queued (say 1), the user may submit again, up to the limit.
+    assert not ports.usage.set_queued("u1", seen=5, value=1)  # only from the value that was seen
+    assert ports.usage.set_queued("u1", seen=2, value=1)
+    assert ports.usage.record_submission("u1", NOW, 600, 6000, max_queued=2) == (2, 1)
+    with pytest.raises(QueuedLimitError):
+        ports.usage.record_submission("u1", NOW, 600, 6000, max_queued=2)
+    assert ports.usage.record_submission("u2", NOW, 600, 6000, max_queued=2) == (0, 1)

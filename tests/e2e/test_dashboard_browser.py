@@ -60,7 +60,7 @@ def test_the_dashboard_shows_the_system_changing_as_tasks_run(
     browser_page, local_system: Callable[..., LocalSystem]
 ) -> None:  # type: ignore[no-untyped-def]
     # browser_page comes first: a missing browser fails (or skips) before the system starts.
-    system = local_system(PQH_CAPACITY="2", PQH_TASK_SECONDS="0.6")
+    system = local_system(PQH_CAPACITY="2", PQH_TASK_SECONDS="1")
     page = browser_page
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -68,6 +68,9 @@ def test_the_dashboard_shows_the_system_changing_as_tasks_run(
     page.wait_for_function("document.getElementById('status').textContent === 'live'", timeout=20_000)
     assert shown(page, "submitted") == "0" and shown(page, "succeeded") == "0"
     assert shown(page, "running") == "0 / 2"
+    # The columns say what they count: tasks running now, and SQS's in-flight count by what it is.
+    headers = [h.strip() for h in page.locator("#queues").locator("xpath=..").locator("th").all_inner_texts()]
+    assert headers == ["Level", "Queued", "", "Running", "Received, not deleted", "Counted", "Dead letters"]
 
     task_ids = [system.submit(user)["task_id"] for user in ["alice"] * 5 + ["bob"] * 2]
     # While they run: the page shows them submitted, and some queued or running.
@@ -75,11 +78,18 @@ def test_the_dashboard_shows_the_system_changing_as_tasks_run(
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-busy.png"), full_page=True)
     assert "alice" in shown(page, "users")
+    # Some are seen running: on the card and in their level's row.
+    running_cells = "[...document.querySelectorAll('#queues tr')].map(r => +r.cells[3].textContent)"
+    page.wait_for_function(
+        f"/^[12] \\/ 2$/.test(document.getElementById('running').textContent) && {running_cells}.some(n => n > 0)",
+        timeout=20_000,
+    )
 
     system.wait_all(task_ids, timeout=120)
     page.wait_for_function("document.getElementById('succeeded').textContent === '7'", timeout=20_000)
     page.wait_for_function("document.getElementById('running').textContent === '0 / 2'", timeout=20_000)
     assert shown(page, "queued") == "0"
+    assert page.evaluate(running_cells) == [0, 0, 0, 0, 0, 0]
     users = shown(page, "users")
     assert "alice" in users and "bob" in users
     assert shown(page, "recent").count("SUCCESS") == 7

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -146,7 +147,8 @@ def test_the_runner_uses_an_existing_emulator_when_aws_endpoint_url_is_set(
         task = system.submit("user_1", "foo")
         (done,) = system.wait_all([task["task_id"]], timeout=30)
         assert done["task_status"] == "SUCCESS"
-        assert f"AWS endpoint: {emulator.url}\n" in system.log_path.read_text()  # no embedded one started
+        log = system.log_path.read_text()
+        assert f"AWS endpoints: DynamoDB {emulator.url}, SQS {emulator.url}\n" in log  # no embedded one started
         assert system.stop() == 0
         # The resources live in that emulator, and outlive the runner.
         sqs = boto3.client(
@@ -156,6 +158,65 @@ def test_the_runner_uses_an_existing_emulator_when_aws_endpoint_url_is_set(
         assert sum(1 for name in names if name.endswith(("-level-0", "-level-5-dlq"))) == 2
     finally:
         emulator.stop()
+
+
+def test_sqs_alone_on_another_endpoint_keeps_dynamodb_on_the_embedded_emulator(
+    local_system: Callable[..., LocalSystem],
+) -> None:
+    """The per-service setup (SQS on LocalStack, DynamoDB embedded) rests on AWS_ENDPOINT_URL_SQS being honoured."""
+    sqs_server = MotoServer("127.0.0.1", free_port())
+    sqs_server.start()
+    try:
+        system = local_system(AWS_ENDPOINT_URL_SQS=sqs_server.url, PQH_TASK_SECONDS="0.01")
+        task = system.submit("user_1", "foo")
+        (done,) = system.wait_all([task["task_id"]], timeout=30)
+        assert done["task_status"] == "SUCCESS"
+        dynalite = f"http://127.0.0.1:{system.emulator_port}"
+        assert f"AWS endpoints: DynamoDB {dynalite} (embedded dynalite), SQS {sqs_server.url}\n" in (
+            system.log_path.read_text()
+        )
+        assert system.stop() == 0
+        sqs = boto3.client(
+            "sqs",
+            endpoint_url=sqs_server.url,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="y",
+        )
+        names = [url.rsplit("/", 1)[1] for url in sqs.list_queues().get("QueueUrls", [])]
+        assert sum(1 for name in names if name.endswith(("-level-0", "-level-5-dlq"))) == 2
+        assert not port_open(system.sqs_emulator_port)  # no embedded SQS was started
+    finally:
+        sqs_server.stop()
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"])
+def test_a_dynamodb_endpoint_that_never_answers_stops_the_runner_with_one_line_naming_it(
+    tmp_path: Path, variable: str
+) -> None:
+    """The README's old LocalStack recipe hung for minutes on LocalStack's DynamoDB and ended in a traceback."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes the connections; nothing ever answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "PQH_"))}
+        env.update(
+            {variable: url},
+            PQH_PORT=str(free_port()),
+            PQH_EMULATOR_PORT=str(free_port()),
+            PQH_SQS_EMULATOR_PORT=str(free_port()),
+            PQH_ENDPOINT_TIMEOUT="1",
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "local.run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90
+        )
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output
+    (line,) = [line for line in output.splitlines() if f"DynamoDB at {url}" in line]
+    assert "did not answer ListTables within 1s (ReadTimeout" in line
+    assert "AWS_ENDPOINT_URL_SQS" in line  # what to do instead
+    assert "Traceback" not in output
+    assert "tables and queues ready" not in output
 
 
 def test_the_cli_follows_position_and_eta_and_cancels(local_system: Callable[..., LocalSystem]) -> None:

@@ -18,6 +18,8 @@ from chalicelib import aws, wiring
 from chalicelib.adapters.memory import RecordingInvoker
 from infra.provision import provision
 from local.fast_moto import atomic_writes
+from tests.aws_rules import AwsRules
+from tests.policy_check import CheckedInvoker, PolicyCheck, install
 
 # The test client serves requests on several threads; moto's DynamoDB writes are
 # not atomic across threads, DynamoDB's are. This gives moto that property.
@@ -52,6 +54,8 @@ class Harness:
     client: Client
     invoker: RecordingInvoker
     clock: Clock
+    rules: AwsRules
+    policy: PolicyCheck
 
     def submit(self, user_id: str = "user_1", x: Any = "foo") -> Any:
         return self.client.http.post(
@@ -91,6 +95,39 @@ class Harness:
         return int(aws.client("dynamodb").scan(TableName="pqh-dev-tasks", Select="COUNT")["Count"])
 
 
+def instrument_clients(monkeypatch: pytest.MonkeyPatch, *hooks: AwsRules | PolicyCheck) -> None:
+    """Every client the code builds gets the hooks (each registers itself once per client)."""
+    build = aws.client
+
+    def client(service: str) -> Any:
+        made = build(service)
+        for hook in hooks:
+            hook.register(made)
+        return made
+
+    monkeypatch.setattr(aws, "client", client)
+
+
+def check_aws_rules(monkeypatch: pytest.MonkeyPatch) -> AwsRules:
+    """Every client the code builds checks AWS's documented parameter rules (tests/aws_rules.py)."""
+    rules = AwsRules()
+    instrument_clients(monkeypatch, rules)
+    return rules
+
+
+def check_aws_rules_and_policies(monkeypatch: pytest.MonkeyPatch) -> tuple[AwsRules, PolicyCheck]:
+    """AWS's parameter rules, and each function's calls against its own IAM policy (tests/policy_check.py)."""
+    rules, policy = AwsRules(), PolicyCheck()
+    instrument_clients(monkeypatch, rules, policy)
+    install(monkeypatch, policy)
+    return rules, policy
+
+
+def checked(invoker: RecordingInvoker, policy: PolicyCheck) -> Any:
+    """An invoker factory whose hand-offs are evaluated as Lambda Invokes."""
+    return lambda settings: CheckedInvoker(invoker, policy, settings.worker_function, settings.dispatcher_function)
+
+
 @pytest.fixture
 def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     # Set the stage's variables up front so the test client's per-call patching is
@@ -100,9 +137,12 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     monkeypatch.setenv("PQH_TASK_SECONDS", "0")
     invoker = RecordingInvoker()
     clock = Clock()
+    rules, policy = check_aws_rules_and_policies(monkeypatch)
     with mock_aws():
         provision("pqh-dev", aws.client("dynamodb"), aws.client("sqs"))
-        wiring.configure(invoker_factory=lambda settings: invoker, clock=clock)
+        wiring.configure(invoker_factory=checked(invoker, policy), clock=clock)
         with Client(app, stage_name=CLIENT_STAGE, project_dir=str(ROOT)) as client:
-            yield Harness(client, invoker, clock)
+            yield Harness(client, invoker, clock, rules, policy)
     assert "AWS_ENDPOINT_URL" not in os.environ
+    assert rules.violations == [], "calls AWS would refuse"
+    assert policy.denials == [], "calls a function's IAM policy denies"

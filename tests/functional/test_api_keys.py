@@ -16,7 +16,15 @@ from moto import mock_aws
 from chalicelib import aws, wiring
 from chalicelib.adapters.memory import RecordingInvoker
 from infra.provision import provision
-from tests.functional.conftest import CLIENT_STAGE, ROOT, Clock, Harness, stage_env
+from tests.functional.conftest import (
+    CLIENT_STAGE,
+    ROOT,
+    Clock,
+    Harness,
+    check_aws_rules_and_policies,
+    checked,
+    stage_env,
+)
 
 BOOT = "bootstrap-admin-token"
 
@@ -59,11 +67,14 @@ def keyed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Keyed]:
     monkeypatch.setenv("PQH_ADMIN_TOKEN", BOOT)
     monkeypatch.setenv("PQH_TASK_SECONDS", "0")
     invoker = RecordingInvoker()
+    rules, policy = check_aws_rules_and_policies(monkeypatch)
     with mock_aws():
         provision("pqh-dev", aws.client("dynamodb"), aws.client("sqs"))
-        wiring.configure(invoker_factory=lambda settings: invoker, clock=Clock())
+        wiring.configure(invoker_factory=checked(invoker, policy), clock=Clock())
         with Client(module.app, stage_name=CLIENT_STAGE, project_dir=str(ROOT)) as client:
             yield Keyed(client)
+    assert rules.violations == [], "calls AWS would refuse"
+    assert policy.denials == [], "calls a function's IAM policy denies"
 
 
 def test_without_a_key_or_with_a_wrong_one_nothing_is_served(keyed: Keyed) -> None:

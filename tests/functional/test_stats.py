@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from chalicelib import aws
+from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore
 from tests.functional.conftest import Harness
 
 ADMIN = {"Authorization": "Bearer secret"}
@@ -139,3 +143,61 @@ def test_the_dashboard_is_one_offline_page_that_reads_stats(harness: Harness) ->
     page = response.body.decode()
     assert 'fetch("stats"' in page  # relative: works under API Gateway's stage path too
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing loaded from elsewhere
+
+
+def test_a_submit_that_sqs_refuses_is_not_counted_as_submitted(harness: Harness) -> None:
+    refused: list[str] = []
+
+    def refuse_once(model: Any, **kwargs: Any) -> Any:
+        if refused:
+            return None
+        refused.append(model.name)
+        error = {"Error": {"Code": "InternalError", "Message": "refused"}, "ResponseMetadata": {"HTTPStatusCode": 500}}
+        return SimpleNamespace(status_code=500, headers={}, content=b"", text=""), error
+
+    aws.client("sqs").meta.events.register("before-call.sqs.SendMessage", refuse_once)
+    assert harness.submit("u").status_code == 500
+    assert refused == ["SendMessage"]
+    after_failure = stats(harness)["tasks"]
+    assert (after_failure["submitted"], after_failure["queued"]) == (0, 0)
+    assert harness.submit("u").status_code == 202
+    assert stats(harness)["tasks"]["submitted"] == 1
+
+
+def test_a_finished_task_whose_message_is_not_yet_deleted_is_not_running(harness: Harness) -> None:
+    """A worker deletes finished tasks' messages in batches: until then SQS counts them received, not running."""
+    task_id = harness.submit("u").json_body["task_id"]
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName="pqh-dev-level-0")["QueueUrl"]
+    assert len(sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1).get("Messages", [])) == 1
+    level_0 = stats(harness)["queues"][0]
+    assert (level_0["queued"], level_0["received_not_deleted"], level_0["running"]) == (0, 1, 0)
+
+    # A worker holds slot 0 and starts the task.
+    now = harness.clock.now
+    assert DynamoControlStore(aws.client("dynamodb"), "pqh-dev-control").claim_slot(0, "worker-1", now, now + 60)
+    store = DynamoTaskStore(aws.client("dynamodb"), "pqh-dev-tasks")
+    store.start(task_id, "run-1", now, now + 930, "worker-1")
+    s = stats(harness)
+    assert (s["queues"][0]["received_not_deleted"], s["queues"][0]["running"]) == (1, 1)
+    assert [q["running"] for q in s["queues"][1:]] == [0, 0, 0, 0, 0]
+    assert (s["tasks"]["running"], s["slots_held"]) == (1, 1)
+
+    store.finish(task_id, "run-1", "SUCCESS", now + 1, now + 3600, result="done")
+    s = stats(harness)
+    level_0 = s["queues"][0]
+    assert (level_0["queued"], level_0["received_not_deleted"], level_0["running"]) == (0, 1, 0)
+    assert s["tasks"]["running"] == 0
+    assert level_0["in_flight"] == level_0["received_not_deleted"]  # the old name, kept for existing readers
+
+
+def test_a_task_whose_worker_died_stops_counting_as_running_when_its_slot_lease_runs_out(harness: Harness) -> None:
+    """It runs again once SQS shows its message again (960 s); it is not running meanwhile."""
+    task_id = harness.submit("u").json_body["task_id"]
+    now = harness.clock.now
+    assert DynamoControlStore(aws.client("dynamodb"), "pqh-dev-control").claim_slot(0, "worker-1", now, now + 60)
+    DynamoTaskStore(aws.client("dynamodb"), "pqh-dev-tasks").start(task_id, "dead-run", now, now + 930, "worker-1")
+    assert stats(harness)["queues"][0]["running"] == 1
+    harness.clock.now += 61  # the slot lease ran out; the task's run lease (930 s) has not
+    s = stats(harness)
+    assert (s["queues"][0]["running"], s["tasks"]["running"], s["slots_held"]) == (0, 0, 0)

@@ -165,3 +165,40 @@ def test_a_task_shorter_than_a_second_reads_no_cancel_flag() -> None:
     assert w.outcomes() == [SUCCESS]
     assert reads == []  # the start write returned the flag: no read in the first second
     assert w.tasks.get(task.task_id).result == "done"  # type: ignore[union-attr]
+
+
+def test_a_cancel_answered_while_a_short_task_runs_ends_cancelled_not_success() -> None:
+    """The 202 answer is kept: a task that finishes before it reads the flag is recorded CANCELLED."""
+    w = make_world(capacity=1)
+    answers: list[Any] = []
+
+    @cancellable
+    def quick(x: Any, ctx: TaskContext) -> str:
+        answers.append(w.services.cancel(ctx.task_id))  # asked while running; never reads the flag
+        return "done"
+
+    w.services.task_function = quick
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    assert w.outcomes() == [CANCELLED]
+    (asked,) = answers
+    assert asked.task_status == STARTED and asked.cancel_requested
+    record = w.tasks.get(task.task_id)
+    assert record is not None and record.task_status == CANCELLED and record.result is None
+    assert all(w.queues.depth(level) == 0 for level in range(LEVELS))
+
+
+def test_a_failing_task_asked_to_stop_ends_cancelled_and_is_not_dead_lettered() -> None:
+    w = make_world(capacity=1)
+
+    @cancellable
+    def fails(x: Any, ctx: TaskContext) -> str:
+        w.services.cancel(ctx.task_id)
+        raise RuntimeError("boom")
+
+    w.services.task_function = fails
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    assert w.outcomes() == [CANCELLED]
+    assert w.tasks.get(task.task_id).task_status == CANCELLED  # type: ignore[union-attr]
+    assert w.queues.dead[task.priority_level] == []

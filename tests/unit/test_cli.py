@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pqhcli.main import describe, follow_with_bar
+import pytest
+from click.testing import CliRunner
+
+from pqhcli.main import Api, cli, describe, follow_with_bar
 
 
 class ScriptedApi:
@@ -34,3 +37,22 @@ def test_describe_shows_position_and_eta() -> None:
     line = describe({"task_status": "PENDING", "queue_position": 4, "eta_seconds": 2.25})
     assert line == "PENDING  position 4 (approx.), starts in ~2.2s"
     assert describe({"task_status": "STARTED", "cancel_requested": True}) == "STARTED  running (cancel requested)"
+
+
+def test_ids_in_paths_are_sent_percent_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[str, str]] = []
+
+    def call(self: Api, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((method, path))
+        return {"task_status": "CANCELLED", "user_id": "x"}
+
+    monkeypatch.setattr(Api, "call", call)
+    runner = CliRunner()
+    for args in (["weight", "team a/b%#+é", "6"], ["result", "a b"], ["cancel", "a/b"], ["key", "revoke", "k?1"]):
+        assert runner.invoke(cli, args).exit_code == 0, args
+    assert sent == [
+        ("PUT", "/admin/users/team%20a%2Fb%25%23%2B%C3%A9/weight"),
+        ("GET", "/result/a%20b"),
+        ("DELETE", "/task/a%2Fb"),
+        ("DELETE", "/admin/keys/k%3F1"),
+    ]

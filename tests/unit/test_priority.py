@@ -312,6 +312,10 @@ def test_arrival_rates_decay_and_count_the_arrivals_since() -> None:
     # A pick's write carries them, counted up to the arrivals it saw.
     after = policy.with_arrival_rates(state, 110.0)
     assert (after.rated_at, after.rated_enqueued) == (110.0, (13, 0, 0, 0, 0, 0))
+    # A submit rolled back (its number withdrawn) is no arrival: 2 since, not 3.
+    withdrawn = replace(state, withdrawn=(1, 0, 0, 0, 0, 0))
+    assert policy.arrival_rates_at(withdrawn, 100.0)[0] == pytest.approx(1.0 + 2 / 60)
+    assert policy.with_arrival_rates(withdrawn, 110.0).rated_enqueued == (12, 0, 0, 0, 0, 0)
     # The first time there is nothing to measure from: zero, from now on.
     first = policy.with_arrival_rates(replace(state, rated_at=0.0, arrival_rates=(0.0,) * 6), 7.0)
     assert (first.arrival_rates, first.rated_enqueued, first.rated_at) == ((0.0,) * 6, (13, 0, 0, 0, 0, 0), 7.0)

@@ -13,10 +13,10 @@ from unittest import mock
 import pytest
 
 from chalicelib import services as services_mod
-from chalicelib.domain import CANCELLED, FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError
+from chalicelib.domain import CANCELLED, FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError, TooManyQueuedError
 from chalicelib.policy import LEVELS, Backlog, backlog_from_payload, backlog_to_payload
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, RUNNING_ELSEWHERE
-from chalicelib.services import TASK_RUN_LEASE_SECONDS
+from chalicelib.settings import TASK_RUN_LEASE_SECONDS
 from tests.fakes import ManualTimers, make_world
 
 
@@ -1022,3 +1022,67 @@ def test_with_prefetch_an_outcome_write_that_fails_fails_the_worker_after_its_sl
     w.outcomes()
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
     assert w.control.backlog().counts == (0,) * LEVELS
+
+
+def test_a_result_nested_past_the_limit_fails_instead_of_being_stored_unreadable() -> None:
+    w = make_world()
+
+    def deep(x: Any, ctx: Any) -> Any:
+        value: Any = 0
+        for _ in range(900):
+            value = [value]
+        return value
+
+    w.services.task_function = deep
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    w.run_workers()
+    record = w.tasks.get(task.task_id)
+    assert record is not None and record.task_status == FAILURE
+    assert record.error == "result nests 900 levels deep; the limit is 65"
+
+
+def test_a_user_at_the_queued_limit_is_refused_and_nothing_is_counted_or_queued() -> None:
+    w = make_world(max_queued_per_user=3)
+    for i in range(3):
+        w.services.submit("greedy", i)
+    usage = w.services.user_usage("greedy")
+    with pytest.raises(TooManyQueuedError) as refused:
+        w.services.submit("greedy", "one too many")
+    assert refused.value.status == 429 and refused.value.retry_after >= 1
+    assert "3 tasks queued" in str(refused.value) and "PQH_MAX_QUEUED_PER_USER" in str(refused.value)
+    assert w.services.user_usage("greedy") == usage  # not counted
+    assert sum(w.queues.depth(level) for level in range(LEVELS)) == 3  # not queued
+    assert len(w.tasks.all()) == 3
+    assert w.services.submit("someone else", 1).task_status == PENDING  # a limit per user
+
+
+def test_a_user_whose_tasks_started_or_were_cancelled_may_queue_again() -> None:
+    w = make_world(max_queued_per_user=3)
+    first = [w.services.submit("u", i) for i in range(3)]
+    w.services.cancel(first[0].task_id)
+    assert w.services.submit("u", "after a cancel").task_status == PENDING
+    with pytest.raises(TooManyQueuedError):
+        w.services.submit("u", "over")
+    w.services.dispatch()
+    w.run_workers()  # every queued task ran
+    for i in range(3):
+        w.services.submit("u", f"again {i}")
+    with pytest.raises(TooManyQueuedError):
+        w.services.submit("u", "over again")
+
+
+def test_concurrent_submissions_of_one_user_stop_at_the_limit_give_or_take_those_in_flight() -> None:
+    """A recount at the limit misses submissions counted but not yet stored: at most one per other client."""
+    w = make_world(max_queued_per_user=10)
+
+    def submit(i: int) -> str:
+        try:
+            return w.services.submit("burst", i).task_status
+        except TooManyQueuedError:
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = collections.Counter(pool.map(submit, range(40)))
+    assert 10 <= answers[PENDING] <= 10 + 7
+    assert answers[PENDING] + answers["refused"] == 40

@@ -48,6 +48,7 @@ README_DEFAULTS = {
     "task_function": "chalicelib.tasks.limited_f",
     "task_seconds": 60.0,
     "lease_seconds": 60,
+    "run_lease_seconds": 930,
     "runner_seconds": 240.0,
     "result_ttl_seconds": 604800,
     "max_body_bytes": 65536,
@@ -59,6 +60,7 @@ README_DEFAULTS = {
     "idempotency_seconds": 86400,
     "requeue_after_seconds": 604800,
     "prefetch_seconds": 1.0,
+    "max_queued_per_user": 100,
 }
 
 
@@ -83,6 +85,7 @@ def test_the_default_hand_off_is_lambda_and_it_needs_the_function_names() -> Non
         ("PQH_TASK_SECONDS", "600"),
         ("PQH_MAX_BODY_BYTES", "131072"),
         ("PQH_REQUEUE_AFTER_SECONDS", str(13 * 24 * 3600)),
+        ("PQH_MAX_QUEUED_PER_USER", "1000000"),
         ("PQH_FLOOR_PICKS", "1000"),
     ],
 )
@@ -124,3 +127,25 @@ def test_the_readme_documents_every_variable_the_service_reads() -> None:
     read = set(re.findall(r'"(PQH_[A-Z_]+)"', (root / "chalicelib" / "settings.py").read_text()))
     assert read, "no variables found in settings.py"
     assert read - documented == set(), "read by the service but missing from the README's configuration table"
+
+
+def test_a_user_may_have_a_hundred_tasks_queued_unless_told_otherwise() -> None:
+    assert load(NAMES).max_queued_per_user == 100
+    assert load({**NAMES, "PQH_MAX_QUEUED_PER_USER": "5"}).max_queued_per_user == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "2000000"])
+def test_a_malformed_queued_limit_is_refused_with_its_name(value: str) -> None:
+    with pytest.raises(ConfigError, match="PQH_MAX_QUEUED_PER_USER"):
+        load({**NAMES, "PQH_MAX_QUEUED_PER_USER": value})
+
+
+def test_a_started_task_may_start_again_930_s_after_its_run_began_unless_told_otherwise() -> None:
+    assert load(NAMES).run_lease_seconds == 930
+    assert load({**NAMES, "PQH_RUN_LEASE_SECONDS": "6"}).run_lease_seconds == 6
+
+
+@pytest.mark.parametrize("value", ["1", "soon", "43201"])
+def test_a_malformed_run_lease_is_refused_with_its_name(value: str) -> None:
+    with pytest.raises(ConfigError, match="PQH_RUN_LEASE_SECONDS"):
+        load({**NAMES, "PQH_RUN_LEASE_SECONDS": value})
