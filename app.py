@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
-from chalice.app import AuthRequest, AuthResponse, Chalice, Rate, Request, Response
+from chalice.app import AuthRequest, AuthResponse, Rate, Request, Response
 
 from chalicelib import views, wiring
 from chalicelib.domain import (
@@ -29,6 +29,7 @@ from chalicelib.domain import (
 )
 from chalicelib.gateway import GatewayUnauthorizedError
 from chalicelib.settings import ConfigError, auth_mode
+from chalicelib.threaded_app import PerThreadChalice
 from chalicelib.validation import (
     check_idempotency_key,
     check_user_id,
@@ -38,7 +39,8 @@ from chalicelib.validation import (
     path_parameter,
 )
 
-app = Chalice(app_name="pqh")
+# Per thread: the local server and the test client serve requests on several threads.
+app = PerThreadChalice(app_name="pqh")
 app.log.setLevel(logging.INFO)
 logging.getLogger("pqh").setLevel(logging.INFO)
 

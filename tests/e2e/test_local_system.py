@@ -127,7 +127,8 @@ def test_the_readme_curl_examples_work(local_system: Callable[..., LocalSystem])
 
 
 def test_concurrent_clients_get_exact_levels_and_lose_nothing(local_system: Callable[..., LocalSystem]) -> None:
-    system = local_system(PQH_CAPACITY="2", PQH_TASK_SECONDS="0.01")
+    # One user's 100 submits: the per-user limit on queued tasks is not what this checks.
+    system = local_system(PQH_CAPACITY="2", PQH_TASK_SECONDS="0.01", PQH_MAX_QUEUED_PER_USER="1000")
     with ThreadPoolExecutor(max_workers=8) as pool:
         submitted = list(pool.map(lambda i: system.submit("burst", i), range(100)))
     counts = Counter(t["priority_level"] for t in submitted)
