@@ -217,6 +217,11 @@ def test_a_payload_round_trips_every_field() -> None:
         dequeued=(9, 9, 9, 9, 9, 9),
         run_seconds=1.5,
         tallies=(7, 8, 9),
+        withdrawn=(1, 0, 0, 0, 0, 2),
+        stamps=(3, 4, 5, 6, 7, 8),
+        arrival_rates=(0.5, 0.25, 0.0, 0.0, 0.125, 2.0),
+        rated_enqueued=(10, 11, 12, 13, 14, 15),
+        rated_at=1234.5,
     )
     assert policy.backlog_from_payload(policy.backlog_to_payload(state)) == state
     wrong_tallies = {**policy.backlog_to_payload(state), "tallies": [1, 2]}
@@ -278,3 +283,32 @@ def test_a_task_whose_level_is_counted_empty_still_gets_a_position() -> None:
     state = Backlog(counts=(0, 3, 0, 0, 0, 0), enqueued=(1, 3, 0, 0, 0, 0))
     assert policy.queue_position(state, 0, 1, "strict") == 0
     assert policy.queue_position(state, 0, 1, "fair") == 0
+
+
+def test_a_hand_off_without_the_priority_fields_starts_them_at_zero() -> None:
+    # A dispatcher of the version before them hands off no stamps, rates or withdrawn counts.
+    older = {
+        "counts": [1, 0, 0, 0, 0, 0],
+        "passes": [0.0] * 6,
+        "vtime": 0.0,
+        "version": 3,
+        "enqueued": [1, 0, 0, 0, 0, 0],
+        "dequeued": [0] * 6,
+        "run_seconds": 0.0,
+        "tallies": [0, 0, 0],
+    }
+    state = policy.backlog_from_payload(older)
+    assert state is not None
+    assert (state.withdrawn, state.stamps, state.rated_enqueued) == ((0,) * 6, (0,) * 6, (0,) * 6)
+    assert (state.arrival_rates, state.rated_at) == ((0.0,) * 6, 0.0)
+
+
+@pytest.mark.parametrize("shares", [(1, 1, 1, 1, 1), (1, 1, 1, 1, 1, 1, 1), (2, 1, 1, 1, 1, 0), (1, 1, -1, 1, 1, 1)])
+def test_shares_need_six_of_at_least_one(shares: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"^need 6 shares, each at least 1$"):
+        policy.validate_shares(shares)
+
+
+def test_six_shares_of_at_least_one_are_accepted() -> None:
+    policy.validate_shares((1, 1, 1, 1, 1, 1))
+    policy.validate_shares((32, 16, 8, 4, 2, 1))
