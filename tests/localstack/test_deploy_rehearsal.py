@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -68,7 +69,10 @@ def test_every_function_is_created_and_stays_failed_because_localstack_runs_no_l
         assert config["Environment"]["Variables"] == stage["environment_variables"]
         # Not as on AWS: without Docker, LocalStack cannot start a runtime for it.
         assert config["State"] == "Failed"
-        assert f"not waiting for {name} to be Active: LocalStack reports Failed" in deployed["output"]
+        # The deploy skipped chalice's wait for Active: the function was still Pending, or already Failed.
+        assert re.search(
+            rf"not waiting for {name} to be Active: LocalStack reports (Pending|Failed)\b", deployed["output"]
+        )
     assert lambda_.get_function_configuration(FunctionName="pqh-dev-worker")["Timeout"] == 900
 
 
