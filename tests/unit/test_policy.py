@@ -312,3 +312,15 @@ def test_shares_need_six_of_at_least_one(shares: tuple[int, ...]) -> None:
 def test_six_shares_of_at_least_one_are_accepted() -> None:
     policy.validate_shares((1, 1, 1, 1, 1, 1))
     policy.validate_shares((32, 16, 8, 4, 2, 1))
+
+
+def test_the_floor_never_picks_an_empty_level_even_one_with_an_old_stamp() -> None:
+    # Level 3 was emptied by a cancel (which moves no stamp): its stamp is old, but it
+    # has nothing queued, so it neither owes nor is owed a pick. 20 picks made, F = 8.
+    stamps = (20, 20, 20, 2, 20, 19)
+    relaxed = Backlog(counts=(1, 0, 0, 0, 0, 1), dequeued=(20, 0, 0, 0, 0, 0), stamps=stamps)
+    # Level 5's deadline is 19 + 8 = 27, far off: priority order, level 0.
+    assert policy.choose_level(relaxed, "priority", 8) == 0
+    # Level 5's deadline is 13 + 8 = 21, the very next pick: the floor takes level 5, not the empty level 3.
+    due = Backlog(counts=(1, 0, 0, 0, 0, 1), dequeued=(20, 0, 0, 0, 0, 0), stamps=(20, 20, 20, 2, 20, 13))
+    assert policy.choose_level(due, "priority", 8) == 5
