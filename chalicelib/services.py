@@ -321,7 +321,7 @@ class Services:
     control: ControlStore
     invoker: Invoker
     clock: Callable[[], float] = time.time
-    # The worker's watchdog measures and waits in these: tests drive them by hand.
+    # The worker's watchdog and the cancel check measure and wait in these: tests drive them by hand.
     monotonic: Callable[[], float] = time.monotonic
     start_timer: StartTimer = start_thread_timer
     task_function: TaskFunction | None = None
@@ -514,12 +514,12 @@ class Services:
         ``requested`` is the flag as the start write returned it, so the first read
         comes a second into the run: a shorter task reads nothing.
         """
-        last = {"at": time.monotonic(), "value": requested}
+        last = {"at": self.monotonic(), "value": requested}
 
         def cancelled() -> bool:
-            if not last["value"] and time.monotonic() - float(last["at"]) >= 1.0:
+            if not last["value"] and self.monotonic() - float(last["at"]) >= 1.0:
                 task = self.tasks.get(task_id)
-                last["at"], last["value"] = time.monotonic(), bool(task and task.cancel_requested)
+                last["at"], last["value"] = self.monotonic(), bool(task and task.cancel_requested)
             return bool(last["value"])
 
         return cancelled
