@@ -508,7 +508,7 @@ class Services:
             self.task_function = load_task_function(self.settings.task_function)
         return self.task_function
 
-    def _cancel_check(self, task_id: str, requested: bool = False) -> Callable[[], bool]:
+    def _cancel_check(self, task_id: str, requested: bool) -> Callable[[], bool]:
         """ctx.cancelled for a running task: reads the flag at most once a second.
 
         ``requested`` is the flag as the start write returned it, so the first read

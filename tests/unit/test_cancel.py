@@ -344,3 +344,32 @@ def test_a_task_restarted_with_a_cancel_already_asked_for_sees_it_at_once() -> N
     w.services.dispatch()
     assert w.outcomes() == [CANCELLED]
     assert seen == [True]
+
+
+def test_an_id_that_cannot_be_a_task_is_not_found_without_a_read() -> None:
+    w = make_world()
+    reads: list[str] = []
+    get = w.tasks.get
+
+    def counted_get(task_id: str) -> Any:
+        reads.append(task_id)
+        return get(task_id)
+
+    w.tasks.get = counted_get  # type: ignore[method-assign]
+    for bad in ("", "../../etc", "x" * 5000):
+        with pytest.raises(NotFoundError, match="never existed or its result has expired"):
+            w.services.result(bad)
+    assert reads == []  # DynamoDB refuses an empty or oversized key: no read is tried
+    missing = "00000000-0000-4000-8000-000000000000"
+    with pytest.raises(NotFoundError, match=f"no task with id '{missing}'"):
+        w.services.result(missing)
+    assert reads == [missing]
+
+
+def test_a_conflict_over_a_running_task_that_cannot_stop_says_to_wait_for_its_result() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("u", 1)
+    w.tasks.start(task.task_id, "run", w.clock.now, w.clock.now + 900)
+    w.services.task_function = lambda x, ctx: None  # not marked cancellable
+    with pytest.raises(ConflictError, match=r"is running .* cannot be stopped; wait for its result"):
+        w.services.cancel(task.task_id)

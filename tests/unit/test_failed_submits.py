@@ -94,3 +94,43 @@ def test_an_unqueued_task_whose_record_cannot_be_deleted_is_cancelled_and_kept_o
     w.clock.advance(3601)
     with pytest.raises(NotFoundError):
         w.services.result(record.task_id)
+
+
+def test_a_rollback_that_fails_too_still_answers_with_the_original_error() -> None:
+    # The error decides the client's answer (a throttle is a 503 with Retry-After): a
+    # failing clean-up must not replace it.
+    w = make_world(capacity=1)
+
+    def usage_down(*args: object) -> bool:
+        raise ConnectionError("usage table unreachable")
+
+    def count_down(level: int) -> None:
+        raise ConnectionError("control table unreachable")
+
+    w.usage.refund = usage_down  # type: ignore[method-assign]
+    w.control.withdraw = count_down  # type: ignore[method-assign]
+    w.queues.send = _sqs_down  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="sqs is down"):
+        w.services.submit("u", "after the send")
+
+    def throttled(level: int) -> tuple[int, int]:
+        raise RuntimeError("throttled")
+
+    w.control.enqueue = throttled  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="throttled"):
+        w.services.submit("u", "before the send")
+
+
+def test_levels_follow_the_configured_thresholds() -> None:
+    w = make_world(thresholds=(2, 4, 6, 8, 10))
+    assert [w.services.submit("u", i).priority_level for i in range(12)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_a_task_that_never_runs_is_kept_while_its_message_may_be_queued_and_a_result_ttl_more() -> None:
+    w = make_world(capacity=1, result_ttl_seconds=600)
+    task = w.services.submit("u", 1)
+    w.clock.advance(14 * 24 * 3600 + 599)  # SQS's retention, and all but a second of the result TTL
+    assert w.services.result(task.task_id).task_status == PENDING
+    w.clock.advance(2)
+    with pytest.raises(NotFoundError):
+        w.services.result(task.task_id)
