@@ -183,11 +183,10 @@ class PendingDeletes:
 
     def flush(self) -> None:
         for level in list(self._pending):
-            self._flush_level(level)
-        self._since = None
+            self._flush_level(level)  # the last one empties the list, and so resets _since
 
     def _flush_level(self, level: int) -> None:
-        handles = self._pending.pop(level, [])
+        handles = self._pending.pop(level)
         if not self._pending:
             self._since = None
         if handles:
@@ -1103,16 +1102,11 @@ class Services:
             self.queues.give_back(level, rest)
         return [messages[i] for i in chosen]
 
-    def _run_one(
-        self, level: int, message: QueuedMessage, counted: bool = True, deletes: PendingDeletes | None = None
-    ) -> str:
+    def _run_one(self, level: int, message: QueuedMessage, counted: bool, deletes: PendingDeletes) -> str:
         """Run one task at most once and record its outcome."""
 
         def delete() -> None:
-            if deletes is None:
-                self.queues.delete(level, message.receipt_handle)
-            else:
-                deletes.add(level, message.receipt_handle)
+            deletes.add(level, message.receipt_handle)
 
         run_id = uuid.uuid4().hex
         now = self.clock()

@@ -9,7 +9,7 @@ from chalicelib.domain import PENDING, SUCCESS
 from chalicelib.services import Heartbeat
 from tests.fakes import make_world
 
-# Ten renewals, each due a second after the last: enough on a loaded machine.
+# A renewal is due every second here: ten seconds is ample on a loaded machine.
 RENEWAL_WAIT = 10.0
 
 
