@@ -1,0 +1,109 @@
+"""Which tasks a worker takes, in which order, and what it leaves counted when a pick goes wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chalicelib.domain import SUCCESS
+from chalicelib.policy import LEVELS
+from chalicelib.services import TASK_RUN_LEASE_SECONDS
+from tests.fakes import make_world
+
+
+def _levels_0_and_1(**settings: object) -> Any:
+    """Three users with one task at level 0 and one at level 1 each (a level per submission)."""
+    w = make_world(capacity=1, thresholds=(1, 2, 3, 4, 5), **settings)
+    for user in "abc":
+        w.services.submit(user, 0)
+        w.services.submit(user, 1)
+    return w
+
+
+def test_under_fair_a_worker_serves_the_levels_by_the_configured_shares() -> None:
+    w = _levels_0_and_1(policy="fair", shares=(1, 1, 1, 1, 1, 1))
+    w.services.dispatch()
+    (report,) = w.run_workers()
+    assert report.levels == [0, 1, 0, 1, 0, 1]  # equal shares: the levels alternate
+    w = _levels_0_and_1(policy="fair")
+    w.services.dispatch()
+    (report,) = w.run_workers()
+    assert report.levels == [0, 1, 0, 0, 1, 1]  # the default shares: level 0 twice as often
+
+
+def test_a_worker_whose_pick_came_up_short_walks_the_queues_until_they_are_empty() -> None:
+    w = make_world(capacity=1, policy="strict")
+    first = w.services.submit("a", "first")  # level 0
+    second = w.services.submit("a", "second")  # level 1
+    w.control.add_backlog(0, -1)  # both counts lost in a fault ...
+    w.control.add_backlog(1, -1)
+    w.control.add_backlog(2, 1)  # ... and one counted at level 2 that has no message
+    assert w.services.dispatch().workers_started == 1  # not the tick's walk: a worker for the count
+    (report,) = w.run_workers()
+    # The pick at level 2 found nothing, so the worker walked, and walked again after each find.
+    assert report.outcomes == [SUCCESS, SUCCESS] and report.stopped_because == "queues empty"
+    assert w.ran == [first.task_id, second.task_id]
+    assert w.control.backlog().counts == (0,) * LEVELS
+
+
+def test_a_redelivered_task_found_by_the_walk_leaves_no_count_behind() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("u", "x")
+    w.services._pick_next(None, full_walk=True)  # a worker takes it ...
+    w.tasks.start(task.task_id, "dead-run", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)  # ... and dies
+    w.clock.advance(w.queues.visibility_timeout + 1)  # SQS shows the message again, uncounted
+    counted: list[tuple[int, ...]] = []
+    w.services.task_function = lambda x, ctx: counted.append(w.control.backlog().counts)
+    w.services.dispatch(full_walk=True)
+    assert w.outcomes() == [SUCCESS]
+    assert counted == [(0,) * LEVELS]  # the walk took no count, so it gave none back
+
+
+def test_a_pick_that_fails_and_cannot_give_everything_back_restores_what_it_can() -> None:
+    w = make_world(capacity=1, fair_sample=1)
+    for user in ("a", "b", "c"):
+        w.services.submit(user, 1)  # level 0
+        w.services.submit(user, 2)  # level 1
+    receive, add_backlog = w.queues.receive, w.control.add_backlog
+
+    def receive_failing_at_level_1(level: int, most: int, wait_seconds: int) -> Any:
+        if level == 1:
+            raise RuntimeError("SQS is down")
+        return receive(level, most, wait_seconds)
+
+    def give_back_failing(level: int, handles: list[str]) -> None:
+        raise ConnectionError("SQS is unreachable")
+
+    def add_backlog_failing_at_level_0(level: int, delta: int, tallies: Any = ()) -> int:
+        if level == 0:
+            raise ConnectionError("the control table is throttled")
+        return add_backlog(level, delta, tallies)
+
+    w.queues.receive = receive_failing_at_level_1  # type: ignore[method-assign]
+    w.queues.give_back = give_back_failing  # type: ignore[method-assign]
+    w.control.add_backlog = add_backlog_failing_at_level_0  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="SQS is down"):  # the error that stopped the pick
+        w.services._pick_next(None, False, most=6)
+    # Level 1's counts are back; level 0's messages return after their visibility timeout,
+    # uncounted, for the tick's walk.
+    assert w.control.backlog().counts[:2] == (0, 3)
+
+
+def test_a_worker_that_cannot_read_the_backlog_as_it_stops_nudges_the_dispatcher() -> None:
+    w = make_world(capacity=1)
+    w.services.submit("u", 1)
+    w.services.dispatch()
+    backlog = w.control.backlog
+    reads = [0]
+
+    def failing_after_the_pick() -> Any:
+        reads[0] += 1
+        if reads[0] > 1:
+            raise ConnectionError("throttled")
+        return backlog()
+
+    w.control.backlog = failing_after_the_pick  # type: ignore[method-assign]
+    before = w.invoker.dispatch_triggers
+    assert w.outcomes() == [SUCCESS]
+    assert w.invoker.dispatch_triggers == before + 1  # cannot tell whether anything is queued: nudge
