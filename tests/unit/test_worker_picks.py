@@ -107,3 +107,55 @@ def test_a_worker_that_cannot_read_the_backlog_as_it_stops_nudges_the_dispatcher
     before = w.invoker.dispatch_triggers
     assert w.outcomes() == [SUCCESS]
     assert w.invoker.dispatch_triggers == before + 1  # cannot tell whether anything is queued: nudge
+
+
+def test_a_worker_handed_a_known_task_time_takes_a_seconds_worth_in_its_first_write() -> None:
+    w = make_world(capacity=1, prefetch_seconds=1.0)
+
+    def tenth_of_a_second(x: Any, ctx: Any) -> None:
+        w.clock.advance(0.1)
+
+    w.services.task_function = tenth_of_a_second
+    for i in range(2):
+        w.services.submit(f"early{i}", i)
+    w.services.dispatch()
+    assert w.outcomes() == [SUCCESS, SUCCESS]
+    assert w.control.backlog().run_seconds == pytest.approx(0.1)  # measured between the two picks
+    for i in range(5):
+        w.services.submit(f"user{i}", i)
+    takes: list[int] = []
+    commit = w.control.commit_pick
+
+    def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
+        taken, state = commit(seen, after, wanted, *args)
+        if taken:
+            takes.append(sum(wanted.values()))
+        return taken, state
+
+    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+    w.services.dispatch()  # its hand-off carries the 0.1 s: a second of tasks is ten, five are queued
+    assert w.outcomes() == [SUCCESS] * 5
+    assert takes == [5]
+
+
+def test_a_worker_whose_time_runs_out_during_a_pick_ahead_still_counts_every_finished_task() -> None:
+    w = make_world(capacity=1, prefetch_seconds=1.0, runner_seconds=1.0)
+    durations = iter([0.1, 0.1, 0.1, 1.0])
+
+    def task(x: Any, ctx: Any) -> None:
+        w.clock.advance(next(durations))
+
+    w.services.task_function = task
+    for i in range(2):
+        w.services.submit(f"early{i}", i)
+    w.services.dispatch()
+    assert w.outcomes() == [SUCCESS, SUCCESS]  # the backlog now says tasks take 0.1 s
+    for i in range(2):
+        w.services.submit(f"user{i}", i)
+    w.services.dispatch()
+    (report,) = w.run_workers()
+    # Both in the first pick; a pick ahead (finding nothing) during the second, which
+    # ran past the worker's second: it stops with that pick done and the first task
+    # not yet counted by any write.
+    assert report.outcomes == [SUCCESS, SUCCESS] and report.stopped_because == "time up"
+    assert w.services.stats()["tasks"]["succeeded"] == 4
