@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
 from chalicelib.domain import CANCELLED, FAILURE, PENDING, SUCCESS, NotFoundError
 from chalicelib.policy import LEVELS
-from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE
+from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, MISSING, RUNNING_ELSEWHERE
 from chalicelib.services import TASK_RUN_LEASE_SECONDS
 from chalicelib.tasks import TaskContext, cancellable
 from tests.fakes import make_world
+
+WAIT = 10.0  # a generous bound for another thread's step on a loaded machine
 
 
 def test_the_worker_runs_the_task_function_the_settings_name() -> None:
@@ -294,3 +297,34 @@ def test_finished_messages_wait_at_most_thirty_seconds_to_be_deleted() -> None:
     # The first finished 10 s in; 30 s later (after the fourth) the four finished go.
     assert depths == [6, 6, 6, 6, 2, 2]
     assert w.queues.depth(0) == 0
+
+
+def test_a_run_that_outlived_its_lease_does_not_overwrite_the_run_that_took_over() -> None:
+    w = make_world(capacity=2, lease_seconds=3600)
+    a_started, b_started = threading.Event(), threading.Event()
+
+    def task(x: Any, ctx: Any) -> str:
+        if not a_started.is_set():  # the first run: slow, past its run lease
+            a_started.set()
+            b_started.wait(WAIT)
+            return "from the first run"
+        b_started.set()  # the second run, on the redelivered message
+        first_worker.join(WAIT)  # the first run tries to record its outcome meanwhile
+        return "from the second run"
+
+    w.services.task_function = task
+    submitted = w.services.submit("u", 1)
+    w.services.dispatch()
+    (handoff,) = w.invoker.take_handoffs()
+    reports: list[Any] = []
+    first_worker = threading.Thread(target=lambda: reports.append(w.services.run(handoff)))
+    first_worker.start()
+    assert a_started.wait(WAIT)
+    w.clock.advance(TASK_RUN_LEASE_SECONDS + 1)  # the first run's lease is over
+    w.queues.send(0, submitted)  # SQS delivers the message again
+    w.services.dispatch(full_walk=True)
+    assert w.outcomes() == [SUCCESS]  # the second run records its outcome
+    first_worker.join(WAIT)
+    assert [r.outcomes for r in reports] == [[LEASE_LOST]]  # the first run's outcome is dropped
+    record = w.tasks.get(submitted.task_id)
+    assert record is not None and (record.result, record.attempts) == ("from the second run", 2)
