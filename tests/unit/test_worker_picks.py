@@ -159,3 +159,18 @@ def test_a_worker_whose_time_runs_out_during_a_pick_ahead_still_counts_every_fin
     # not yet counted by any write.
     assert report.outcomes == [SUCCESS, SUCCESS] and report.stopped_because == "time up"
     assert w.services.stats()["tasks"]["succeeded"] == 4
+
+
+def test_the_ticks_worker_picking_ahead_still_walks_for_uncounted_messages() -> None:
+    w = make_world(capacity=1, prefetch_seconds=1.0)
+    w.services.task_function = lambda x, ctx: w.clock.advance(0.1)
+    for i in range(2):
+        w.services.submit(f"early{i}", i)
+    w.services.dispatch()
+    assert w.outcomes() == [SUCCESS, SUCCESS]  # the backlog now says tasks take 0.1 s
+    counted = w.services.submit("a", "counted")
+    lost = w.services.submit("b", "lost")
+    w.control.add_backlog(0, -1)  # one of the two counts was lost in a fault
+    w.services.dispatch(full_walk=True)
+    assert w.outcomes() == [SUCCESS, SUCCESS]  # one against the count, then a walk (picking ahead) finds the other
+    assert [w.tasks.get(t.task_id).task_status for t in (counted, lost)] == [SUCCESS, SUCCESS]  # type: ignore[union-attr]
