@@ -8,6 +8,7 @@ import pytest
 
 from chalicelib.domain import SUCCESS
 from chalicelib.policy import LEVELS
+from chalicelib.ports import ALREADY_FINISHED
 from chalicelib.services import TASK_RUN_LEASE_SECONDS
 from tests.fakes import make_world
 
@@ -174,3 +175,19 @@ def test_the_ticks_worker_picking_ahead_still_walks_for_uncounted_messages() -> 
     w.services.dispatch(full_walk=True)
     assert w.outcomes() == [SUCCESS, SUCCESS]  # one against the count, then a walk (picking ahead) finds the other
     assert [w.tasks.get(t.task_id).task_status for t in (counted, lost)] == [SUCCESS, SUCCESS]  # type: ignore[union-attr]
+
+
+def test_the_time_per_task_behind_etas_counts_only_tasks_that_ran() -> None:
+    w = make_world(capacity=1, policy="strict", prefetch_seconds=0.0)
+    w.services.task_function = lambda x, ctx: w.clock.advance(1.0)  # every task takes a second
+    done = w.services.submit("x", "done")
+    w.services.dispatch()
+    assert w.outcomes() == [SUCCESS]
+    w.services.submit("a", "a")
+    w.queues.send(0, done)  # a duplicate of a finished task, queued between a and b
+    w.services.submit("b", "b")
+    w.services.dispatch()
+    assert w.outcomes() == [SUCCESS, ALREADY_FINISHED, SUCCESS]
+    # One second per task (what ETAs are made of): the skipped duplicate, which took no
+    # time, is not a task's time.
+    assert w.services.stats()["run_seconds_average"] == 1.0
