@@ -58,6 +58,65 @@ EQUIVALENT: dict[str, str] = {
     "chalicelib.policy.x_pick_within_level__mutmut_5": "the first of the best two is the first of one",
     "chalicelib.policy.x_queue_position__mutmut_24": "a level's count only matters while it is at least 1",
     "chalicelib.policy.x_queue_position__mutmut_35": "the loop returns long before POSITION_LIMIT",
+    # The services. Flags only ever tested for truth, counters only compared for equality,
+    # and arguments the worker's own use makes irrelevant.
+    "chalicelib.services.xǁHeartbeatǁ__init____mutmut_13": (
+        "lost is `_refused or <lease check>`: None and False give the same"
+    ),
+    "chalicelib.services.xǁAheadǁ__init____mutmut_8": (
+        "_since is read only while tasks are held, and add() sets it first"
+    ),
+    "chalicelib.services.xǁAheadǁ__init____mutmut_9": (
+        "_since is read only while tasks are held, and add() sets it first"
+    ),
+    "chalicelib.services.xǁAheadǁ__init____mutmut_10": "_overdue is only tested for truth: None and False agree",
+    "chalicelib.services.xǁAheadǁ__init____mutmut_12": (
+        "_gave_back is only or-ed and tested for truth: None and False agree"
+    ),
+    "chalicelib.services.xǁAheadǁ__init____mutmut_15": (
+        "run numbers are only compared for equality: starting at 1 keeps them distinct"
+    ),
+    "chalicelib.services.xǁAheadǁran__mutmut_4": (
+        "run numbers are only compared for equality: counting down keeps them distinct"
+    ),
+    "chalicelib.services.xǁAheadǁran__mutmut_5": (
+        "run numbers are only compared for equality: steps of two keep them distinct"
+    ),
+    "chalicelib.services.xǁAheadǁran__mutmut_6": "_overdue is only tested for truth: None and False agree",
+    "chalicelib.services.xǁAheadǁadd__mutmut_2": (
+        "the worker adds a batch only when nothing is held; an empty batch's stamp is never read"
+    ),
+    "chalicelib.services.xǁAheadǁrunning__mutmut_1": (
+        "a limit of 0 means no prefetch: nothing is held or being picked, so the next check returns"
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_70": (
+        "backlog_from_payload of a missing backlog is None, as the conditional gives"
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_91": "looked is only tested for truth: None and False agree",
+    "chalicelib.services.xǁServicesǁrun__mutmut_147": (
+        "one pick ahead at a time (each is awaited before the next): the pool's size is moot"
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_149": (
+        "one pick ahead at a time (each is awaited before the next): the pool's size is moot"
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_151": (
+        "one pick ahead at a time (each is awaited before the next): the pool's size is moot"
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_208": (
+        "every pick ahead is awaited before the shutdown: only an idle thread is left"
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_209": (
+        "every pick ahead is awaited before the shutdown: only an idle thread is left"
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_227": (
+        "a delta of 0 changes no level's count: which level carries the tallies is moot"
+    ),
+    "chalicelib.services.xǁServicesǁ_pick_next__mutmut_10": (
+        "choose_level is None exactly when nothing is counted, under every policy"
+    ),
+    "chalicelib.services.xǁServicesǁ_some_of__mutmut_1": (
+        "the best one of one message is that message, with nothing to give back"
+    ),
 }
 
 LINE = re.compile(r"^\s*(?P<name>[\w.ǁ]+__mutmut_\d+): (?P<status>.+?)\s*$")
