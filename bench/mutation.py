@@ -114,6 +114,10 @@ EQUIVALENT: dict[str, str] = {
     "chalicelib.services.xǁServicesǁ_pick_next__mutmut_10": (
         "choose_level is None exactly when nothing is counted, under every policy"
     ),
+    "chalicelib.services.xǁServicesǁ_run_one__mutmut_41": "a FAILURE always has an error: the fallback is unused",
+    "chalicelib.services.xǁServicesǁ_run_one__mutmut_42": "a FAILURE always has an error: the fallback is unused",
+    "chalicelib.services.xǁServicesǁ_run_one__mutmut_119": "a FAILURE always has an error: the fallback is unused",
+    "chalicelib.services.xǁServicesǁ_run_one__mutmut_120": "a FAILURE always has an error: the fallback is unused",
     "chalicelib.services.xǁServicesǁ_some_of__mutmut_1": (
         "the best one of one message is that message, with nothing to give back"
     ),
