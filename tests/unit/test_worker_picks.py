@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.domain import SUCCESS
+from chalicelib.domain import SUCCESS, Handoff
 from chalicelib.policy import LEVELS
 from chalicelib.ports import ALREADY_FINISHED
 from chalicelib.services import TASK_RUN_LEASE_SECONDS
@@ -191,3 +191,52 @@ def test_the_time_per_task_behind_etas_counts_only_tasks_that_ran() -> None:
     # One second per task (what ETAs are made of): the skipped duplicate, which took no
     # time, is not a task's time.
     assert w.services.stats()["run_seconds_average"] == 1.0
+
+
+def test_a_worker_handed_no_backlog_reads_it_and_takes_one_task_at_a_time_until_it_knows_their_time() -> None:
+    w = make_world(capacity=1, prefetch_seconds=2.0)
+    for i in range(3):
+        w.services.submit(f"user{i}", i)
+    w.services.dispatch()
+    (handoff,) = w.invoker.take_handoffs()
+    takes: list[int] = []
+    commit = w.control.commit_pick
+
+    def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
+        taken, state = commit(seen, after, wanted, *args)
+        if taken:
+            takes.append(sum(wanted.values()))
+        return taken, state
+
+    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+    # A hand-off without the dispatcher's read of the backlog (as from an older dispatcher).
+    report = w.services.run(Handoff(handoff.slot_id, handoff.slot_holder, handoff.full_walk))
+    assert report.outcomes == [SUCCESS] * 3
+    assert takes == [1, 1, 1]  # tasks of unknown length (these took no time): one per pick
+
+
+def test_a_worker_near_its_end_picks_ahead_only_what_it_has_time_to_run() -> None:
+    w = make_world(capacity=1, prefetch_seconds=1.0, runner_seconds=0.6875)  # 5.5 tasks of 0.125 s
+    w.services.task_function = lambda x, ctx: w.clock.advance(0.125)
+    for i in range(2):
+        w.services.submit(f"early{i}", i)
+    w.services.dispatch()
+    assert w.outcomes() == [SUCCESS, SUCCESS]  # the backlog now says tasks take 0.125 s
+    for i in range(10):
+        w.services.submit(f"user{i}", i)
+    takes: list[int] = []
+    commit = w.control.commit_pick
+
+    def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
+        taken, state = commit(seen, after, wanted, *args)
+        if taken:
+            takes.append(sum(wanted.values()))
+        return taken, state
+
+    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+    w.services.dispatch()
+    (report,) = w.run_workers()
+    # Five fit at the start; half a second in, with 0.1875 s left, one more does.
+    assert takes == [5, 1]
+    assert report.outcomes == [SUCCESS] * 6 and report.stopped_because == "time up"
+    assert w.control.backlog().counts[0] == 4
