@@ -79,6 +79,108 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "return",
         "unreachable: the task's own level is always counted, so a level is always chosen",
     ),
+    # The services. Flags only ever tested for truth, counters only compared for equality,
+    # and arguments the worker's own use makes irrelevant.
+    "chalicelib.services.xǁHeartbeatǁ__init____mutmut_13": (
+        "self._refused = None",
+        "lost is `_refused or <lease check>`: None and False give the same",
+    ),
+    "chalicelib.services.xǁAheadǁ__init____mutmut_8": (
+        "self._since = None  # when the oldest task held was picked (monotonic)",
+        "_since is read only while tasks are held, and add() sets it first",
+    ),
+    "chalicelib.services.xǁAheadǁ__init____mutmut_9": (
+        "self._since = 1.0  # when the oldest task held was picked (monotonic)",
+        "_since is read only while tasks are held, and add() sets it first",
+    ),
+    "chalicelib.services.xǁAheadǁ__init____mutmut_10": (
+        "self._overdue = None  # the running task outlived the limit: nothing more is held",
+        "_overdue is only tested for truth: None and False agree",
+    ),
+    "chalicelib.services.xǁAheadǁ__init____mutmut_12": (
+        "self._gave_back = None",
+        "_gave_back is only or-ed and tested for truth: None and False agree",
+    ),
+    "chalicelib.services.xǁAheadǁ__init____mutmut_15": (
+        "self._run = 1  # which run the watchdog watches; a late timer of an earlier one does nothing",
+        "run numbers are only compared for equality: starting at 1 keeps them distinct",
+    ),
+    "chalicelib.services.xǁAheadǁran__mutmut_4": (
+        "self._run -= 1",
+        "run numbers are only compared for equality: counting down keeps them distinct",
+    ),
+    "chalicelib.services.xǁAheadǁran__mutmut_5": (
+        "self._run += 2",
+        "run numbers are only compared for equality: steps of two keep them distinct",
+    ),
+    "chalicelib.services.xǁAheadǁran__mutmut_6": (
+        "self._overdue = None",
+        "_overdue is only tested for truth: None and False agree",
+    ),
+    "chalicelib.services.xǁAheadǁadd__mutmut_2": (
+        "if batch or not self._held:",
+        "the worker adds a batch only when nothing is held; an empty batch's stamp is never read",
+    ),
+    "chalicelib.services.xǁAheadǁrunning__mutmut_1": (
+        "if self._limit < 0:",
+        "a limit of 0 means no prefetch: nothing is held or being picked, so the next check returns",
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_70": (
+        "snapshot = policy.backlog_from_payload(handoff.backlog) if (handoff.backlog) or True else None",
+        "backlog_from_payload of a missing backlog is None, as the conditional gives",
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_91": (
+        "looked = None",
+        "looked is only tested for truth: None and False agree",
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_147": (
+        'pool = pool or ThreadPoolExecutor(None, thread_name_prefix="prefetch")',
+        "one pick ahead at a time (each is awaited before the next): the pool's size is moot",
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_149": (
+        'pool = pool or ThreadPoolExecutor(thread_name_prefix="prefetch")',
+        "one pick ahead at a time (each is awaited before the next): the pool's size is moot",
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_151": (
+        'pool = pool or ThreadPoolExecutor(2, thread_name_prefix="prefetch")',
+        "one pick ahead at a time (each is awaited before the next): the pool's size is moot",
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_208": (
+        "pool.shutdown(wait=None)",
+        "every pick ahead is awaited before the shutdown: only an idle thread is left",
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_209": (
+        "pool.shutdown(wait=False)",
+        "every pick ahead is awaited before the shutdown: only an idle thread is left",
+    ),
+    "chalicelib.services.xǁServicesǁrun__mutmut_227": (
+        "self.control.add_backlog(1, 0, tallies)",
+        "a delta of 0 changes no level's count: which level carries the tallies is moot",
+    ),
+    "chalicelib.services.xǁServicesǁ_pick_next__mutmut_10": (
+        "if snapshot is not None and policy.choose_level(state, None) is None:",
+        "choose_level is None exactly when nothing is counted, under every policy",
+    ),
+    "chalicelib.services.xǁServicesǁ_run_one__mutmut_41": (
+        'self._to_dead_letters(level, message, task.error or "XXfailedXX")',
+        "a FAILURE always has an error: the fallback is unused",
+    ),
+    "chalicelib.services.xǁServicesǁ_run_one__mutmut_42": (
+        'self._to_dead_letters(level, message, task.error or "FAILED")',
+        "a FAILURE always has an error: the fallback is unused",
+    ),
+    "chalicelib.services.xǁServicesǁ_run_one__mutmut_119": (
+        'self._to_dead_letters(level, message, error or "XXfailedXX")',
+        "a FAILURE always has an error: the fallback is unused",
+    ),
+    "chalicelib.services.xǁServicesǁ_run_one__mutmut_120": (
+        'self._to_dead_letters(level, message, error or "FAILED")',
+        "a FAILURE always has an error: the fallback is unused",
+    ),
+    "chalicelib.services.xǁServicesǁ_some_of__mutmut_1": (
+        "if len(messages) < 1:",
+        "the best one of one message is that message, with nothing to give back",
+    ),
 }
 
 

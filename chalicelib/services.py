@@ -179,11 +179,10 @@ class PendingDeletes:
 
     def flush(self) -> None:
         for level in list(self._pending):
-            self._flush_level(level)
-        self._since = None
+            self._flush_level(level)  # the last one empties the list, and so resets _since
 
     def _flush_level(self, level: int) -> None:
-        handles = self._pending.pop(level, [])
+        handles = self._pending.pop(level)
         if not self._pending:
             self._since = None
         if handles:
@@ -317,7 +316,7 @@ class Services:
     control: ControlStore
     invoker: Invoker
     clock: Callable[[], float] = time.time
-    # The worker's watchdog measures and waits in these: tests drive them by hand.
+    # The worker's watchdog and the cancel check measure and wait in these: tests drive them by hand.
     monotonic: Callable[[], float] = time.monotonic
     start_timer: StartTimer = start_thread_timer
     task_function: TaskFunction | None = None
@@ -512,18 +511,18 @@ class Services:
             self.task_function = load_task_function(self.settings.task_function)
         return self.task_function
 
-    def _cancel_check(self, task_id: str, requested: bool = False) -> Callable[[], bool]:
+    def _cancel_check(self, task_id: str, requested: bool) -> Callable[[], bool]:
         """ctx.cancelled for a running task: reads the flag at most once a second.
 
         ``requested`` is the flag as the start write returned it, so the first read
         comes a second into the run: a shorter task reads nothing.
         """
-        last = {"at": time.monotonic(), "value": requested}
+        last = {"at": self.monotonic(), "value": requested}
 
         def cancelled() -> bool:
-            if not last["value"] and time.monotonic() - float(last["at"]) >= 1.0:
+            if not last["value"] and self.monotonic() - float(last["at"]) >= 1.0:
                 task = self.tasks.get(task_id)
-                last["at"], last["value"] = time.monotonic(), bool(task and task.cancel_requested)
+                last["at"], last["value"] = self.monotonic(), bool(task and task.cancel_requested)
             return bool(last["value"])
 
         return cancelled
@@ -1123,20 +1122,12 @@ class Services:
         return [messages[i] for i in chosen]
 
     def _run_one(
-        self,
-        level: int,
-        message: QueuedMessage,
-        counted: bool = True,
-        deletes: PendingDeletes | None = None,
-        slot_holder: str = "",
+        self, level: int, message: QueuedMessage, counted: bool, deletes: PendingDeletes, slot_holder: str = ""
     ) -> str:
         """Run one task at most once and record its outcome."""
 
         def delete() -> None:
-            if deletes is None:
-                self.queues.delete(level, message.receipt_handle)
-            else:
-                deletes.add(level, message.receipt_handle)
+            deletes.add(level, message.receipt_handle)
 
         run_id = uuid.uuid4().hex
         now = self.clock()

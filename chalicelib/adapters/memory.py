@@ -69,10 +69,12 @@ class MemoryUsageStore:
             self._weights[user_id] = weight
 
     def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
-        key = (user_id, policy.bucket_start(submitted_at, bucket_seconds))
+        start = policy.bucket_start(submitted_at, bucket_seconds)
+        key = (user_id, start)
         with self._lock:
             count, expires = self._buckets.get(key, (0, 0))
-            if count <= 0 or not policy.is_live(expires, now):
+            # As DynamoDB's adapter: the window given decides whether the bucket is still in it.
+            if count <= 0 or not policy.is_live(policy.bucket_expiry(start, bucket_seconds, window_seconds), now):
                 return False
             self._buckets[key] = (count - 1, expires)
             return True

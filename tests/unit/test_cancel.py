@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from chalicelib.domain import CANCELLED, PENDING, STARTED, SUCCESS, ConflictError, NotFoundError
+from chalicelib.domain import CANCELLED, PENDING, STARTED, SUCCESS, ConflictError, Identity, NotFoundError
 from chalicelib.policy import LEVELS
 from chalicelib.tasks import TaskCancelledError, TaskContext, cancellable
-from tests.fakes import make_world
+from tests.fakes import ManualTimers, make_world
 
 LEVEL_COUNTS = [0, 1, 6, 16, 26, 36]  # submissions before one that lands at each level
 
@@ -202,3 +202,174 @@ def test_a_failing_task_asked_to_stop_ends_cancelled_and_is_not_dead_lettered() 
     assert w.outcomes() == [CANCELLED]
     assert w.tasks.get(task.task_id).task_status == CANCELLED  # type: ignore[union-attr]
     assert w.queues.dead[task.priority_level] == []
+
+
+def test_another_users_task_is_not_found_for_them_while_its_owner_and_admins_see_it() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("alice", 1)
+    assert w.services.result(task.task_id, Identity("alice")).user_id == "alice"
+    assert w.services.result(task.task_id, Identity("root", admin=True)).user_id == "alice"
+    with pytest.raises(NotFoundError):
+        w.services.result(task.task_id, Identity("bob"))
+    with pytest.raises(NotFoundError):
+        w.services.cancel(task.task_id, Identity("bob"))
+    assert w.tasks.get(task.task_id).task_status == PENDING  # type: ignore[union-attr]
+    assert w.services.user_usage("alice")["count_in_window"] == 1
+    assert w.services.cancel(task.task_id, Identity("alice")).task_status == CANCELLED
+
+
+def test_a_cancel_refunds_the_bucket_the_task_was_counted_in() -> None:
+    w = make_world(capacity=1, window_seconds=600, window_buckets=10)
+    w.clock.now = 60_000.0  # the start of a bucket
+    early = w.services.submit("u", "early")
+    w.clock.advance(120)  # two buckets on
+    w.services.submit("u", "late")
+    w.services.cancel(early.task_id)
+    assert w.services.user_usage("u")["count_in_window"] == 1
+    w.clock.now = 60_000.0 + 600 + 60 + 1  # T + B after the early one: its bucket has left the window
+    assert w.services.user_usage("u")["count_in_window"] == 1  # the late one is still counted
+
+
+def test_under_fifo_a_cancel_takes_the_one_queues_count_down_and_is_tallied() -> None:
+    w = make_world(capacity=1, policy="fifo")
+    tasks = [w.services.submit("heavy", i) for i in range(7)]
+    assert tasks[6].priority_level == 2
+    assert w.control.backlog().counts == (7, 0, 0, 0, 0, 0)
+    w.services.cancel(tasks[6].task_id)
+    assert w.control.backlog().counts == (6, 0, 0, 0, 0, 0)
+    assert w.services.stats()["tasks"]["cancelled"] == 1
+    w.services.dispatch()
+    assert w.outcomes() == [SUCCESS] * 6
+
+
+def test_a_cancelled_task_says_when_and_is_kept_for_the_result_ttl() -> None:
+    w = make_world(capacity=1, result_ttl_seconds=600)
+    task = w.services.submit("u", 1)
+    w.clock.advance(30)
+    cancelled_at = w.clock.now
+    cancelled = w.services.cancel(task.task_id)
+    assert (cancelled.task_status, cancelled.finished_at) == (CANCELLED, cancelled_at)
+    assert cancelled.expires_at == int(cancelled_at) + 600
+    w.clock.advance(599)
+    assert w.services.result(task.task_id).task_status == CANCELLED
+    w.clock.advance(2)
+    with pytest.raises(NotFoundError):
+        w.services.result(task.task_id)
+
+
+def test_a_cancel_that_loses_the_race_with_a_worker_asks_the_running_task_to_stop() -> None:
+    w = make_world(capacity=1)
+    w.services.task_function = cancellable(lambda x, ctx: None)
+    task = w.services.submit("u", 1)
+    cancel_pending = w.tasks.cancel_pending
+
+    def started_first(task_id: str, now: float, expires_at: float) -> bool:
+        w.tasks.start(task_id, "run", now, now + 900)  # a worker's start wins the race
+        return cancel_pending(task_id, now, expires_at)
+
+    w.tasks.cancel_pending = started_first  # type: ignore[method-assign]
+    asked = w.services.cancel(task.task_id)
+    assert (asked.task_status, asked.cancel_requested) == (STARTED, True)
+    assert w.services.user_usage("u")["count_in_window"] == 1  # it ran: still counted
+
+
+def test_a_cancel_of_a_task_that_finishes_meanwhile_says_it_has_finished() -> None:
+    w = make_world(capacity=1)
+    w.services.task_function = cancellable(lambda x, ctx: None)
+    task = w.services.submit("u", 1)
+    w.tasks.start(task.task_id, "run", w.clock.now, w.clock.now + 900)
+    request_cancel = w.tasks.request_cancel
+
+    def finished_first(task_id: str) -> bool:
+        w.tasks.finish(task_id, "run", SUCCESS, w.clock.now, w.clock.now + 60, result="done")
+        return request_cancel(task_id)
+
+    w.tasks.request_cancel = finished_first  # type: ignore[method-assign]
+    with pytest.raises(ConflictError, match=r"already finished \(SUCCESS\)"):
+        w.services.cancel(task.task_id)
+    assert w.tasks.get(task.task_id).result == "done"  # type: ignore[union-attr]
+
+
+def test_a_running_task_reads_its_cancel_flag_once_a_second() -> None:
+    w = make_world(capacity=1)
+    timers = ManualTimers()
+    w.services.monotonic, w.services.start_timer = timers.monotonic, timers.start
+    reads: list[float] = []
+    get = w.tasks.get
+
+    def counted_get(task_id: str) -> Any:
+        reads.append(timers.now)
+        return get(task_id)
+
+    seen: list[bool] = []
+
+    @cancellable
+    def polls(x: Any, ctx: TaskContext) -> None:
+        for step in (0.0, 0.9, 0.1, 0.5):  # at 0, 0.9, 1.0 and 1.5 seconds into the run
+            timers.advance(step)
+            seen.append(ctx.cancelled())
+        w.tasks.request_cancel(ctx.task_id)  # the API's cancel, 1.5 s into the run
+        for step in (0.4, 0.1, 5.0):  # at 1.9, 2.0 and 7.0 seconds
+            timers.advance(step)
+            seen.append(ctx.cancelled())
+        raise TaskCancelledError("stopped")
+
+    w.services.task_function = polls
+    task = w.services.submit("u", 1)
+    w.services.dispatch()
+    w.tasks.get = counted_get  # type: ignore[method-assign]
+    assert w.outcomes() == [CANCELLED]
+    assert seen == [False, False, False, False, False, True, True]
+    assert reads == [1.0, 2.0]  # once a second, and not again once it is known
+    assert w.tasks.get(task.task_id).task_status == CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_task_restarted_with_a_cancel_already_asked_for_sees_it_at_once() -> None:
+    w = make_world(capacity=1)
+    timers = ManualTimers()
+    w.services.monotonic, w.services.start_timer = timers.monotonic, timers.start
+    seen: list[bool] = []
+
+    @cancellable
+    def looks_once(x: Any, ctx: TaskContext) -> str:
+        seen.append(ctx.cancelled())
+        return "ran"
+
+    w.services.task_function = looks_once
+    task = w.services.submit("u", 1)
+    # Its first worker started it, was asked to stop, and died before it looked.
+    w.tasks.start(task.task_id, "dead-run", w.clock.now, w.clock.now + 900)
+    w.tasks.request_cancel(task.task_id)
+    w.clock.advance(901)
+    w.services.dispatch()
+    assert w.outcomes() == [CANCELLED]
+    assert seen == [True]
+
+
+def test_an_id_that_cannot_be_a_task_is_not_found_without_a_read() -> None:
+    w = make_world()
+    reads: list[str] = []
+    get = w.tasks.get
+
+    def counted_get(task_id: str) -> Any:
+        reads.append(task_id)
+        return get(task_id)
+
+    w.tasks.get = counted_get  # type: ignore[method-assign]
+    for bad in ("", "../../etc", "x" * 5000):
+        with pytest.raises(NotFoundError, match="never existed or its result has expired"):
+            w.services.result(bad)
+    assert reads == []  # DynamoDB refuses an empty or oversized key: no read is tried
+    missing = "00000000-0000-4000-8000-000000000000"
+    with pytest.raises(NotFoundError, match=f"no task with id '{missing}'"):
+        w.services.result(missing)
+    assert reads == [missing]
+
+
+def test_a_conflict_over_a_running_task_that_cannot_stop_says_to_wait_for_its_result() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submit("u", 1)
+    w.tasks.start(task.task_id, "run", w.clock.now, w.clock.now + 900)
+    w.services.task_function = lambda x, ctx: None  # not marked cancellable
+    with pytest.raises(ConflictError, match=r"is running .* cannot be stopped; wait for its result"):
+        w.services.cancel(task.task_id)

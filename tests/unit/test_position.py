@@ -6,7 +6,7 @@ import pytest
 
 from chalicelib import policy
 from chalicelib.policy import Backlog
-from tests.fakes import make_world
+from tests.fakes import World, make_world
 
 
 def test_strict_position_is_the_higher_levels_plus_those_ahead_in_its_own() -> None:
@@ -98,3 +98,37 @@ def test_drifted_counters_never_put_more_ahead_than_are_queued() -> None:
     # Sequence numbers say 50 are ahead, but only 3 tasks are queued at the level.
     state = Backlog(counts=(0, 0, 3, 0, 0, 0), enqueued=(0, 0, 60, 0, 0, 0), dequeued=(0, 0, 9, 0, 0, 0))
     assert policy.queue_position(state, 2, 60, "strict") == 2
+
+
+def _three_users_at_levels_0_and_1(**settings: object) -> tuple[World, list[str]]:
+    """Tasks a0, a1, b0, b1, c0, c1 submitted in that order: x0 at level 0, x1 at level 1."""
+    w = make_world(capacity=1, task_seconds=2.0, thresholds=(1, 2, 3, 4, 5), **settings)
+    second: list[str] = []
+    for user in "abc":
+        assert w.services.submit(user, 0).priority_level == 0
+        task = w.services.submit(user, 1)
+        assert task.priority_level == 1
+        second.append(task.task_id)
+    return w, second
+
+
+def _positions(w: World, task_ids: list[str]) -> list[tuple[int, float] | None]:
+    progress = [w.services.progress(w.services.result(task_id)) for task_id in task_ids]
+    return [None if p is None else (p.queue_position, p.eta_seconds) for p in progress]
+
+
+def test_fair_positions_follow_the_configured_shares() -> None:
+    # Equal shares: the two levels alternate, ties to level 0: 0, 1, 0, 1, 0, 1.
+    w, level_1 = _three_users_at_levels_0_and_1(policy="fair", shares=(1, 1, 1, 1, 1, 1))
+    assert _positions(w, level_1) == [(1, 2.0), (3, 6.0), (5, 10.0)]
+    # The default shares (32 and 16) give 0, 1, 0, 0, 1, 1.
+    w, level_1 = _three_users_at_levels_0_and_1(policy="fair")
+    assert _positions(w, level_1) == [(1, 2.0), (4, 8.0), (5, 10.0)]
+    # Strict: all of level 0 first.
+    w, level_1 = _three_users_at_levels_0_and_1(policy="strict")
+    assert _positions(w, level_1) == [(3, 6.0), (4, 8.0), (5, 10.0)]
+
+
+def test_under_fifo_every_level_waits_in_one_queue_in_submission_order() -> None:
+    w, level_1 = _three_users_at_levels_0_and_1(policy="fifo")
+    assert _positions(w, level_1) == [(1, 2.0), (3, 6.0), (5, 10.0)]
