@@ -118,17 +118,19 @@ def _positions(w: World, task_ids: list[str]) -> list[tuple[int, float] | None]:
 
 
 def test_fair_positions_follow_the_configured_shares() -> None:
+    # ETAs: six queued on one slot, so the slot is busy: half a 2-s run for it to free
+    # (run / (capacity + 1) = 1 s), then 2 s per task ahead.
     # Equal shares: the two levels alternate, ties to level 0: 0, 1, 0, 1, 0, 1.
     w, level_1 = _three_users_at_levels_0_and_1(policy="fair", shares=(1, 1, 1, 1, 1, 1))
-    assert _positions(w, level_1) == [(1, 2.0), (3, 6.0), (5, 10.0)]
+    assert _positions(w, level_1) == [(1, 3.0), (3, 7.0), (5, 11.0)]
     # The default shares (32 and 16) give 0, 1, 0, 0, 1, 1.
     w, level_1 = _three_users_at_levels_0_and_1(policy="fair")
-    assert _positions(w, level_1) == [(1, 2.0), (4, 8.0), (5, 10.0)]
+    assert _positions(w, level_1) == [(1, 3.0), (4, 9.0), (5, 11.0)]
     # Strict: all of level 0 first.
     w, level_1 = _three_users_at_levels_0_and_1(policy="strict")
-    assert _positions(w, level_1) == [(3, 6.0), (4, 8.0), (5, 10.0)]
+    assert _positions(w, level_1) == [(3, 7.0), (4, 9.0), (5, 11.0)]
 
 
 def test_under_fifo_every_level_waits_in_one_queue_in_submission_order() -> None:
     w, level_1 = _three_users_at_levels_0_and_1(policy="fifo")
-    assert _positions(w, level_1) == [(1, 2.0), (3, 6.0), (5, 10.0)]
+    assert _positions(w, level_1) == [(1, 3.0), (3, 7.0), (5, 11.0)]

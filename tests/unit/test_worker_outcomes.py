@@ -10,7 +10,7 @@ import pytest
 from chalicelib.domain import CANCELLED, FAILURE, PENDING, SUCCESS, NotFoundError
 from chalicelib.policy import LEVELS
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, MISSING, RUNNING_ELSEWHERE
-from chalicelib.services import TASK_RUN_LEASE_SECONDS
+from chalicelib.settings import TASK_RUN_LEASE_SECONDS
 from chalicelib.tasks import TaskContext, cancellable
 from tests.fakes import make_world
 

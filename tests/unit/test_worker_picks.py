@@ -10,7 +10,7 @@ import pytest
 from chalicelib.domain import SUCCESS, Handoff
 from chalicelib.policy import LEVELS
 from chalicelib.ports import ALREADY_FINISHED
-from chalicelib.services import TASK_RUN_LEASE_SECONDS
+from chalicelib.settings import TASK_RUN_LEASE_SECONDS
 from tests.fakes import ManualTimers, make_world
 
 WAIT = 10.0  # a generous bound for the pick-ahead thread's step on a loaded machine
@@ -65,7 +65,8 @@ def test_a_redelivered_task_found_by_the_walk_leaves_no_count_behind() -> None:
 
 
 def test_a_pick_that_fails_and_cannot_give_everything_back_restores_what_it_can() -> None:
-    w = make_world(capacity=1, fair_sample=1)
+    # The fair policy: its batches span levels (the priority policy's hold only level 0 ahead).
+    w = make_world(capacity=1, fair_sample=1, policy="fair")
     for user in ("a", "b", "c"):
         w.services.submit(user, 1)  # level 0
         w.services.submit(user, 2)  # level 1
