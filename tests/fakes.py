@@ -127,3 +127,18 @@ def make_world(flaky_short_poll: bool = False, short_poll_most: int | None = Non
 
     world.services.task_function = record
     return world
+
+
+def record_takes(w: World) -> list[int]:
+    """The tasks each committed pick of ``w``'s control store takes, in order, as they happen."""
+    takes: list[int] = []
+    commit = w.control.commit_pick
+
+    def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
+        taken, state = commit(seen, after, wanted, *args)
+        if taken:
+            takes.append(sum(wanted.values()))
+        return taken, state
+
+    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+    return takes

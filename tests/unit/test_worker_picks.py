@@ -11,7 +11,7 @@ from chalicelib.domain import SUCCESS, Handoff
 from chalicelib.policy import LEVELS
 from chalicelib.ports import ALREADY_FINISHED
 from chalicelib.settings import TASK_RUN_LEASE_SECONDS
-from tests.fakes import ManualTimers, make_world
+from tests.fakes import ManualTimers, make_world, record_takes
 
 WAIT = 10.0  # a generous bound for the pick-ahead thread's step on a loaded machine
 
@@ -128,16 +128,7 @@ def test_a_worker_handed_a_known_task_time_takes_a_seconds_worth_in_its_first_wr
     assert w.control.backlog().run_seconds == pytest.approx(0.1)  # measured between the two picks
     for i in range(5):
         w.services.submit(f"user{i}", i)
-    takes: list[int] = []
-    commit = w.control.commit_pick
-
-    def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
-        taken, state = commit(seen, after, wanted, *args)
-        if taken:
-            takes.append(sum(wanted.values()))
-        return taken, state
-
-    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+    takes = record_takes(w)  # tasks taken by each committed pick
     w.services.dispatch()  # its hand-off carries the 0.1 s: a second of tasks is ten, five are queued
     assert w.outcomes() == [SUCCESS] * 5
     assert takes == [5]
@@ -203,16 +194,7 @@ def test_a_worker_handed_no_backlog_reads_it_and_takes_one_task_at_a_time_until_
         w.services.submit(f"user{i}", i)
     w.services.dispatch()
     (handoff,) = w.invoker.take_handoffs()
-    takes: list[int] = []
-    commit = w.control.commit_pick
-
-    def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
-        taken, state = commit(seen, after, wanted, *args)
-        if taken:
-            takes.append(sum(wanted.values()))
-        return taken, state
-
-    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+    takes = record_takes(w)  # tasks taken by each committed pick
     # A hand-off without the dispatcher's read of the backlog (as from an older dispatcher).
     report = w.services.run(Handoff(handoff.slot_id, handoff.slot_holder, handoff.full_walk))
     assert report.outcomes == [SUCCESS] * 3
@@ -228,16 +210,7 @@ def test_a_worker_near_its_end_picks_ahead_only_what_it_has_time_to_run() -> Non
     assert w.outcomes() == [SUCCESS, SUCCESS]  # the backlog now says tasks take 0.125 s
     for i in range(10):
         w.services.submit(f"user{i}", i)
-    takes: list[int] = []
-    commit = w.control.commit_pick
-
-    def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
-        taken, state = commit(seen, after, wanted, *args)
-        if taken:
-            takes.append(sum(wanted.values()))
-        return taken, state
-
-    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
+    takes = record_takes(w)  # tasks taken by each committed pick
     w.services.dispatch()
     (report,) = w.run_workers()
     # Five fit at the start; half a second in, with 0.1875 s left, one more does.
