@@ -60,7 +60,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser: ## install Debian's chromium if it is missing (the dashboard test needs it)
 	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the dashboard test"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null \
+	  $(SUDO) apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium >/dev/null \
 	  || { echo "could not install Debian's chromium: the dashboard's browser test cannot run" >&2; exit 1; }; }
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy

@@ -221,11 +221,14 @@ def test_a_dynamodb_endpoint_that_never_answers_stops_the_runner_with_one_line_n
 
 
 def test_the_cli_follows_position_and_eta_and_cancels(local_system: Callable[..., LocalSystem]) -> None:
-    system = local_system(PQH_CAPACITY="1", PQH_TASK_SECONDS="0.4", PQH_POLICY="strict")
+    # One slot, 1-s tasks: the heavy user's fourth task waits behind its first three
+    # (at least 2 s after the first starts), long enough for a `pqh` process to start
+    # and cancel it on a loaded machine; a light user's task would go next instead.
+    system = local_system(PQH_CAPACITY="1", PQH_TASK_SECONDS="1.0", PQH_POLICY="strict")
     env = {**os.environ, "PQH_URL": system.base_url}
     pqh = [sys.executable, "-m", "pqhcli.main"]
     blockers = [system.submit("busy", i)["task_id"] for i in range(3)]
-    queued = system.submit("other", "to cancel")["task_id"]
+    queued = system.submit("busy", "to cancel")["task_id"]
     cancelled = subprocess.run([*pqh, "cancel", queued], env=env, capture_output=True, text=True, cwd=ROOT)
     assert cancelled.returncode == 0, cancelled.stderr
     assert "CANCELLED" in cancelled.stdout
