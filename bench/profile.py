@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from bench.dispatch import RESULTS
+from bench.saved import RESULTS
 from local.process import start_local_system
 
 BIN = Path(sys.executable).parent
@@ -176,6 +176,10 @@ def main() -> None:
             print("  innermost frames:")
             for frame, share in hottest(raw):
                 print(f"  {share:6.1%}  {frame[:110]}")
+        for name in ("runner", "emulator"):
+            # py-spy titles the graph with its command line: name files as the repository does.
+            svg = recorders[name + "-svg"][0]
+            svg.write_text(svg.read_text().replace(f"{RESULTS.parent.parent}/", ""))
         if "dynalite" in cpu:
             print(f"\ndynalite (DynamoDB, Node.js, not sampled): {cpu['dynalite']:.2f} cores busy")
         print("\nflame graphs: bench/results/profile-runner.svg, bench/results/profile-emulator.svg")
