@@ -105,7 +105,7 @@ def main() -> None:
             runner = system.process.pid
             # moto's server (SQS) is Python and sampled; dynalite (DynamoDB) is Node.js:
             # only its CPU is read.
-            emulator = next(c for c in children(runner) if "fast_moto" in cmdline(c))
+            emulator = next(c for c in children(runner) if "local.moto_server" in cmdline(c))
             dynalite = next((c for c in children(runner) if "dynalite" in cmdline(c)), None)
             stop = threading.Event()
             clients = [threading.Thread(target=load, args=(system.base_url, stop), daemon=True) for _ in range(8)]

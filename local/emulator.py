@@ -3,7 +3,7 @@
 DynamoDB is dynalite (a Node.js implementation of DynamoDB's API, in memory or
 on disk; `make` installs it from npm into local/node/), or moto's server with
 PQH_DYNAMODB_EMULATOR=moto. SQS is moto's server with speed fixes for deep
-queues (local/fast_moto.py).
+queues (local/moto_server.py, with local/moto_patches.py).
 
 Child processes, not threads, so the emulators and the service use both cores.
 Each dies with its parent, even if the parent is killed outright (Linux).
@@ -128,12 +128,12 @@ class EmulatorProcess:
 
 
 class MotoServer(EmulatorProcess):
-    """moto's server with pqh's fixes (local/fast_moto.py): DynamoDB, SQS, or both."""
+    """moto's server with pqh's patches (local/moto_server.py): DynamoDB, SQS, or both."""
 
     name = "moto server"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "local.fast_moto", "-H", self.host, "-p", str(self.port)]
+        return [sys.executable, "-m", "local.moto_server", "-H", self.host, "-p", str(self.port)]
 
     def probe(self) -> None:
         with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
