@@ -11,18 +11,27 @@ STAGE ?= dev
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml local/node/package-lock.json
-	@command -v npm >/dev/null || { echo "npm is missing: the local DynamoDB emulator (dynalite) needs Node.js 20+ and npm"; exit 1; }
-	npm ci --prefix local/node --no-audit --no-fund --loglevel=error   # dynalite, the local DynamoDB emulator
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "pip>=24,<26.3"   # chalice 1.34 needs pip < 26.3
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .   # the `pqh` command
 	@touch $(STAMP)
 
-venv: $(STAMP) ## create .venv and install the pinned dependencies (and dynalite from npm into local/node/)
+# dynalite, the local DynamoDB emulator, from npm into local/node/. `make test` needs it;
+# `make run` uses it when npm is there, and moto's DynamoDB otherwise (it says so).
+DYNALITE_STAMP := local/node/node_modules/.installed
+$(DYNALITE_STAMP): local/node/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: the tests' DynamoDB emulator (dynalite) needs Node.js 20+ and npm"; exit 1; }
+	npm ci --prefix local/node --no-audit --no-fund --loglevel=error
+	@touch $@
 
-test: $(STAMP) browser localstack-tier ## run the whole suite (unit, contract, functional, end-to-end, LocalStack, the dashboard in Chromium)
+dynalite-if-npm:
+	@if command -v npm >/dev/null; then $(MAKE) -s --no-print-directory $(DYNALITE_STAMP); fi
+
+venv: $(STAMP) dynalite-if-npm ## create .venv and install the pinned dependencies (and dynalite from npm into local/node/, when npm is there)
+
+test: $(STAMP) $(DYNALITE_STAMP) browser localstack-tier ## run the whole suite (unit, contract, functional, end-to-end, LocalStack, the dashboard in Chromium)
 	$(BIN)/python -m pytest
 
 # LocalStack's runtime (localstack-core, pinned in requirements-localstack.txt) in a
@@ -85,25 +94,25 @@ package: $(STAMP) ## build the CloudFormation/SAM template for AWS into build/ a
 clean: ## remove build output and caches
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv test browser lint format package clean localstack-venv localstack-tier localstack deploy-localstack
+.PHONY: help venv dynalite-if-npm test browser lint format package clean localstack-venv localstack-tier localstack deploy-localstack
 
-bench: $(STAMP) ## benchmarks: cost of one AWS call, start delay, utilisation, SQS depth, AWS requests per task, submit/dispatch at depth 0-10,000 (tables; bench/results/)
+bench: $(STAMP) $(DYNALITE_STAMP) ## benchmarks: cost of one AWS call, start delay, utilisation, SQS depth, AWS requests per task, submit/dispatch at depth 0-10,000 (tables; bench/results/)
 	$(BIN)/python -m bench.emulator_calls
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.sqs_depth
 	$(BIN)/python -m bench.requests_per_task
 	$(BIN)/python -m bench.deep
 
-bench-fairness: $(STAMP) ## fairness benchmark: 5 workloads x fifo/strict/fair/priority, tables and plots in bench/results/
+bench-fairness: $(STAMP) $(DYNALITE_STAMP) ## fairness benchmark: 5 workloads x fifo/strict/fair/priority, tables and plots in bench/results/
 	$(BIN)/python -m bench.fairness
 
-run: $(STAMP) ## start the whole system locally (emulator, API on :8000, dispatcher, workers)
+run: $(STAMP) dynalite-if-npm ## start the whole system locally (emulators, API on :8000, dispatcher, workers)
 	$(BIN)/python -m local.run
 
 chaos: $(STAMP) ## submit tasks while injecting crashes, throttling, duplicates and poison; report lost/run-twice
 	$(BIN)/python -m bench.chaos
 
-mutation: $(STAMP) ## mutation testing (mutmut) of the policy, validation and the services; kill rates per module
+mutation: $(STAMP) $(DYNALITE_STAMP) ## mutation testing (mutmut) of the policy, validation and the services; kill rates per module
 	rm -rf mutants && mkdir -p build
 	$(BIN)/mutmut run --max-children 2 > build/mutation.log 2>&1 || { tail -c 2000 build/mutation.log; exit 1; }
 	$(BIN)/python -m bench.mutation

@@ -1,8 +1,8 @@
 """`make chaos`: submit N tasks while injecting every fault, then account for each task.
 
-Prints the figures the README quotes (submitted, succeeded, failed with reasons,
-lost, run twice) and saves them to bench/results/chaos-<time>.json and
-chaos-latest.json. The run fails (exit 1) if a task was lost or run twice.
+Prints the figures docs/operating.md quotes (submitted, succeeded, failed with reasons,
+lost, run twice) and saves them to bench/results/chaos-latest.json (each run also
+under bench/results/runs/). The run fails (exit 1) if a task was lost or run twice.
 
     python -m bench.chaos --tasks 300
 """
@@ -10,16 +10,13 @@ chaos-latest.json. The run fails (exit 1) if a task was lost or run twice.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
+from bench.saved import save, shown
 from local.chaos import ChaosConfig, run_chaos
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,17 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    RESULTS.mkdir(exist_ok=True)
     saved = {
         "config": asdict(config),
         "figures": figures,
         "machine": f"{platform.machine()} {platform.processor() or ''} Python {platform.python_version()}".strip(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    for name in (f"chaos-{stamp}.json", "chaos-latest.json"):
-        (RESULTS / name).write_text(json.dumps(saved, indent=2) + "\n")
-    print(f"saved bench/results/chaos-{stamp}.json")
+    print(f"saved {shown(save('chaos', saved))}")
     return 0 if report.ok else 1
 
 

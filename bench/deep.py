@@ -35,7 +35,8 @@ from typing import Any
 
 import requests
 
-from bench.dispatch import RESULTS, machine, percentile
+from bench.dispatch import machine, percentile
+from bench.saved import save, shown
 from chalicelib import aws
 from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, DynamoUsageStore
 from chalicelib.adapters.memory import RecordingInvoker
@@ -236,12 +237,8 @@ def main() -> None:
             f"| {h['ms']:.0f} ms ({h['workers_started']} workers) "
             f"| {p['tasks_per_s']:.1f} / {b['tasks_per_s']:.1f} tasks/s |"
         )
-    RESULTS.mkdir(exist_ok=True)
     report = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rows": rows}
-    out = RESULTS / f"deep-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "deep-latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out.relative_to(RESULTS.parent.parent)}")
+    print(f"saved {shown(save('deep', report))}")
 
 
 if __name__ == "__main__":

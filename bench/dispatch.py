@@ -10,7 +10,6 @@ and writes bench/results/dispatch-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,9 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.saved import save, shown
 from local.process import LocalSystem, start_local_system
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -138,10 +136,7 @@ def main() -> None:
     print(f"| slot busy fraction (sum of run times / C x makespan) | {util['slot_busy_fraction']:.3f} |")
     print(f"| makespan (ideal {util['ideal_makespan_s']:.1f} s) | {util['makespan_from_first_submit_s']:.2f} s |")
     print(f"| time to submit all {util['tasks']} tasks (8 clients) | {util['submit_phase_s']:.2f} s |")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"dispatch-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out.relative_to(RESULTS.parent.parent)}")
+    print(f"saved {shown(save('dispatch', report))}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ share of a submit's calls is spent in the API process.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 import uuid
@@ -21,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.dispatch import RESULTS, machine
+from bench.dispatch import machine
+from bench.saved import save, shown
 from chalicelib import aws
 from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, DynamoUsageStore
 from chalicelib.adapters.sqs import SqsTaskQueues
@@ -145,11 +145,8 @@ def main() -> None:
         f"API process), {total:.2f} ms with the emulators' share (at most {2000 / total:.0f}/s on two cores, "
         "before any HTTP serving or load client)"
     )
-    RESULTS.mkdir(exist_ok=True)
     report = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rows": rows}
-    out = RESULTS / f"emulator-calls-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {out.relative_to(RESULTS.parent.parent)}")
+    print(f"saved {shown(save('emulator-calls', report))}")
 
 
 if __name__ == "__main__":

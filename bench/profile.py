@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from bench.dispatch import RESULTS
+from bench.saved import RESULTS
 from local.process import start_local_system
 
 BIN = Path(sys.executable).parent
@@ -105,7 +105,7 @@ def main() -> None:
             runner = system.process.pid
             # moto's server (SQS) is Python and sampled; dynalite (DynamoDB) is Node.js:
             # only its CPU is read.
-            emulator = next(c for c in children(runner) if "fast_moto" in cmdline(c))
+            emulator = next(c for c in children(runner) if "local.moto_server" in cmdline(c))
             dynalite = next((c for c in children(runner) if "dynalite" in cmdline(c)), None)
             stop = threading.Event()
             clients = [threading.Thread(target=load, args=(system.base_url, stop), daemon=True) for _ in range(8)]
@@ -176,6 +176,10 @@ def main() -> None:
             print("  innermost frames:")
             for frame, share in hottest(raw):
                 print(f"  {share:6.1%}  {frame[:110]}")
+        for name in ("runner", "emulator"):
+            # py-spy titles the graph with its command line: name files as the repository does.
+            svg = recorders[name + "-svg"][0]
+            svg.write_text(svg.read_text().replace(f"{RESULTS.parent.parent}/", ""))
         if "dynalite" in cpu:
             print(f"\ndynalite (DynamoDB, Node.js, not sampled): {cpu['dynalite']:.2f} cores busy")
         print("\nflame graphs: bench/results/profile-runner.svg, bench/results/profile-emulator.svg")

@@ -56,7 +56,7 @@ def run(tasks: int, users: int, capacity: int, backlog: bool) -> dict[str, Any]:
     from chalicelib import aws, wiring
     from chalicelib.adapters.memory import RecordingInvoker
     from infra.provision import provision
-    from local.fast_moto import atomic_writes
+    from local.moto_patches import atomic_writes
 
     config = json.loads((Path(__file__).resolve().parent.parent / ".chalice" / "config.json").read_text())
     os.environ.update(config["stages"]["dev"]["environment_variables"])

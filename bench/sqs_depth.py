@@ -1,4 +1,4 @@
-"""How moto's SQS ReceiveMessage cost grows with queue depth: stock moto vs local/fast_moto.
+"""How moto's SQS ReceiveMessage cost grows with queue depth: stock moto against local/moto_server.py.
 
 Starts each server on a free loopback port, fills one queue to each depth, and
 times receives of 10 (made visible again at once, so the depth stays put).
@@ -94,8 +94,8 @@ def main() -> None:
     depths = [int(d) for d in args.depths.split(",")]
     os.environ.pop("AWS_ENDPOINT_URL", None)
     stock = measure("moto.server", [d for d in depths if d <= args.stock_max_depth], args.samples)
-    fixed = measure("local.fast_moto", depths, args.samples)
-    print("| queued messages | stock moto: receive 10 / send (ms) | local/fast_moto: receive 10 / send (ms) |")
+    fixed = measure("local.moto_server", depths, args.samples)
+    print("| queued messages | stock moto: receive 10 / send (ms) | patched moto: receive 10 / send (ms) |")
     print("|---:|---:|---:|")
     for depth in depths:
         before = f"{stock[depth][0]:.1f} / {stock[depth][1]:.1f}" if depth in stock else "not run (too slow)"

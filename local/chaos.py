@@ -460,13 +460,13 @@ class _Raw:
 
 
 def run_chaos(config: ChaosConfig) -> ChaosReport:
-    """Run one chaos session on an embedded moto (the caller may already be inside mock_aws)."""
+    """Run one chaos test on an embedded moto (the caller may already be inside mock_aws)."""
     from moto import mock_aws
 
-    from local.fast_moto import atomic_writes, patch
+    from local import moto_patches
 
-    patch()
-    atomic_writes()
+    moto_patches.sqs_speed()
+    moto_patches.atomic_writes()
     for name in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL")]:
         del os.environ[name]  # an endpoint would bypass the embedded emulator
     for name, value in (("AWS_ACCESS_KEY_ID", "chaos"), ("AWS_SECRET_ACCESS_KEY", "chaos")):

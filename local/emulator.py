@@ -3,7 +3,7 @@
 DynamoDB is dynalite (a Node.js implementation of DynamoDB's API, in memory or
 on disk; `make` installs it from npm into local/node/), or moto's server with
 PQH_DYNAMODB_EMULATOR=moto. SQS is moto's server with speed fixes for deep
-queues (local/fast_moto.py).
+queues (local/moto_server.py, with local/moto_patches.py).
 
 Child processes, not threads, so the emulators and the service use both cores.
 Each dies with its parent, even if the parent is killed outright (Linux).
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,12 +129,12 @@ class EmulatorProcess:
 
 
 class MotoServer(EmulatorProcess):
-    """moto's server with pqh's fixes (local/fast_moto.py): DynamoDB, SQS, or both."""
+    """moto's server with pqh's patches (local/moto_server.py): DynamoDB, SQS, or both."""
 
     name = "moto server"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "local.fast_moto", "-H", self.host, "-p", str(self.port)]
+        return [sys.executable, "-m", "local.moto_server", "-H", self.host, "-p", str(self.port)]
 
     def probe(self) -> None:
         with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
@@ -183,9 +184,34 @@ class DynaliteServer(EmulatorProcess):
         ]
 
 
+def dynalite_missing(which: Callable[[str], str | None] = shutil.which, dynalite: Path = DYNALITE) -> str | None:
+    """Why dynalite cannot start here (no Node.js, or not installed), or None when it can."""
+    if which("node") is None:
+        return "Node.js is not on PATH"
+    if not dynalite.exists():
+        return "dynalite is not installed in local/node/ (`make venv` installs it with npm)"
+    return None
+
+
+def dynamodb_emulator_kind(requested: str | None = None, missing: str | None = None) -> tuple[str, str | None]:
+    """Which DynamoDB emulator to start, and a one-line notice when it is not the default one.
+
+    PQH_DYNAMODB_EMULATOR names it; unset means dynalite, or moto's server on a
+    machine without Node.js or dynalite, so `make run` works there too.
+    """
+    raw = (requested if requested is not None else os.environ.get("PQH_DYNAMODB_EMULATOR", "")).strip()
+    if raw in ("dynalite", "moto"):
+        return raw, None
+    if raw:
+        raise EmulatorError(f"PQH_DYNAMODB_EMULATOR={raw!r}: use dynalite or moto")
+    if missing is None:
+        return "dynalite", None
+    return "moto", f"{missing}: DynamoDB runs on moto's server instead of dynalite (slower, kept in memory only)"
+
+
 def dynamodb_emulator(host: str, port: int, kind: str | None = None, path: Path | None = None) -> EmulatorProcess:
     """The DynamoDB emulator named by PQH_DYNAMODB_EMULATOR: dynalite (the default; on disk at ``path``) or moto."""
-    kind = (kind if kind is not None else os.environ.get("PQH_DYNAMODB_EMULATOR", "")).strip() or "dynalite"
+    kind = kind if kind is not None else dynamodb_emulator_kind(missing=dynalite_missing())[0]
     if kind == "dynalite":
         return DynaliteServer(host, port, path)
     if kind == "moto":

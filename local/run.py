@@ -8,7 +8,8 @@ triggered (on submit and when a task finishes) or when the tick comes. This
 process serves the API and sends it the submits' triggers.
 
 The embedded emulator is two processes: dynalite for DynamoDB (Node.js; moto's
-server with PQH_DYNAMODB_EMULATOR=moto) and moto's server for SQS; boto3 reaches
+server with PQH_DYNAMODB_EMULATOR=moto, or, with a notice, on a machine without
+Node.js or dynalite) and moto's server for SQS; boto3 reaches
 them through AWS_ENDPOINT_URL_DYNAMODB and AWS_ENDPOINT_URL_SQS. A service whose
 endpoint the environment already names (AWS_ENDPOINT_URL_<SERVICE>, else
 AWS_ENDPOINT_URL) gets no embedded emulator: e.g. AWS_ENDPOINT_URL_SQS alone puts
@@ -57,7 +58,14 @@ from chalicelib import aws, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
 from local import endpoints  # noqa: E402
-from local.emulator import EmulatorError, EmulatorProcess, MotoServer, dynamodb_emulator  # noqa: E402
+from local.emulator import (  # noqa: E402
+    EmulatorError,
+    EmulatorProcess,
+    MotoServer,
+    dynalite_missing,
+    dynamodb_emulator,
+    dynamodb_emulator_kind,
+)
 from local.gateway import GatewayHandler  # noqa: E402
 from local.lambdas import LambdaProcessError, RemoteLambdas  # noqa: E402
 from local.supervision import Backoff, exit_reason  # noqa: E402
@@ -102,7 +110,10 @@ def start_emulators(emulator_port: int, sqs_port: int, data_dir: Path) -> list[E
     emulators: list[EmulatorProcess] = []
     dynamodb: EmulatorProcess | None = None
     if not endpoints.configured(endpoints.DYNAMODB):
-        dynamodb = dynamodb_emulator("127.0.0.1", emulator_port, path=data_dir / "tables")
+        kind, notice = dynamodb_emulator_kind(missing=dynalite_missing())
+        if notice:
+            log.warning("%s", notice)
+        dynamodb = dynamodb_emulator("127.0.0.1", emulator_port, kind, path=data_dir / "tables")
         dynamodb.serves = "DynamoDB"
         emulators.append(dynamodb)
     sqs: EmulatorProcess | None = None

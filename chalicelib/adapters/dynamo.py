@@ -17,7 +17,6 @@ from chalicelib.domain import CANCELLED, FAILURE, FINISHED, PENDING, STARTED, Ta
 from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW, QueuedLimitError
 
-OLD_WEIGHT_SK = "w"  # where versions before December 2026 kept a weight (see adopt_old_weights)
 # The expiry of a weighted user's counters (9999-12-31): DynamoDB's TTL never reaches it.
 HOLD = "hold"
 HELD_UNTIL = 253_402_300_799
@@ -94,9 +93,6 @@ class DynamoUsageStore:
     So counters without ``w`` (or no counters) mean weight 1, and a user's first
     submission of a window reads nothing more. A user id is only ever a key
     value, so no value of it can reach another user's items.
-
-    Versions before December 2026 kept the weight on an item of its own,
-    (user_id, "w"); ``adopt_old_weights`` moves those onto the counters.
     """
 
     def __init__(self, client: Any, table: str) -> None:
@@ -226,8 +222,7 @@ class DynamoUsageStore:
             return
         # Back to 1, the default: the counters may expire again (when the newest
         # possible bucket leaves the window; the next submission sets it anyway),
-        # and counters made after that have no w, which also means 1. The w of 1
-        # until then tells adopt_old_weights that this weight is newer.
+        # and counters made after that have no w, which also means 1.
         expires = policy.bucket_expiry(policy.bucket_start(now, bucket_seconds), bucket_seconds, window_seconds)
         self._db.update_item(
             TableName=self._table,
@@ -237,45 +232,18 @@ class DynamoUsageStore:
             ExpressionAttributeValues={":one": {"N": "1"}, ":exp": {"N": str(expires)}},
         )
 
-    def _hold_weight(self, user_id: str, weight: int, condition: str | None = None) -> bool:
+    def _hold_weight(self, user_id: str, weight: int) -> None:
         """A weight other than 1 onto the counters, which then never expire (else they would forget it).
 
-        Creates the counters if the user has none yet. False if ``condition`` failed.
+        Creates the counters if the user has none yet.
         """
-        kwargs: dict[str, Any] = {
-            "Key": self._key(user_id),
-            "UpdateExpression": "SET w = :w, #hold = :never, expires_at = :never",
-            "ExpressionAttributeNames": {"#hold": HOLD},
-            "ExpressionAttributeValues": {":w": {"N": str(weight)}, ":never": {"N": str(HELD_UNTIL)}},
-        }
-        if condition is not None:
-            kwargs["ConditionExpression"] = condition
-        return _conditional_update(self._db, self._table, **kwargs)
-
-    def adopt_old_weights(self) -> list[tuple[str, int]]:
-        """Move weights kept by older versions on items of their own onto the counters; once, after upgrading.
-
-        Safe to run again, and while the service runs: a weight set since is
-        newer than the old item, and is kept. Returns the (user, weight) moved.
-        """
-        moved: list[tuple[str, int]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "FilterExpression": "sk = :w",
-            "ExpressionAttributeValues": {":w": {"S": OLD_WEIGHT_SK}},
-        }
-        while True:
-            response = self._db.scan(**kwargs)
-            for item in response.get("Items", []):
-                user, weight = item["user_id"]["S"], int(item["weight"]["N"])
-                # Not over a weight set since (set_weight always leaves a w).
-                if weight != 1 and self._hold_weight(user, weight, "attribute_not_exists(w)"):
-                    moved.append((user, weight))
-                self._db.delete_item(TableName=self._table, Key=self._key(user, OLD_WEIGHT_SK))
-            last = response.get("LastEvaluatedKey")
-            if not last:
-                return moved
-            kwargs["ExclusiveStartKey"] = last
+        self._db.update_item(
+            TableName=self._table,
+            Key=self._key(user_id),
+            UpdateExpression="SET w = :w, #hold = :never, expires_at = :never",
+            ExpressionAttributeNames={"#hold": HOLD},
+            ExpressionAttributeValues={":w": {"N": str(weight)}, ":never": {"N": str(HELD_UNTIL)}},
+        )
 
 
 def _weight(counters: dict[str, Any]) -> int:

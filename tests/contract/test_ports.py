@@ -189,31 +189,6 @@ def test_a_submission_is_one_dynamodb_request_even_for_a_new_or_weighted_user(po
     assert listed == {"vip": 2, "newcomer": 1}
 
 
-def test_weights_kept_by_older_versions_move_onto_the_counters_once(ports: Ports) -> None:
-    if not isinstance(ports.usage, DynamoUsageStore):
-        pytest.skip("a DynamoDB upgrade step")
-    from infra import upgrade
-
-    db, table = ports.usage._db, ports.usage._table
-    for user, weight in (("kept", 4), ("plain", 1), ("reset-since", 3), ("counting", 2)):
-        db.put_item(
-            TableName=table,
-            Item={"user_id": {"S": user}, "sk": {"S": "w"}, "weight": {"N": str(weight)}},
-        )
-    ports.usage.record_submission("counting", NOW, 600, 6000)  # counters of the old kind: no w
-    ports.usage.set_weight("reset-since", 1, NOW, 600, 6000)  # set after the upgrade: newer
-    assert ports.usage.record_submission("kept", NOW, 600, 6000) == (0, 1)  # before the step
-    assert sorted(upgrade.main(["--table", table])) == [("counting", 2), ("kept", 4)]
-    assert ports.usage.record_submission("kept", NOW + 1, 600, 6000) == (1, 4)
-    assert ports.usage.record_submission("counting", NOW + 1, 600, 6000) == (1, 2)
-    assert ports.usage.record_submission("reset-since", NOW + 1, 600, 6000) == (0, 1)
-    assert ports.usage.record_submission("plain", NOW + 1, 600, 6000) == (0, 1)
-    assert all(item["sk"]["S"] == "u" for item in db.scan(TableName=table)["Items"])  # old items gone
-    assert upgrade.main(["--table", table]) == []  # again: nothing to do
-    assert expire_like_dynamodb(ports, NOW + 50_000) == 2  # plain, reset-since; the weighted stay
-    assert ports.usage.record_submission("kept", NOW + 50_000, 600, 6000) == (0, 4)
-
-
 def test_a_user_who_comes_back_now_and_then_is_counted_right_and_stays_small(ports: Ports) -> None:
     now = NOW
     for _ in range(60):

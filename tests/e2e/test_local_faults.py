@@ -220,7 +220,7 @@ def test_the_sqs_emulator_killed_stops_the_runner_with_a_message(local_system: C
     system.wait_all([system.submit("alice", "x")["task_id"]], timeout=60)
     children = _children(system.process.pid)
 
-    os.kill(_emulator_process(system, "local.fast_moto"), signal.SIGKILL)
+    os.kill(_emulator_process(system, "local.moto_server"), signal.SIGKILL)
     # The runner stops by itself: its queues are gone, so accepting tasks would lose them.
     _wait_for("the runner to stop", lambda: system.process.poll() is not None, system)
     assert system.process.returncode == 1

@@ -17,13 +17,9 @@ from app import app
 from chalicelib import aws, wiring
 from chalicelib.adapters.memory import RecordingInvoker
 from infra.provision import provision
-from local.fast_moto import atomic_writes
+from local import moto_patches
 from tests.aws_rules import AwsRules
 from tests.policy_check import CheckedInvoker, PolicyCheck, install
-
-# The test client serves requests on several threads; moto's DynamoDB writes are
-# not atomic across threads, DynamoDB's are. This gives moto that property.
-atomic_writes()
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = "dev"
@@ -126,6 +122,15 @@ def check_aws_rules_and_policies(monkeypatch: pytest.MonkeyPatch) -> tuple[AwsRu
 def checked(invoker: RecordingInvoker, policy: PolicyCheck) -> Any:
     """An invoker factory whose hand-offs are evaluated as Lambda Invokes."""
     return lambda settings: CheckedInvoker(invoker, policy, settings.worker_function, settings.dispatcher_function)
+
+
+@pytest.fixture
+def atomic_moto_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test that writes from several threads at once: moto's writes are not atomic across threads, DynamoDB's are.
+
+    Every other functional test runs on stock moto (local/moto_patches.py).
+    """
+    moto_patches.atomic_writes(monkeypatch.setattr)
 
 
 @pytest.fixture

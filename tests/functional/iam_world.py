@@ -45,6 +45,7 @@ from chalicelib.adapters.lambda_ import LambdaInvoker
 from chalicelib.domain import Handoff
 from infra.iam import GRANTS, stage_policy
 from infra.provision import provision
+from local import moto_patches
 from tests.functional.conftest import CLIENT_STAGE, ROOT, Clock, check_aws_rules, stage_env
 
 PREFIX = "pqh-dev"
@@ -184,6 +185,7 @@ class IamWorld:
 @contextmanager
 def iam_world(monkeypatch: pytest.MonkeyPatch, app: Chalice, auth: str = "none") -> Iterator[IamWorld]:
     """moto with IAM enforcement on, one IAM user per function holding exactly its stage policy."""
+    moto_patches.check_moto_version()  # the gaps filled here are in moto's private hooks
     for name, value in stage_env(auth).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PQH_TASK_SECONDS", "0")

@@ -133,7 +133,9 @@ def test_levels_follow_the_count_and_the_queues_fill_accordingly(harness: Harnes
     assert harness.queue_depths() == [1, 5, 10, 1, 0, 0]
 
 
-def test_100_concurrent_submissions_by_one_user_give_the_threshold_distribution(harness: Harness) -> None:
+def test_100_concurrent_submissions_by_one_user_give_the_threshold_distribution(
+    atomic_moto_writes: None, harness: Harness
+) -> None:
     with ThreadPoolExecutor(max_workers=10) as pool:
         responses = list(pool.map(lambda i: harness.submit("burst", i), range(100)))
     assert {r.status_code for r in responses} == {202}

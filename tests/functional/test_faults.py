@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from chalicelib.services import Services
+from local import moto_patches
 from local.chaos import ChaosConfig, ChaosReport, run_chaos
 
 QUIET = {
@@ -30,6 +31,13 @@ QUIET = {
 # many faults on a slow machine takes longer: the budget is generous, and a run
 # that exceeds it says so instead of reporting its unfinished tasks as lost.
 BUDGET_SECONDS = 360
+
+
+@pytest.fixture(autouse=True)
+def _moto_patched_for_this_test_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_chaos patches moto for good (its Lambda stand-ins write from several threads); here, for one test."""
+    moto_patches.sqs_speed(monkeypatch.setattr)
+    moto_patches.atomic_writes(monkeypatch.setattr)
 
 
 def run(**faults: float) -> ChaosReport:

@@ -35,7 +35,7 @@ def test_strict_starves_a_backlogged_level_5() -> None:
     assert 5 not in picks
 
 
-# The README's floor: with shares 32:16:8:4:2:1, a backlogged level L gets at least
+# The floor in docs/policy.md: with shares 32:16:8:4:2:1, a backlogged level L gets at least
 # share[L] / (sum of the backlogged levels' shares) of the picks. Written out here
 # by hand, per case, rather than computed by the policy module.
 FLOORS = {

@@ -1,6 +1,6 @@
 """The priority policy: priority order first, and a floor for every backlogged level.
 
-The floor (README): with PQH_FLOOR_PICKS = F, a level that has queued tasks at
+The floor (docs/policy.md): with PQH_FLOOR_PICKS = F, a level that has queued tasks at
 every pick of F consecutive picks is picked at least once in them. The expected
 values below are written out by hand; the random tests check the stated bound
 (a constant) against sequences the policy produced, with the test's own

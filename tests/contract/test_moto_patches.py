@@ -1,4 +1,4 @@
-"""local/fast_moto keeps moto's SQS behaviour while dropping its per-message scans."""
+"""local/moto_patches: the speed patches keep moto's SQS behaviour, and every patch refuses another moto."""
 
 from __future__ import annotations
 
@@ -11,33 +11,12 @@ from moto import mock_aws
 from moto.sqs import models
 
 from chalicelib import aws
-from local import fast_moto
-
-COUNTS = (
-    "approximate_number_of_messages",
-    "approximate_number_of_messages_delayed",
-    "approximate_number_of_messages_not_visible",
-)
+from local import moto_patches
 
 
 @pytest.fixture
 def patched_sqs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setattr(
-        models.SQSBackend,
-        "is_message_valid_based_on_retention_period",
-        models.SQSBackend.is_message_valid_based_on_retention_period,
-    )
-    monkeypatch.setattr(models, "unix_time", models.unix_time)
-    monkeypatch.setattr(models, "unix_time_millis", models.unix_time_millis)
-    monkeypatch.setattr(models.SQSBackend, "send_message", models.SQSBackend.send_message)
-    for name in COUNTS:
-        monkeypatch.setattr(models.Queue, name, getattr(models.Queue, name))
-    from moto.core import responses as core_responses
-    from moto.core import utils as core_utils
-
-    for module in (core_utils, core_responses, models):
-        monkeypatch.setattr(module, "camelcase_to_underscores", module.camelcase_to_underscores)
-    fast_moto.patch()  # undone by monkeypatch after the test
+    moto_patches.sqs_speed(monkeypatch.setattr)  # undone by monkeypatch after the test
     with mock_aws():
         yield aws.client("sqs")
 
@@ -61,17 +40,17 @@ def test_messages_past_retention_are_not_delivered(patched_sqs: Any, monkeypatch
     url = sqs.create_queue(QueueName="r", Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="old")
     real = time.time
-    monkeypatch.setattr(fast_moto.time, "time", lambda: real() + 61)
+    monkeypatch.setattr(moto_patches.time, "time", lambda: real() + 61)
     assert sqs.receive_message(QueueUrl=url).get("Messages", []) == []
-    monkeypatch.setattr(fast_moto.time, "time", real)
+    monkeypatch.setattr(moto_patches.time, "time", real)
 
 
 def test_unix_time_matches_moto_for_explicit_datetimes() -> None:
     import datetime
 
     moment = datetime.datetime(2026, 11, 28, 1, 2, 3, 456000)
-    assert fast_moto._unix_time(moment) == pytest.approx(models.unix_time(moment))
-    assert fast_moto._unix_time() == pytest.approx(time.time(), abs=1)
+    assert moto_patches._unix_time(moment) == pytest.approx(models.unix_time(moment))
+    assert moto_patches._unix_time() == pytest.approx(time.time(), abs=1)
 
 
 def test_a_send_does_not_scan_the_queue_and_the_counts_stay_right(
@@ -107,3 +86,48 @@ def test_content_based_deduplication_still_applies(patched_sqs: Any) -> None:
         sqs.send_message(QueueUrl=url, MessageBody="same", MessageGroupId="g")
     got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
     assert [m["Body"] for m in got] == ["same"]
+
+
+def test_the_patches_are_written_for_the_installed_moto() -> None:
+    from importlib.metadata import version
+
+    assert version("moto") == moto_patches.EXPECTED_MOTO  # the pins and the patches agree
+
+
+@pytest.mark.parametrize("patch", [moto_patches.sqs_speed, moto_patches.atomic_writes, moto_patches.cached_routing])
+def test_every_patch_refuses_another_moto_naming_both_versions(patch: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.3.0" if name == "moto" else "0")
+    applied: list[str] = []
+    with pytest.raises(moto_patches.MotoVersionError, match=r"moto 5\.2\.5, but moto 5\.3\.0 is installed"):
+        patch(lambda owner, name, value: applied.append(name))
+    assert applied == []  # nothing was patched
+
+
+def test_atomic_writes_serialise_concurrent_adds_to_one_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    moto_patches.atomic_writes(monkeypatch.setattr)
+    with mock_aws():
+        db = aws.client("dynamodb")
+        db.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+
+        def add(_: int) -> int:
+            answer = db.update_item(
+                TableName="t",
+                Key={"k": {"S": "one"}},
+                UpdateExpression="ADD n :one",
+                ExpressionAttributeValues={":one": {"N": "1"}},
+                ReturnValues="UPDATED_NEW",
+            )
+            return int(answer["Attributes"]["n"]["N"])
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            seen = list(pool.map(add, range(100)))
+    assert sorted(seen) == list(range(1, 101))  # each write saw the one before it
