@@ -31,8 +31,11 @@ dynalite-if-npm:
 
 venv: $(STAMP) dynalite-if-npm ## create .venv and install the pinned dependencies (and dynalite from npm into local/node/, when npm is there)
 
+# Three pytest-xdist workers: much of the suite waits (compressed AWS timeouts in the
+# chaos runs, local systems starting), so three overlap well on two cores.
+TEST_WORKERS ?= 3
 test: $(STAMP) $(DYNALITE_STAMP) browser localstack-tier ## run the whole suite (unit, contract, functional, end-to-end, LocalStack, the dashboard in Chromium)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # LocalStack's runtime (localstack-core, pinned in requirements-localstack.txt) in a
 # virtualenv of its own on Python 3.13; the tests start it on a free loopback port.

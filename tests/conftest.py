@@ -23,3 +23,10 @@ def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     wiring.reset()
     yield
     wiring.reset()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`), every test of LocalStack's runtime goes to one worker: it starts once."""
+    for item in items:
+        if "localstack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("localstack"))
