@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from chalicelib import gateway
-from infra.iam import FUNCTION_SUFFIX, GRANTS, ROOT, template_policy
+from infra.iam import FUNCTION_SUFFIX, GRANTS, ROOT, stage_admin_token_parameter, template_policy
 from infra.monitoring import monitoring
 from infra.provision import load_template
 
@@ -118,6 +118,7 @@ def merge_template(stage: str = "dev") -> dict[str, Any]:
         "PQH_WORKER_FUNCTION": _function_name("worker"),
         "PQH_DISPATCHER_FUNCTION": _function_name("dispatcher"),
     }
+    parameter = stage_admin_token_parameter(stage)
     for function in GRANTS:
         logical, role = LOGICAL_IDS[function]
         properties: dict[str, Any] = {"FunctionName": _function_name(function), "Environment": {"Variables": variables}}
@@ -129,7 +130,9 @@ def merge_template(stage: str = "dev") -> dict[str, Any]:
             properties["ReservedConcurrentExecutions"] = reserved[function]
         resources[logical] = {"Properties": properties}
         resources[role] = {
-            "Properties": {"Policies": [{"PolicyName": f"{role}Policy", "PolicyDocument": template_policy(function)}]}
+            "Properties": {
+                "Policies": [{"PolicyName": f"{role}Policy", "PolicyDocument": template_policy(function, parameter)}]
+            }
         }
     watched = monitoring(stage)
     resources.update(watched["Resources"])

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from chalicelib.settings import TASK_RUN_LEASE_SECONDS
-from infra.iam import GRANTS, policy_path, stage_auth, stage_policy
+from infra.iam import GRANTS, policy_path, stage_admin_token_parameter, stage_auth, stage_policy
 from infra.merge_template import merge_template
 from infra.provision import load_template
 
@@ -43,7 +43,8 @@ def test_a_task_run_lease_outlives_the_worker_lambda() -> None:
 def test_stage_policy_files_are_generated_from_infra_iam() -> None:
     for function in GRANTS:
         on_disk = json.loads(policy_path("dev", function).read_text())
-        assert on_disk == stage_policy(function, "pqh-dev"), f"run: python -m infra.iam dev ({function})"
+        expected = stage_policy(function, "pqh-dev", stage_admin_token_parameter("dev"))
+        assert on_disk == expected, f"run: python -m infra.iam dev ({function})"
 
 
 def _walk_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -314,3 +315,19 @@ def test_a_malformed_monitoring_block_names_the_key_it_cannot_use() -> None:
         alarm_settings({"api_5xx": 0})
     with pytest.raises(MonitoringConfigError, match="unknown keys"):
         alarm_settings({"emial": "ops@example.com"})
+
+
+def test_the_api_and_the_authorizer_read_the_admin_token_from_the_stages_parameter(packaged: dict[str, Any]) -> None:
+    arn = {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/pqh/dev/admin-token"}
+    for logical in ("APIHandler", "ApiKeyAuth"):
+        variables = packaged["Resources"][logical]["Properties"]["Environment"]["Variables"]
+        assert variables["PQH_ADMIN_TOKEN_PARAMETER"] == "/pqh/dev/admin-token"
+        assert "PQH_ADMIN_TOKEN" not in variables  # nothing a deploy would overwrite by hand
+    readers = {
+        logical
+        for logical, statement in _walk_statements(packaged)
+        if "ssm:GetParameter" in statement["Action"] and statement["Resource"] == [arn]
+    }
+    assert readers == {"ApiHandlerRole", "ApiKeyAuthRole"}
+    ssm_actions = {a for _, s in _walk_statements(packaged) for a in s["Action"] if a.startswith("ssm:")}
+    assert ssm_actions == {"ssm:GetParameter"}
