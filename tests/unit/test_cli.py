@@ -228,3 +228,14 @@ def test_help_names_the_environment_and_the_exit_codes_and_version_prints_it() -
     for line in ("3  not authenticated (401)", "4  not allowed (403)", "5  not found (404)", "6  server error (5xx)"):
         assert line in shown
     assert CliRunner().invoke(cli, ["--version"]).stdout == "pqh 0.1.0\n"
+
+
+def test_retry_after_may_be_seconds_or_an_http_date_and_is_1_2_4_without_one() -> None:
+    from pqhcli.main import retry_delay
+
+    now = 1796209200.0  # Wed, 02 Dec 2026 11:00:00 GMT
+    assert retry_delay("3", 0, now) == 3.0
+    assert retry_delay("Wed, 02 Dec 2026 11:00:10 GMT", 0, now) == 10.0
+    assert retry_delay("Wed, 02 Dec 2026 10:59:00 GMT", 0, now) == 0.0  # already past
+    assert [retry_delay(None, attempt, now) for attempt in range(3)] == [1.0, 2.0, 4.0]
+    assert retry_delay("soon", 1, now) == 2.0  # unreadable: as if absent
