@@ -216,3 +216,8 @@ class Invoker(Protocol):
         """Start a worker on a claimed slot (asynchronously)."""
 
     def trigger_dispatch(self) -> None: ...
+
+
+class AdminTokenSource(Protocol):
+    def admin_token(self) -> str:
+        """The current admin token ('' when admin routes are disabled); may be cached for a few minutes."""

@@ -7,6 +7,7 @@ import time. Resource names have no defaults; tunables do, and all are checked.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -62,6 +63,10 @@ class Settings:
     max_weight: int = 1000
     result_ttl_seconds: int = 7 * 24 * 3600
     admin_token: str = ""
+    # On AWS the admin token is an SSM parameter (a SecureString) named here; when set, it
+    # is used instead of admin_token, and each process reads it again after admin_token_max_age seconds.
+    admin_token_parameter: str = ""
+    admin_token_max_age: int = 300
     auth: str = "none"  # none: user_id from the body (local use only); api_key: from the caller's key
     max_x_bytes: int = 32768
     idempotency_seconds: int = 24 * 3600
@@ -152,6 +157,19 @@ def _task_seconds(env: Mapping[str, str]) -> float:
     return value
 
 
+# SSM: letters, digits, _ . - and / between levels of a hierarchical name (which starts with /).
+_PARAMETER_NAME = re.compile(r"(/[A-Za-z0-9_.\-]+)+|[A-Za-z0-9_.\-]+")
+
+
+def _parameter_name(env: Mapping[str, str]) -> str:
+    name = env.get("PQH_ADMIN_TOKEN_PARAMETER", "").strip()
+    if name and (len(name) > 1011 or not _PARAMETER_NAME.fullmatch(name)):
+        raise ConfigError(
+            f"PQH_ADMIN_TOKEN_PARAMETER={name!r} is not an SSM parameter name (e.g. /pqh/prod/admin-token)"
+        )
+    return name
+
+
 def auth_mode(env: Mapping[str, str]) -> str:
     mode = env.get("PQH_AUTH", "").strip() or "none"
     if mode not in AUTH_MODES:
@@ -206,6 +224,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_weight=_int(env, "PQH_MAX_WEIGHT", 1000, 1),
         result_ttl_seconds=_int(env, "PQH_RESULT_TTL_SECONDS", 7 * 24 * 3600, 60),
         admin_token=env.get("PQH_ADMIN_TOKEN", "").strip(),
+        admin_token_parameter=_parameter_name(env),
         auth=auth,
         max_x_bytes=_int(env, "PQH_MAX_X_BYTES", 32768, 16, 131072),
         idempotency_seconds=_int(env, "PQH_IDEMPOTENCY_SECONDS", 24 * 3600, 60, 30 * 24 * 3600),

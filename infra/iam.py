@@ -17,10 +17,14 @@ from typing import Any
 
 LEVEL_QUEUES = [f"Level{level}Queue" for level in range(6)]
 DEAD_LETTER_QUEUES = [f"Level{level}DeadLetterQueue" for level in range(6)]
+# The stage's admin-token parameter (PQH_ADMIN_TOKEN_PARAMETER). Reading it also grants
+# kms:Decrypt, only through SSM and only for this parameter (a SecureString is encrypted
+# with the parameter's ARN as its encryption context). No parameter, no statement.
+ADMIN_TOKEN = "parameter:admin_token"
 
 # Chalice's function name -> [(actions, resources)]. A resource is a logical id of
 # infra/resources.json, "<table id>/index/*" for a table's indexes, or
-# "function:<name>" for one of this app's functions.
+# "function:<name>" for one of this app's functions, or ADMIN_TOKEN.
 GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
     "api_handler": [
         (
@@ -52,6 +56,7 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
             DEAD_LETTER_QUEUES,
         ),
         (["lambda:InvokeFunction"], ["function:dispatcher"]),
+        (["ssm:GetParameter"], [ADMIN_TOKEN]),  # the admin token (PQH_ADMIN_TOKEN_PARAMETER)
     ],
     "dispatcher": [
         (["dynamodb:UpdateItem", "dynamodb:BatchGetItem"], ["ControlTable"]),  # slots and backlog: one BatchGetItem
@@ -64,7 +69,10 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
         (["lambda:InvokeFunction"], ["function:dispatcher"]),
     ],
 }
-GRANTS["api_key_auth"] = [(["dynamodb:GetItem"], ["ControlTable"])]  # looks a key's hash up
+GRANTS["api_key_auth"] = [
+    (["dynamodb:GetItem"], ["ControlTable"]),  # looks a key's hash up
+    (["ssm:GetParameter"], [ADMIN_TOKEN]),  # or compares the admin token
+]
 # The tick is the dispatcher on a schedule, and it also re-sends long-queued messages.
 GRANTS["dispatch_tick"] = [
     *GRANTS["dispatcher"],
@@ -88,7 +96,7 @@ REGION_ACCOUNT = "${AWS::Region}:${AWS::AccountId}"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _statements(function: str, arn: Any, log_groups: Any) -> dict[str, Any]:
+def _statements(function: str, arn: Any, log_groups: Any, parameter_arn: Any, kms_keys: Any) -> dict[str, Any]:
     statements: list[dict[str, Any]] = [
         {
             "Effect": "Allow",
@@ -97,11 +105,34 @@ def _statements(function: str, arn: Any, log_groups: Any) -> dict[str, Any]:
         }
     ]
     for actions, resources in GRANTS[function]:
+        if resources == [ADMIN_TOKEN]:
+            if parameter_arn is None:
+                continue
+            statements.append({"Effect": "Allow", "Action": actions, "Resource": [parameter_arn]})
+            statements.append(
+                {
+                    "Effect": "Allow",
+                    "Action": ["kms:Decrypt"],
+                    "Resource": [kms_keys],
+                    "Condition": {
+                        "StringLike": {
+                            "kms:ViaService": "ssm.*.amazonaws.com",
+                            "kms:EncryptionContext:PARAMETER_ARN": parameter_arn,
+                        }
+                    },
+                }
+            )
+            continue
         statements.append({"Effect": "Allow", "Action": actions, "Resource": [arn(r) for r in resources]})
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def stage_policy(function: str, prefix: str) -> dict[str, Any]:
+def parameter_path(name: str) -> str:
+    """The part of a parameter's ARN after ``parameter``: ``/a/b`` for ``/a/b``, ``/x`` for ``x``."""
+    return name if name.startswith("/") else "/" + name
+
+
+def stage_policy(function: str, prefix: str, admin_token_parameter: str = "") -> dict[str, Any]:
     """Name-scoped policy for `chalice deploy` of a stage whose resources start with ``prefix``."""
 
     def arn(resource: str) -> str:
@@ -117,10 +148,13 @@ def stage_policy(function: str, prefix: str) -> dict[str, Any]:
         level = resource.removeprefix("Level").removesuffix("Queue")
         return f"arn:aws:sqs:*:*:{prefix}-level-{level}"
 
-    return _statements(function, arn, [f"arn:aws:logs:*:*:log-group:/aws/lambda/{prefix}*"])
+    parameter = f"arn:aws:ssm:*:*:parameter{parameter_path(admin_token_parameter)}" if admin_token_parameter else None
+    return _statements(
+        function, arn, [f"arn:aws:logs:*:*:log-group:/aws/lambda/{prefix}*"], parameter, "arn:aws:kms:*:*:key/*"
+    )
 
 
-def template_policy(function: str) -> dict[str, Any]:
+def template_policy(function: str, admin_token_parameter: str = "") -> dict[str, Any]:
     """The same policy with CloudFormation references to the stack's own resources."""
 
     def arn(resource: str) -> Any:
@@ -133,7 +167,17 @@ def template_policy(function: str) -> dict[str, Any]:
         return {"Fn::GetAtt": [resource, "Arn"]}
 
     log_groups = {"Fn::Sub": f"{ARN_BASE}:logs:{REGION_ACCOUNT}:log-group:/aws/lambda/${{AWS::StackName}}-*"}
-    return _statements(function, arn, [log_groups])
+    parameter = None
+    if admin_token_parameter:
+        parameter = {"Fn::Sub": f"{ARN_BASE}:ssm:{REGION_ACCOUNT}:parameter{parameter_path(admin_token_parameter)}"}
+    kms_keys = {"Fn::Sub": f"{ARN_BASE}:kms:{REGION_ACCOUNT}:key/*"}
+    return _statements(function, arn, [log_groups], parameter, kms_keys)
+
+
+def stage_admin_token_parameter(stage: str) -> str:
+    """The PQH_ADMIN_TOKEN_PARAMETER a stage deploys with (.chalice/config.json; '' if unset)."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    return str(config["stages"][stage].get("environment_variables", {}).get("PQH_ADMIN_TOKEN_PARAMETER", ""))
 
 
 def policy_path(stage: str, function: str) -> Path:
@@ -144,7 +188,8 @@ def write_stage_policies(stage: str, prefix: str) -> list[Path]:
     written = []
     for function in GRANTS:
         path = policy_path(stage, function)
-        path.write_text(json.dumps(stage_policy(function, prefix), indent=2) + "\n")
+        policy = stage_policy(function, prefix, stage_admin_token_parameter(stage))
+        path.write_text(json.dumps(policy, indent=2) + "\n")
         written.append(path)
     return written
 

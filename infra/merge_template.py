@@ -6,6 +6,7 @@ function's role the least-privilege policy of infra/iam.py. It also sets the
 limits of the stage: throttling of the API, reserved concurrency of the
 background functions, and gateway responses that answer API Gateway's own
 refusals in the routes' ``{"error", "message"}`` shape (chalicelib/gateway.py).
+The CloudWatch alarms and dashboard come from infra/monitoring.py.
 
     python -m infra.merge_template [stage] > build/merge-template.json
 """
@@ -17,7 +18,8 @@ import sys
 from typing import Any
 
 from chalicelib import gateway
-from infra.iam import FUNCTION_SUFFIX, GRANTS, ROOT, template_policy
+from infra.iam import FUNCTION_SUFFIX, GRANTS, ROOT, stage_admin_token_parameter, template_policy
+from infra.monitoring import monitoring
 from infra.provision import load_template
 
 # Chalice's logical ids for each function and its role.
@@ -89,6 +91,9 @@ def merge_template(stage: str = "dev") -> dict[str, Any]:
     resources: dict[str, Any] = dict(infra["Resources"])
     resources["RestAPI"] = {
         "Properties": {
+            # The API's name is the stack's: the alarms and the dashboard find its metrics by it
+            # (ApiName), and two stages in one account do not share one name.
+            "Name": {"Ref": "AWS::StackName"},
             "GatewayResponses": gateway_responses(),
             "MethodSettings": [
                 {
@@ -113,6 +118,7 @@ def merge_template(stage: str = "dev") -> dict[str, Any]:
         "PQH_WORKER_FUNCTION": _function_name("worker"),
         "PQH_DISPATCHER_FUNCTION": _function_name("dispatcher"),
     }
+    parameter = stage_admin_token_parameter(stage)
     for function in GRANTS:
         logical, role = LOGICAL_IDS[function]
         properties: dict[str, Any] = {"FunctionName": _function_name(function), "Environment": {"Variables": variables}}
@@ -124,9 +130,18 @@ def merge_template(stage: str = "dev") -> dict[str, Any]:
             properties["ReservedConcurrentExecutions"] = reserved[function]
         resources[logical] = {"Properties": properties}
         resources[role] = {
-            "Properties": {"Policies": [{"PolicyName": f"{role}Policy", "PolicyDocument": template_policy(function)}]}
+            "Properties": {
+                "Policies": [{"PolicyName": f"{role}Policy", "PolicyDocument": template_policy(function, parameter)}]
+            }
         }
-    return {"Resources": resources, "Outputs": infra.get("Outputs", {})}
+    watched = monitoring(stage)
+    resources.update(watched["Resources"])
+    return {
+        "Parameters": watched["Parameters"],
+        "Conditions": watched["Conditions"],
+        "Resources": resources,
+        "Outputs": infra.get("Outputs", {}),
+    }
 
 
 if __name__ == "__main__":

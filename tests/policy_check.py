@@ -30,7 +30,7 @@ from chalice.local import LocalGatewayAuthorizer
 from chalice.test import TestHTTPClient, TestLambdaClient
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
-from infra.iam import GRANTS, stage_policy
+from infra.iam import GRANTS, parameter_path, stage_admin_token_parameter, stage_policy
 
 PREFIX = "pqh-dev"
 ACCOUNT = "123456789012"
@@ -70,6 +70,8 @@ def resources_of(service: str, operation: str, params: dict[str, Any], region: s
         tables += [str(part["TableName"]) for action in request.get("TransactItems", []) for part in action.values()]
         index = f"/index/{request['IndexName']}" if "IndexName" in request else ""
         return [f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{table}{index}" for table in tables]
+    if service == "ssm" and "Name" in request:
+        return [f"arn:aws:ssm:{region}:{ACCOUNT}:parameter{parameter_path(str(request['Name']))}"]
     return ["*"]
 
 
@@ -109,7 +111,7 @@ class PolicyCheck:
         service = model.service_model.endpoint_prefix
         action = f"{service}:{BATCH_ACTIONS.get(model.name, model.name)}"
         region = params.get("context", {}).get("client_region") or "us-east-1"
-        policy = IAMPolicy(json.dumps(stage_policy(function, PREFIX)))
+        policy = IAMPolicy(json.dumps(stage_policy(function, PREFIX, stage_admin_token_parameter("dev"))))
         denied = [
             Denial(function, action, arn)
             for arn in resources_of(service, model.name, params, region)
@@ -160,7 +162,7 @@ class CheckedInvoker:
         if function == TEST:
             return
         arn = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:{function_name}"
-        policy = IAMPolicy(json.dumps(stage_policy(function, PREFIX)))
+        policy = IAMPolicy(json.dumps(stage_policy(function, PREFIX, stage_admin_token_parameter("dev"))))
         self.check.evaluated += 1
         if policy.is_action_permitted("lambda:InvokeFunction", arn) != PermissionResult.PERMITTED:
             self.check.denials.append(Denial(function, "lambda:InvokeFunction", arn))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from chalicelib.settings import TASK_RUN_LEASE_SECONDS
-from infra.iam import GRANTS, policy_path, stage_auth, stage_policy
+from infra.iam import GRANTS, policy_path, stage_admin_token_parameter, stage_auth, stage_policy
 from infra.merge_template import merge_template
 from infra.provision import load_template
 
@@ -43,7 +43,8 @@ def test_a_task_run_lease_outlives_the_worker_lambda() -> None:
 def test_stage_policy_files_are_generated_from_infra_iam() -> None:
     for function in GRANTS:
         on_disk = json.loads(policy_path("dev", function).read_text())
-        assert on_disk == stage_policy(function, "pqh-dev"), f"run: python -m infra.iam dev ({function})"
+        expected = stage_policy(function, "pqh-dev", stage_admin_token_parameter("dev"))
+        assert on_disk == expected, f"run: python -m infra.iam dev ({function})"
 
 
 def _walk_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -203,3 +204,130 @@ def test_the_stage_is_throttled_and_the_background_functions_have_reserved_concu
 def stage_env_value(name: str, default: str) -> str:
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     return str(config["stages"]["dev"].get("environment_variables", {}).get(name, default))
+
+
+# --- alarms and the dashboard -------------------------------------------------------
+
+
+def _queue_dimension(logical: str) -> list[dict[str, Any]]:
+    return [{"Name": "QueueName", "Value": {"Fn::GetAtt": [logical, "QueueName"]}}]
+
+
+def _metric(alarm: dict[str, Any]) -> tuple[str, str, Any, str, Any, str]:
+    p = alarm["Properties"]
+    return (p["Namespace"], p["MetricName"], p["Dimensions"], p["Statistic"], p["Threshold"], p["ComparisonOperator"])
+
+
+def test_alarms_watch_dead_letters_and_the_oldest_task_of_every_level(packaged: dict[str, Any]) -> None:
+    resources = packaged["Resources"]
+    oldest_seconds = [900, 1800, 3600, 7200, 14400, 28800]  # the dev stage's pqh_monitoring block
+    for level in range(6):
+        assert _metric(resources[f"Level{level}DeadLettersAlarm"]) == (
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            _queue_dimension(f"Level{level}DeadLetterQueue"),
+            "Maximum",
+            0,
+            "GreaterThanThreshold",
+        )
+        assert _metric(resources[f"Level{level}OldestTaskAlarm"]) == (
+            "AWS/SQS",
+            "ApproximateAgeOfOldestMessage",
+            _queue_dimension(f"Level{level}Queue"),
+            "Maximum",
+            oldest_seconds[level],
+            "GreaterThanThreshold",
+        )
+
+
+def test_alarms_watch_the_workers_errors_and_throttles_and_the_apis_5xx(packaged: dict[str, Any]) -> None:
+    resources = packaged["Resources"]
+    worker = [{"Name": "FunctionName", "Value": {"Ref": "Worker"}}]
+    at_least = "GreaterThanOrEqualToThreshold"
+    assert _metric(resources["WorkerErrorsAlarm"]) == ("AWS/Lambda", "Errors", worker, "Sum", 1, at_least)
+    assert _metric(resources["WorkerThrottlesAlarm"]) == ("AWS/Lambda", "Throttles", worker, "Sum", 1, at_least)
+    api = [{"Name": "ApiName", "Value": {"Ref": "AWS::StackName"}}, {"Name": "Stage", "Value": "api"}]
+    assert _metric(resources["Api5xxAlarm"]) == ("AWS/ApiGateway", "5XXError", api, "Sum", 5, at_least)
+    # The dimension names the API by the stack's name: the API must carry it.
+    assert resources["RestAPI"]["Properties"]["Name"] == {"Ref": "AWS::StackName"}
+    assert resources["RestAPI"]["Properties"]["StageName"] == "api"
+    alarms = [r for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert len(alarms) == 15
+    assert {a["Properties"]["TreatMissingData"] for a in alarms} == {"notBreaching"}  # an idle queue is no trouble
+
+
+def test_alarms_notify_only_when_an_email_or_a_topic_is_given(packaged: dict[str, Any]) -> None:
+    assert packaged["Parameters"]["AlarmEmail"]["Default"] == ""
+    assert packaged["Parameters"]["AlarmTopicArn"]["Default"] == ""
+    assert packaged["Conditions"] == {
+        "AlarmEmailGiven": {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]},
+        "AlarmTopicGiven": {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]},
+    }
+    topic = packaged["Resources"]["AlarmTopic"]
+    assert topic["Type"] == "AWS::SNS::Topic" and topic["Condition"] == "AlarmEmailGiven"
+    assert topic["Properties"]["Subscription"] == [{"Endpoint": {"Ref": "AlarmEmail"}, "Protocol": "email"}]
+    expected = [
+        {"Fn::If": ["AlarmEmailGiven", {"Ref": "AlarmTopic"}, {"Ref": "AWS::NoValue"}]},
+        {"Fn::If": ["AlarmTopicGiven", {"Ref": "AlarmTopicArn"}, {"Ref": "AWS::NoValue"}]},
+    ]
+    for resource in packaged["Resources"].values():
+        if resource["Type"] == "AWS::CloudWatch::Alarm":
+            assert resource["Properties"]["AlarmActions"] == expected
+            assert resource["Properties"]["OKActions"] == expected
+
+
+def test_the_cloudwatch_dashboard_shows_what_the_dashboard_page_shows(packaged: dict[str, Any]) -> None:
+    dashboard = packaged["Resources"]["Dashboard"]
+    assert dashboard["Type"] == "AWS::CloudWatch::Dashboard"
+    text, variables = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert variables == {"ApiStage": "api"}
+    widgets = {w["properties"]["title"]: w["properties"] for w in json.loads(text)["widgets"]}
+
+    def lines(title: str) -> list[tuple[str, ...]]:
+        return [tuple(m[:4]) for m in widgets[title]["metrics"]]
+
+    queues = [f"${{Level{n}Queue.QueueName}}" for n in range(6)]
+    dead = [f"${{Level{n}DeadLetterQueue.QueueName}}" for n in range(6)]
+    assert lines("Queued tasks per level") == [
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", q) for q in queues
+    ]
+    assert lines("Dead letters per level") == [
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", q) for q in dead
+    ]
+    assert ("AWS/Lambda", "ConcurrentExecutions", "FunctionName", "${Worker}") in lines("Running")
+    throughput = "Throughput: tasks taken off the queues (finished or cancelled)"
+    assert lines(throughput) == [("AWS/SQS", "NumberOfMessagesDeleted", "QueueName", q) for q in queues]
+    assert widgets[throughput]["stat"] == "Sum"
+    assert lines("Oldest queued task per level") == [
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", q) for q in queues
+    ]
+    # Every chart says what its axis counts.
+    assert all(w["yAxis"]["left"]["label"] for w in widgets.values())
+
+
+def test_a_malformed_monitoring_block_names_the_key_it_cannot_use() -> None:
+    from infra.monitoring import MonitoringConfigError, alarm_settings
+
+    assert alarm_settings({}).oldest_task_seconds == (900, 1800, 3600, 7200, 14400, 28800)
+    with pytest.raises(MonitoringConfigError, match="oldest_task_alarm_seconds"):
+        alarm_settings({"oldest_task_alarm_seconds": [60, 60]})
+    with pytest.raises(MonitoringConfigError, match="api_5xx"):
+        alarm_settings({"api_5xx": 0})
+    with pytest.raises(MonitoringConfigError, match="unknown keys"):
+        alarm_settings({"emial": "ops@example.com"})
+
+
+def test_the_api_and_the_authorizer_read_the_admin_token_from_the_stages_parameter(packaged: dict[str, Any]) -> None:
+    arn = {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/pqh/dev/admin-token"}
+    for logical in ("APIHandler", "ApiKeyAuth"):
+        variables = packaged["Resources"][logical]["Properties"]["Environment"]["Variables"]
+        assert variables["PQH_ADMIN_TOKEN_PARAMETER"] == "/pqh/dev/admin-token"
+        assert "PQH_ADMIN_TOKEN" not in variables  # nothing a deploy would overwrite by hand
+    readers = {
+        logical
+        for logical, statement in _walk_statements(packaged)
+        if "ssm:GetParameter" in statement["Action"] and statement["Resource"] == [arn]
+    }
+    assert readers == {"ApiHandlerRole", "ApiKeyAuthRole"}
+    ssm_actions = {a for _, s in _walk_statements(packaged) for a in s["Action"] if a.startswith("ssm:")}
+    assert ssm_actions == {"ssm:GetParameter"}

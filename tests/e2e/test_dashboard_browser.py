@@ -94,6 +94,15 @@ def test_the_dashboard_shows_the_system_changing_as_tasks_run(
     assert "alice" in users and "bob" in users
     assert shown(page, "recent").count("SUCCESS") == 7
     assert re.fullmatch(r"[0-9.]+ / [0-9.]+", shown(page, "wait"))  # waits of the finished tasks
+    # The chart says what its axes measure, and when: clock times along the bottom.
+    chart = page.locator("#chart")
+    assert chart.locator("#chart-y-label").text_content() == "queued tasks"
+    assert chart.locator("#chart-y2-label").text_content() == "wait p50 (s)"
+    assert re.fullmatch(r"time \(\d+ s shown\)", str(chart.locator("#chart-x-label").text_content()))
+    times = chart.locator("text.x-tick").all_text_contents()
+    assert len(times) >= 2 and all(re.fullmatch(r"\d{1,2}:\d{2}:\d{2}", t) for t in times), times
+    counts = chart.locator("text.y-tick").all_text_contents()
+    assert counts[0] == "0" and all(c.isdigit() for c in counts), counts
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     assert errors == []

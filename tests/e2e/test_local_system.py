@@ -241,8 +241,9 @@ def test_the_cli_follows_position_and_eta_and_cancels(local_system: Callable[...
         timeout=60,
     )
     assert waited.returncode == 0, waited.stderr
-    assert "PENDING  position" in waited.stdout and "starts in ~" in waited.stdout
-    assert "SUCCESS" in waited.stdout and '"n": 1' in waited.stdout
+    # Progress on stderr; the result alone on stdout.
+    assert "PENDING  position" in waited.stderr and "starts in ~" in waited.stderr and "SUCCESS" in waited.stderr
+    assert json.loads(waited.stdout)["input_x"] == {"n": 1}
     again = subprocess.run([*pqh, "cancel", queued], env=env, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 1 and "409" in again.stderr  # already cancelled: a clear error
     system.wait_all(blockers)
@@ -311,15 +312,17 @@ def test_api_key_mode_on_the_local_runner(local_system: Callable[..., LocalSyste
 
     done = pqh("submit", "alice", '"hello"', "--wait", "--every", "0.1", PQH_API_KEY=alice_key)
     assert done.returncode == 0, done.stderr
-    task_id = re.search(r"task ([0-9a-f-]{36})", done.stdout).group(1)  # type: ignore[union-attr]
+    task_id = re.search(r"task ([0-9a-f-]{36})", done.stderr).group(1)  # type: ignore[union-attr]
     assert '"input_x": "hello"' in done.stdout
     assert pqh("result", task_id, PQH_API_KEY=alice_key).returncode == 0
     as_bob = pqh("result", task_id, PQH_API_KEY=bob_key)
-    assert as_bob.returncode == 1 and "404" in as_bob.stderr
+    assert as_bob.returncode == 5 and "404" in as_bob.stderr  # not found
     as_nobody = system.http.get(f"{system.base_url}/result/{task_id}", timeout=10)
     assert as_nobody.status_code == 401
+    keyless = pqh("result", task_id)
+    assert keyless.returncode == 3 and "401" in keyless.stderr and "PQH_API_KEY" in keyless.stderr
     posing = pqh("submit", "alice", "1", PQH_API_KEY=bob_key)
-    assert posing.returncode == 1 and "403" in posing.stderr
+    assert posing.returncode == 4 and "403" in posing.stderr  # not allowed
 
 
 def test_load_of_eight_clients_gives_no_errors_and_loses_no_task(local_system: Callable[..., LocalSystem]) -> None:

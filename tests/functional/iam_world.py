@@ -4,12 +4,13 @@ moto's IAM enforcement does the evaluation: every function (api_handler, the
 authorizer, dispatcher, worker, dispatch_tick) acts as an IAM user whose only
 policy is ``infra.iam.stage_policy(function, "pqh-dev")``; moto checks each
 request's signature and evaluates its action on its resource ARN, and a denial
-is recorded and fails the test. Three gaps in moto are filled here, each with
+is recorded and fails the test. The gaps in moto are filled here, each with
 what AWS does:
 
 * moto evaluates DynamoDB requests on the resource ``*``; AWS on the table's
   ARN (``.../table/<name>/index/<index>`` for a Query of an index). The handler
   is given the ARN.
+* moto evaluates SSM requests on ``*``; AWS on the parameter's ARN.
 * moto evaluates GetQueueUrl on ``*`` (it looks for a queue URL, and the call
   names the queue); AWS on the named queue's ARN.
 * moto names a batch call's action after the call (``sqs:DeleteMessageBatch``);
@@ -39,11 +40,12 @@ from moto.core.authorization import enable_iam_authentication
 from moto.dynamodb.responses import DynamoHandler
 from moto.iam.access_control import IAMPolicy, IAMRequestBase, PermissionResult
 from moto.sqs.responses import SQSResponse
+from moto.ssm.responses import SimpleSystemManagerResponse
 
 from chalicelib import aws, wiring
 from chalicelib.adapters.lambda_ import LambdaInvoker
 from chalicelib.domain import Handoff
-from infra.iam import GRANTS, stage_policy
+from infra.iam import GRANTS, parameter_path, stage_admin_token_parameter, stage_policy
 from infra.provision import provision
 from local import moto_patches
 from tests.functional.conftest import CLIENT_STAGE, ROOT, Clock, check_aws_rules, stage_env
@@ -91,6 +93,14 @@ def _sqs_resource(handler: Any) -> str:
 ORIGINAL_SQS_RESOURCE = SQSResponse._determine_resource
 
 
+def _ssm_resource(handler: Any) -> str:
+    """moto evaluates SSM requests on ``*``; AWS on the named parameter's ARN."""
+    name = handler._get_param("Name")
+    if not name:
+        return "*"
+    return f"arn:aws:ssm:{handler.region}:{handler.current_account}:parameter{parameter_path(str(name))}"
+
+
 @dataclass
 class IamWorld:
     client: Client
@@ -134,7 +144,7 @@ class IamWorld:
         name = params["url_path"].split("/functions/", 1)[1].split("/", 1)[0]
         arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
         function = self.acting[-1]
-        policy = IAMPolicy(json.dumps(stage_policy(function, PREFIX)))
+        policy = IAMPolicy(json.dumps(stage_policy(function, PREFIX, stage_admin_token_parameter("dev"))))
         allowed = policy.is_action_permitted("lambda:InvokeFunction", arn) == PermissionResult.PERMITTED
         self.evaluations.append(Evaluation(function, "lambda:InvokeFunction", arn, allowed))
         if not allowed:
@@ -193,6 +203,7 @@ def iam_world(monkeypatch: pytest.MonkeyPatch, app: Chalice, auth: str = "none")
     rules = check_aws_rules(monkeypatch)
     monkeypatch.setattr(DynamoHandler, "_determine_resource", _dynamo_resource, raising=False)
     monkeypatch.setattr(SQSResponse, "_determine_resource", _sqs_resource)
+    monkeypatch.setattr(SimpleSystemManagerResponse, "_determine_resource", _ssm_resource, raising=False)
     evaluations: list[Evaluation] = []
     original_check = IAMRequestBase.check_action_permitted
 
@@ -215,7 +226,9 @@ def iam_world(monkeypatch: pytest.MonkeyPatch, app: Chalice, auth: str = "none")
             user = f"{PREFIX}-{function}"
             iam.create_user(UserName=user)
             iam.put_user_policy(
-                UserName=user, PolicyName="stage", PolicyDocument=json.dumps(stage_policy(function, PREFIX))
+                UserName=user,
+                PolicyName="stage",
+                PolicyDocument=json.dumps(stage_policy(function, PREFIX, stage_admin_token_parameter("dev"))),
             )
             created = iam.create_access_key(UserName=user)["AccessKey"]
             keys[function] = (created["AccessKeyId"], created["SecretAccessKey"])

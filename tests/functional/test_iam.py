@@ -11,12 +11,14 @@ run with keys that hold exactly their own policy (tests/functional/iam_world.py)
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from app import app
 from chalicelib.services import Services
+from chalicelib.settings import ConfigError
 from infra import iam
 from tests.functional.conftest import Harness
 from tests.functional.iam_world import IamWorld, iam_world
@@ -90,7 +92,9 @@ def test_every_call_of_every_function_is_allowed_by_its_own_policy(monkeypatch: 
         assert world.actions_of(function), f"{function} made no AWS call"
         # Least privilege: a grant not used here is one a rarer path needs.
         unused = granted(function) - world.actions_of(function)
-        assert unused <= {"sqs:GetQueueUrl", "dynamodb:DeleteItem"}, (function, unused)
+        # ssm:GetParameter: the admin token's parameter, read through chalicelib/adapters/secrets.py
+        # (allowed and denied as it should be: test_only_the_api_and_the_authorizer_may_read_...).
+        assert unused <= {"sqs:GetQueueUrl", "dynamodb:DeleteItem", "ssm:GetParameter"}, (function, unused)
     # The key routes write the control table: the grant that was missing.
     control = "arn:aws:dynamodb:us-east-1:123456789012:table/pqh-dev-control"
     assert {("dynamodb:PutItem", control), ("dynamodb:DeleteItem", control)} <= {
@@ -154,3 +158,57 @@ def test_the_suite_wide_policy_check_refuses_a_call_the_policy_denies(
     assert harness.policy.denials == [Denial("api_handler", "dynamodb:PutItem", control)]
     assert harness.policy.evaluated > 5
     harness.policy.denials.clear()  # seen: the harness would fail the test on it
+
+
+def test_only_the_api_and_the_authorizer_may_read_the_admin_token_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ssm:GetParameter on exactly the stage's parameter (PQH_ADMIN_TOKEN_PARAMETER), for the two that check tokens."""
+    from moto.ssm.models import ssm_backends
+
+    from chalicelib import aws
+    from chalicelib import settings as settings_mod
+    from chalicelib.adapters import secrets
+
+    with iam_world(monkeypatch, app) as world:
+        ssm = ssm_backends["123456789012"]["us-east-1"]
+        for name, value in (("/pqh/dev/admin-token", "op-secret"), ("/pqh/dev/other", "not yours")):
+            # Put as the account itself: the functions' keys may not write parameters.
+            ssm.put_parameter(name, "", value, "SecureString", "", "", False, [], "text", None, None)
+        settings = settings_mod.load()
+        assert settings.admin_token_parameter == "/pqh/dev/admin-token"  # the dev stage's config
+
+        def read(function: str, name: str) -> str:
+            secrets.reset()
+            with world.acting_as(function):
+                return secrets.admin_token(replace(settings, admin_token_parameter=name), aws.client("ssm"))
+
+        assert read("api_handler", "/pqh/dev/admin-token") == "op-secret"
+        assert read("api_key_auth", "/pqh/dev/admin-token") == "op-secret"
+        for function, name in (("worker", "/pqh/dev/admin-token"), ("api_handler", "/pqh/dev/other")):
+            with pytest.raises(ConfigError, match="AccessDenied"):
+                read(function, name)
+        denied = {(e.function, e.action, e.resource) for e in world.denied()}
+        assert denied == {
+            ("worker", "ssm:GetParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/pqh/dev/admin-token"),
+            ("api_handler", "ssm:GetParameter", "arn:aws:ssm:us-east-1:123456789012:parameter/pqh/dev/other"),
+        }
+        secrets.reset()
+
+
+def test_reading_a_securestring_may_decrypt_only_through_ssm_for_that_parameter() -> None:
+    policy = iam.stage_policy("api_handler", "pqh-dev", "/pqh/dev/admin-token")
+    (read,) = [s for s in policy["Statement"] if "ssm:GetParameter" in s["Action"]]
+    assert read["Action"] == ["ssm:GetParameter"]
+    assert read["Resource"] == ["arn:aws:ssm:*:*:parameter/pqh/dev/admin-token"]
+    (decrypt,) = [s for s in policy["Statement"] if "kms:Decrypt" in s["Action"]]
+    assert decrypt["Condition"] == {
+        "StringLike": {
+            "kms:ViaService": "ssm.*.amazonaws.com",
+            "kms:EncryptionContext:PARAMETER_ARN": "arn:aws:ssm:*:*:parameter/pqh/dev/admin-token",
+        }
+    }
+    # No parameter configured: no SSM or KMS statement at all.
+    actions = {a for s in iam.stage_policy("api_handler", "pqh-dev")["Statement"] for a in s["Action"]}
+    assert not any(a.startswith(("ssm:", "kms:")) for a in actions)
+    for function in ("worker", "dispatcher", "dispatch_tick"):
+        actions = {a for s in iam.stage_policy(function, "pqh-dev", "/p")["Statement"] for a in s["Action"]}
+        assert not any(a.startswith(("ssm:", "kms:")) for a in actions), function
