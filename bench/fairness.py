@@ -315,6 +315,9 @@ def analyse(run: Run, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ]
         eta_by_class[klass] = percentile(mine, 90) if mine else None
     by_id = {task_id: r for (_, _, task_id), r in zip(run.tasks, rows, strict=True)}
+    for task_id, r in by_id.items():
+        r["eta_at_submit"] = run.predicted.get(task_id)
+        r["etas_waiting"] = [(read_at, eta) for i, read_at, eta in run.samples if i == task_id]
     sampled = sorted(abs((by_id[i]["started_at"] - read_at) - eta) for i, read_at, eta in run.samples if i in by_id)
     return {
         "workload": run.name,
