@@ -25,10 +25,10 @@ PNG plots (start timelines, wait distributions) to bench/results/.
                              [--workloads sustained,burst] [--quick] [--repeat 2]
 
 ``--workloads`` runs only the workloads whose names contain one of the given
-words; ``--quick`` is the sustained light load alone under strict and priority,
-without plots and without writing the committed results (a check of the two
-targets that load decides, in about a minute); ``--repeat`` plays the chosen
-workloads that many times in a row under each policy (the spread between runs).
+words; ``--repeat`` plays them that many times, the policies taking turns round
+by round (the spread between runs); ``--quick`` is the sustained light load alone
+under strict and priority (about 40 s per policy and round). A partial run
+prints its tables and leaves the committed results and plots alone.
 """
 
 from __future__ import annotations
@@ -520,7 +520,8 @@ def main() -> None:
         for _ in range(args.repeat):
             for policy in policies:
                 by_policy.setdefault(policy, []).extend(run_policy(policy, args.task_seconds, Path(tmp), chosen))
-        if not args.quick:
+        full = not args.quick and chosen == WORKLOADS and args.repeat == 1
+        if full:  # a partial run leaves the committed plots alone, as it does the tables
             for policy in policies:
                 print(f"plot: {plot(policy, by_policy[policy], RESULTS).relative_to(RESULTS.parent.parent)}")
     text = table(by_policy) + "\n\n" + summary(by_policy, args.repeat)
@@ -529,7 +530,7 @@ def main() -> None:
     print(text)
     if args.rows:
         args.rows.write_text(json.dumps({p: [a["rows"] for a in analyses] for p, analyses in by_policy.items()}))
-    if args.quick or chosen != WORKLOADS or args.repeat != 1:
+    if not full:
         return  # a partial run: the committed results stay those of a full one
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / "fairness-latest.md").write_text(header + "\n\n" + text + "\n")
