@@ -22,15 +22,24 @@ light load). It writes the tables (fairness-latest.md, fairness-latest.json) and
 PNG plots (start timelines, wait distributions) to bench/results/.
 
     python -m bench.fairness [--task-seconds 0.2] [--policies fifo,strict,fair,priority]
+                             [--workloads sustained,burst] [--quick] [--repeat 2]
+
+``--workloads`` runs only the workloads whose names contain one of the given
+words; ``--repeat`` plays them that many times, the policies taking turns round
+by round (the spread between runs); ``--quick`` is the sustained light load alone
+under strict and priority (about 40 s per policy and round). A partial run
+prints its tables and leaves the committed results and plots alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +61,8 @@ class Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
     weights: dict[str, int] = field(default_factory=dict)
     predicted: dict[str, float] = field(default_factory=dict)  # task id -> eta_seconds when submitted
+    # (task id, wall-clock time read, eta_seconds) read while the task waited, by the sampler.
+    samples: list[tuple[str, float, float]] = field(default_factory=list)
 
     def submit(self, system: LocalSystem, user: str, klass: str, x: Any = None) -> str:
         task_id = str(system.submit(user, x)["task_id"])
@@ -62,6 +73,19 @@ class Run:
             if "eta_seconds" in body:
                 self.predicted[task_id] = float(body["eta_seconds"])
         return task_id
+
+
+def sample_etas(system: LocalSystem, run: Run, stop: threading.Event, seed: int) -> None:
+    """Every half second, read the ETA of a few tasks still queued: what a user polling sees while waiting."""
+    rng = random.Random(seed)
+    while not stop.wait(0.5):
+        with run.lock:
+            ids = [task_id for _, _, task_id in run.tasks]
+        for task_id in rng.sample(ids, min(3, len(ids))):
+            body = system.result(task_id)
+            if body["task_status"] == "PENDING" and "eta_seconds" in body:
+                with run.lock:
+                    run.samples.append((task_id, time.time(), float(body["eta_seconds"])))
 
 
 def at(start: float, offset: float) -> None:
@@ -81,9 +105,9 @@ def in_threads(*jobs: Callable[[], None]) -> None:
 # --- Workloads: T is the task time; capacity is 1 ----------------------------
 
 
-def noisy_neighbour(system: LocalSystem, tag: str, t: float) -> Run:
+def noisy_neighbour(system: LocalSystem, tag: str, t: float, run: Run) -> Run:
     """A heavy user's burst of 40, then five light users with one task each."""
-    run = Run("noisy-neighbour burst")
+    run.name = "noisy-neighbour burst"
     for i in range(40):
         run.submit(system, f"{tag}-heavy", "heavy", i)
     time.sleep(5 * t)
@@ -98,9 +122,9 @@ def noisy_neighbour(system: LocalSystem, tag: str, t: float) -> Run:
     return run
 
 
-def sustained_light(system: LocalSystem, tag: str, t: float) -> Run:
+def sustained_light(system: LocalSystem, tag: str, t: float, run: Run) -> Run:
     """A heavy backlog of 60; five light users together offer 1.25x capacity for 50 task times."""
-    run = Run("sustained light load on a heavy backlog")
+    run.name = "sustained light load on a heavy backlog"
     for i in range(60):
         run.submit(system, f"{tag}-heavy", "heavy", i)
     start = time.monotonic()
@@ -118,9 +142,9 @@ def sustained_light(system: LocalSystem, tag: str, t: float) -> Run:
     return run
 
 
-def weighted(system: LocalSystem, tag: str, t: float) -> Run:
+def weighted(system: LocalSystem, tag: str, t: float, run: Run) -> Run:
     """Three users of weights 1, 2 and 4, each keeping 3 tasks queued for 120 task times."""
-    run = Run("weighted users (1, 2, 4)")
+    run.name = "weighted users (1, 2, 4)"
     weights = {f"{tag}-w1": 1, f"{tag}-w2": 2, f"{tag}-w4": 4}
     run.weights = weights
     for user, weight in weights.items():
@@ -150,9 +174,9 @@ def weighted(system: LocalSystem, tag: str, t: float) -> Run:
     return run
 
 
-def comes_and_goes(system: LocalSystem, tag: str, t: float) -> Run:
+def comes_and_goes(system: LocalSystem, tag: str, t: float, run: Run) -> Run:
     """A heavy backlog of 60; one user sends 5 tasks, leaves, and comes back twice."""
-    run = Run("a user who comes and goes")
+    run.name = "a user who comes and goes"
     for i in range(60):
         run.submit(system, f"{tag}-heavy", "heavy", i)
     start = time.monotonic()
@@ -163,9 +187,9 @@ def comes_and_goes(system: LocalSystem, tag: str, t: float) -> Run:
     return run
 
 
-def burst_then_light(system: LocalSystem, tag: str, t: float) -> Run:
+def burst_then_light(system: LocalSystem, tag: str, t: float, run: Run) -> Run:
     """One user's burst of 30, then five light users with one task each, at once."""
-    run = Run("burst of 30, then five light users")
+    run.name = "burst of 30, then five light users"
     for i in range(30):
         run.submit(system, f"{tag}-burst", "burst", i)
     time.sleep(2 * t)
@@ -226,6 +250,22 @@ def burst_ahead(rows: list[dict[str, Any]]) -> int | None:
 # --- Metrics ------------------------------------------------------------------
 
 
+def others_ahead(rows: list[dict[str, Any]], klass: str) -> int:
+    """Tasks of other classes started while a task of ``klass`` was waiting.
+
+    The policy's doing, in starts: unlike a wait in seconds, it does not move with
+    the machine's speed (on a loaded machine the time per start varies by 10-20%
+    between runs, and under an overload the light users' queue, so their waits,
+    grows with it).
+    """
+    mine = [r for r in rows if r["class"] == klass]
+    return sum(
+        1
+        for o in rows
+        if o["class"] != klass and any(r["submitted_at"] < o["started_at"] < r["started_at"] for r in mine)
+    )
+
+
 def jain(values: list[float]) -> float:
     return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if values and any(values) else float("nan")
 
@@ -276,9 +316,19 @@ def analyse(run: Run, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             if task_id in run.predicted and r["class"] == klass
         ]
         eta_by_class[klass] = percentile(mine, 90) if mine else None
+    by_id = {task_id: r for (_, _, task_id), r in zip(run.tasks, rows, strict=True)}
+    for task_id, r in by_id.items():
+        r["eta_at_submit"] = run.predicted.get(task_id)
+        r["etas_waiting"] = [(read_at, eta) for i, read_at, eta in run.samples if i == task_id]
+    sampled = sorted(abs((by_id[i]["started_at"] - read_at) - eta) for i, read_at, eta in run.samples if i in by_id)
     return {
         "workload": run.name,
         "tasks": len(rows),
+        "eta_error_p90_waiting": percentile(sampled, 90) if sampled else None,
+        "eta_samples": len(sampled),
+        "others_ahead_of_light": others_ahead(rows, "light"),
+        "seconds_per_start": (max(r["started_at"] for r in rows) - min(r["started_at"] for r in rows))
+        / max(1, len(rows) - 1),
         "eta_error_p90_by_class": eta_by_class,
         "floor_64": floor_fraction(rows),
         "longest_starved": longest_starved(rows),
@@ -325,7 +375,9 @@ def plot(policy: str, analyses: list[dict[str, Any]], out: Path) -> Path:
     return path
 
 
-def run_policy(policy: str, task_seconds: float, tmp: Path) -> list[dict[str, Any]]:
+def run_policy(
+    policy: str, task_seconds: float, tmp: Path, workloads: list[Callable[..., Run]] | None = None
+) -> list[dict[str, Any]]:
     system = start_local_system(
         tmp,
         PQH_CAPACITY="1",
@@ -335,10 +387,18 @@ def run_policy(policy: str, task_seconds: float, tmp: Path) -> list[dict[str, An
     )
     analyses = []
     try:
-        for index, workload in enumerate(WORKLOADS):
-            run = workload(system, f"{policy}{index}", task_seconds)
-            ids = [task_id for _, _, task_id in run.tasks]
-            done = system.wait_all(ids, timeout=600)
+        for index, workload in enumerate(workloads or WORKLOADS):
+            run = Run(workload.__name__)
+            stop = threading.Event()
+            sampler = threading.Thread(target=sample_etas, args=(system, run, stop, index))
+            sampler.start()
+            try:
+                workload(system, f"{policy}{index}-{uuid.uuid4().hex[:6]}", task_seconds, run)
+                ids = [task_id for _, _, task_id in run.tasks]
+                done = system.wait_all(ids, timeout=600)
+            finally:
+                stop.set()
+                sampler.join()
             analyses.append(analyse(run, dict(zip(ids, done, strict=True))))
             print(f"  {policy}: {run.name}: {len(ids)} tasks", flush=True)
     finally:
@@ -351,12 +411,13 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def table(by_policy: dict[str, list[dict[str, Any]]]) -> str:
+    rounds = len(next(iter(by_policy.values())))
     lines = [
         "| workload | policy | wait p50 / p95 / max (s) by class | Jain | heavy share | utilisation | inversions "
         "| floor (least of 64) | longest starved (s) | ETA error p50 / p90 (s) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for index in range(len(WORKLOADS)):
+    for index in range(rounds):
         for policy, analyses in by_policy.items():
             a = analyses[index]
             waits = "; ".join(
@@ -371,8 +432,8 @@ def table(by_policy: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def _by_name(analyses: list[dict[str, Any]], fragment: str) -> dict[str, Any]:
-    return next(a for a in analyses if fragment in a["workload"])
+def _by_name(analyses: list[dict[str, Any]], fragment: str) -> dict[str, Any] | None:
+    return next((a for a in analyses if fragment in a["workload"]), None)
 
 
 def light_within_strict(analyses: list[dict[str, Any]], strict: list[dict[str, Any]]) -> tuple[float, bool]:
@@ -392,50 +453,85 @@ def light_within_strict(analyses: list[dict[str, Any]], strict: list[dict[str, A
     return worst, ok
 
 
-def summary(by_policy: dict[str, list[dict[str, Any]]]) -> str:
-    """One row per policy: the targets."""
+def summary(by_policy: dict[str, list[dict[str, Any]]], rounds: int = 1) -> str:
+    """One row per policy (and per round, when the workloads were played more than once): the targets."""
     lines = [
         "| policy | light/visitor p50 / p95 vs strict: worst excess (s) | floor: least of 64 starts "
         "| longest starved (s) | Jain (weights 1, 2, 4) | burst tasks ahead of a light task "
-        "| ETA error p90, sustained light (s): all / heavy / light |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| ETA error p90, sustained light (s): all / heavy / light | ETA error p90 while waiting, sustained light (s) "
+        "| sustained light: other starts while a light task waited; s per start |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    strict = by_policy.get("strict")
-    for policy, analyses in by_policy.items():
-        if strict is None:
-            versus = "-"
-        else:
-            worst, ok = light_within_strict(analyses, strict)
-            versus = f"{worst:+.2f} ({'within' if ok else 'outside'} target)"
-        sustained = _by_name(analyses, "sustained")
-        floors = [a["floor_64"] for a in analyses if a["floor_64"] is not None]
-        floor = min(floors) if floors else None
-        lines.append(
-            f"| {policy} | {versus} | {fmt(floor, 3)} ({fmt(floor * WINDOW if floor is not None else None, 0)}/64) "
-            f"| {max(a['longest_starved'] for a in analyses):.1f} "
-            f"| {fmt(_by_name(analyses, 'weighted')['jain'])} "
-            f"| {_by_name(analyses, 'burst of 30')['burst_ahead']} "
-            f"| {fmt(sustained['eta_error_p90'], 1)} / {fmt(sustained['eta_error_p90_by_class'].get('heavy'), 1)} "
-            f"/ {fmt(sustained['eta_error_p90_by_class'].get('light'), 1)} |"
-        )
+    for r in range(rounds):
+        of_round = {policy: _round(analyses, r, rounds) for policy, analyses in by_policy.items()}
+        strict = of_round.get("strict")
+        for policy, analyses in of_round.items():
+            if strict is None:
+                versus = "-"
+            else:
+                worst, ok = light_within_strict(analyses, strict)
+                versus = f"{worst:+.2f} ({'within' if ok else 'outside'} target)"
+            sustained = _by_name(analyses, "sustained")
+            weighted_run = _by_name(analyses, "weighted")
+            burst = _by_name(analyses, "burst of 30")
+            floors = [a["floor_64"] for a in analyses if a["floor_64"] is not None]
+            floor = min(floors) if floors else None
+            eta = "-"
+            if sustained is not None:
+                by_class = sustained["eta_error_p90_by_class"]
+                eta = " / ".join(
+                    fmt(v, 1) for v in (sustained["eta_error_p90"], by_class.get("heavy"), by_class.get("light"))
+                )
+            label = policy if rounds == 1 else f"{policy} (round {r + 1})"
+            lines.append(
+                f"| {label} | {versus} | {fmt(floor, 3)} ({fmt(floor * WINDOW if floor is not None else None, 0)}/64) "
+                f"| {max(a['longest_starved'] for a in analyses):.1f} "
+                f"| {fmt(weighted_run['jain']) if weighted_run else '-'} "
+                f"| {burst['burst_ahead'] if burst else '-'} "
+                f"| {eta} "
+                f"| {fmt(sustained['eta_error_p90_waiting'], 1) if sustained else '-'} "
+                f"| {sustained['others_ahead_of_light'] if sustained else '-'}; "
+                f"{fmt(sustained['seconds_per_start'] if sustained else None, 3)} |"
+            )
     return "\n".join(lines)
+
+
+def _round(analyses: list[dict[str, Any]], r: int, rounds: int) -> list[dict[str, Any]]:
+    per = len(analyses) // rounds
+    return analyses[r * per : (r + 1) * per]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task-seconds", type=float, default=0.2)
-    parser.add_argument("--policies", default="fifo,strict,fair,priority")
+    parser.add_argument("--policies", default=None, help="default fifo,strict,fair,priority (--quick: strict,priority)")
+    parser.add_argument("--workloads", default=None, help="comma-separated words of workload names (default: all)")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rows", type=Path, help="also write every task's times and level here (JSON)")
     args = parser.parse_args()
+    policies = (args.policies or ("strict,priority" if args.quick else "fifo,strict,fair,priority")).split(",")
+    words = (args.workloads or ("sustained" if args.quick else "")).split(",")
+    chosen = [w for w in WORKLOADS if any(word in (w.__doc__ or "") + w.__name__ for word in words)]
     RESULTS.mkdir(exist_ok=True)
     by_policy: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for policy in args.policies.split(","):
-            by_policy[policy] = run_policy(policy, args.task_seconds, Path(tmp))
-            print(f"plot: {plot(policy, by_policy[policy], RESULTS).relative_to(RESULTS.parent.parent)}")
-    text = table(by_policy) + "\n\n" + summary(by_policy)
+        # Round by round, every policy in turn: the policies compared ran minutes apart at most.
+        for _ in range(args.repeat):
+            for policy in policies:
+                by_policy.setdefault(policy, []).extend(run_policy(policy, args.task_seconds, Path(tmp), chosen))
+        full = not args.quick and chosen == WORKLOADS and args.repeat == 1
+        if full:  # a partial run leaves the committed plots alone, as it does the tables
+            for policy in policies:
+                print(f"plot: {plot(policy, by_policy[policy], RESULTS).relative_to(RESULTS.parent.parent)}")
+    text = table(by_policy) + "\n\n" + summary(by_policy, args.repeat)
     header = f"machine: {machine()}; capacity 1, {args.task_seconds} s tasks, {time.strftime('%Y-%m-%d')}"
     print(header)
     print(text)
+    if args.rows:
+        args.rows.write_text(json.dumps({p: [a["rows"] for a in analyses] for p, analyses in by_policy.items()}))
+    if not full:
+        return  # a partial run: the committed results stay those of a full one
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / "fairness-latest.md").write_text(header + "\n\n" + text + "\n")
     numbers = json.dumps(

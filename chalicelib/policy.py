@@ -6,6 +6,7 @@ fair allocation is tested exhaustively in milliseconds.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -493,6 +494,25 @@ class Estimate:
     eta_seconds: float  # expected wait before the task starts
 
 
+def slots_free_in(running: Sequence[tuple[float, float]], capacity: int, now: float) -> list[float]:
+    """Seconds until each slot is free, soonest first: a running task's expected end, or 0 for an idle slot.
+
+    ``running`` holds each running task's (start time, expected run seconds); a
+    task past its expected end is taken to end now.
+    """
+    busy = sorted(max(0.0, started + expected - now) for started, expected in running)[:capacity]
+    return sorted([0.0] * (capacity - len(busy)) + busy)
+
+
+def start_after(free_in: Sequence[float], ahead: int, run_seconds: float) -> float:
+    """When a task starts with ``ahead`` tasks before it: each takes the slot that frees first."""
+    slots = list(free_in)
+    heapq.heapify(slots)
+    for _ in range(ahead):
+        heapq.heapreplace(slots, slots[0] + run_seconds)
+    return slots[0]
+
+
 def estimate(
     state: Backlog,
     level: int,
@@ -504,29 +524,37 @@ def estimate(
     run_seconds: float,
     shares: Sequence[int] = DEFAULT_SHARES,
     floor_picks: int = DEFAULT_FLOOR_PICKS,
+    running: Sequence[tuple[float, float]] | None = None,
 ) -> Estimate:
-    """A queued task's position and expected wait, from the backlog state alone.
+    """A queued task's position and expected wait, from the backlog state and the running tasks.
 
-    The wait is: the first busy slot freeing (about run / (capacity + 1) of the
-    running tasks' remaining time, when more tasks are queued than there are
-    slots: then every slot is taken; right after a burst into an idle system
-    the first tasks' waits are overstated by that much), then the tasks ahead,
-    ``capacity`` at a time; under a policy that keeps priority order, tasks
-    arriving at higher levels meanwhile (their recent rate times that wait,
-    each run ``capacity`` at a time: a factor 1 + load, load at most 1) go
-    first. The priority policy caps it at its floor (floor_bound), whatever
-    arrives.
+    The wait is: the slots freeing as their running tasks end (``running``: each
+    one's start time and expected run seconds; without it, when more tasks are
+    queued than there are slots, every slot is taken to be busy with about
+    run / (capacity + 1) left), then the tasks ahead, each on the slot that frees
+    first; under a policy that keeps priority order, tasks arriving at higher
+    levels meanwhile (their recent rate times that wait, each run ``capacity``
+    at a time: a factor 1 + load, load at most 1) go first. The priority policy
+    caps it at its floor (floor_bound), whatever arrives.
     """
     position = queue_position(state, level, seq, policy_name, shares, floor_picks)
     per_start = run_seconds / capacity
-    busy = sum(max(0, n) for n in state.counts) > capacity
-    first = run_seconds / (capacity + 1) if busy else 0.0
+    if running is None:
+        busy = sum(max(0, n) for n in state.counts) > capacity
+        free_in = [run_seconds / (capacity + 1) if busy else 0.0] * capacity
+        # The tasks ahead at the slots' combined rate (the average, not slot by slot).
+        first = free_in[0]
+        base = first + position * per_start
+    else:
+        free_in = slots_free_in(running, capacity, now)
+        first = free_in[0]
+        base = start_after(free_in, position, run_seconds)
     load = 0.0
     if policy_name in PRIORITY_ORDERED:
         # First order only: the arrivals during the arrivals' own runs would make it
         # 1 / (1 - load), which a recent burst inflates without bound.
         load = min(1.0, sum(arrival_rates_at(state, now)[:level]) * per_start)
-    wait = (first + position * per_start) * (1.0 + load)
+    wait = base * (1.0 + load)
     if policy_name == "priority":
         wait = min(wait, first + floor_bound(state, level, seq, floor_picks) * per_start)
     return Estimate(position, wait)

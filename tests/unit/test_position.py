@@ -50,7 +50,7 @@ def test_a_fair_position_counts_a_level_ahead_by_its_virtual_time() -> None:
 
 def test_eta_is_the_tasks_ahead_run_capacity_at_a_time_after_the_first_busy_slot_frees() -> None:
     # Eleven queued on two slots of 3-s tasks, this one 11th: both slots busy, the
-    # first frees after 3 / (2 + 1) = 1 s; then the ten ahead, two at a time: 15 s.
+    # first frees after 3 / (2 + 1) = 1 s; then the ten ahead, two at a time: 1 + 15 = 16 s.
     state = Backlog(counts=(11, 0, 0, 0, 0, 0), enqueued=(11, 0, 0, 0, 0, 0))
     found = policy.estimate(state, 0, 11, 0.0, policy_name="strict", capacity=2, run_seconds=3.0)
     assert (found.position, found.eta_seconds) == (10, 16.0)
@@ -134,3 +134,51 @@ def test_fair_positions_follow_the_configured_shares() -> None:
 def test_under_fifo_every_level_waits_in_one_queue_in_submission_order() -> None:
     w, level_1 = _three_users_at_levels_0_and_1(policy="fifo")
     assert _positions(w, level_1) == [(1, 3.0), (3, 7.0), (5, 11.0)]
+
+
+def test_the_eta_counts_each_running_tasks_remaining_time_slot_by_slot() -> None:
+    # Two slots of 3-s tasks: one task started 2 s ago (1 s left), one 0.5 s ago
+    # (2.5 s left). This task is 4th at level 0, three ahead. Each takes the slot
+    # that frees first: the 1st at 1.0 (ends 4.0), the 2nd at 2.5 (ends 5.5), the 3rd
+    # at 4.0 (ends 7.0); this one at 5.5.
+    state = Backlog(counts=(4, 0, 0, 0, 0, 0), enqueued=(4, 0, 0, 0, 0, 0))
+    running = [(98.0, 3.0), (99.5, 3.0)]
+    found = policy.estimate(state, 0, 4, 100.0, policy_name="strict", capacity=2, run_seconds=3.0, running=running)
+    assert (found.position, found.eta_seconds) == (3, 5.5)
+    # First in line: the soonest slot, 1 s.
+    assert policy.estimate(state, 0, 1, 100.0, policy_name="strict", capacity=2, run_seconds=3.0, running=running) == (
+        policy.Estimate(0, 1.0)
+    )
+
+
+def test_an_idle_slot_is_free_now_and_a_task_past_its_expected_end_ends_now() -> None:
+    state = Backlog(counts=(2, 0, 0, 0, 0, 0), enqueued=(2, 0, 0, 0, 0, 0))
+    # One of two slots idle, the other 2 s from its end: the 1st takes the idle slot
+    # (ends 3.0), the 2nd the other when it frees, at 2.0.
+    idle = [(99.0, 3.0)]
+    assert policy.estimate(state, 0, 2, 100.0, policy_name="strict", capacity=2, run_seconds=3.0, running=idle) == (
+        policy.Estimate(1, 2.0)
+    )
+    # One slot, its task 10 s past a 3-s expectation: taken to end now; the 1st then
+    # runs 3 s, and the 2nd starts at 3.0.
+    late = [(87.0, 3.0)]
+    assert policy.estimate(state, 0, 2, 100.0, policy_name="strict", capacity=1, run_seconds=3.0, running=late) == (
+        policy.Estimate(1, 3.0)
+    )
+
+
+def test_arrivals_that_go_first_stretch_the_wait_from_the_running_tasks() -> None:
+    # One slot, its task 1.5 s from the end of 2 s; one task ahead at level 2: the
+    # base wait is 1.5 + 2 = 3.5 s. Level 0 gets 0.25 tasks/s of 2-s tasks: load 0.5,
+    # so 3.5 x 1.5 = 5.25 s under strict; fifo ignores arrivals (3.5 s).
+    state = Backlog(
+        counts=(0, 0, 2, 0, 0, 0),
+        enqueued=(9, 0, 2, 0, 0, 0),
+        arrival_rates=(0.25, 0.0, 0.0, 0.0, 0.0, 0.0),
+        rated_enqueued=(9, 0, 2, 0, 0, 0),
+        rated_at=500.0,
+    )
+    running = [(499.5, 2.0)]
+    kwargs = {"capacity": 1, "run_seconds": 2.0, "running": running}
+    assert policy.estimate(state, 2, 2, 500.0, policy_name="strict", **kwargs).eta_seconds == 5.25
+    assert policy.estimate(state, 2, 2, 500.0, policy_name="fifo", **kwargs).eta_seconds == 3.5

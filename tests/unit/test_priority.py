@@ -14,6 +14,8 @@ import random
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chalicelib import policy
 from chalicelib.policy import Backlog
@@ -319,3 +321,74 @@ def test_arrival_rates_decay_and_count_the_arrivals_since() -> None:
     # The first time there is nothing to measure from: zero, from now on.
     first = policy.with_arrival_rates(replace(state, rated_at=0.0, arrival_rates=(0.0,) * 6), 7.0)
     assert (first.arrival_rates, first.rated_enqueued, first.rated_at) == ((0.0,) * 6, (13, 0, 0, 0, 0, 0), 7.0)
+
+
+# --- Random arrivals, drawn by hypothesis: the floor and the order, exactly ---------
+
+# Each pick is preceded by 0-3 arrivals, at any levels.
+ARRIVALS = st.lists(st.lists(st.integers(0, policy.LEVELS - 1), max_size=3), min_size=1, max_size=200)
+
+
+def play(floor_picks: int, arrivals: list[list[int]]) -> list[tuple[int, int, list[int]]]:
+    """Pick after each round of arrivals: (level picked, highest backlogged, each level's picks waited)."""
+    state = Backlog()
+    since = [0] * policy.LEVELS  # the test's own count: picks since last picked or seen empty
+    played = []
+    for arrived in arrivals:
+        counts = list(state.counts)
+        for level in arrived:
+            counts[level] += 1
+        state = replace(state, counts=tuple(counts))
+        level = policy.choose_level(state, "priority", floor_picks)
+        if level is None:
+            continue
+        highest = next(lvl for lvl, n in enumerate(state.counts) if n > 0)
+        waited = [since[lvl] if state.counts[lvl] > 0 else -1 for lvl in range(policy.LEVELS)]
+        played.append((level, highest, waited))
+        state = policy.after_pick(state, level, "priority")
+        since = [0 if lvl == level or state.counts[lvl] <= 0 else since[lvl] + 1 for lvl in range(policy.LEVELS)]
+    return played
+
+
+@settings(max_examples=300, deadline=None)
+@given(floor_picks=st.sampled_from([6, 7, 8, 12, 28]), arrivals=ARRIVALS)
+def test_under_any_arrivals_a_backlogged_level_is_picked_within_every_f_picks(
+    floor_picks: int, arrivals: list[list[int]]
+) -> None:
+    # A level with tasks at a pick had waited at most F - 1 picks before it: if it
+    # is not picked now, it has waited at most F - 2 (so it still has a pick to go).
+    for level, _, waited in play(floor_picks, arrivals):
+        for lvl, w in enumerate(waited):
+            assert w <= floor_picks - 1
+            assert lvl == level or w <= floor_picks - 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(floor_picks=st.sampled_from([6, 7, 8, 12, 28]), arrivals=ARRIVALS)
+def test_under_any_arrivals_priority_order_is_left_only_when_the_floor_forces_it(
+    floor_picks: int, arrivals: list[list[int]]
+) -> None:
+    # Taking the highest level now would leave the j-th longest-waiting other level
+    # (waited w) j more picks: too late once w + 1 + j > F. Then, and only then, the
+    # longest-waiting level goes instead (ties to the higher priority).
+    for level, highest, waited in play(floor_picks, arrivals):
+        others = sorted((w for lvl, w in enumerate(waited) if w >= 0 and lvl != highest), reverse=True)
+        forced = any(w + 1 + j > floor_picks for j, w in enumerate(others, start=1))
+        if not forced:
+            assert level == highest
+        else:
+            longest = max(w for w in waited if w >= 0)
+            assert waited[level] == longest
+            assert level == min(lvl for lvl, w in enumerate(waited) if w == longest)
+
+
+def test_three_starved_levels_take_the_last_three_picks_before_their_deadline() -> None:
+    # Level 1 always has tasks; levels 3, 4 and 5 are backlogged from the start (stamps
+    # 0: each must be picked by pick 28). With m picks made, level 1 may take pick
+    # m + 1 only if the three still fit after it, m + 1 + 3 <= 28: picks 1-25 are level
+    # 1's, picks 26-28 go to 3, 4, 5 (oldest first, ties to the higher priority). Their
+    # stamps become 26-28, their deadlines 54-56: level 1 takes 29-53, then 3, 4, 5.
+    # Three departures per 28 picks, each as late as the floor allows.
+    picks = run(Backlog(counts=(0, 1000, 0, 50, 50, 50)), 60)
+    departures = [(i + 1, level) for i, level in enumerate(picks) if level != 1]
+    assert departures == [(26, 3), (27, 4), (28, 5), (54, 3), (55, 4), (56, 5)]
