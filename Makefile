@@ -97,6 +97,9 @@ bench: $(STAMP) ## benchmarks: cost of one AWS call, start delay, utilisation, S
 bench-fairness: $(STAMP) ## fairness benchmark: 5 workloads x fifo/strict/fair/priority, tables and plots in bench/results/
 	$(BIN)/python -m bench.fairness
 
+bench-scale: $(STAMP) ## scale model of one AWS deployment: the envelope (capacity x task length) checked by a real 50-slot run (docs/scaling.md); QUICK=1: under a minute
+	$(BIN)/python -m bench.scale $(if $(QUICK),--quick)
+
 run: $(STAMP) ## start the whole system locally (emulator, API on :8000, dispatcher, workers)
 	$(BIN)/python -m local.run
 
@@ -108,4 +111,4 @@ mutation: $(STAMP) ## mutation testing (mutmut) of the policy, validation and th
 	$(BIN)/mutmut run --max-children 2 > build/mutation.log 2>&1 || { tail -c 2000 build/mutation.log; exit 1; }
 	$(BIN)/python -m bench.mutation
 
-.PHONY: run bench bench-fairness chaos mutation
+.PHONY: run bench bench-fairness bench-scale chaos mutation

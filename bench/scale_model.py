@@ -20,6 +20,7 @@ model and the experiment that checks it differ only in the clock.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -195,10 +196,8 @@ class RealClock:
             return
 
         def body() -> None:
-            try:
+            with contextlib.suppress(SimulationOver):
                 fn(*args)
-            except SimulationOver:
-                pass
 
         thread = threading.Thread(target=body, daemon=True)
         self._threads.append(thread)
