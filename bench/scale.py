@@ -370,7 +370,7 @@ def submit_path(quick: bool) -> dict[str, Any]:
 # Two regimes, 50 slots each: the version race alone (the real 1,000 WCU/s budget,
 # which 50 slots of 0.5-s tasks stay under), and the backlog item's budget scaled
 # down to 100 WCU/s so that it binds (as 1,000 WCU/s binds at C = 1,000 on AWS).
-VALIDATIONS = {
+VALIDATIONS: dict[str, dict[str, Any]] = {
     "race": dict(capacity=50, task_seconds=0.5, seconds=20.0, warmup=5.0, wcu=1000.0, submit_rate=20.0),
     "budget": dict(capacity=50, task_seconds=0.2, seconds=20.0, warmup=5.0, wcu=100.0, submit_rate=40.0),
 }

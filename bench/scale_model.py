@@ -451,6 +451,9 @@ class AwsControlStore:
         self._inner = inner
         self._aws = aws
 
+    def _call_bool(self, *args: Any, **kwargs: Any) -> bool:
+        return bool(self._aws.call(*args, **kwargs))
+
     def _backlog_wcu(self) -> int:
         return max(1, math.ceil(backlog_item_bytes(self._inner.backlog()) / 1024))
 
@@ -470,7 +473,7 @@ class AwsControlStore:
         )
 
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool:
-        return self._aws.call(
+        return self._call_bool(
             "dynamodb",
             "UpdateItem",
             lambda: self._inner.claim_slot(slot_id, holder, now, lease_until),
@@ -479,7 +482,7 @@ class AwsControlStore:
         )
 
     def take_over_slot(self, slot_id: int, holder: str, new_holder: str, now: float, lease_until: float) -> bool:
-        return self._aws.call(
+        return self._call_bool(
             "dynamodb",
             "UpdateItem",
             lambda: self._inner.take_over_slot(slot_id, holder, new_holder, now, lease_until),
@@ -488,7 +491,7 @@ class AwsControlStore:
         )
 
     def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool:
-        return self._aws.call(
+        return self._call_bool(
             "dynamodb",
             "UpdateItem",
             lambda: self._inner.renew_slot(slot_id, holder, lease_until),
@@ -497,7 +500,7 @@ class AwsControlStore:
         )
 
     def release_slot(self, slot_id: int, holder: str, tallies: Any = ()) -> bool:
-        return self._aws.call(
+        return self._call_bool(
             "dynamodb",
             "UpdateItem",
             lambda: self._inner.release_slot(slot_id, holder, tallies),
@@ -509,18 +512,21 @@ class AwsControlStore:
         return self._aws.call("dynamodb", "GetItem", self._inner.backlog, item="backlog", rcu=1)
 
     def add_backlog(self, level: int, delta: int, tallies: Any = ()) -> int:
-        return self._aws.call(
-            "dynamodb",
-            "UpdateItem",
-            lambda: self._inner.add_backlog(level, delta, tallies),
-            item="backlog",
-            wcu=self._backlog_wcu(),
+        return int(
+            self._aws.call(
+                "dynamodb",
+                "UpdateItem",
+                lambda: self._inner.add_backlog(level, delta, tallies),
+                item="backlog",
+                wcu=self._backlog_wcu(),
+            )
         )
 
     def enqueue(self, level: int) -> tuple[int, int]:
-        return self._aws.call(
+        count, seq = self._aws.call(
             "dynamodb", "UpdateItem", lambda: self._inner.enqueue(level), item="backlog", wcu=self._backlog_wcu()
         )
+        return int(count), int(seq)
 
     def withdraw(self, level: int) -> None:
         self._aws.call(
@@ -658,7 +664,7 @@ class Lambda:
         self.in_use = 0
         self.peak = 0
         self.invocations: Counter[str] = Counter()
-        self.seconds: Counter[str] = Counter()
+        self.seconds: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def acquire(self, function: str) -> bool:
@@ -673,7 +679,7 @@ class Lambda:
     def release(self, function: str, seconds: float) -> None:
         with self._lock:
             self.in_use -= 1
-            self.seconds[function] += seconds
+            self.seconds[function] = self.seconds.get(function, 0.0) + seconds
 
 
 class AwsInvoker:
