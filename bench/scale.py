@@ -74,12 +74,14 @@ class Run:
         submit_rate: float = 0.0,
         prefill: int = 0,
         seed: int = 1,
+        client_seconds: float = 0.0,
     ) -> None:
         self.capacity, self.task_seconds = capacity, task_seconds
         self.seconds, self.warmup, self.real = seconds, warmup, real
         self.submit_rate, self.prefill = submit_rate, prefill
         self.clock = RealClock(until=seconds) if real else VirtualClock(until=seconds)
-        self.aws = Aws(self.clock, seed, wcu, rcu)
+        self.aws = Aws(self.clock, seed, wcu, rcu, client_seconds=client_seconds)
+        self.client_seconds = client_seconds
         self.lambdas = Lambda(lambda_limit)
         self.control = shim.MemoryControlStore()
         self.runs: dict[int, list[float]] = {}
@@ -163,6 +165,7 @@ class Run:
                 "lambda_throttles": m.lambda_throttles,
                 "invocations": Counter(self.lambdas.invocations),
                 "lambda_seconds": Counter(self.lambdas.seconds),
+                "cpu": time.process_time(),
             }
 
     def go(self) -> dict[str, Any]:
@@ -252,6 +255,9 @@ class Run:
             "cost_per_million_tasks_usd_api": round(api_cost * 1e6, 2),
             "queued_left": queued_left,
             "backlog_drained": queued_left == 0,
+            # This process's CPU per AWS call in the window (the experiment's own cost of a call).
+            "cpu_ms_per_call": round(1000 * delta("cpu") / max(1, sum(requests.values())), 3),
+            "client_ms_per_call": 1000 * self.client_seconds,
             "wall_seconds": round(wall, 1),
             "simulated_events": self.clock.events,
         }
@@ -323,7 +329,10 @@ def envelope(quick: bool) -> list[dict[str, Any]]:
             if capacity == 1000 and task_seconds < 60:
                 seconds, warmup = 20.0, 8.0
             demand = capacity / task_seconds * seconds * 1.3
-            prefill = int(min(max(demand, 2 * capacity + 20), 40_000 if not quick else 8_000))
+            # Enough to keep every slot busy for the run, up to 12,000: the backlog item
+            # lets through a few hundred a second, and the in-memory queues slow down
+            # with depth. A run whose backlog drains says so (backlog_drained).
+            prefill = int(min(max(demand, 2 * capacity + 20), 12_000 if not quick else 8_000))
             run = Run(capacity, task_seconds, seconds, warmup, prefill=prefill)
             cell = run.go()
             print(
@@ -386,6 +395,23 @@ COMPARED = (
 )
 
 
+def sensitivity(quick: bool) -> list[dict[str, Any]]:
+    """The envelope assumes no client time per call; a small Lambda spends several ms of CPU on each."""
+    out = []
+    for client_ms in (0.0, 2.0, 8.0) if not quick else (0.0, 8.0):
+        cell = Run(100, 1.0, 20.0 if not quick else 12.0, 5.0, prefill=3000, client_seconds=client_ms / 1000).go()
+        row = {
+            "capacity": 100,
+            "task_seconds": 1.0,
+            "client_ms_per_call": client_ms,
+            **{k: cell[k] for k in ("tasks_started_per_second", "busy_share", "picks_lost_to_races_per_task")},
+            "backlog_wcu_per_second": cell["backlog_wcu_per_second"],
+        }
+        print(f"  C=100 1-s tasks, {client_ms:g} ms client time per call: {row}", flush=True)
+        out.append(row)
+    return out
+
+
 def validate(quick: bool) -> dict[str, Any]:
     """50 slots for real (threads, sleeps, token buckets) and the model with the same parameters."""
     out = {}
@@ -398,16 +424,18 @@ def validate(quick: bool) -> dict[str, Any]:
         demand = params["capacity"] / params["task_seconds"] * params["seconds"] * 1.3
         real = Run(**params, real=True, prefill=int(demand)).go()
         model = Run(**params, real=False, prefill=int(demand)).go()
-        rows = {key: {"experiment": real[key], "model": model[key]} for key in COMPARED}
-        rows["throttled_attempts"] = {
-            "experiment": sum(real["throttled_attempts"].values()),
-            "model": sum(model["throttled_attempts"].values()),
-        }
-        print(f"  {name}: {params}")
-        print(f"  {'':34} {'experiment':>12} {'model':>12}")
-        for key, pair in rows.items():
-            print(f"  {key:34} {pair['experiment']!s:>12} {pair['model']!s:>12}", flush=True)
-        out[name] = {"parameters": params, "side_by_side": rows, "experiment": real, "model": model}
+        # The same, with the experiment's own CPU per call spent before each call.
+        cpu = real["cpu_ms_per_call"] / 1000
+        with_cpu = Run(**params, real=False, prefill=int(demand), client_seconds=cpu).go()
+        runs = {"experiment": real, "model": model, "model_with_cpu": with_cpu}
+        rows = {key: {label: run[key] for label, run in runs.items()} for key in COMPARED}
+        rows["throttled_attempts"] = {label: sum(run["throttled_attempts"].values()) for label, run in runs.items()}
+        print(f"  {name}: {params}; the experiment spent {real['cpu_ms_per_call']} ms of CPU per call")
+        print(f"  {'':34} {'experiment':>12} {'model':>12} {'model+CPU':>12}")
+        for key, row in rows.items():
+            values = " ".join(f"{v!s:>12}" for v in row.values())
+            print(f"  {key:34} {values}", flush=True)
+        out[name] = {"parameters": params, "side_by_side": rows, **runs}
     return out
 
 
@@ -456,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     validation = validate(args.quick)
     print("submit path", flush=True)
     submits = submit_path(args.quick)
+    print("sensitivity to the client's time per call", flush=True)
+    sensitive = sensitivity(args.quick)
     print("envelope (model)", flush=True)
     cells = envelope(args.quick)
     submit_requests = 1 + 1  # POST /task and one GET /result per task
@@ -477,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "validation": validation,
         "submit_path": submits,
+        "sensitivity": sensitive,
         "envelope": cells,
         "wall_seconds": round(time.monotonic() - began, 1),
     }

@@ -369,8 +369,19 @@ class Meter:
 class Aws:
     """What every wrapped call shares: the clock, latencies, item budgets, the meter."""
 
-    def __init__(self, clock: Clock, seed: int, wcu: float, rcu: float, short_poll_keep: float = 0.9) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        seed: int,
+        wcu: float,
+        rcu: float,
+        short_poll_keep: float = 0.9,
+        client_seconds: float = 0.0,
+    ) -> None:
         self.clock = clock
+        # The caller's own time per call (building and parsing the request, the
+        # policy around it): simulated under the virtual clock, real under the real one.
+        self.client_seconds = client_seconds if isinstance(clock, VirtualClock) else 0.0
         self.rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self.meter = Meter()
@@ -412,7 +423,7 @@ class Aws:
             return fn()
         meter = self.meter
         half = self.latency(service) / 2
-        self.clock.sleep(half)
+        self.clock.sleep(self.client_seconds + half)
         for attempt in range(1, BOTOCORE_ATTEMPTS + 1):
             allowed = True
             if item is not None:
