@@ -327,7 +327,7 @@ def envelope(quick: bool) -> list[dict[str, Any]]:
             else:
                 seconds, warmup = (30.0, 10.0) if not quick else (12.0, 4.0)
             if capacity == 1000 and task_seconds < 60:
-                seconds, warmup = 20.0, 8.0
+                seconds, warmup = 15.0, 5.0
             demand = capacity / task_seconds * seconds * 1.3
             # Enough to keep every slot busy for the run, up to 12,000: the backlog item
             # lets through a few hundred a second, and the in-memory queues slow down
@@ -380,8 +380,8 @@ def submit_path(quick: bool) -> dict[str, Any]:
 # which 50 slots of 0.5-s tasks stay under), and the backlog item's budget scaled
 # down to 100 WCU/s so that it binds (as 1,000 WCU/s binds at C = 1,000 on AWS).
 VALIDATIONS: dict[str, dict[str, Any]] = {
-    "race": dict(capacity=50, task_seconds=0.5, seconds=20.0, warmup=5.0, wcu=1000.0, submit_rate=20.0),
-    "budget": dict(capacity=50, task_seconds=0.2, seconds=20.0, warmup=5.0, wcu=100.0, submit_rate=40.0),
+    "race": dict(capacity=50, task_seconds=0.5, seconds=16.0, warmup=4.0, wcu=1000.0, submit_rate=20.0),
+    "budget": dict(capacity=50, task_seconds=0.2, seconds=16.0, warmup=4.0, wcu=100.0, submit_rate=40.0),
 }
 COMPARED = (
     "tasks_started_per_second",
@@ -393,6 +393,56 @@ COMPARED = (
     "submit_p50_ms",
     "aws_requests_per_task_workers",
 )
+
+
+def steady_state(cells: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
+    """The envelope's sustainable rate checked: submits and workers together, no prefilled backlog.
+
+    C = 100 slots of 0.1-s tasks, submits offered at the rate the envelope says
+    is sustainable and at 1.5 times it: at the first the queue stays short; at the
+    second the backlog item refuses writes and the queue grows.
+    """
+    cell = next(c for c in cells if c["capacity"] == 100 and c["task_seconds"] == 0.1)
+    rate = cell["sustainable_submits_per_second"]
+    out = []
+    for factor in (1.0, 1.5):
+        run = Run(100, 0.1, 20.0 if not quick else 12.0, 6.0, submit_rate=rate * factor, prefill=0)
+        result = run.go()
+        row = {
+            "capacity": 100,
+            "task_seconds": 0.1,
+            "offered_per_second": round(rate * factor, 1),
+            **{
+                k: result[k]
+                for k in (
+                    "submits_per_second",
+                    "submits_refused",
+                    "submit_p50_ms",
+                    "submit_p99_ms",
+                    "tasks_started_per_second",
+                    "queued_left",
+                    "backlog_wcu_per_second",
+                    "picks_lost_to_races_per_task",
+                )
+            },
+        }
+        print(f"  offered {row['offered_per_second']}/s: {row}", flush=True)
+        out.append(row)
+    return out
+
+
+def race_alone(quick: bool) -> dict[str, Any]:
+    """C = 1,000 slots of 1-s tasks with the backlog item's budget (and Lambda's quota) unlimited.
+
+    What the version race alone allows, once the write budget no longer binds.
+    """
+    seconds, warmup = (15.0, 5.0) if not quick else (8.0, 3.0)
+    run = Run(1000, 1.0, seconds, warmup, wcu=1e9, lambda_limit=100_000, prefill=int(1000 * seconds * 1.3))
+    cell = run.go()
+    keys = ("tasks_started_per_second", "busy_share", "picks_lost_to_races_per_task", "backlog_wcu_per_second")
+    row = {"capacity": 1000, "task_seconds": 1.0, **{k: cell[k] for k in keys}, "wall_seconds": cell["wall_seconds"]}
+    print(f"  {row}", flush=True)
+    return row
 
 
 def sensitivity(quick: bool) -> list[dict[str, Any]]:
@@ -486,11 +536,15 @@ def main(argv: list[str] | None = None) -> int:
     submits = submit_path(args.quick)
     print("sensitivity to the client's time per call", flush=True)
     sensitive = sensitivity(args.quick)
+    print("the version race alone: C = 1,000, 1-s tasks, no write budget", flush=True)
+    unbudgeted = race_alone(args.quick)
     print("envelope (model)", flush=True)
     cells = envelope(args.quick)
     submit_requests = 1 + 1  # POST /task and one GET /result per task
     for cell in cells:
         cell.update(limits(cell, submit_requests, submit_wcu=1))
+    print("steady state at the sustainable rate, and above it", flush=True)
+    steady = steady_state(cells, args.quick)
     result = {
         "quick": args.quick,
         "assumptions": {
@@ -508,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         "validation": validation,
         "submit_path": submits,
         "sensitivity": sensitive,
+        "steady_state": steady,
+        "race_alone": unbudgeted,
         "envelope": cells,
         "wall_seconds": round(time.monotonic() - began, 1),
     }
