@@ -601,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{c['sustainable_submits_per_second_quotas_raised']:>9} "
             f"{c['tasks_started_per_second']:>10} {c['busy_share']:>6.0%} {c['picks_lost_to_races_per_task']:>10} "
             f"{c['aws_requests_per_task']:>8} "
-            f"{c['cost_per_million_tasks_usd_workers'] + c['cost_per_million_tasks_usd_api']:>9.2f}  {c['binds_first']}"
+            f"{c['cost_per_million_tasks_usd_workers'] + c['cost_per_million_tasks_usd_api']:>9.2f}  "
+            f"{c['binds_first']} / {c['first_limit_of_the_design']}"
         )
     print(f"\nwrote {latest.relative_to(ROOT)} in {result['wall_seconds']} s")
     return 0
