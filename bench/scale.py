@@ -7,8 +7,9 @@ budgets, SQS short polls and Lambda concurrency (bench/scale_model.py).
 - The model: a discrete-event simulation. Every simulated Lambda instance is a
   thread that blocks only in the virtual clock's sleep; time jumps to the next
   wake-up. So C = 1,000 slots of 60-s tasks take seconds, not hours.
-- The experiment: the same code with real sleeps and real token buckets at
-  scaled-down limits (50 slots, a 100 WCU/s backlog item), and the model's
+- The experiment: the same code with real sleeps and real token buckets, 50
+  slots, in two regimes (the version race under the real budget, and a backlog
+  item scaled down to 100 WCU/s so that its budget binds), and the model's
   prediction for the same parameters, side by side.
 - The envelope: C = 1, 10, 100, 1,000 x tasks of 0.1, 1, 60 s, each cell run
   with a backlog deep enough to keep every slot busy if nothing else limits it;
