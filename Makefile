@@ -109,6 +109,9 @@ bench: $(STAMP) $(DYNALITE_STAMP) ## benchmarks: cost of one AWS call, start del
 bench-fairness: $(STAMP) $(DYNALITE_STAMP) ## fairness benchmark: 5 workloads x fifo/strict/fair/priority, tables and plots in bench/results/
 	$(BIN)/python -m bench.fairness
 
+bench-scale: $(STAMP) ## scale model of one AWS deployment: the envelope (capacity x task length) checked by a real 50-slot run (docs/scaling.md); QUICK=1: under a minute
+	$(BIN)/python -m bench.scale $(if $(QUICK),--quick)
+
 run: $(STAMP) dynalite-if-npm ## start the whole system locally (emulators, API on :8000, dispatcher, workers)
 	$(BIN)/python -m local.run
 
@@ -120,4 +123,4 @@ mutation: $(STAMP) $(DYNALITE_STAMP) ## mutation testing (mutmut) of the policy,
 	$(BIN)/mutmut run --max-children 2 > build/mutation.log 2>&1 || { tail -c 2000 build/mutation.log; exit 1; }
 	$(BIN)/python -m bench.mutation
 
-.PHONY: run bench bench-fairness chaos mutation
+.PHONY: run bench bench-fairness bench-scale chaos mutation
