@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from chalicelib import views
 from chalicelib.adapters.memory import (
     MemoryControlStore,
     MemoryTaskQueues,
@@ -13,8 +14,11 @@ from chalicelib.adapters.memory import (
     MemoryUsageStore,
     RecordingInvoker,
 )
-from chalicelib.services import Services, WorkerReport
+from chalicelib.services import Services
 from chalicelib.settings import Settings
+from chalicelib.worker.clock import WorkerClock
+from chalicelib.worker.loop import WorkerReport
+from chalicelib.worker.picking import Picked
 
 BASE_SETTINGS = Settings(
     tasks_table="t",
@@ -67,12 +71,20 @@ class ManualTimers:
         self.started.append(timer)
         return timer
 
+    def clock(self) -> WorkerClock:
+        """The worker's clock on these timers; a pause moves the clock instead of waiting."""
+        return WorkerClock(monotonic=self.monotonic, start_timer=self.start, sleep=self.advance)
+
     def advance(self, seconds: float) -> None:
+        """Move the clock; every timer due by then fires, earliest first (one a firing sets too)."""
         self.now += seconds
-        for timer in list(self.started):
-            if not timer.cancelled and not timer.fired and timer.due <= self.now:
-                timer.fired = True
-                timer.fire()
+        while True:
+            due = [t for t in list(self.started) if not t.cancelled and not t.fired and t.due <= self.now]
+            if not due:
+                return
+            timer = min(due, key=lambda t: t.due)
+            timer.fired = True
+            timer.fire()
 
 
 @dataclass
@@ -88,7 +100,16 @@ class World:
 
     def run_workers(self) -> list[WorkerReport]:
         """Run every worker the dispatcher started, one after another (as Lambda would, in parallel)."""
-        return [self.services.run(handoff) for handoff in self.invoker.take_handoffs()]
+        return [self.services.worker.run(handoff) for handoff in self.invoker.take_handoffs()]
+
+    def pick(self, backlog: Any = None, full_walk: bool = False, most: int = 1) -> list[Picked]:
+        """One pick by a fresh worker's picker, as the worker loop makes it."""
+        picks, _ = self.services.worker.picker().pick(backlog, full_walk, most=most)
+        return picks
+
+    def stats(self) -> dict[str, Any]:
+        """GET /stats as the API answers it."""
+        return views.stats(self.services.operations.stats())
 
     def outcomes(self) -> list[str]:
         return [outcome for report in self.run_workers() for outcome in report.outcomes]
@@ -125,7 +146,7 @@ def make_world(flaky_short_poll: bool = False, short_poll_most: int | None = Non
         world.ran.append(ctx.task_id)
         return {"init_timestamp": clock.now, "input_x": x, "done_timestamp": clock.now}
 
-    world.services.task_function = record
+    world.services.deps.task_function = record
     return world
 
 

@@ -6,8 +6,8 @@ import queue
 from typing import Any
 
 from chalicelib.domain import PENDING, SUCCESS
-from chalicelib.services import Heartbeat
-from tests.fakes import make_world
+from chalicelib.worker.heartbeat import Heartbeat
+from tests.fakes import ManualTimers, make_world
 
 # A renewal is due every second here: ten seconds is ample on a loaded machine.
 RENEWAL_WAIT = 10.0
@@ -41,10 +41,10 @@ def test_a_long_task_keeps_its_slot_the_lease_renewed_from_the_time_of_renewal()
         raise AssertionError(f"no renewal from {renewed_at} to {renewed_at + 3}")
 
     w.control.renew_slot = flaky_renew  # type: ignore[method-assign]
-    w.services.task_function = long_task
-    first = w.services.submit("u", "long")
-    second = w.services.submit("v", "short")
-    w.services.dispatch()
+    w.services.deps.task_function = long_task
+    first = w.services.submitting.submit("u", "long")
+    second = w.services.submitting.submit("v", "short")
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     # The renewed lease let the worker go on to the next task, and it let the slot go after.
     assert report.outcomes == [SUCCESS, SUCCESS] and report.stopped_because == "queues empty"
@@ -64,9 +64,9 @@ def test_a_worker_whose_renewals_fail_stops_half_a_renewal_interval_before_its_l
         w.clock.advance(next(durations))
 
     w.control.renew_slot = down  # type: ignore[method-assign]
-    w.services.task_function = task
-    tasks = [w.services.submit(f"u{i}", i) for i in range(3)]
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    tasks = [w.services.submitting.submit(f"u{i}", i) for i in range(3)]
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     # 2.25 s into a 3-s lease it takes another task; at 2.5 s it stops.
     assert report.outcomes == [SUCCESS, SUCCESS] and report.stopped_because == "slot lost"
@@ -95,9 +95,9 @@ def test_a_worker_whose_slot_was_taken_over_finishes_its_task_and_runs_no_more()
             raise AssertionError("the heartbeat's renewal was not refused")
 
     w.control.renew_slot = watched_renew  # type: ignore[method-assign]
-    w.services.task_function = task
-    tasks = [w.services.submit(f"u{i}", i) for i in range(2)]
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    tasks = [w.services.submitting.submit(f"u{i}", i) for i in range(2)]
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     assert report.outcomes == [SUCCESS] and report.stopped_because == "slot lost"
     assert w.tasks.get(tasks[1].task_id).task_status == PENDING  # type: ignore[union-attr]
@@ -111,7 +111,9 @@ def test_a_heartbeat_whose_renewals_fail_counts_the_slot_lost_at_most_five_secon
         raise RuntimeError("throttled")
 
     # A 60-s lease renewed every 20 s: half an interval would be 10 s; five is enough.
-    beat = Heartbeat(failing, interval=20, clock=w.clock, valid_until=w.clock.now + 60)
+    beat = Heartbeat(
+        failing, interval=20, clock=w.clock, valid_until=w.clock.now + 60, start_timer=ManualTimers().start
+    )
     w.clock.advance(54.5)
     assert not beat.lost
     w.clock.advance(0.5)

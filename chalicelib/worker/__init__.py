@@ -1,0 +1,4 @@
+"""The worker: holds one capacity slot and runs queued tasks.
+
+loop (the named steps), picking, executing, held tasks, the lease heartbeat, batched deletes, its clock.
+"""
