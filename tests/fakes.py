@@ -96,6 +96,7 @@ class World:
     queues: MemoryTaskQueues
     control: MemoryControlStore
     invoker: RecordingInvoker
+    timers: ManualTimers  # the worker's clock: its timers fire only when a test advances it
     ran: list[str] = field(default_factory=list)
 
     def run_workers(self) -> list[WorkerReport]:
@@ -122,6 +123,7 @@ class World:
 
 def make_world(flaky_short_poll: bool = False, short_poll_most: int | None = None, **overrides: Any) -> World:
     clock = FakeClock()
+    timers = ManualTimers()
     usage, tasks, control, invoker = MemoryUsageStore(), MemoryTaskStore(), MemoryControlStore(), RecordingInvoker()
     queues = MemoryTaskQueues(clock=clock, flaky_short_poll=flaky_short_poll, short_poll_most=short_poll_most)
     world = World(
@@ -133,8 +135,10 @@ def make_world(flaky_short_poll: bool = False, short_poll_most: int | None = Non
             control=control,
             invoker=invoker,
             clock=clock,
+            worker_clock=timers.clock(),
         ),
         clock=clock,
+        timers=timers,
         usage=usage,
         tasks=tasks,
         queues=queues,

@@ -44,26 +44,22 @@ def test_a_task_cancelled_while_queued_at_any_level_never_runs(level: int) -> No
 
 def test_cancelling_a_running_task_stops_a_function_that_supports_it() -> None:
     w = make_world(capacity=1)
-    started = threading.Event()
+    asked: list[Any] = []
 
     @cancellable
     def long_task(x: Any, ctx: TaskContext) -> None:
-        started.set()
+        asked.append(w.services.results.cancel(task.task_id))  # a DELETE while it runs
         while not ctx.cancelled():
-            threading.Event().wait(0.01)
+            w.timers.advance(0.25)  # the flag is read at most once a second
         raise TaskCancelledError("stopped")
 
     w.services.deps.task_function = long_task
     task = w.services.submitting.submit("u", 1)
     w.services.dispatching.dispatch()
-    (handoff,) = w.invoker.take_handoffs()
-    worker = threading.Thread(target=w.services.worker.run, args=(handoff,))
-    worker.start()
-    assert started.wait(5)
-    asked = w.services.results.cancel(task.task_id)
-    assert asked.task_status == STARTED and asked.cancel_requested
-    worker.join(10)
-    assert not worker.is_alive()
+    (report,) = w.run_workers()
+    [answer] = asked
+    assert answer.task_status == STARTED and answer.cancel_requested
+    assert report.outcomes == [CANCELLED] and w.timers.now == 1.0
     assert w.tasks.get(task.task_id).task_status == CANCELLED  # type: ignore[union-attr]
     assert w.control.slots(1)[0].is_free(w.clock.now)
 
