@@ -177,7 +177,7 @@ class Bench:
             if not picked:
                 break
             for pick in picked:
-                svc.worker.executor.run_one(pick.level, pick.message, pick.counted, deletes)
+                svc.worker.executor.run_one(pick.queue, pick.message, pick.counted, deletes)
                 done += 1
             backlog = picked[-1].backlog
         deletes.flush()

@@ -163,11 +163,11 @@ class Worker(Service):
             "dispatched task=%s user=%s level=%d slot=%d wait=%.3fs",
             message.task_id,
             message.user_id,
-            picked.level,
+            picked.queue,
             state.handoff.slot_id,
             self.clock() - message.submitted_at if message.submitted_at else 0.0,
         )
-        state.report.levels.append(picked.level)
+        state.report.levels.append(picked.queue)
 
     def _pick_ahead_if_wanted(self, state: WorkerState) -> None:
         """The last held task is next: pick the next batch on a second thread while it runs."""
@@ -186,7 +186,7 @@ class Worker(Service):
         # it: a worker that dies starting the next task has recorded this one.
         state.held.running(pending=state.picking_ahead is not None)
         try:
-            outcome = self.executor.run_one(picked.level, picked.message, picked.counted, state.deletes, state.holder)
+            outcome = self.executor.run_one(picked.queue, picked.message, picked.counted, state.deletes, state.holder)
         finally:
             state.held.ran()
         state.deletes.flush_if_due()

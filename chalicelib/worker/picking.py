@@ -21,7 +21,7 @@ NO_TALLIES: Tallies = (0,) * len(policy.TALLIES)
 class Picked(NamedTuple):
     """One task a pick took: its queue, its message, the backlog record after the pick, whether it took a count."""
 
-    level: int
+    queue: int  # the queue it came from: its priority level, or 0 for every level under fifo
     message: QueuedMessage
     backlog: policy.Backlog
     counted: bool  # False for the tick's walk over uncounted messages
@@ -104,7 +104,7 @@ class Picker(Service):
         """
         by_level: dict[int, list[Picked]] = {}
         for pick in picks:
-            by_level.setdefault(pick.level, []).append(pick)
+            by_level.setdefault(pick.queue, []).append(pick)
         errors: list[Exception] = []
         for level, group in by_level.items():
             try:
