@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from chalicelib.ports import ControlStore, Idempotency, Invoker, KeyStore, TaskQueues, TaskStore, UsageStore
@@ -30,6 +31,8 @@ class Deps:
     invoker: Invoker
     clock: Callable[[], float] = time.time  # the wall clock: stamps records and leases
     worker_clock: WorkerClock = field(default_factory=WorkerClock)
+    # Where a worker picks ahead while a task runs: one thread; tests run it by hand.
+    pick_ahead_pool: Callable[[], Executor] = lambda: ThreadPoolExecutor(1, thread_name_prefix="prefetch")
     task_function: TaskFunction | None = None
     keys: KeyStore | None = None
     idempotency: Idempotency | None = None

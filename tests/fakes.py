@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -87,6 +88,43 @@ class ManualTimers:
             timer.fire()
 
 
+class LazyFuture(Future[Any]):
+    """A job that runs when a test runs it, or when its result is first asked for."""
+
+    def __init__(self, job: Callable[[], Any]) -> None:
+        super().__init__()
+        self._job = job
+
+    def run(self) -> None:
+        if self.done():
+            return
+        try:
+            self.set_result(self._job())
+        except BaseException as exc:
+            self.set_exception(exc)
+
+    def result(self, timeout: float | None = None) -> Any:
+        self.run()
+        return super().result(timeout)
+
+
+class ManualPool(Executor):
+    """The worker's pick-ahead pool without a thread: a test says when the pick ahead happens."""
+
+    def __init__(self) -> None:
+        self.submitted: list[LazyFuture] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> LazyFuture:
+        future = LazyFuture(lambda: fn(*args, **kwargs))
+        self.submitted.append(future)
+        return future
+
+    def run_pending(self) -> None:
+        """Run every pick ahead submitted so far, as if its thread ran now."""
+        for future in list(self.submitted):
+            future.run()
+
+
 @dataclass
 class World:
     services: Services
@@ -97,6 +135,7 @@ class World:
     control: MemoryControlStore
     invoker: RecordingInvoker
     timers: ManualTimers  # the worker's clock: its timers fire only when a test advances it
+    pick_ahead: ManualPool  # the pick ahead runs when a test says, or when the worker needs its batch
     ran: list[str] = field(default_factory=list)
 
     def run_workers(self) -> list[WorkerReport]:
@@ -124,6 +163,7 @@ class World:
 def make_world(flaky_short_poll: bool = False, short_poll_most: int | None = None, **overrides: Any) -> World:
     clock = FakeClock()
     timers = ManualTimers()
+    pick_ahead = ManualPool()
     usage, tasks, control, invoker = MemoryUsageStore(), MemoryTaskStore(), MemoryControlStore(), RecordingInvoker()
     queues = MemoryTaskQueues(clock=clock, flaky_short_poll=flaky_short_poll, short_poll_most=short_poll_most)
     world = World(
@@ -136,9 +176,11 @@ def make_world(flaky_short_poll: bool = False, short_poll_most: int | None = Non
             invoker=invoker,
             clock=clock,
             worker_clock=timers.clock(),
+            pick_ahead_pool=lambda: pick_ahead,
         ),
         clock=clock,
         timers=timers,
+        pick_ahead=pick_ahead,
         usage=usage,
         tasks=tasks,
         queues=queues,

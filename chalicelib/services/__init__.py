@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 from chalicelib.deps import Deps
 from chalicelib.ports import ControlStore, Idempotency, Invoker, KeyStore, TaskQueues, TaskStore, UsageStore
@@ -37,6 +38,7 @@ class Services:
         invoker: Invoker,
         clock: Callable[[], float] = time.time,
         worker_clock: WorkerClock | None = None,
+        pick_ahead_pool: Callable[[], Executor] | None = None,
         task_function: TaskFunction | None = None,
         keys: KeyStore | None = None,
         idempotency: Idempotency | None = None,
@@ -54,6 +56,8 @@ class Services:
             keys=keys,
             idempotency=idempotency,
         )
+        if pick_ahead_pool is not None:
+            self.deps.pick_ahead_pool = pick_ahead_pool
         self.submitting = Submitting(self.deps)
         self.results = Results(self.deps)
         self.accounts = Accounts(self.deps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent import futures
 from dataclasses import dataclass, field
 
 from chalicelib import policy
@@ -53,8 +53,8 @@ class WorkerState:
     pick_at: float | None = None
     previous_pick: float | None = None
     # The next batch, picked ahead on a second thread while the last held task runs.
-    picking_ahead: Future[Tallies] | None = None
-    pool: ThreadPoolExecutor | None = None
+    picking_ahead: futures.Future[Tallies] | None = None
+    pool: futures.Executor | None = None
 
 
 class Worker(Service):
@@ -174,7 +174,7 @@ class Worker(Service):
         if state.held or not self._pick_ahead_wanted(state):
             return
         carry, state.tallies = state.tallies, NO_TALLIES  # the pick ahead writes these, or hands them back
-        state.pool = state.pool or ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        state.pool = state.pool or self.deps.pick_ahead_pool()
         most = self._batch_size(state)
         assert state.backlog is not None
         state.picking_ahead = state.pool.submit(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from unittest import mock
@@ -730,10 +729,7 @@ def test_with_prefetch_a_worker_picks_a_second_of_short_tasks_in_one_write_while
         return receive(level, most, wait_seconds)
 
     def task(x: object, ctx: object) -> str:
-        deadline = time.monotonic() + 5  # give the prefetch thread time to pick, on a busy machine
-        wanted = {1: 3, 11: 4}.get(len(ahead), 0)  # during the 2nd and 12th tasks, wait for their pick
-        while len(takes) < wanted and time.monotonic() < deadline:
-            time.sleep(0.005)
+        w.pick_ahead.run_pending()  # the pick ahead, if one was started, lands while this task runs
         ahead.append(sum(takes) - len(ahead))
         w.clock.advance(0.1)  # tasks of 0.1 s: the average the worker keeps becomes 0.1
         return "done"
@@ -887,8 +883,6 @@ def test_putting_tasks_back_tries_every_level_even_when_one_fails() -> None:
 
 def test_a_worker_goes_on_when_a_batch_it_picked_ahead_went_back_behind_a_slow_task() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
-    timers = ManualTimers()
-    w.services.deps.worker_clock = timers.clock()
     for i in range(12):
         w.services.submitting.submit(f"user{i}", i)
     w.services.dispatching.dispatch()
@@ -898,10 +892,9 @@ def test_a_worker_goes_on_when_a_batch_it_picked_ahead_went_back_behind_a_slow_t
         ran.append(x)
         w.clock.advance(0.1)
         if len(ran) == 2:  # the batch of ten is picked during this task, which is slow
-            timers.advance(2.0)  # the watchdog's limit: whatever is held, or picked from now on, goes back
-            deadline = time.monotonic() + 30
-            while w.control.backlog().counts[0] < 10 and time.monotonic() < deadline:
-                time.sleep(0.01)  # the prefetch thread's batch, given back as it arrives
+            w.timers.advance(2.0)  # the watchdog's limit: whatever is held, or picked from now on, goes back
+            w.pick_ahead.run_pending()  # the batch lands, and goes straight back
+            assert w.control.backlog().counts[0] == 10
         return "done"
 
     w.services.deps.task_function = task

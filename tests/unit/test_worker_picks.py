@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ from chalicelib.domain import SUCCESS, Handoff
 from chalicelib.policy import LEVELS
 from chalicelib.ports import ALREADY_FINISHED
 from chalicelib.settings import TASK_RUN_LEASE_SECONDS
-from tests.fakes import ManualTimers, make_world, record_takes
+from tests.fakes import make_world, record_takes
 
 WAIT = 10.0  # a generous bound for the pick-ahead thread's step on a loaded machine
 
@@ -221,19 +220,9 @@ def test_a_worker_near_its_end_picks_ahead_only_what_it_has_time_to_run() -> Non
 
 def test_a_batch_picked_ahead_that_lands_after_the_watchdog_fired_goes_straight_back() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
-    timers = ManualTimers()
-    w.services.deps.worker_clock = timers.clock()
     for i in range(12):
         w.services.submitting.submit(f"user{i}", i)
     w.services.dispatching.dispatch()
-    fired = threading.Event()  # the pick ahead commits only once the watchdog has fired
-    commit = w.control.commit_pick
-
-    def gated_commit(*args: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            assert fired.wait(WAIT)
-        return commit(*args)
-
     ran: list[object] = []
     seen: dict[str, int] = {}
 
@@ -242,18 +231,13 @@ def test_a_batch_picked_ahead_that_lands_after_the_watchdog_fired_goes_straight_
         w.clock.advance(0.1)  # an average of 0.1 s: the batch picked during the second task is ten
         if len(ran) == 2:  # and this task is slow: the watchdog fires before that batch lands
             triggers = w.invoker.dispatch_triggers
-            timers.advance(2.0)
-            fired.set()
-            for _ in range(int(WAIT / 0.01)):  # until the batch is back and the dispatcher nudged
-                if w.control.backlog().counts[0] == 10 and w.invoker.dispatch_triggers > triggers:
-                    break
-                threading.Event().wait(0.01)
+            w.timers.advance(2.0)
+            w.pick_ahead.run_pending()  # the batch lands now
             seen["counted"] = w.control.backlog().counts[0]
             seen["visible"] = sum(d.queued for d in w.queues.depths())
             seen["nudges"] = w.invoker.dispatch_triggers - triggers
         return "done"
 
-    w.control.commit_pick = gated_commit  # type: ignore[method-assign]
     w.services.deps.task_function = task
     (report,) = w.run_workers()
     # The ten went back as they landed, visible and counted for any slot, with a nudge ...
