@@ -8,10 +8,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from chalicelib.clock import WorkerClock
 from chalicelib.ports import ControlStore, Idempotency, Invoker, KeyStore, TaskQueues, TaskStore, UsageStore
 from chalicelib.settings import ConfigError, Settings
 from chalicelib.tasks import TaskFunction, load_task_function
-from chalicelib.worker.clock import WorkerClock
 
 log = logging.getLogger("pqh")
 

@@ -15,9 +15,9 @@ from chalicelib.adapters.memory import (
     MemoryUsageStore,
     RecordingInvoker,
 )
+from chalicelib.clock import WorkerClock
 from chalicelib.services import Services
 from chalicelib.settings import Settings
-from chalicelib.worker.clock import WorkerClock
 from chalicelib.worker.loop import WorkerReport
 from chalicelib.worker.picking import Picked
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from chalicelib.clock import WorkerClock
 from chalicelib.deps import Deps
 from chalicelib.ports import ControlStore, Idempotency, Invoker, KeyStore, TaskQueues, TaskStore, UsageStore
 from chalicelib.services.accounts import Accounts
@@ -21,7 +22,6 @@ from chalicelib.services.results import Results
 from chalicelib.services.submitting import Submitting
 from chalicelib.settings import Settings
 from chalicelib.tasks import TaskFunction
-from chalicelib.worker.clock import WorkerClock
 from chalicelib.worker.loop import Worker
 
 

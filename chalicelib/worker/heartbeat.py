@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from chalicelib.worker.clock import StartTimer, Timer
+from chalicelib.clock import StartTimer, Timer
 
 log = logging.getLogger("pqh")
 

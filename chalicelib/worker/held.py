@@ -6,7 +6,7 @@ import collections
 import threading
 from collections.abc import Callable
 
-from chalicelib.worker.clock import Timer, WorkerClock
+from chalicelib.clock import Timer, WorkerClock
 from chalicelib.worker.picking import Picked
 
 
