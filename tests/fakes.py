@@ -53,7 +53,7 @@ class ManualTimer:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> None:
         """Firing is synchronous here: nothing to wait for."""
 
 

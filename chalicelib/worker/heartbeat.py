@@ -53,7 +53,7 @@ class Heartbeat:
             timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-            timer.join()  # a renewal under way ends before the slot is released
+            timer.join(timeout=5)  # a renewal under way ends before the slot is released
 
     def _next_beat(self) -> None:
         with self._lock:
