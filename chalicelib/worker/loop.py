@@ -42,7 +42,7 @@ class WorkerState:
     held: Held  # picked and not yet run, in the order to run them
     deletes: PendingDeletes
     report: WorkerReport = field(default_factory=WorkerReport)
-    # The latest backlog record seen: the dispatcher's (saves this worker a read), then each pick's.
+    # The latest backlog record seen: the dispatcher's, then each pick's.
     backlog: policy.Backlog | None = None
     # Finished tasks not yet counted in the backlog record's totals: added by the
     # next pick's write, or by one write when the worker stops.
@@ -79,6 +79,8 @@ class Worker(Service):
             return WorkerReport(stopped_because="slot not ours")
         try:
             with state.heartbeat:
+                # The dispatcher's read of the backlog record: saves this worker a read.
+                state.backlog = policy.backlog_from_payload(handoff.backlog) if handoff.backlog else None
                 while not self._should_stop(state):
                     picked = self._next_task(state)
                     if picked is None:
@@ -121,7 +123,6 @@ class Worker(Service):
             picker=self.picker(),
             held=Held(self._put_back_now, OVERSTAY_FACTOR * s.prefetch_seconds, clock),
             deletes=PendingDeletes(self.queues, self.clock),
-            backlog=policy.backlog_from_payload(handoff.backlog) if handoff.backlog else None,
         )
 
     def _should_stop(self, state: WorkerState) -> bool:
