@@ -156,11 +156,11 @@ class Operations(Service):
         try:
             if task.task_status == FAILURE:
                 expires_at = int(self.clock()) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
-                requeued = self.tasks.requeue(task_id, seq, expires_at, self.clock())
-                if requeued is None:
+                reset = self.tasks.requeue(task_id, seq, expires_at, self.clock())  # FAILURE -> PENDING
+                if reset is None:
                     self.control.withdraw(queue)
                     return False
-                task = requeued
+                task = reset
             # PENDING: SQS moved it after too many receives; it never ran. A send that
             # fails here keeps the dead letter: the next redrive sends the task again.
             self.queues.send(queue, task)

@@ -1,4 +1,4 @@
-"""Held tasks: picked ahead and not yet run, with a watchdog so a slow task strands none of them."""
+"""Held tasks: picked and not yet run, with a watchdog so a slow task strands none of them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from chalicelib.worker.picking import Picked
 
 
 class Held:
-    """A worker's held tasks (picked ahead and not yet run), in the order to run them.
+    """A worker's held tasks (picked and not yet run), in the order to run them.
 
     While a task runs, a watchdog gives them all back (visible and counted, for
     any slot to take) once they have been held ``limit`` seconds; a batch that
