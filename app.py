@@ -126,7 +126,7 @@ def api_key_auth(auth_request: AuthRequest) -> AuthResponse:
     token = bearer_token(auth_request.token)
     if token is None:
         raise GatewayUnauthorizedError()
-    identity = wiring.services().authenticate(token)
+    identity = wiring.services().accounts.authenticate(token)
     if identity is None:
         return AuthResponse(routes=[], principal_id="anonymous")
     # Cached by API Gateway for ttl_seconds per key, for every route: admin rights
@@ -207,9 +207,10 @@ def submit_task() -> Response:
     key = check_idempotency_key(request.headers.get("idempotency-key"))
     headers: dict[str, str | list[str]] = {}
     if key is None:
-        body = views.submitted(svc.submit(user_id, x))
+        body = views.submitted(svc.submitting.submit(user_id, x))
     else:
-        body, replayed = svc.submit_once(user_id, x, key, app.lambda_context)
+        answer, replayed = svc.submitting.submit_once(user_id, x, key, app.lambda_context)
+        body = views.submitted(answer)
         headers["Idempotent-Replayed"] = "true" if replayed else "false"
     headers["Location"] = _stage_prefix() + body["result_url"]
     return Response(status_code=202, body=body, headers=headers)
@@ -219,15 +220,15 @@ def submit_task() -> Response:
 @api_errors
 def get_result(task_id: str) -> dict[str, Any]:
     svc = wiring.services()
-    task = svc.result(path_parameter(task_id, "task id"), _caller())
-    return views.result(task, svc.progress(task))
+    task = svc.results.result(path_parameter(task_id, "task id"), _caller())
+    return views.result(task, svc.results.progress(task))
 
 
 @app.route("/task/{task_id}", methods=["DELETE"], authorizer=AUTHORIZER)
 @api_errors
 def cancel_task(task_id: str) -> Response:
     """Cancel a queued task (200), or ask a running one to stop (202)."""
-    task = wiring.services().cancel(path_parameter(task_id, "task id"), _caller())
+    task = wiring.services().results.cancel(path_parameter(task_id, "task id"), _caller())
     return Response(status_code=202 if task.task_status == "STARTED" else 200, body=views.result(task))
 
 
@@ -245,7 +246,7 @@ def issue_key() -> Response:
     admin = data.get("admin", False)
     if not isinstance(admin, bool):
         raise ValidationError("'admin' must be true or false")
-    return Response(status_code=201, body=svc.issue_key(user_id, admin))
+    return Response(status_code=201, body=views.issued_key(svc.accounts.issue_key(user_id, admin)))
 
 
 @app.route("/admin/keys/{key_id}", methods=["DELETE"], authorizer=AUTHORIZER)
@@ -253,7 +254,7 @@ def issue_key() -> Response:
 def revoke_key(key_id: str) -> dict[str, Any]:
     _require_admin()
     key_id = path_parameter(key_id, "key id")
-    wiring.services().revoke_key(key_id)
+    wiring.services().accounts.revoke_key(key_id)
     return {"revoked": key_id}
 
 
@@ -262,7 +263,8 @@ def revoke_key(key_id: str) -> dict[str, Any]:
 def get_user(user_id: str) -> dict[str, Any]:
     _require_admin()
     svc = wiring.services()
-    return svc.user_usage(check_user_id(path_parameter(user_id, "user id"), svc.settings.max_user_id_length))
+    user_id = check_user_id(path_parameter(user_id, "user id"), svc.settings.max_user_id_length)
+    return views.user(svc.accounts.user_usage(user_id))
 
 
 @app.route("/admin/users/{user_id}/weight", methods=["PUT"], content_types=["*/*"], authorizer=AUTHORIZER)
@@ -273,8 +275,8 @@ def put_weight(user_id: str) -> dict[str, Any]:
     user_id = check_user_id(path_parameter(user_id, "user id"), svc.settings.max_user_id_length)
     request = _request()
     weight = parse_weight(_body(request), request.headers.get("content-type"), svc.settings.max_weight)
-    svc.set_weight(user_id, weight)
-    return svc.user_usage(user_id)
+    svc.accounts.set_weight(user_id, weight)
+    return views.user(svc.accounts.user_usage(user_id))
 
 
 # --- Operators: stats, dashboard, dead letters ----------------------------------
@@ -284,7 +286,7 @@ def put_weight(user_id: str) -> dict[str, Any]:
 @api_errors
 def get_stats() -> dict[str, Any]:
     _require_admin_if_configured()
-    return wiring.services().stats()
+    return views.stats(wiring.services().operations.stats())
 
 
 @app.route("/dashboard", methods=["GET"])
@@ -309,21 +311,21 @@ def openapi() -> Response:
 @api_errors
 def get_dead_letters(level: str) -> dict[str, Any]:
     _require_admin()
-    return wiring.services().dead_letters(_level(level))
+    return views.dead_letters(wiring.services().operations.dead_letters(_level(level)))
 
 
 @app.route("/admin/dead-letters/{level}/redrive", methods=["POST"], content_types=["*/*"], authorizer=AUTHORIZER)
 @api_errors
 def redrive_dead_letters(level: str) -> dict[str, Any]:
     _require_admin()
-    return dict(wiring.services().redrive(_level(level)))
+    return dict(wiring.services().operations.redrive(_level(level)))
 
 
 @app.route("/admin/dead-letters/{level}", methods=["DELETE"], authorizer=AUTHORIZER)
 @api_errors
 def purge_dead_letters(level: str) -> dict[str, Any]:
     _require_admin()
-    return dict(wiring.services().purge_dead_letters(_level(level)))
+    return dict(wiring.services().operations.purge_dead_letters(_level(level)))
 
 
 # --- Dispatcher and worker ----------------------------------------------------
@@ -336,12 +338,12 @@ def dispatch_tick(event: Any) -> dict[str, Any]:
     It also sends again the messages of tasks queued for half of SQS's retention.
     """
     svc = wiring.services()
-    # Dispatch first: the safety net must not depend on the retention guard's index query.
-    report = views.dispatch_report(svc.dispatch(full_walk=True))
+    # Dispatch first: the safety net must not depend on the retention refresh's index query.
+    report = views.dispatch_report(svc.dispatching.dispatch(full_walk=True))
     try:
-        requeued: int | None = svc.refresh_stale()
+        requeued: int | None = svc.operations.refresh_stale()
     except Exception:  # logged; the next tick tries again, long before SQS would drop a message
-        app.log.exception("the retention guard failed; the next tick tries again")
+        app.log.exception("the retention refresh failed; the next tick tries again")
         requeued = None
     return {**report, "requeued": requeued}
 
@@ -349,10 +351,10 @@ def dispatch_tick(event: Any) -> dict[str, Any]:
 @app.lambda_function(name="dispatcher")
 def dispatcher(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Invoked asynchronously on every submit and every finished task."""
-    return views.dispatch_report(wiring.services().dispatch(full_walk=bool((event or {}).get("full_walk"))))
+    return views.dispatch_report(wiring.services().dispatching.dispatch(full_walk=bool((event or {}).get("full_walk"))))
 
 
 @app.lambda_function(name="worker")
 def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Holds a slot handed over by the dispatcher and runs queued tasks, highest level first."""
-    return views.worker_report(wiring.services().run(Handoff.from_payload(event)))
+    """Holds a slot handed over by the dispatcher and runs queued tasks, most urgent level first."""
+    return views.worker_report(wiring.services().worker.run(Handoff.from_payload(event)))

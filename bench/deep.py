@@ -42,8 +42,9 @@ from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, Dyna
 from chalicelib.adapters.memory import RecordingInvoker
 from chalicelib.adapters.sqs import SqsTaskQueues
 from chalicelib.domain import Task
-from chalicelib.services import PendingDeletes, Services
+from chalicelib.services import Services
 from chalicelib.settings import load as load_settings
+from chalicelib.worker.deletes import PendingDeletes
 from infra.provision import settings_env
 from local.process import LocalSystem, start_local_system
 
@@ -158,27 +159,28 @@ class Bench:
         """One dispatcher invocation with ``free`` free slots (after the local system's own)."""
         svc = self.services(CAPACITY + free)
         began = time.perf_counter()
-        report = svc.dispatch()
+        report = svc.dispatching.dispatch()
         seconds = time.perf_counter() - began
-        for handoff in svc.invoker.take_handoffs():  # type: ignore[attr-defined]
-            svc.control.release_slot(handoff.slot_id, handoff.slot_holder)
+        for handoff in svc.deps.invoker.take_handoffs():  # type: ignore[attr-defined]
+            svc.deps.control.release_slot(handoff.slot_id, handoff.slot_holder)
         return {"workers_started": report.workers_started, "ms": 1000 * seconds}
 
     def picks(self, count: int, batch: int = 1) -> dict[str, float]:
         """A worker taking, running and deleting ``count`` queued tasks, ``batch`` per pick."""
         svc = self.services(CAPACITY)
-        snapshot = None
-        deletes = PendingDeletes(svc.queues, svc.clock)  # as a worker does: ten per request
+        backlog = None
+        picker = svc.worker.picker()
+        deletes = PendingDeletes(svc.deps.queues, svc.deps.clock)  # as a worker does: ten per request
         began = time.perf_counter()
         done = 0
         while done < count:
-            picked = svc._pick_next(snapshot, False, most=min(batch, count - done))
+            picked, _ = picker.pick(backlog, False, most=min(batch, count - done))
             if not picked:
                 break
-            for level, message, _, counted in picked:
-                svc._run_one(level, message, counted, deletes)
+            for pick in picked:
+                svc.worker.executor.run_one(pick.queue, pick.message, pick.counted, deletes)
                 done += 1
-            snapshot = picked[-1][2]
+            backlog = picked[-1].backlog
         deletes.flush()
         seconds = time.perf_counter() - began
         return {"tasks": done, "tasks_per_s": done / seconds, "ms_per_task": 1000 * seconds / max(1, done)}

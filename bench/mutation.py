@@ -19,31 +19,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "bench" / "results" / "mutation.json"
 
-# The services' parts the mutation targets name: submitting, results and cancelling,
-# and the worker's pick and outcome logic. Everything else in services.py is "other".
-SERVICE_PARTS = {
-    "submit": {"submit", "_drop_unqueued", "submit_once", "_nudge_dispatcher"},
-    "result and cancel": {"result", "progress", "cancel", "_cancel_check", "_task_function"},
-    "worker: pick": {
-        "_pick_next",
-        "_receive_for",
-        "_undo_pick",
-        "_some_of",
-        "_anything_counted",
-        "_batch_size",
-        "_prefetch_wanted",
-        "_prefetch",
-        "_put_back",
-        "_put_back_now",
-    },
-    "worker: run and outcome": {"run", "_run_one", "_execute", "_patiently", "_to_dead_letters"},
-}
-
-# The worker's helpers that own threads: the tasks it holds ahead, and its batched deletes.
-CLASS_PARTS = {
-    "Ahead": "worker: pick",
-    "PendingDeletes": "worker: run and outcome",
-    "Heartbeat": "worker: run and outcome",
+# The services' parts the mutation targets name, by module: submitting, results and
+# cancelling, and the worker's pick and run. Every other service module is "other".
+MODULE_PARTS = {
+    "services.submitting": "submit",
+    "services.results": "result and cancel",
+    "worker.picking": "worker: pick",
+    "worker.held": "worker: pick",
+    "worker.loop": "worker: run and outcome",
+    "worker.executing": "worker: run and outcome",
+    "worker.heartbeat": "worker: run and outcome",
+    "worker.deletes": "worker: run and outcome",
 }
 
 # Mutant -> (a piece of its mutated line, why it is equivalent). Names are mutmut's
@@ -218,18 +204,13 @@ def results() -> list[tuple[str, str]]:
 
 def group_of(name: str) -> str:
     """'policy', 'validation', or 'services: <part>' for a mutant's name."""
-    base = name.rsplit("__mutmut_", 1)[0]  # chalicelib.services.xǁServicesǁsubmit, chalicelib.policy.x_level_for
-    module, _, function = base.rpartition(".")
-    module = module.removeprefix("chalicelib.")
-    if module != "services":
-        return module
-    owner, function = function.split("ǁ")[1:3] if "ǁ" in function else ("", function.removeprefix("x_"))
-    if owner in CLASS_PARTS:
-        return f"services: {CLASS_PARTS[owner]}"
-    for part, functions in SERVICE_PARTS.items():
-        if function in functions:
-            return f"services: {part}"
-    return "services: other"
+    base = name.rsplit("__mutmut_", 1)[0]  # chalicelib.worker.picking.xǁPickerǁpick, chalicelib.policy.x_level_for
+    module = base.rpartition(".")[0].removeprefix("chalicelib.")
+    if module in MODULE_PARTS:
+        return f"services: {MODULE_PARTS[module]}"
+    if module.startswith(("services", "worker")) or module == "deps":
+        return "services: other"
+    return module
 
 
 def summarise(rows: list[tuple[str, str]], equivalent: dict[str, str]) -> dict[str, dict[str, float]]:

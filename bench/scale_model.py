@@ -53,7 +53,7 @@ class VirtualTimer:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> None:
         # Only a timer that has started firing needs waiting for; a cancelled or
         # pending one returns at once (its heap entry is dropped when it comes up).
         if getattr(self, "firing", False):

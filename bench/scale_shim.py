@@ -1,9 +1,9 @@
 """The scale model's one contact with the services: every import of them is here.
 
 The services' modules and names may change; fix the imports here and nothing
-else in bench/scale*.py needs to move. Two work-arounds live here too:
+else in bench/scale*.py needs to move. Two choices live here too:
 
-- the worker's prefetch thread is replaced by an executor that runs the pick
+- the worker's pool for picks ahead is an executor that runs the pick
   inline when it is submitted, so every AWS call of a worker runs on the
   worker's own (simulated) thread. Under the virtual clock a pick on a real
   thread pool would block the worker on a Future the clock cannot see. The cost:
@@ -17,14 +17,14 @@ else in bench/scale*.py needs to move. Two work-arounds live here too:
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from typing import Any
 
-from chalicelib import services as _services
 from chalicelib.adapters.memory import MemoryControlStore, MemoryTaskQueues, MemoryTaskStore, MemoryUsageStore
+from chalicelib.clock import StartTimer, Timer, WorkerClock
 from chalicelib.domain import Handoff
 from chalicelib.policy import Backlog
-from chalicelib.services import Services, StartTimer, Timer
+from chalicelib.services import Services
 from chalicelib.settings import Settings
 
 __all__ = [
@@ -45,13 +45,10 @@ __all__ = [
 ]
 
 
-class InlineExecutor:
+class InlineExecutor(Executor):
     """ThreadPoolExecutor's shape, running each job at once on the caller's thread."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
         try:
             future.set_result(fn(*args, **kwargs))
@@ -59,11 +56,8 @@ class InlineExecutor:
             future.set_exception(exc)
         return future
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         pass
-
-
-setattr(_services, "ThreadPoolExecutor", InlineExecutor)  # noqa: B010 (the one patch of the services)
 
 
 def settings(capacity: int, task_seconds: float, **overrides: Any) -> Settings:
@@ -106,19 +100,19 @@ def build_services(
         control=control,
         invoker=invoker,
         clock=clock,
-        monotonic=monotonic,
-        start_timer=start_timer,
+        worker_clock=WorkerClock(monotonic=monotonic, start_timer=start_timer),
+        pick_ahead_pool=InlineExecutor,
         task_function=task_function,
     )
 
 
 def submit(services: Services, user_id: str, x: Any) -> Any:
-    return services.submit(user_id, x)
+    return services.submitting.submit(user_id, x)
 
 
 def dispatch(services: Services) -> Any:
-    return services.dispatch()
+    return services.dispatching.dispatch()
 
 
 def run_worker(services: Services, handoff: Handoff) -> Any:
-    return services.run(handoff)
+    return services.worker.run(handoff)

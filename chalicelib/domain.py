@@ -46,7 +46,7 @@ class Handoff:
     """A capacity slot the dispatcher has claimed and hands to a worker.
 
     The worker holds the slot (renewing its lease) and runs queued tasks one
-    after another, highest level first, until the queues are empty or its time
+    after another, most urgent level first, until the queues are empty or its time
     is up; then it releases the slot.
     """
 
@@ -131,6 +131,122 @@ class UserUsage:
     user_id: str
     count_in_window: int
     weight: int
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submit's answer: what a retry with the same Idempotency-Key gets back."""
+
+    task_id: str
+    user_id: str
+    priority_level: int
+    task_status: str
+
+    @classmethod
+    def of(cls, task: Task) -> Submitted:
+        return cls(task.task_id, task.user_id, task.priority_level, task.task_status)
+
+    def to_record(self) -> dict[str, Any]:
+        """As the idempotency store keeps it (plain JSON)."""
+        return {
+            "task_id": self.task_id,
+            "user_id": self.user_id,
+            "priority_level": self.priority_level,
+            "task_status": self.task_status,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Submitted:
+        return cls(
+            str(record["task_id"]), str(record["user_id"]), int(record["priority_level"]), str(record["task_status"])
+        )
+
+
+@dataclass(frozen=True)
+class UserStanding:
+    """A user's usage in the window, weight, and the priority level their next submit gets."""
+
+    user_id: str
+    count_in_window: int
+    weight: int
+    next_priority_level: int
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new API key: the key itself is shown once; only its id (SHA-256) is stored."""
+
+    api_key: str
+    key_id: str
+    user_id: str
+    admin: bool
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    task_id: str
+    user_id: str
+    reason: str
+    task_status: str | None  # None when the task record is gone
+
+
+@dataclass(frozen=True)
+class DeadLetters:
+    """A look at one queue's dead letters: how many there are, and a few of them."""
+
+    level: int
+    dead_letters: int
+    messages: list[DeadLetter]
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    level: int
+    queued: int
+    running: int  # started, not finished, its worker's slot lease live
+    received_not_deleted: int  # SQS's in-flight count: includes held tasks and batched deletes
+    counted: int  # the queue's count in the backlog record
+    dead_letters: int
+    oldest_seconds: float | None  # age of the oldest queued task
+
+
+@dataclass(frozen=True)
+class TaskTotals:
+    submitted: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class UserStats:
+    user_id: str
+    count_in_window: int
+    weight: int
+    priority_level: int
+    queued: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the dashboard shows: queues, capacity, totals, top users, recent tasks."""
+
+    generated_at: float
+    policy: str
+    capacity: int
+    slots_held: int  # held by a live worker lease (a worker runs one task at a time on its slot)
+    queues: list[QueueStats]
+    tasks: TaskTotals
+    users: list[UserStats]
+    users_truncated: bool
+    recent: list[TaskSummary]
+    wait_p50: float | None
+    wait_p90: float | None
+    wait_max: float | None
+    run_seconds_average: float | None
 
 
 class PqhError(Exception):

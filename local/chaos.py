@@ -47,13 +47,13 @@ from botocore.awsrequest import AWSResponse
 from botocore.retries.standard import ExponentialBackoff
 
 from chalicelib import aws
-from chalicelib import services as services_mod
 from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, DynamoUsageStore
 from chalicelib.adapters.sqs import SqsTaskQueues
 from chalicelib.domain import FAILURE, SUCCESS, Handoff, QueuedMessage, Task
 from chalicelib.services import Services
 from chalicelib.settings import load as load_settings
 from chalicelib.tasks import TaskContext
+from chalicelib.worker import executing
 from infra.provision import provision, settings_env
 
 log = logging.getLogger("pqh.chaos")
@@ -310,7 +310,7 @@ class Chaos:
     def _worker(self, handoff: Handoff) -> None:
         switch = KillSwitch(self)
         try:
-            self._services(switch).run(handoff)
+            self._services(switch).worker.run(handoff)
         except Exception as exc:  # a crashed Lambda: its error goes to the logs, nothing retries it
             log.debug("worker died: %r", exc)
 
@@ -325,7 +325,7 @@ class Chaos:
             if tick:
                 next_tick = time.monotonic() + 1.0  # the schedule, every second here
             try:
-                self._services(KillSwitch(self), dispatcher=True).dispatch(full_walk=tick)
+                self._services(KillSwitch(self), dispatcher=True).dispatching.dispatch(full_walk=tick)
             except Exception as exc:
                 log.debug("dispatcher died: %r", exc)
 
@@ -347,8 +347,8 @@ class Chaos:
         quiet.setLevel(logging.CRITICAL)  # the injected faults would fill the log
         prefix = f"pqh-chaos-{uuid.uuid4().hex[:6]}"
         self._build(prefix)
-        saved_delays = services_mod.OUTCOME_RETRY_DELAYS
-        services_mod.OUTCOME_RETRY_DELAYS = tuple(BACKOFF_SCALE * d for d in saved_delays)
+        saved_delays = executing.OUTCOME_RETRY_DELAYS
+        executing.OUTCOME_RETRY_DELAYS = tuple(BACKOFF_SCALE * d for d in saved_delays)
         hooks = [(aws.client(name), f"before-send.{name}") for name in ("dynamodb", "sqs")]
         for client, event in hooks:
             client.meta.events.register_first(event, self._throttle, unique_id="pqh-chaos")
@@ -365,7 +365,7 @@ class Chaos:
             self._stop.set()
             dispatcher.join(timeout=10)
             self._pool.shutdown(wait=True)
-            services_mod.OUTCOME_RETRY_DELAYS = saved_delays
+            executing.OUTCOME_RETRY_DELAYS = saved_delays
             ExponentialBackoff.delay_amount = original_delay
             quiet.setLevel(saved_level)
         self._account(expected)
@@ -383,7 +383,7 @@ class Chaos:
             user = f"user-{rng.randrange(self.config.users)}"
             for _ in range(20):
                 try:
-                    task = api.submit(user, "poison" if poison else f"slow-{n}" if slow else n)
+                    task = api.submitting.submit(user, "poison" if poison else f"slow-{n}" if slow else n)
                 except Exception:  # the client saw a 503 and tries again; nothing was queued
                     self.report.submit_errors += 1
                     continue

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from chalicelib import policy
+from chalicelib.adapters.memory_control import MemoryControlStore
+from chalicelib.adapters.memory_queues import MemoryTaskQueues
 from chalicelib.domain import (
     CANCELLED,
     FAILURE,
@@ -19,14 +20,22 @@ from chalicelib.domain import (
     STARTED,
     Handoff,
     IdempotencyMismatchError,
-    QueueDepth,
-    QueuedMessage,
     Task,
     TaskSummary,
     UserUsage,
 )
-from chalicelib.policy import Backlog, Slot
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW, QueuedLimitError
+
+# The queues and the control store have modules of their own; importers find them here too.
+__all__ = [
+    "MemoryControlStore",
+    "MemoryIdempotency",
+    "MemoryKeyStore",
+    "MemoryTaskQueues",
+    "MemoryTaskStore",
+    "MemoryUsageStore",
+    "RecordingInvoker",
+]
 
 
 class MemoryUsageStore:
@@ -269,247 +278,6 @@ class MemoryTaskStore:
     def all(self) -> list[Task]:
         with self._lock:
             return [copy.deepcopy(t) for t in self._tasks.values()]
-
-
-@dataclass
-class _Message:
-    task_id: str
-    message_id: int
-    user_id: str = ""
-    submitted_at: float = 0.0
-    tag: float = 0.0
-    visible_at: float = 0.0
-    receipt: str | None = None
-    receives: int = 0
-    reason: str = ""
-
-
-@dataclass
-class MemoryTaskQueues:
-    """Six FIFO-ish queues with SQS's visibility rules.
-
-    ``flaky_short_poll`` makes a short poll (wait 0) return nothing when the queue
-    has messages, as SQS standard queues may; ``short_poll_most`` makes it return
-    at most that many (SQS's short poll samples some of its servers, so a small
-    queue often answers with fewer than asked for). Long polls always see them.
-    """
-
-    clock: Callable[[], float]
-    visibility_timeout: float = 960.0  # as the queues in infra/resources.json
-    flaky_short_poll: bool = False
-    short_poll_most: int | None = None
-    queues: dict[int, list[_Message]] = field(default_factory=lambda: {lvl: [] for lvl in range(policy.LEVELS)})
-    dead: dict[int, list[_Message]] = field(default_factory=lambda: {lvl: [] for lvl in range(policy.LEVELS)})
-    calls: list[tuple[str, int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-
-    def send(self, level: int, task: Task) -> None:
-        with self._lock:
-            self.queues[level].append(
-                _Message(
-                    task.task_id, next(self._ids), user_id=task.user_id, submitted_at=task.submitted_at, tag=task.tag
-                )
-            )
-
-    def receive(self, level: int, max_count: int, wait_seconds: int) -> list[QueuedMessage]:
-        with self._lock:
-            self.calls.append(("receive", level))
-            if self.flaky_short_poll and wait_seconds == 0:
-                return []
-            if self.short_poll_most is not None and wait_seconds == 0:
-                max_count = min(max_count, self.short_poll_most)
-            return self._take(self.queues[level], max_count, self.visibility_timeout)
-
-    def _take(self, queue: list[_Message], max_count: int, hide_seconds: float) -> list[QueuedMessage]:
-        now = self.clock()
-        out: list[QueuedMessage] = []
-        for message in queue:
-            if len(out) >= max(1, min(10, max_count)):
-                break
-            if message.visible_at <= now:
-                message.receives += 1
-                message.receipt = f"{message.message_id}:{message.receives}"
-                message.visible_at = now + hide_seconds
-                out.append(
-                    QueuedMessage(
-                        message.task_id,
-                        message.receipt,
-                        message.user_id,
-                        message.submitted_at,
-                        message.tag,
-                        message.reason,
-                    )
-                )
-        return out
-
-    def delete(self, level: int, receipt_handle: str) -> None:
-        with self._lock:
-            self.queues[level] = [m for m in self.queues[level] if m.receipt != receipt_handle]
-
-    def delete_many(self, level: int, receipt_handles: list[str]) -> None:
-        with self._lock:
-            self.calls.append(("delete_many", level))
-            self.queues[level] = [m for m in self.queues[level] if m.receipt not in receipt_handles]
-
-    def give_back(self, level: int, receipt_handles: list[str]) -> None:
-        with self._lock:
-            for message in self.queues[level]:
-                if message.receipt in receipt_handles:
-                    message.visible_at = 0.0
-
-    def depth(self, level: int) -> int:
-        with self._lock:
-            return len(self.queues[level])
-
-    def depths(self) -> list[QueueDepth]:
-        with self._lock:
-            now = self.clock()
-            return [
-                QueueDepth(
-                    level,
-                    queued=sum(1 for m in self.queues[level] if m.visible_at <= now),
-                    in_flight=sum(1 for m in self.queues[level] if m.visible_at > now),
-                    dead=len(self.dead[level]),
-                )
-                for level in range(policy.LEVELS)
-            ]
-
-    def send_dead(self, level: int, message: QueuedMessage, reason: str) -> None:
-        with self._lock:
-            self.dead[level].append(
-                _Message(
-                    message.task_id,
-                    next(self._ids),
-                    user_id=message.user_id,
-                    submitted_at=message.submitted_at,
-                    tag=message.tag,
-                    reason=reason,
-                )
-            )
-
-    def receive_dead(self, level: int, max_count: int, hide_seconds: int) -> list[QueuedMessage]:
-        with self._lock:
-            return self._take(self.dead[level], max_count, hide_seconds)
-
-    def delete_dead(self, level: int, receipt_handle: str) -> None:
-        with self._lock:
-            self.dead[level] = [m for m in self.dead[level] if m.receipt != receipt_handle]
-
-    def purge_dead(self, level: int) -> int:
-        with self._lock:
-            count = len(self.dead[level])
-            self.dead[level] = []
-            return count
-
-
-class MemoryControlStore:
-    def __init__(self) -> None:
-        self._slots: dict[int, Slot] = {}
-        self._state = Backlog()
-        self._mutex = threading.Lock()
-
-    def slots(self, capacity: int) -> list[Slot]:
-        with self._mutex:
-            return [self._slots[i] for i in sorted(self._slots) if i < capacity]
-
-    def slots_and_backlog(self, capacity: int) -> tuple[list[Slot], Backlog]:
-        return self.slots(capacity), self.backlog()
-
-    def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool:
-        with self._mutex:
-            slot = self._slots.get(slot_id, Slot(slot_id))
-            if not slot.is_free(now):
-                return False
-            self._slots[slot_id] = Slot(slot_id, holder, lease_until, slot.tallies)
-            return True
-
-    def take_over_slot(self, slot_id: int, holder: str, new_holder: str, now: float, lease_until: float) -> bool:
-        with self._mutex:
-            slot = self._slots.get(slot_id)
-            if slot is None or slot.holder != holder or not policy.is_live(slot.lease_until, now):
-                return False
-            self._slots[slot_id] = Slot(slot_id, new_holder, lease_until, slot.tallies)
-            return True
-
-    def renew_slot(self, slot_id: int, holder: str, lease_until: float) -> bool:
-        with self._mutex:
-            slot = self._slots.get(slot_id)
-            if slot is None or slot.holder != holder:
-                return False
-            self._slots[slot_id] = Slot(slot_id, holder, lease_until, slot.tallies)
-            return True
-
-    def release_slot(self, slot_id: int, holder: str, tallies: Sequence[int] = ()) -> bool:
-        with self._mutex:
-            slot = self._slots.get(slot_id)
-            if slot is None or slot.holder != holder:
-                return False
-            self._slots[slot_id] = Slot(slot_id, tallies=policy.add_tallies(slot.tallies, tallies))
-            return True
-
-    def backlog(self) -> Backlog:
-        with self._mutex:
-            return self._clamped()
-
-    def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> int:
-        with self._mutex:
-            counts = list(self._state.counts)
-            counts[level] += delta
-            self._state = replace(
-                self._state, counts=tuple(counts), tallies=policy.add_tallies(self._state.tallies, tallies)
-            )
-            return counts[level]
-
-    def enqueue(self, level: int) -> tuple[int, int]:
-        with self._mutex:
-            counts, enqueued = list(self._state.counts), list(self._state.enqueued)
-            counts[level] += 1
-            enqueued[level] += 1
-            self._state = replace(self._state, counts=tuple(counts), enqueued=tuple(enqueued))
-            return counts[level], enqueued[level]
-
-    def withdraw(self, level: int) -> None:
-        with self._mutex:
-            counts, withdrawn = list(self._state.counts), list(self._state.withdrawn)
-            counts[level] -= 1
-            withdrawn[level] += 1
-            self._state = replace(self._state, counts=tuple(counts), withdrawn=tuple(withdrawn))
-
-    def commit_pick(
-        self, seen: Backlog, after: Backlog, takes: Mapping[int, int], tallies: Sequence[int] = ()
-    ) -> tuple[bool, Backlog]:
-        wanted = policy.takes_of(takes)
-        with self._mutex:
-            current = self._clamped()
-            same_shape = all((a > 0) == (b > 0) for a, b in zip(current.counts, seen.counts, strict=True))
-            enough = all(current.counts[level] >= n for level, n in wanted.items())
-            if current.version != seen.version or not enough or not same_shape:
-                return False, current
-            counts, dequeued = list(self._state.counts), list(self._state.dequeued)
-            for level, n in wanted.items():
-                counts[level] -= n
-                dequeued[level] += n
-            self._state = replace(
-                self._state,
-                counts=tuple(counts),
-                dequeued=tuple(dequeued),
-                passes=after.passes,
-                vtime=after.vtime,
-                stamps=after.stamps,
-                arrival_rates=after.arrival_rates,
-                rated_enqueued=after.rated_enqueued,
-                rated_at=after.rated_at,
-                version=self._state.version + 1,
-                run_seconds=after.run_seconds if after.run_seconds > 0 else self._state.run_seconds,
-                tallies=policy.add_tallies(self._state.tallies, tallies),
-            )
-            return True, self._clamped()
-
-    def _clamped(self) -> Backlog:
-        return replace(self._state, counts=tuple(max(0, n) for n in self._state.counts))
 
 
 class MemoryKeyStore:

@@ -132,7 +132,7 @@ def test_a_revoked_key_stops_working(keyed: Keyed) -> None:
 
 
 def test_the_authorizer_only_reads_the_control_table(keyed: Keyed, monkeypatch: pytest.MonkeyPatch) -> None:
-    from chalicelib.services import Services
+    from chalicelib.services.accounts import Accounts
 
     calls: list[tuple[str, str, str]] = []  # (who made it, operation, table)
     who = {"now": "route"}
@@ -141,16 +141,16 @@ def test_the_authorizer_only_reads_the_control_table(keyed: Keyed, monkeypatch: 
         table = params.get("TableName") or ",".join(sorted(params.get("RequestItems", {})))
         calls.append((who["now"], model.name, str(table)))
 
-    authenticate = Services.authenticate
+    authenticate = Accounts.authenticate
 
-    def authenticating(self: Services, token: str | None) -> Any:
+    def authenticating(self: Accounts, token: str | None) -> Any:
         who["now"] = "authorizer"
         try:
             return authenticate(self, token)
         finally:
             who["now"] = "route"
 
-    monkeypatch.setattr(Services, "authenticate", authenticating)
+    monkeypatch.setattr(Accounts, "authenticate", authenticating)
     aws.client("dynamodb").meta.events.register("before-parameter-build.dynamodb.*", record)
     alice = keyed.issue("alice")["api_key"]
     calls.clear()

@@ -88,12 +88,12 @@ def test_a_worker_payload_that_is_not_a_handoff_is_rejected(harness: Harness) ->
 def test_the_tick_dispatches_even_when_the_retention_guard_fails(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chalicelib.services import Services
+    from chalicelib.services.operations import Operations
 
-    def broken(self: Services) -> int:
+    def broken(self: Operations) -> int:
         raise RuntimeError("the index query failed")
 
-    monkeypatch.setattr(Services, "refresh_stale", broken)
+    monkeypatch.setattr(Operations, "refresh_stale", broken)
     task_id = harness.submit().json_body["task_id"]
     report = harness.client.lambda_.invoke("dispatch_tick", tick_event(harness)).payload
     assert report["requeued"] is None and report["workers_started"] == 1

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.services import Services
+from chalicelib.worker.loop import Worker
 from local import moto_patches
 from local.chaos import ChaosConfig, ChaosReport, run_chaos
 
@@ -94,13 +94,13 @@ def test_slow_tasks_among_short_ones_hand_back_the_tasks_held_behind_them_while_
     # Workers pick 0.5 s of short tasks ahead; a slow task (1.2 s) sends them back
     # after 1 s, for any slot. With kills on top: nothing lost, nothing run twice.
     handed_back: list[int] = []
-    put_back_now = Services._put_back_now
+    put_back_now = Worker._put_back_now
 
-    def counted(self: Services, picks: list[Any]) -> None:
+    def counted(self: Worker, picks: list[Any]) -> None:
         handed_back.append(len(picks))
         put_back_now(self, picks)
 
-    monkeypatch.setattr(Services, "_put_back_now", counted)
+    monkeypatch.setattr(Worker, "_put_back_now", counted)
     run(slow_share=0.1, slow_seconds=1.2, kill_rate=0.03, prefetch_seconds=0.5, task_seconds=0.02)
     assert handed_back, "no slow task ever had tasks held behind it"
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from app import app
-from chalicelib.services import Services
 from chalicelib.settings import ConfigError
+from chalicelib.worker.loop import Worker
 from infra import iam
 from tests.functional.conftest import Harness
 from tests.functional.iam_world import IamWorld, iam_world
@@ -49,7 +49,7 @@ def drive_every_no_auth_route_and_function(world: IamWorld, monkeypatch: pytest.
 
     # The dispatcher hands out the slot; the worker runs the level's tasks. As if a task
     # were counted while it stopped, the worker nudges the dispatcher too.
-    monkeypatch.setattr(Services, "_anything_counted", lambda self: True)
+    monkeypatch.setattr(Worker, "_anything_counted", lambda self: True)
     assert world.invoke("dispatcher", {})["workers_started"] == 1
     outcomes = [o for report in world.run_workers() for o in report["outcomes"]]
     assert sorted(outcomes) == ["FAILURE", "SUCCESS", "SUCCESS"]

@@ -20,23 +20,23 @@ LEVEL_COUNTS = [0, 1, 6, 16, 26, 36]  # submissions before one that lands at eac
 def test_a_task_cancelled_while_queued_at_any_level_never_runs(level: int) -> None:
     w = make_world(capacity=1, policy="strict")
     for i in range(LEVEL_COUNTS[level]):
-        w.services.submit("u", f"before{i}")
-    task = w.services.submit("u", "target")
+        w.services.submitting.submit("u", f"before{i}")
+    task = w.services.submitting.submit("u", "target")
     assert task.priority_level == level
-    usage_before = w.services.user_usage("u")["count_in_window"]
+    usage_before = w.services.accounts.user_usage("u").count_in_window
     counts_before = w.control.backlog().counts
-    cancelled = w.services.cancel(task.task_id)
+    cancelled = w.services.results.cancel(task.task_id)
     assert cancelled.task_status == CANCELLED and cancelled.finished_at is not None
     # It no longer counts against the user's window, nor as queued.
-    assert w.services.user_usage("u")["count_in_window"] == usage_before - 1
+    assert w.services.accounts.user_usage("u").count_in_window == usage_before - 1
     assert w.control.backlog().counts[level] == counts_before[level] - 1
-    w.services.dispatch()
+    w.services.dispatching.dispatch()
     w.run_workers()
     assert task.task_id not in w.ran
     assert w.tasks.get(task.task_id).task_status == CANCELLED  # type: ignore[union-attr]
     assert all(t.task_status == SUCCESS for t in w.tasks.all() if t.task_id != task.task_id)
     # Its message is deleted by the next worker that meets it, or by the tick's walk.
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     w.run_workers()
     assert all(w.queues.depth(lvl) == 0 for lvl in range(LEVELS))
     assert task.task_id not in w.ran
@@ -44,26 +44,22 @@ def test_a_task_cancelled_while_queued_at_any_level_never_runs(level: int) -> No
 
 def test_cancelling_a_running_task_stops_a_function_that_supports_it() -> None:
     w = make_world(capacity=1)
-    started = threading.Event()
+    asked: list[Any] = []
 
     @cancellable
     def long_task(x: Any, ctx: TaskContext) -> None:
-        started.set()
+        asked.append(w.services.results.cancel(task.task_id))  # a DELETE while it runs
         while not ctx.cancelled():
-            threading.Event().wait(0.01)
+            w.timers.advance(0.25)  # the flag is read at most once a second
         raise TaskCancelledError("stopped")
 
-    w.services.task_function = long_task
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
-    (handoff,) = w.invoker.take_handoffs()
-    worker = threading.Thread(target=w.services.run, args=(handoff,))
-    worker.start()
-    assert started.wait(5)
-    asked = w.services.cancel(task.task_id)
-    assert asked.task_status == STARTED and asked.cancel_requested
-    worker.join(10)
-    assert not worker.is_alive()
+    w.services.deps.task_function = long_task
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
+    (report,) = w.run_workers()
+    [answer] = asked
+    assert answer.task_status == STARTED and answer.cancel_requested
+    assert report.outcomes == [CANCELLED] and w.timers.now == 1.0
     assert w.tasks.get(task.task_id).task_status == CANCELLED  # type: ignore[union-attr]
     assert w.control.slots(1)[0].is_free(w.clock.now)
 
@@ -81,31 +77,31 @@ def test_the_default_task_stops_when_cancelled() -> None:
 
 def test_a_running_task_whose_function_cannot_stop_is_a_conflict() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", 1)
+    task = w.services.submitting.submit("u", 1)
     w.tasks.start(task.task_id, "run", w.clock.now, w.clock.now + 900)
-    w.services.task_function = lambda x, ctx: None  # not marked cancellable
+    w.services.deps.task_function = lambda x, ctx: None  # not marked cancellable
     with pytest.raises(ConflictError, match="cannot be stopped"):
-        w.services.cancel(task.task_id)
+        w.services.results.cancel(task.task_id)
     assert w.tasks.get(task.task_id).task_status == STARTED  # type: ignore[union-attr]
 
 
 def test_finished_unknown_and_already_cancelled_tasks_change_nothing() -> None:
     w = make_world(capacity=1)
-    done = w.services.submit("u", 1)
-    w.services.dispatch()
+    done = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     w.run_workers()
     before = w.tasks.get(done.task_id)
     with pytest.raises(ConflictError, match="already finished"):
-        w.services.cancel(done.task_id)
+        w.services.results.cancel(done.task_id)
     assert w.tasks.get(done.task_id) == before
     with pytest.raises(NotFoundError):
-        w.services.cancel("00000000-0000-4000-8000-000000000000")
-    queued = w.services.submit("u", 2)
-    w.services.cancel(queued.task_id)
-    usage = w.services.user_usage("u")
+        w.services.results.cancel("00000000-0000-4000-8000-000000000000")
+    queued = w.services.submitting.submit("u", 2)
+    w.services.results.cancel(queued.task_id)
+    usage = w.services.accounts.user_usage("u")
     with pytest.raises(ConflictError):
-        w.services.cancel(queued.task_id)
-    assert w.services.user_usage("u") == usage  # not refunded twice
+        w.services.results.cancel(queued.task_id)
+    assert w.services.accounts.user_usage("u") == usage  # not refunded twice
 
 
 def test_cancel_racing_with_dispatch_either_runs_or_cancels_never_both() -> None:
@@ -117,23 +113,23 @@ def test_cancel_racing_with_dispatch_either_runs_or_cancels_never_both() -> None
         with lock:
             ran.append(ctx.task_id)
 
-    w.services.task_function = task
-    tasks = [w.services.submit(f"u{i % 5}", i) for i in range(60)]
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    tasks = [w.services.submitting.submit(f"u{i % 5}", i) for i in range(60)]
+    w.services.dispatching.dispatch()
     handoffs = w.invoker.take_handoffs()
 
     def cancel(task_id: str) -> str:
         try:
-            return w.services.cancel(task_id).task_status
+            return w.services.results.cancel(task_id).task_status
         except ConflictError:
             return "too late"
 
     with ThreadPoolExecutor(max_workers=6) as pool:
-        workers = [pool.submit(w.services.run, h) for h in handoffs]
+        workers = [pool.submit(w.services.worker.run, h) for h in handoffs]
         outcomes = list(pool.map(cancel, [t.task_id for t in tasks[::2]]))
         for future in workers:
             future.result()
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     w.run_workers()
     final = {t.task_id: w.tasks.get(t.task_id).task_status for t in tasks}  # type: ignore[union-attr]
     assert set(final.values()) <= {SUCCESS, CANCELLED}
@@ -158,9 +154,9 @@ def test_a_task_shorter_than_a_second_reads_no_cancel_flag() -> None:
     def quick(x: Any, ctx: TaskContext) -> str:
         return "stopped" if any(ctx.cancelled() for _ in range(3)) else "done"
 
-    w.services.task_function = quick
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = quick
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     w.tasks.get = counted_get  # type: ignore[method-assign]
     assert w.outcomes() == [SUCCESS]
     assert reads == []  # the start write returned the flag: no read in the first second
@@ -174,12 +170,12 @@ def test_a_cancel_answered_while_a_short_task_runs_ends_cancelled_not_success() 
 
     @cancellable
     def quick(x: Any, ctx: TaskContext) -> str:
-        answers.append(w.services.cancel(ctx.task_id))  # asked while running; never reads the flag
+        answers.append(w.services.results.cancel(ctx.task_id))  # asked while running; never reads the flag
         return "done"
 
-    w.services.task_function = quick
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = quick
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [CANCELLED]
     (asked,) = answers
     assert asked.task_status == STARTED and asked.cancel_requested
@@ -193,12 +189,12 @@ def test_a_failing_task_asked_to_stop_ends_cancelled_and_is_not_dead_lettered() 
 
     @cancellable
     def fails(x: Any, ctx: TaskContext) -> str:
-        w.services.cancel(ctx.task_id)
+        w.services.results.cancel(ctx.task_id)
         raise RuntimeError("boom")
 
-    w.services.task_function = fails
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = fails
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [CANCELLED]
     assert w.tasks.get(task.task_id).task_status == CANCELLED  # type: ignore[union-attr]
     assert w.queues.dead[task.priority_level] == []
@@ -206,61 +202,61 @@ def test_a_failing_task_asked_to_stop_ends_cancelled_and_is_not_dead_lettered() 
 
 def test_another_users_task_is_not_found_for_them_while_its_owner_and_admins_see_it() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("alice", 1)
-    assert w.services.result(task.task_id, Identity("alice")).user_id == "alice"
-    assert w.services.result(task.task_id, Identity("root", admin=True)).user_id == "alice"
+    task = w.services.submitting.submit("alice", 1)
+    assert w.services.results.result(task.task_id, Identity("alice")).user_id == "alice"
+    assert w.services.results.result(task.task_id, Identity("root", admin=True)).user_id == "alice"
     with pytest.raises(NotFoundError):
-        w.services.result(task.task_id, Identity("bob"))
+        w.services.results.result(task.task_id, Identity("bob"))
     with pytest.raises(NotFoundError):
-        w.services.cancel(task.task_id, Identity("bob"))
+        w.services.results.cancel(task.task_id, Identity("bob"))
     assert w.tasks.get(task.task_id).task_status == PENDING  # type: ignore[union-attr]
-    assert w.services.user_usage("alice")["count_in_window"] == 1
-    assert w.services.cancel(task.task_id, Identity("alice")).task_status == CANCELLED
+    assert w.services.accounts.user_usage("alice").count_in_window == 1
+    assert w.services.results.cancel(task.task_id, Identity("alice")).task_status == CANCELLED
 
 
 def test_a_cancel_refunds_the_bucket_the_task_was_counted_in() -> None:
     w = make_world(capacity=1, window_seconds=600, window_buckets=10)
     w.clock.now = 60_000.0  # the start of a bucket
-    early = w.services.submit("u", "early")
+    early = w.services.submitting.submit("u", "early")
     w.clock.advance(120)  # two buckets on
-    w.services.submit("u", "late")
-    w.services.cancel(early.task_id)
-    assert w.services.user_usage("u")["count_in_window"] == 1
+    w.services.submitting.submit("u", "late")
+    w.services.results.cancel(early.task_id)
+    assert w.services.accounts.user_usage("u").count_in_window == 1
     w.clock.now = 60_000.0 + 600 + 60 + 1  # T + B after the early one: its bucket has left the window
-    assert w.services.user_usage("u")["count_in_window"] == 1  # the late one is still counted
+    assert w.services.accounts.user_usage("u").count_in_window == 1  # the late one is still counted
 
 
 def test_under_fifo_a_cancel_takes_the_one_queues_count_down_and_is_tallied() -> None:
     w = make_world(capacity=1, policy="fifo")
-    tasks = [w.services.submit("heavy", i) for i in range(7)]
+    tasks = [w.services.submitting.submit("heavy", i) for i in range(7)]
     assert tasks[6].priority_level == 2
     assert w.control.backlog().counts == (7, 0, 0, 0, 0, 0)
-    w.services.cancel(tasks[6].task_id)
+    w.services.results.cancel(tasks[6].task_id)
     assert w.control.backlog().counts == (6, 0, 0, 0, 0, 0)
-    assert w.services.stats()["tasks"]["cancelled"] == 1
-    w.services.dispatch()
+    assert w.stats()["tasks"]["cancelled"] == 1
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS] * 6
 
 
 def test_a_cancelled_task_says_when_and_is_kept_for_the_result_ttl() -> None:
     w = make_world(capacity=1, result_ttl_seconds=600)
-    task = w.services.submit("u", 1)
+    task = w.services.submitting.submit("u", 1)
     w.clock.advance(30)
     cancelled_at = w.clock.now
-    cancelled = w.services.cancel(task.task_id)
+    cancelled = w.services.results.cancel(task.task_id)
     assert (cancelled.task_status, cancelled.finished_at) == (CANCELLED, cancelled_at)
     assert cancelled.expires_at == int(cancelled_at) + 600
     w.clock.advance(599)
-    assert w.services.result(task.task_id).task_status == CANCELLED
+    assert w.services.results.result(task.task_id).task_status == CANCELLED
     w.clock.advance(2)
     with pytest.raises(NotFoundError):
-        w.services.result(task.task_id)
+        w.services.results.result(task.task_id)
 
 
 def test_a_cancel_that_loses_the_race_with_a_worker_asks_the_running_task_to_stop() -> None:
     w = make_world(capacity=1)
-    w.services.task_function = cancellable(lambda x, ctx: None)
-    task = w.services.submit("u", 1)
+    w.services.deps.task_function = cancellable(lambda x, ctx: None)
+    task = w.services.submitting.submit("u", 1)
     cancel_pending = w.tasks.cancel_pending
 
     def started_first(task_id: str, now: float, expires_at: float) -> bool:
@@ -268,15 +264,15 @@ def test_a_cancel_that_loses_the_race_with_a_worker_asks_the_running_task_to_sto
         return cancel_pending(task_id, now, expires_at)
 
     w.tasks.cancel_pending = started_first  # type: ignore[method-assign]
-    asked = w.services.cancel(task.task_id)
+    asked = w.services.results.cancel(task.task_id)
     assert (asked.task_status, asked.cancel_requested) == (STARTED, True)
-    assert w.services.user_usage("u")["count_in_window"] == 1  # it ran: still counted
+    assert w.services.accounts.user_usage("u").count_in_window == 1  # it ran: still counted
 
 
 def test_a_cancel_of_a_task_that_finishes_meanwhile_says_it_has_finished() -> None:
     w = make_world(capacity=1)
-    w.services.task_function = cancellable(lambda x, ctx: None)
-    task = w.services.submit("u", 1)
+    w.services.deps.task_function = cancellable(lambda x, ctx: None)
+    task = w.services.submitting.submit("u", 1)
     w.tasks.start(task.task_id, "run", w.clock.now, w.clock.now + 900)
     request_cancel = w.tasks.request_cancel
 
@@ -286,14 +282,14 @@ def test_a_cancel_of_a_task_that_finishes_meanwhile_says_it_has_finished() -> No
 
     w.tasks.request_cancel = finished_first  # type: ignore[method-assign]
     with pytest.raises(ConflictError, match=r"already finished \(SUCCESS\)"):
-        w.services.cancel(task.task_id)
+        w.services.results.cancel(task.task_id)
     assert w.tasks.get(task.task_id).result == "done"  # type: ignore[union-attr]
 
 
 def test_a_running_task_reads_its_cancel_flag_once_a_second() -> None:
     w = make_world(capacity=1)
     timers = ManualTimers()
-    w.services.monotonic, w.services.start_timer = timers.monotonic, timers.start
+    w.services.deps.worker_clock = timers.clock()
     reads: list[float] = []
     get = w.tasks.get
 
@@ -314,9 +310,9 @@ def test_a_running_task_reads_its_cancel_flag_once_a_second() -> None:
             seen.append(ctx.cancelled())
         raise TaskCancelledError("stopped")
 
-    w.services.task_function = polls
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = polls
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     w.tasks.get = counted_get  # type: ignore[method-assign]
     assert w.outcomes() == [CANCELLED]
     assert seen == [False, False, False, False, False, True, True]
@@ -327,7 +323,7 @@ def test_a_running_task_reads_its_cancel_flag_once_a_second() -> None:
 def test_a_task_restarted_with_a_cancel_already_asked_for_sees_it_at_once() -> None:
     w = make_world(capacity=1)
     timers = ManualTimers()
-    w.services.monotonic, w.services.start_timer = timers.monotonic, timers.start
+    w.services.deps.worker_clock = timers.clock()
     seen: list[bool] = []
 
     @cancellable
@@ -335,13 +331,13 @@ def test_a_task_restarted_with_a_cancel_already_asked_for_sees_it_at_once() -> N
         seen.append(ctx.cancelled())
         return "ran"
 
-    w.services.task_function = looks_once
-    task = w.services.submit("u", 1)
+    w.services.deps.task_function = looks_once
+    task = w.services.submitting.submit("u", 1)
     # Its first worker started it, was asked to stop, and died before it looked.
     w.tasks.start(task.task_id, "dead-run", w.clock.now, w.clock.now + 900)
     w.tasks.request_cancel(task.task_id)
     w.clock.advance(901)
-    w.services.dispatch()
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [CANCELLED]
     assert seen == [True]
 
@@ -358,18 +354,18 @@ def test_an_id_that_cannot_be_a_task_is_not_found_without_a_read() -> None:
     w.tasks.get = counted_get  # type: ignore[method-assign]
     for bad in ("", "../../etc", "x" * 5000):
         with pytest.raises(NotFoundError, match="never existed or its result has expired"):
-            w.services.result(bad)
+            w.services.results.result(bad)
     assert reads == []  # DynamoDB refuses an empty or oversized key: no read is tried
     missing = "00000000-0000-4000-8000-000000000000"
     with pytest.raises(NotFoundError, match=f"no task with id '{missing}'"):
-        w.services.result(missing)
+        w.services.results.result(missing)
     assert reads == [missing]
 
 
 def test_a_conflict_over_a_running_task_that_cannot_stop_says_to_wait_for_its_result() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", 1)
+    task = w.services.submitting.submit("u", 1)
     w.tasks.start(task.task_id, "run", w.clock.now, w.clock.now + 900)
-    w.services.task_function = lambda x, ctx: None  # not marked cancellable
+    w.services.deps.task_function = lambda x, ctx: None  # not marked cancellable
     with pytest.raises(ConflictError, match=r"is running .* cannot be stopped; wait for its result"):
-        w.services.cancel(task.task_id)
+        w.services.results.cancel(task.task_id)

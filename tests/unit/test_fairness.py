@@ -105,12 +105,12 @@ def test_inside_a_level_a_light_user_does_not_wait_behind_a_heavy_users_run(
     policy_name: str, light_position: int
 ) -> None:
     w = make_world(capacity=1, policy=policy_name, window_buckets=1)
-    w.services.set_weight("heavy", 1000)  # keeps heavy at level 0 here: the test is about one level
+    w.services.accounts.set_weight("heavy", 1000)  # keeps heavy at level 0 here: the test is about one level
     # heavy's first task and light's have the same usage (none): the older goes first, then light
     for i in range(9):
-        w.services.submit("heavy", f"h{i}")
-    w.services.submit("light", "l")
-    w.services.dispatch()
+        w.services.submitting.submit("heavy", f"h{i}")
+    w.services.submitting.submit("light", "l")
+    w.services.dispatching.dispatch()
     w.run_workers()
     assert [w.tasks.get(t).x for t in w.ran].index("l") == light_position  # type: ignore[union-attr]
 
@@ -118,9 +118,9 @@ def test_inside_a_level_a_light_user_does_not_wait_behind_a_heavy_users_run(
 def test_fifo_runs_in_arrival_order_across_levels() -> None:
     w = make_world(capacity=1, policy="fifo")
     for i in range(8):
-        w.services.submit("heavy", i)  # levels 0,1,1,1,1,1,2,2
-    w.services.submit("light", "l")  # level 0, but last to arrive
-    w.services.dispatch()
+        w.services.submitting.submit("heavy", i)  # levels 0,1,1,1,1,1,2,2
+    w.services.submitting.submit("light", "l")  # level 0, but last to arrive
+    w.services.dispatching.dispatch()
     w.run_workers()
     assert [w.tasks.get(t).x for t in w.ran] == [0, 1, 2, 3, 4, 5, 6, 7, "l"]  # type: ignore[union-attr]
 
@@ -130,18 +130,18 @@ def test_when_everyone_is_backlogged_service_follows_the_weights() -> None:
     w = make_world(capacity=1, window_seconds=100_000, window_buckets=1)
     weights = {"w1": 1, "w2": 2, "w4": 4}
     for user, weight in weights.items():
-        w.services.set_weight(user, weight)
+        w.services.accounts.set_weight(user, weight)
         for _ in range(3):
-            w.services.submit(user, user)
+            w.services.submitting.submit(user, user)
     served: Counter[str] = Counter()
 
     def task(x: object, ctx: object) -> None:
         if sum(served.values()) < 600:
             served[str(x)] += 1
-            w.services.submit(str(x), x)  # the user tops their queue up again
+            w.services.submitting.submit(str(x), x)  # the user tops their queue up again
 
-    w.services.task_function = task
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    w.services.dispatching.dispatch()
     w.run_workers()
     assert sum(served.values()) == 600
     # Everyone ends at level 5; inside it the tags (count / weight) keep service at 1 : 2 : 4.

@@ -65,11 +65,11 @@ def test_moving_average_of_run_times() -> None:
 
 def test_positions_of_tasks_at_different_levels_and_as_they_move() -> None:
     w = make_world(capacity=1, policy="strict", task_seconds=2.0)
-    heavy = [w.services.submit("heavy", i) for i in range(7)]  # levels 0,1,1,1,1,1,2
-    light = w.services.submit("light", "l")  # level 0, second in its queue
+    heavy = [w.services.submitting.submit("heavy", i) for i in range(7)]  # levels 0,1,1,1,1,1,2
+    light = w.services.submitting.submit("light", "l")  # level 0, second in its queue
 
     def position(task_id: str) -> tuple[int, float] | None:
-        progress = w.services.progress(w.services.result(task_id))
+        progress = w.services.results.progress(w.services.results.result(task_id))
         return None if progress is None else (progress.queue_position, progress.eta_seconds)
 
     # Eight queued on one slot: it counts as busy, with half a task (1 s) left.
@@ -77,20 +77,20 @@ def test_positions_of_tasks_at_different_levels_and_as_they_move() -> None:
     assert position(light.task_id) == (1, 3.0)  # no run yet: PQH_TASK_SECONDS is the estimate
     assert position(heavy[1].task_id) == (2, 5.0)
     assert position(heavy[6].task_id) == (7, 15.0)
-    w.services.dispatch()
+    w.services.dispatching.dispatch()
 
     def timed(x: object, ctx: object) -> None:
         w.clock.advance(3.0)  # tasks really take 3 s
 
-    w.services.task_function = timed
+    w.services.deps.task_function = timed
     (handoff,) = w.invoker.take_handoffs()
-    w.services.run(handoff)
+    w.services.worker.run(handoff)
     assert position(heavy[6].task_id) is None  # finished: no position
     assert w.control.backlog().run_seconds == pytest.approx(3.0)
     # A new task behind a fresh backlog gets an ETA from the measured 3 s.
     for i in range(3):
-        w.services.submit(f"n{i}", i)
-    late = w.services.submit("late", 0)
+        w.services.submitting.submit(f"n{i}", i)
+    late = w.services.submitting.submit("late", 0)
     assert position(late.task_id) == (3, pytest.approx(1.5 + 9.0))  # half a 3-s task, then three
 
 
@@ -105,15 +105,15 @@ def _three_users_at_levels_0_and_1(**settings: object) -> tuple[World, list[str]
     w = make_world(capacity=1, task_seconds=2.0, thresholds=(1, 2, 3, 4, 5), **settings)
     second: list[str] = []
     for user in "abc":
-        assert w.services.submit(user, 0).priority_level == 0
-        task = w.services.submit(user, 1)
+        assert w.services.submitting.submit(user, 0).priority_level == 0
+        task = w.services.submitting.submit(user, 1)
         assert task.priority_level == 1
         second.append(task.task_id)
     return w, second
 
 
 def _positions(w: World, task_ids: list[str]) -> list[tuple[int, float] | None]:
-    progress = [w.services.progress(w.services.result(task_id)) for task_id in task_ids]
+    progress = [w.services.results.progress(w.services.results.result(task_id)) for task_id in task_ids]
     return [None if p is None else (p.queue_position, p.eta_seconds) for p in progress]
 
 

@@ -226,7 +226,7 @@ def test_a_batch_stops_short_of_lower_priority_work() -> None:
 def test_a_task_held_ahead_delays_a_higher_priority_arrival_by_at_most_one_task() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0, policy="priority")
     for i in range(16):  # one user's tasks: levels 0, 1 x5, 2 x10
-        w.services.submit("heavy", i)
+        w.services.submitting.submit("heavy", i)
     order: list[str] = []
     light: dict[str, object] = {}
 
@@ -235,11 +235,11 @@ def test_a_task_held_ahead_delays_a_higher_priority_arrival_by_at_most_one_task(
         w.clock.advance(0.1)  # an average of 0.1 s: a second of work is ten tasks
         if len(order) == 8:  # a level-1 or -2 task runs; a new user's level-0 task arrives
             light["at"] = len(order)
-            w.services.submit("light", "x")
+            w.services.submitting.submit("light", "x")
         return "done"
 
-    w.services.task_function = task
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    w.services.dispatching.dispatch()
     w.run_workers()
     started_before = order.index("light") - light["at"]  # type: ignore[operator]
     # At most the one task picked ahead on the slot (the next is picked while a task runs).

@@ -5,24 +5,24 @@ from __future__ import annotations
 import collections
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from unittest import mock
 
 import pytest
 
-from chalicelib import services as services_mod
 from chalicelib.domain import CANCELLED, FAILURE, PENDING, STARTED, SUCCESS, Handoff, NotFoundError, TooManyQueuedError
 from chalicelib.policy import LEVELS, Backlog, backlog_from_payload, backlog_to_payload
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, RUNNING_ELSEWHERE
 from chalicelib.settings import TASK_RUN_LEASE_SECONDS
+from chalicelib.worker import executing
+from chalicelib.worker.held import Held
 from tests.fakes import ManualTimers, make_world
 
 
 def test_submit_counts_picks_level_stores_queues_and_nudges() -> None:
     w = make_world()
-    levels = [w.services.submit("alice", i).priority_level for i in range(7)]
+    levels = [w.services.submitting.submit("alice", i).priority_level for i in range(7)]
     assert levels == [0, 1, 1, 1, 1, 1, 2]
     assert [w.queues.depth(level) for level in range(LEVELS)] == [1, 5, 1, 0, 0, 0]
     assert w.control.backlog().counts == (1, 5, 1, 0, 0, 0)
@@ -35,44 +35,44 @@ def test_submit_counts_picks_level_stores_queues_and_nudges() -> None:
 def test_users_are_counted_separately_whatever_their_ids() -> None:
     w = make_world()
     for _ in range(10):
-        w.services.submit("celery", 1)
-    assert w.services.submit("celery", 1).priority_level == 2
+        w.services.submitting.submit("celery", 1)
+    assert w.services.submitting.submit("celery", 1).priority_level == 2
     for other in ("_kombu.binding.celery", "celery ", "CELERY", "unacked"):
-        assert w.services.submit(other, 1).priority_level == 0
+        assert w.services.submitting.submit(other, 1).priority_level == 0
 
 
 def test_old_submissions_leave_the_window() -> None:
     w = make_world(window_seconds=600, window_buckets=10)
     for _ in range(6):
-        w.services.submit("bob", 0)
-    assert w.services.user_usage("bob")["count_in_window"] == 6
+        w.services.submitting.submit("bob", 0)
+    assert w.services.accounts.user_usage("bob").count_in_window == 6
     w.clock.advance(600 + 60)  # T + B: every bucket has expired
-    assert w.services.user_usage("bob")["count_in_window"] == 0
-    assert w.services.submit("bob", 0).priority_level == 0
+    assert w.services.accounts.user_usage("bob").count_in_window == 0
+    assert w.services.submitting.submit("bob", 0).priority_level == 0
 
 
 def test_window_slides_bucket_by_bucket() -> None:
     w = make_world(window_seconds=600, window_buckets=10)
     w.clock.now = 60_000.0  # start of a bucket
-    w.services.submit("carol", 0)
+    w.services.submitting.submit("carol", 0)
     w.clock.advance(300)
-    w.services.submit("carol", 0)
+    w.services.submitting.submit("carol", 0)
     w.clock.advance(360)  # 660 s after the first: its bucket has expired, not the second
-    assert w.services.user_usage("carol")["count_in_window"] == 1
+    assert w.services.accounts.user_usage("carol").count_in_window == 1
 
 
 def test_weight_divides_the_count() -> None:
     w = make_world()
-    w.services.set_weight("vip", 6)
-    levels = [w.services.submit("vip", i).priority_level for i in range(13)]
+    w.services.accounts.set_weight("vip", 6)
+    levels = [w.services.submitting.submit("vip", i).priority_level for i in range(13)]
     assert levels == [0] * 6 + [1] * 6 + [1]
-    assert w.services.user_usage("vip")["weight"] == 6
+    assert w.services.accounts.user_usage("vip").weight == 6
 
 
 def test_concurrent_submissions_get_exactly_the_threshold_distribution() -> None:
     w = make_world()
     with ThreadPoolExecutor(max_workers=16) as pool:
-        levels = list(pool.map(lambda i: w.services.submit("burst", i).priority_level, range(100)))
+        levels = list(pool.map(lambda i: w.services.submitting.submit("burst", i).priority_level, range(100)))
     counts = collections.Counter(levels)
     assert [counts[level] for level in range(LEVELS)] == [1, 5, 10, 10, 10, 64]
 
@@ -80,10 +80,10 @@ def test_concurrent_submissions_get_exactly_the_threshold_distribution() -> None
 def test_a_worker_runs_the_backlog_in_strict_priority_order() -> None:
     w = make_world(capacity=1, policy="strict")
     for _ in range(7):
-        w.services.submit("heavy", "h")  # levels 0,1,1,1,1,1,2
-    w.services.submit("light", "l")  # level 0
-    assert w.services.dispatch().workers_started == 1
-    assert w.services.dispatch().workers_started == 0  # capacity 1: the slot is held
+        w.services.submitting.submit("heavy", "h")  # levels 0,1,1,1,1,1,2
+    w.services.submitting.submit("light", "l")  # level 0
+    assert w.services.dispatching.dispatch().workers_started == 1
+    assert w.services.dispatching.dispatch().workers_started == 0  # capacity 1: the slot is held
     (report,) = w.run_workers()
     assert report.levels == [0, 0, 1, 1, 1, 1, 1, 2]
     assert report.stopped_because == "queues empty"
@@ -96,30 +96,30 @@ def test_a_worker_runs_the_backlog_in_strict_priority_order() -> None:
 def test_a_higher_level_that_arrives_mid_backlog_goes_next() -> None:
     w = make_world(capacity=1, policy="strict")
     for _ in range(8):
-        w.services.submit("heavy", "h")  # 0,1,1,1,1,1,2,2
-    w.services.dispatch()
+        w.services.submitting.submit("heavy", "h")  # 0,1,1,1,1,1,2,2
+    w.services.dispatching.dispatch()
     order: list[str] = []
 
     def task(x: object, ctx: object) -> dict[str, object]:
         order.append(str(x))
         if len(order) == 3:
-            w.services.submit("newcomer", "new")  # level 0, arrives while level 1 is being drained
+            w.services.submitting.submit("newcomer", "new")  # level 0, arrives while level 1 is being drained
         return {}
 
-    w.services.task_function = task
+    w.services.deps.task_function = task
     w.run_workers()
     assert order.index("new") == 3
 
 
 def test_dispatch_starts_one_worker_per_queued_task_up_to_the_free_slots() -> None:
     w = make_world(capacity=3)
-    assert w.services.dispatch().workers_started == 0  # nothing queued
-    w.services.submit("a", 1)
-    assert w.services.dispatch().workers_started == 1
+    assert w.services.dispatching.dispatch().workers_started == 0  # nothing queued
+    w.services.submitting.submit("a", 1)
+    assert w.services.dispatching.dispatch().workers_started == 1
     for i in range(5):
-        w.services.submit(f"u{i}", i)
-    assert w.services.dispatch().workers_started == 2  # the third slot is the first worker's
-    assert w.services.dispatch().workers_started == 0
+        w.services.submitting.submit(f"u{i}", i)
+    assert w.services.dispatching.dispatch().workers_started == 2  # the third slot is the first worker's
+    assert w.services.dispatching.dispatch().workers_started == 0
     held = [s for s in w.control.slots(3) if not s.is_free(w.clock.now)]
     assert len(held) == 3
 
@@ -139,15 +139,15 @@ def test_concurrent_workers_never_run_a_task_twice_nor_exceed_capacity() -> None
         with lock:
             running -= 1
 
-    w.services.task_function = task
+    w.services.deps.task_function = task
     for i in range(60):
-        w.services.submit(f"u{i % 7}", i)
+        w.services.submitting.submit(f"u{i % 7}", i)
     for _ in range(3):
-        w.services.dispatch()  # repeated triggers must not start more than 4 workers
+        w.services.dispatching.dispatch()  # repeated triggers must not start more than 4 workers
     handoffs = w.invoker.take_handoffs()
     assert len(handoffs) == 4
     with ThreadPoolExecutor(max_workers=8) as pool:
-        reports = list(pool.map(w.services.run, handoffs))
+        reports = list(pool.map(w.services.worker.run, handoffs))
     assert peak <= 4
     assert sum(len(r.outcomes) for r in reports) == 60
     assert all(t.task_status == SUCCESS and t.attempts == 1 for t in w.tasks.all())
@@ -155,10 +155,10 @@ def test_concurrent_workers_never_run_a_task_twice_nor_exceed_capacity() -> None
 
 def test_the_tick_starts_a_worker_that_finds_uncounted_messages() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", 1)
+    task = w.services.submitting.submit("u", 1)
     w.control.add_backlog(0, -1)  # as if the count were lost in a fault
-    assert w.services.dispatch().workers_started == 0
-    report = w.services.dispatch(full_walk=True)
+    assert w.services.dispatching.dispatch().workers_started == 0
+    report = w.services.dispatching.dispatch(full_walk=True)
     assert report.workers_started == 1
     assert w.outcomes() == [SUCCESS]
     assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
@@ -167,10 +167,10 @@ def test_the_tick_starts_a_worker_that_finds_uncounted_messages() -> None:
 @pytest.mark.parametrize(("policy_name", "order"), [("strict", [0, 0, 1]), ("fair", [0, 1, 0])])
 def test_a_false_empty_short_poll_does_not_skip_the_chosen_level(policy_name: str, order: list[int]) -> None:
     w = make_world(capacity=1, flaky_short_poll=True, policy=policy_name)
-    w.services.submit("heavy", 0)
-    w.services.submit("heavy", 0)  # level 1
-    w.services.submit("light", 0)  # level 0
-    w.services.dispatch()
+    w.services.submitting.submit("heavy", 0)
+    w.services.submitting.submit("heavy", 0)  # level 1
+    w.services.submitting.submit("light", 0)  # level 0
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     assert report.levels == order  # as the policy chose, though every short poll came back empty
     assert ("receive", 0) in w.queues.calls
@@ -179,8 +179,8 @@ def test_a_false_empty_short_poll_does_not_skip_the_chosen_level(policy_name: st
 def test_a_count_ahead_of_the_queue_corrects_itself() -> None:
     w = make_world(capacity=1)
     w.control.add_backlog(0, 2)  # counted, never sent (a fault)
-    w.services.submit("u", 1)  # level 0 as well: 3 counted, 1 queued
-    w.services.dispatch()
+    w.services.submitting.submit("u", 1)  # level 0 as well: 3 counted, 1 queued
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     assert report.outcomes == [SUCCESS]
     assert w.control.backlog().counts == (0,) * LEVELS
@@ -188,25 +188,25 @@ def test_a_count_ahead_of_the_queue_corrects_itself() -> None:
 
 def test_a_dead_worker_frees_its_slot_when_the_lease_runs_out() -> None:
     w = make_world(capacity=1, lease_seconds=60)
-    w.services.submit("u", "x")
-    w.services.dispatch()
+    w.services.submitting.submit("u", "x")
+    w.services.dispatching.dispatch()
     w.invoker.take_handoffs()  # the worker never ran (or died at once)
-    w.services.submit("u", "y")
-    assert w.services.dispatch().workers_started == 0  # the slot is still leased
+    w.services.submitting.submit("u", "y")
+    assert w.services.dispatching.dispatch().workers_started == 0  # the slot is still leased
     w.clock.advance(61)
-    assert w.services.dispatch().workers_started == 1
+    assert w.services.dispatching.dispatch().workers_started == 1
     assert w.outcomes() == [SUCCESS, SUCCESS]
 
 
 def test_a_task_whose_worker_died_mid_run_runs_again_once_sqs_redelivers_it() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", "x")
-    ((level, message, _, _),) = w.services._pick_next(None, False)
+    task = w.services.submitting.submit("u", "x")
+    ((level, message, _, _),) = w.pick(None, False)
     w.tasks.start(task.task_id, "dead-run", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
     # The worker dies here. After the visibility timeout SQS shows the message again,
     # uncounted: the tick's worker finds it, and the run lease has expired by then.
     w.clock.advance(w.queues.visibility_timeout + 1)
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     assert w.outcomes() == [SUCCESS]
     final = w.tasks.get(task.task_id)
     assert final is not None and final.task_status == SUCCESS and final.attempts == 2
@@ -215,13 +215,13 @@ def test_a_task_whose_worker_died_mid_run_runs_again_once_sqs_redelivers_it() ->
 
 def test_a_task_whose_worker_dies_every_time_ends_failure_in_the_dead_letter_queue() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", "x")
+    task = w.services.submitting.submit("u", "x")
     for attempt in range(3):
-        (picked,) = w.services._pick_next(None, full_walk=True)
+        (picked,) = w.pick(None, full_walk=True)
         assert picked[1].task_id == task.task_id
         w.tasks.start(task.task_id, f"dead-run-{attempt}", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
         w.clock.advance(w.queues.visibility_timeout + 1)  # the worker died; SQS shows the message again
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     assert w.outcomes() == [FAILURE]
     assert w.ran == []  # not run a fourth time
     final = w.tasks.get(task.task_id)
@@ -234,15 +234,15 @@ def test_a_task_whose_worker_dies_every_time_ends_failure_in_the_dead_letter_que
 
 def test_a_task_delivered_twice_runs_once_and_keeps_its_result() -> None:
     w = make_world(capacity=2)
-    task = w.services.submit("u", "x")
-    w.services.dispatch()
+    task = w.services.submitting.submit("u", "x")
+    w.services.dispatching.dispatch()
     w.run_workers()
     first = w.tasks.get(task.task_id)
     w.clock.advance(5)
     # SQS delivers the same message again (at-least-once).
     w.queues.send(0, task)
     w.control.add_backlog(0, 1)
-    w.services.dispatch()
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [ALREADY_FINISHED]
     assert w.ran == [task.task_id]
     assert w.tasks.get(task.task_id) == first
@@ -252,9 +252,9 @@ def test_a_task_delivered_twice_runs_once_and_keeps_its_result() -> None:
 
 def test_a_second_delivery_while_running_does_not_run_it_again() -> None:
     w = make_world(capacity=2)
-    task = w.services.submit("u", "x")
+    task = w.services.submitting.submit("u", "x")
     w.tasks.start(task.task_id, "other-run", w.clock.now, w.clock.now + 300)
-    w.services.dispatch()
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [RUNNING_ELSEWHERE]
     assert w.ran == []
     assert w.tasks.get(task.task_id).task_status == STARTED  # type: ignore[union-attr]
@@ -268,9 +268,9 @@ def test_a_failing_task_is_marked_failure_with_the_reason() -> None:
     def boom(x: object, ctx: object) -> None:
         raise ValueError("bad input")
 
-    w.services.task_function = boom
-    task = w.services.submit("u", "x")
-    w.services.dispatch()
+    w.services.deps.task_function = boom
+    task = w.services.submitting.submit("u", "x")
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [FAILURE]
     final = w.tasks.get(task.task_id)
     assert final is not None and final.error == "ValueError: bad input" and final.finished_at is not None
@@ -282,16 +282,16 @@ def test_a_failing_task_is_marked_failure_with_the_reason() -> None:
 
 def test_a_result_that_is_not_json_is_a_failure_not_a_crash() -> None:
     w = make_world()
-    w.services.task_function = lambda x, ctx: {1, 2}
-    w.services.submit("u", "x")
-    w.services.dispatch()
+    w.services.deps.task_function = lambda x, ctx: {1, 2}
+    w.services.submitting.submit("u", "x")
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [FAILURE]
 
 
 def test_a_worker_that_emptied_the_queues_frees_its_slot_without_a_nudge() -> None:
     w = make_world(capacity=1)
-    w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     before = w.invoker.dispatch_triggers
     w.run_workers()
     assert w.invoker.dispatch_triggers == before  # nothing counted after its slot was freed
@@ -300,14 +300,14 @@ def test_a_worker_that_emptied_the_queues_frees_its_slot_without_a_nudge() -> No
 
 def test_a_task_submitted_while_the_last_worker_stops_gets_a_nudge() -> None:
     w = make_world(capacity=1)
-    w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     release = w.control.release_slot
     late: list[str] = []
 
     def submit_then_release(*args: object, **kwargs: object) -> bool:
         if not late:  # after the worker's last empty look, while its slot is still held
-            late.append(w.services.submit("v", 2).task_id)
+            late.append(w.services.submitting.submit("v", 2).task_id)
         return release(*args, **kwargs)  # type: ignore[arg-type]
 
     w.control.release_slot = submit_then_release  # type: ignore[method-assign]
@@ -315,7 +315,7 @@ def test_a_task_submitted_while_the_last_worker_stops_gets_a_nudge() -> None:
     w.run_workers()
     # The submit's own nudge and the stopping worker's: the new task is not stranded.
     assert w.invoker.dispatch_triggers == before + 2
-    w.services.dispatch()
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS]
     assert w.tasks.get(late[0]).task_status == SUCCESS  # type: ignore[union-attr]
 
@@ -326,24 +326,24 @@ def test_a_worker_hands_over_when_its_time_is_up() -> None:
     def slow(x: object, ctx: object) -> None:
         w.clock.advance(4)
 
-    w.services.task_function = slow
+    w.services.deps.task_function = slow
     for i in range(5):
-        w.services.submit(f"u{i}", i)
-    w.services.dispatch()
+        w.services.submitting.submit(f"u{i}", i)
+    w.services.dispatching.dispatch()
     (first,) = w.run_workers()
     assert (len(first.outcomes), first.stopped_because) == (3, "time up")
-    assert w.services.dispatch().workers_started == 1  # a fresh worker carries on
+    assert w.services.dispatching.dispatch().workers_started == 1  # a fresh worker carries on
     (second,) = w.run_workers()
     assert len(second.outcomes) == 2
 
 
 def test_a_failed_worker_start_frees_the_slot_and_keeps_the_tasks() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", 1)
+    task = w.services.submitting.submit("u", 1)
     w.invoker.fail_next_start = RuntimeError("lambda is down")
-    assert w.services.dispatch().workers_started == 0
+    assert w.services.dispatching.dispatch().workers_started == 0
     assert w.control.slots(1)[0].is_free(w.clock.now)
-    assert w.services.dispatch().workers_started == 1
+    assert w.services.dispatching.dispatch().workers_started == 1
     w.run_workers()
     assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
 
@@ -356,7 +356,7 @@ def test_a_queue_failure_at_submit_leaves_no_orphan_record() -> None:
 
     w.queues.send = down  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        w.services.submit("u", 1)
+        w.services.submitting.submit("u", 1)
     assert w.tasks.all() == []
     assert w.control.backlog().counts == (0,) * LEVELS
 
@@ -373,8 +373,8 @@ def test_a_worker_payload_round_trips() -> None:
 
 def test_a_worker_starts_from_the_dispatchers_read_of_the_backlog() -> None:
     w = make_world(capacity=1)
-    w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     reads = []
     backlog = w.control.backlog
 
@@ -390,9 +390,9 @@ def test_a_worker_starts_from_the_dispatchers_read_of_the_backlog() -> None:
 
 def test_a_stale_backlog_in_the_hand_off_only_costs_a_retry() -> None:
     w = make_world(capacity=2)
-    w.services.submit("u", 1)
-    w.services.submit("v", 2)
-    w.services.dispatch()  # two workers, both handed the state with two tasks queued
+    w.services.submitting.submit("u", 1)
+    w.services.submitting.submit("v", 2)
+    w.services.dispatching.dispatch()  # two workers, both handed the state with two tasks queued
     reports = w.run_workers()  # the second starts from a state the first one's picks made stale
     assert sorted(o for r in reports for o in r.outcomes) == [SUCCESS, SUCCESS]
     assert w.control.backlog().counts == (0,) * LEVELS
@@ -401,44 +401,46 @@ def test_a_stale_backlog_in_the_hand_off_only_costs_a_retry() -> None:
 def test_result_of_unknown_or_malformed_or_expired_ids_is_not_found() -> None:
     w = make_world(result_ttl_seconds=60)
     with pytest.raises(NotFoundError):
-        w.services.result("00000000-0000-0000-0000-000000000000")
+        w.services.results.result("00000000-0000-0000-0000-000000000000")
     with pytest.raises(NotFoundError):
-        w.services.result("../../etc")
-    task = w.services.submit("u", 1)
+        w.services.results.result("../../etc")
+    task = w.services.submitting.submit("u", 1)
     w.clock.advance(3600)  # queued for an hour: still there (it lives as long as its message may)
-    assert w.services.result(task.task_id).task_status == PENDING
-    w.services.dispatch()
+    assert w.services.results.result(task.task_id).task_status == PENDING
+    w.services.dispatching.dispatch()
     w.run_workers()
     w.clock.advance(59)  # results are kept PQH_RESULT_TTL_SECONDS after they finish
-    assert w.services.result(task.task_id).task_status == SUCCESS
+    assert w.services.results.result(task.task_id).task_status == SUCCESS
     w.clock.advance(2)
     with pytest.raises(NotFoundError):
-        w.services.result(task.task_id)
+        w.services.results.result(task.task_id)
 
 
 def test_a_duplicate_or_late_worker_invocation_runs_nothing() -> None:
     w = make_world(capacity=1)
-    w.services.submit("a", 0)
-    w.services.dispatch()
+    w.services.submitting.submit("a", 0)
+    w.services.dispatching.dispatch()
     (handoff,) = w.invoker.take_handoffs()
-    assert w.services.run(handoff).outcomes == [SUCCESS]
-    w.services.submit("b", 0)
-    w.services.submit("c", 0)
+    assert w.services.worker.run(handoff).outcomes == [SUCCESS]
+    w.services.submitting.submit("b", 0)
+    w.services.submitting.submit("c", 0)
     # Lambda delivers the same event again, or retries it: the slot is no longer its.
-    again = w.services.run(handoff)
+    again = w.services.worker.run(handoff)
     assert (again.outcomes, again.stopped_because) == ([], "slot not ours")
-    assert w.services.dispatch().workers_started == 1
+    assert w.services.dispatching.dispatch().workers_started == 1
 
 
 def test_a_worker_whose_renewals_keep_failing_stops_before_its_lease_runs_out() -> None:
-    from chalicelib.services import Heartbeat
+    from chalicelib.worker.heartbeat import Heartbeat
 
     w = make_world()
 
     def failing() -> float | None:
         raise RuntimeError("throttled")
 
-    beat = Heartbeat(failing, interval=20, clock=w.clock, valid_until=w.clock.now + 60)
+    beat = Heartbeat(
+        failing, interval=20, clock=w.clock, valid_until=w.clock.now + 60, start_timer=ManualTimers().start
+    )
     assert not beat.lost
     w.clock.advance(50)
     assert not beat.lost
@@ -448,12 +450,12 @@ def test_a_worker_whose_renewals_keep_failing_stops_before_its_lease_runs_out() 
 
 def test_a_duplicate_message_does_not_use_up_another_tasks_count() -> None:
     w = make_world(capacity=1, policy="strict")
-    a = w.services.submit("a", 0)  # level 0
+    a = w.services.submitting.submit("a", 0)  # level 0
     w.tasks.start(a.task_id, "run-a", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
     w.queues.send(0, a)  # a duplicate of a, uncounted, running elsewhere
-    b = w.services.submit("b", 0)  # level 0
-    w.services.submit("a", 1)  # level 1
-    w.services.dispatch()
+    b = w.services.submitting.submit("b", 0)  # level 0
+    w.services.submitting.submit("a", 1)  # level 1
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     assert w.tasks.get(b.task_id).task_status == SUCCESS  # type: ignore[union-attr]
     assert report.levels[-1] == 1  # b (level 0) went before a's level-1 task
@@ -467,9 +469,9 @@ def test_a_failure_before_the_send_rejects_the_submit_and_takes_its_usage_back()
 
     w.control.enqueue = throttled  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        w.services.submit("u", 1)
+        w.services.submitting.submit("u", 1)
     assert w.tasks.all() == [] and w.queues.depth(0) == 0
-    assert w.services.user_usage("u")["count_in_window"] == 0  # a rejected request is not counted
+    assert w.services.accounts.user_usage("u").count_in_window == 0  # a rejected request is not counted
 
 
 def test_a_worker_that_takes_the_count_before_the_message_lands_waits_for_it() -> None:
@@ -488,9 +490,9 @@ def test_a_worker_that_takes_the_count_before_the_message_lands_waits_for_it() -
 
     w.queues.send = late_send  # type: ignore[method-assign]
     w.queues.receive = receive_landing_meanwhile  # type: ignore[method-assign,assignment]
-    task = w.services.submit("u", 1)
+    task = w.services.submitting.submit("u", 1)
     assert w.control.backlog().counts[0] == 1 and w.queues.depth(0) == 0
-    w.services.dispatch()
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS]  # the short poll missed it, the long poll got it
     assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
     assert w.control.backlog().counts == (0,) * LEVELS
@@ -504,37 +506,37 @@ def test_a_failed_send_takes_its_count_back() -> None:
 
     w.queues.send = down  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        w.services.submit("u", 1)
+        w.services.submitting.submit("u", 1)
     assert w.control.backlog().counts == (0,) * LEVELS
     assert w.tasks.all() == []
 
 
 def test_a_worker_takes_tasks_that_arrived_during_its_last_one() -> None:
     w = make_world(capacity=1)
-    w.services.submit("u", "first")
-    w.services.dispatch()
+    w.services.submitting.submit("u", "first")
+    w.services.dispatching.dispatch()
 
     def task(x: object, ctx: object) -> None:
         if x == "first":
-            w.services.submit("v", "second")
+            w.services.submitting.submit("v", "second")
 
-    w.services.task_function = task
+    w.services.deps.task_function = task
     (report,) = w.run_workers()
     assert len(report.outcomes) == 2
 
 
 def test_a_task_queued_for_half_the_sqs_retention_gets_a_fresh_message_and_still_runs_once() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", "x")
+    task = w.services.submitting.submit("u", "x")
     w.invoker.take_handoffs()  # nothing runs: the service is saturated for a week
     w.clock.advance(8 * 24 * 3600)
-    assert w.services.refresh_stale() == 1
+    assert w.services.operations.refresh_stale() == 1
     assert w.queues.depth(0) == 2  # the old message (about to expire) and a fresh copy
-    assert w.services.refresh_stale() == 0  # not again until another week has passed
+    assert w.services.operations.refresh_stale() == 0  # not again until another week has passed
     record = w.tasks.get(task.task_id)
     assert record is not None and record.task_status == PENDING
     assert record.expires_at > w.clock.now + 13 * 24 * 3600  # the record lives as long as the new message
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     outcomes = w.outcomes()
     assert outcomes.count(SUCCESS) == 1 and w.ran == [task.task_id]
 
@@ -542,17 +544,17 @@ def test_a_task_queued_for_half_the_sqs_retention_gets_a_fresh_message_and_still
 def test_below_capacity_queued_every_submit_nudges_so_no_slot_idles() -> None:
     w = make_world(capacity=3)
     for i in range(5):
-        w.services.submit(f"u{i}", i)  # all level 0
+        w.services.submitting.submit(f"u{i}", i)  # all level 0
     assert w.invoker.dispatch_triggers == 3  # queued before: 0, 1, 2 nudge; 3, 4 do not
-    assert w.services.dispatch().workers_started == 3
+    assert w.services.dispatching.dispatch().workers_started == 3
 
 
 def test_tasks_submitted_behind_a_queued_one_run_without_their_own_nudge() -> None:
     w = make_world(capacity=1)
-    first = w.services.submit("u", 1)
+    first = w.services.submitting.submit("u", 1)
     assert w.invoker.dispatch_triggers == 1
-    w.services.dispatch()  # the first task's nudge: one worker on the one slot
-    later = [w.services.submit(f"v{i}", i) for i in range(3)]  # level 0 still has the first: no nudges
+    w.services.dispatching.dispatch()  # the first task's nudge: one worker on the one slot
+    later = [w.services.submitting.submit(f"v{i}", i) for i in range(3)]  # level 0 still has the first: no nudges
     assert w.invoker.dispatch_triggers == 1
     assert w.outcomes() == [SUCCESS] * 4  # the worker takes tasks until the queues are empty
     assert set(w.ran) == {first.task_id, *(t.task_id for t in later)}
@@ -560,7 +562,7 @@ def test_tasks_submitted_behind_a_queued_one_run_without_their_own_nudge() -> No
 
 def test_a_message_hidden_in_another_workers_sample_is_still_run_by_this_worker() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", "x")
+    task = w.services.submitting.submit("u", "x")
     [sampled] = w.queues.receive(0, 10, 0)  # another worker holds it in its sample...
     original = w.queues.receive
 
@@ -571,7 +573,7 @@ def test_a_message_hidden_in_another_workers_sample_is_still_run_by_this_worker(
         return found
 
     w.queues.receive = receive  # type: ignore[method-assign]
-    w.services.dispatch()
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS]  # found by this worker's own walk, not left for the tick
     assert w.ran == [task.task_id]
 
@@ -585,7 +587,7 @@ def test_a_failed_send_whose_record_cannot_be_deleted_leaves_it_cancelled_not_pe
     w.queues.send = down  # type: ignore[method-assign]
     w.tasks.delete = down  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        w.services.submit("u", 1)
+        w.services.submitting.submit("u", 1)
     [record] = w.tasks.all()
     # A PENDING record without a message would wait a week for the retention guard.
     assert record.task_status == CANCELLED
@@ -594,34 +596,34 @@ def test_a_failed_send_whose_record_cannot_be_deleted_leaves_it_cancelled_not_pe
 
 def test_a_run_that_lost_its_lease_is_not_counted_and_leaves_the_message() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     w.tasks.finish = lambda *args, **kwargs: False  # type: ignore[method-assign]
     assert w.outcomes() == [LEASE_LOST]
     # Another run owns the task: its message stays for SQS to deliver again.
     assert w.queues.depth(0) == 1
-    assert w.services.stats()["tasks"]["succeeded"] == 0
+    assert w.stats()["tasks"]["succeeded"] == 0
     assert w.tasks.get(task.task_id).task_status == STARTED  # type: ignore[union-attr]
 
 
 def test_totals_survive_a_slot_release_that_is_refused() -> None:
     w = make_world(capacity=1)
-    w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     w.control.release_slot = lambda *args, **kwargs: False  # type: ignore[method-assign]
     assert w.outcomes() == [SUCCESS]
-    assert w.services.stats()["tasks"]["succeeded"] == 1  # counted on the backlog item instead
+    assert w.stats()["tasks"]["succeeded"] == 1  # counted on the backlog item instead
 
 
 def test_under_fifo_the_one_queue_shows_the_oldest_task_of_any_level() -> None:
     w = make_world(capacity=1, policy="fifo")
-    w.services.submit("u", 0)  # level 0
+    w.services.submitting.submit("u", 0)  # level 0
     w.clock.advance(10)
     for _ in range(3):
-        w.services.submit("v", 0)  # levels 0, 1, 1
-    w.services.set_weight("w", 1)
+        w.services.submitting.submit("v", 0)  # levels 0, 1, 1
+    w.services.accounts.set_weight("w", 1)
     w.clock.advance(5)
-    queues = w.services.stats()["queues"]
+    queues = w.stats()["queues"]
     assert queues[0]["oldest_seconds"] == 15.0
     assert all(q["oldest_seconds"] is None for q in queues[1:])
 
@@ -632,9 +634,9 @@ def test_a_redrive_whose_send_fails_keeps_the_dead_letter_and_a_second_redrive_q
     def poison(x: object, ctx: object) -> None:
         raise ValueError("poison")
 
-    w.services.task_function = poison
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = poison
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [FAILURE]
     original = w.queues.send
 
@@ -643,13 +645,13 @@ def test_a_redrive_whose_send_fails_keeps_the_dead_letter_and_a_second_redrive_q
 
     w.queues.send = down  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        w.services.redrive(0)
+        w.services.operations.redrive(0)
     assert len(w.queues.dead[0]) == 1  # the dead letter is kept
     w.queues.send = original  # type: ignore[method-assign]
     w.clock.advance(61)  # the redrive hid it for 60 s
-    assert w.services.redrive(0) == {"redriven": 1, "dropped": 0}
-    w.services.task_function = lambda x, ctx: "fixed"
-    w.services.dispatch()
+    assert w.services.operations.redrive(0) == {"redriven": 1, "dropped": 0}
+    w.services.deps.task_function = lambda x, ctx: "fixed"
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS]
     assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
 
@@ -657,8 +659,8 @@ def test_a_redrive_whose_send_fails_keeps_the_dead_letter_and_a_second_redrive_q
 def test_a_worker_deletes_finished_messages_ten_per_request() -> None:
     w = make_world(capacity=1)
     for i in range(25):
-        w.services.submit(f"user{i}", i)  # all level 0
-    w.services.dispatch()
+        w.services.submitting.submit(f"user{i}", i)  # all level 0
+    w.services.dispatching.dispatch()
     w.queues.calls.clear()
     assert w.outcomes() == [SUCCESS] * 25
     deletes = [call for call in w.queues.calls if call[0] == "delete_many"]
@@ -668,15 +670,15 @@ def test_a_worker_deletes_finished_messages_ten_per_request() -> None:
 
 def test_finished_messages_not_yet_deleted_when_a_worker_dies_are_dropped_on_redelivery() -> None:
     w = make_world(capacity=1)
-    tasks = [w.services.submit(f"user{i}", i) for i in range(3)]
-    w.services.dispatch()
+    tasks = [w.services.submitting.submit(f"user{i}", i) for i in range(3)]
+    w.services.dispatching.dispatch()
     w.queues.delete_many = lambda *args: (_ for _ in ()).throw(SystemExit("killed"))  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
         w.run_workers()  # ran all three, died at the flush
     del w.queues.delete_many
     assert w.queues.depth(0) == 3 and len(w.ran) == 3
     w.clock.advance(TASK_RUN_LEASE_SECONDS + 60)  # the slot lease and the visibility timeout pass
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     assert w.outcomes() == [ALREADY_FINISHED] * 3
     assert len(w.ran) == 3 and w.queues.depth(0) == 0
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
@@ -688,9 +690,9 @@ def test_a_failed_task_whose_worker_died_before_dead_lettering_it_is_dead_letter
     def poison(x: object, ctx: object) -> None:
         raise ValueError("poison")
 
-    w.services.task_function = poison
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = poison
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
 
     def killed(*args: object) -> None:
         raise SystemExit("killed after recording the outcome")
@@ -702,15 +704,15 @@ def test_a_failed_task_whose_worker_died_before_dead_lettering_it_is_dead_letter
     assert w.tasks.get(task.task_id).task_status == FAILURE  # type: ignore[union-attr]
     assert len(w.queues.dead[0]) == 0 and w.queues.depth(0) == 1
     w.clock.advance(TASK_RUN_LEASE_SECONDS + 60)  # the message comes back
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     assert w.outcomes() == [ALREADY_FINISHED]
     assert [m.task_id for m in w.queues.dead[0]] == [task.task_id] and w.queues.depth(0) == 0
 
 
 def test_with_prefetch_a_worker_picks_a_second_of_short_tasks_in_one_write_while_one_runs() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
-    tasks = [w.services.submit(f"user{i}", i) for i in range(14)]
-    w.services.dispatch()
+    tasks = [w.services.submitting.submit(f"user{i}", i) for i in range(14)]
+    w.services.dispatching.dispatch()
     takes: list[int] = []  # tasks taken by each committed pick
     receives: list[int] = []  # messages asked for by each receive
     ahead: list[int] = []  # tasks taken when each task started, minus the tasks started before it
@@ -727,17 +729,14 @@ def test_with_prefetch_a_worker_picks_a_second_of_short_tasks_in_one_write_while
         return receive(level, most, wait_seconds)
 
     def task(x: object, ctx: object) -> str:
-        deadline = time.monotonic() + 5  # give the prefetch thread time to pick, on a busy machine
-        wanted = {1: 3, 11: 4}.get(len(ahead), 0)  # during the 2nd and 12th tasks, wait for their pick
-        while len(takes) < wanted and time.monotonic() < deadline:
-            time.sleep(0.005)
+        w.pick_ahead.run_pending()  # the pick ahead, if one was started, lands while this task runs
         ahead.append(sum(takes) - len(ahead))
         w.clock.advance(0.1)  # tasks of 0.1 s: the average the worker keeps becomes 0.1
         return "done"
 
     w.control.commit_pick = counted_commit  # type: ignore[method-assign]
     w.queues.receive = counted_receive  # type: ignore[method-assign]
-    w.services.task_function = task
+    w.services.deps.task_function = task
     assert w.outcomes() == [SUCCESS] * 14
     # No average during the first task: one task at a time. Once the average is 0.1 s,
     # the worker takes ten at once (a second of them, SQS's most per receive) while the
@@ -750,7 +749,7 @@ def test_with_prefetch_a_worker_picks_a_second_of_short_tasks_in_one_write_while
     assert receives == [10, 10, 10, 10]
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
     assert w.control.backlog().counts == (0,) * LEVELS and w.queues.depth(0) == 0
-    assert w.services.stats()["tasks"]["succeeded"] == 10 + 4
+    assert w.stats()["tasks"]["succeeded"] == 10 + 4
 
 
 def test_a_batch_runs_what_single_picks_would_in_the_same_order() -> None:
@@ -760,10 +759,10 @@ def test_a_batch_runs_what_single_picks_would_in_the_same_order() -> None:
         # One heavy user's 12 tasks (levels 0, 1 x5, 2 x6) and three light users' two
         # each (levels 0 and 1), a second apart: no level holds more than ten.
         for i in range(12):
-            w.services.submit("heavy", i)
+            w.services.submitting.submit("heavy", i)
             w.clock.advance(1)
         for i in range(6):
-            w.services.submit(f"light{i % 3}", 100 + i)
+            w.services.submitting.submit(f"light{i % 3}", 100 + i)
             w.clock.advance(1)
         order: list[tuple[str, object]] = []
         takes: list[int] = []
@@ -781,8 +780,8 @@ def test_a_batch_runs_what_single_picks_would_in_the_same_order() -> None:
             return "done"
 
         w.control.commit_pick = counted_commit  # type: ignore[method-assign]
-        w.services.task_function = task
-        w.services.dispatch()
+        w.services.deps.task_function = task
+        w.services.dispatching.dispatch()
         assert w.outcomes() == [SUCCESS] * 18
         return order, takes
 
@@ -798,9 +797,9 @@ def test_a_batch_runs_what_single_picks_would_in_the_same_order() -> None:
 def test_tasks_held_behind_a_slow_task_go_back_for_any_slot_to_take() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
     timers = ManualTimers()
-    w.services.monotonic, w.services.start_timer = timers.monotonic, timers.start
-    tasks = [w.services.submit(f"user{i}", i) for i in range(12)]
-    w.services.dispatch()
+    w.services.deps.worker_clock = timers.clock()
+    tasks = [w.services.submitting.submit(f"user{i}", i) for i in range(12)]
+    w.services.dispatching.dispatch()
     order: list[str] = []
     seen: dict[str, int] = {}
 
@@ -818,7 +817,7 @@ def test_tasks_held_behind_a_slow_task_go_back_for_any_slot_to_take() -> None:
             seen["nudges"] = w.invoker.dispatch_triggers - triggers
         return "done"
 
-    w.services.task_function = task
+    w.services.deps.task_function = task
     assert w.outcomes() == [SUCCESS] * 12
     # The eight went back, visible and counted, and the dispatcher was asked to fill
     # any free slot; this worker then took them again once its slow task was done.
@@ -831,8 +830,8 @@ def test_a_batch_whose_short_polls_come_up_short_long_polls_for_the_rest() -> No
     # SQS's short poll often answers a small queue with fewer messages than asked for.
     w = make_world(capacity=1, short_poll_most=3)
     for i in range(12):
-        w.services.submit(f"user{i}", i)
-    picks = w.services._pick_next(None, False, most=10)
+        w.services.submitting.submit(f"user{i}", i)
+    picks = w.pick(None, False, most=10)
     assert len(picks) == 10 and all(counted for *_, counted in picks)
     # The counts still match the queue: two counted, two visible (none left uncounted).
     assert w.control.backlog().counts[0] == 2 and w.queues.depths()[0].queued == 2
@@ -841,8 +840,8 @@ def test_a_batch_whose_short_polls_come_up_short_long_polls_for_the_rest() -> No
 def test_a_pick_whose_receive_fails_part_way_gives_back_what_it_took() -> None:
     w = make_world(capacity=1, fair_sample=1, policy="fair")  # a batch of two levels
     for user in ("a", "b", "c"):
-        w.services.submit(user, 1)  # level 0
-        w.services.submit(user, 2)  # level 1
+        w.services.submitting.submit(user, 1)  # level 0
+        w.services.submitting.submit(user, 2)  # level 1
     receive = w.queues.receive
 
     def failing(level: int, most: int, wait_seconds: int) -> Any:
@@ -852,20 +851,20 @@ def test_a_pick_whose_receive_fails_part_way_gives_back_what_it_took() -> None:
 
     w.queues.receive = failing  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
-        w.services._pick_next(None, False, most=6)  # three of each level
+        w.pick(None, False, most=6)  # three of each level
     w.queues.receive = receive  # type: ignore[method-assign]
     # Level 0's messages are visible again and every count is back: nothing stranded.
     assert w.control.backlog().counts[:2] == (3, 3)
     assert [d.queued for d in w.queues.depths()[:2]] == [3, 3]
-    assert len(w.services._pick_next(None, False, most=6)) == 6
+    assert len(w.pick(None, False, most=6)) == 6
 
 
 def test_putting_tasks_back_tries_every_level_even_when_one_fails() -> None:
     w = make_world(capacity=1, fair_sample=1, policy="fair")  # a batch of two levels
     for user in ("a", "b"):
-        w.services.submit(user, 1)
-        w.services.submit(user, 2)
-    picks = w.services._pick_next(None, False, most=4)
+        w.services.submitting.submit(user, 1)
+        w.services.submitting.submit(user, 2)
+    picks = w.pick(None, False, most=4)
     assert sorted(level for level, *_ in picks) == [0, 0, 1, 1]
     give_back = w.queues.give_back
 
@@ -876,7 +875,7 @@ def test_putting_tasks_back_tries_every_level_even_when_one_fails() -> None:
 
     w.queues.give_back = failing  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="throttled"):
-        w.services._put_back(picks)
+        w.services.worker.picker().put_back(picks)
     depths = w.queues.depths()
     assert depths[1].queued == 2 and w.control.backlog().counts[1] == 2  # level 1 went back all the same
     assert depths[0].queued == 0 and w.control.backlog().counts[0] == 0  # level 0 returns after its timeout
@@ -884,24 +883,21 @@ def test_putting_tasks_back_tries_every_level_even_when_one_fails() -> None:
 
 def test_a_worker_goes_on_when_a_batch_it_picked_ahead_went_back_behind_a_slow_task() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
-    timers = ManualTimers()
-    w.services.monotonic, w.services.start_timer = timers.monotonic, timers.start
     for i in range(12):
-        w.services.submit(f"user{i}", i)
-    w.services.dispatch()
+        w.services.submitting.submit(f"user{i}", i)
+    w.services.dispatching.dispatch()
     ran: list[object] = []
 
     def task(x: object, ctx: Any) -> str:
         ran.append(x)
         w.clock.advance(0.1)
         if len(ran) == 2:  # the batch of ten is picked during this task, which is slow
-            timers.advance(2.0)  # the watchdog's limit: whatever is held, or picked from now on, goes back
-            deadline = time.monotonic() + 30
-            while w.control.backlog().counts[0] < 10 and time.monotonic() < deadline:
-                time.sleep(0.01)  # the prefetch thread's batch, given back as it arrives
+            w.timers.advance(2.0)  # the watchdog's limit: whatever is held, or picked from now on, goes back
+            w.pick_ahead.run_pending()  # the batch lands, and goes straight back
+            assert w.control.backlog().counts[0] == 10
         return "done"
 
-    w.services.task_function = task
+    w.services.deps.task_function = task
     (report,) = w.run_workers()
     # The same worker picks again once its slow task is done, rather than stopping
     # as if the queues were empty and leaving the ten to a dispatcher run.
@@ -912,7 +908,7 @@ def test_a_worker_goes_on_when_a_batch_it_picked_ahead_went_back_behind_a_slow_t
 def test_a_watchdog_that_fires_as_its_task_ends_leaves_the_next_batch_alone() -> None:
     put_back: list[list[Any]] = []
     timers = ManualTimers()
-    ahead = services_mod.Ahead(put_back.append, limit=1.0, monotonic=timers.monotonic, start_timer=timers.start)
+    ahead = Held(put_back.append, limit=1.0, clock=timers.clock())
     ahead.add(["a", "b"])  # type: ignore[list-item]
     ahead.running(pending=False)
     timers.advance(0.99)
@@ -948,8 +944,8 @@ def test_a_watchdog_that_fires_as_its_task_ends_leaves_the_next_batch_alone() ->
 
 def test_a_prefetched_task_goes_back_when_the_worker_stops_before_running_it() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
-    tasks = [w.services.submit(f"user{i}", i) for i in range(6)]
-    w.services.dispatch()
+    tasks = [w.services.submitting.submit(f"user{i}", i) for i in range(6)]
+    w.services.dispatching.dispatch()
     ran: list[object] = []
 
     def task(x: object, ctx: object) -> str:
@@ -959,23 +955,23 @@ def test_a_prefetched_task_goes_back_when_the_worker_stops_before_running_it() -
         ran.append(x)
         return "done"
 
-    w.services.task_function = task
+    w.services.deps.task_function = task
     with pytest.raises(SystemExit):
         w.run_workers()
     # The prefetched task is visible again and counted: the next worker runs it at once.
     assert w.control.backlog().counts[0] == 2
     assert sum(d.queued for d in w.queues.depths()) == 2
-    w.services.task_function = lambda x, ctx: "done"
+    w.services.deps.task_function = lambda x, ctx: "done"
     w.clock.advance(TASK_RUN_LEASE_SECONDS + 60)  # the dying task's run lease and message come back
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     assert sorted(w.outcomes()) == [SUCCESS] * 3
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
 
 
 def test_an_outcome_write_that_fails_is_tried_again_before_the_task_is_given_up() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("user", 1)
-    w.services.dispatch()
+    task = w.services.submitting.submit("user", 1)
+    w.services.dispatching.dispatch()
     finish = w.tasks.finish
     failures = [2]
 
@@ -986,7 +982,7 @@ def test_an_outcome_write_that_fails_is_tried_again_before_the_task_is_given_up(
         return finish(*args, **kwargs)
 
     w.tasks.finish = flaky_finish  # type: ignore[method-assign]
-    with mock.patch.object(services_mod, "OUTCOME_RETRY_DELAYS", (0.0, 0.0, 0.0)):
+    with mock.patch.object(executing, "OUTCOME_RETRY_DELAYS", (0.0, 0.0, 0.0)):
         assert w.outcomes() == [SUCCESS]
     assert w.ran == [task.task_id]  # ran once: the outcome was not lost
     assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
@@ -994,14 +990,14 @@ def test_an_outcome_write_that_fails_is_tried_again_before_the_task_is_given_up(
 
 def test_with_prefetch_an_outcome_write_that_fails_fails_the_worker_after_its_slot_is_freed() -> None:
     w = make_world(capacity=1, prefetch_seconds=1.0)
-    tasks = [w.services.submit(f"user{i}", i) for i in range(5)]
-    w.services.dispatch()
+    tasks = [w.services.submitting.submit(f"user{i}", i) for i in range(5)]
+    w.services.dispatching.dispatch()
     finish = w.tasks.finish
     calls = [0]
 
     def failing_finish(*args: Any, **kwargs: Any) -> bool:
         calls[0] += 1
-        if 3 <= calls[0] <= 3 + len(services_mod.OUTCOME_RETRY_DELAYS):  # every try for the third task
+        if 3 <= calls[0] <= 3 + len(executing.OUTCOME_RETRY_DELAYS):  # every try for the third task
             raise RuntimeError("DynamoDB is down")
         return finish(*args, **kwargs)
 
@@ -1010,15 +1006,15 @@ def test_with_prefetch_an_outcome_write_that_fails_fails_the_worker_after_its_sl
         return "done"
 
     w.tasks.finish = failing_finish  # type: ignore[method-assign]
-    w.services.task_function = task
-    with mock.patch.object(services_mod, "OUTCOME_RETRY_DELAYS", (0.0, 0.0, 0.0)), pytest.raises(RuntimeError):
+    w.services.deps.task_function = task
+    with mock.patch.object(executing, "OUTCOME_RETRY_DELAYS", (0.0, 0.0, 0.0)), pytest.raises(RuntimeError):
         w.run_workers()
     assert w.control.slots(1)[0].holder is None  # freed on the way out, as with an inline write
     w.tasks.finish = finish  # type: ignore[method-assign]
     # The task whose outcome was lost is STARTED; its message comes back after the
     # run lease and it runs again (at least once). The prefetched one went back.
     w.clock.advance(TASK_RUN_LEASE_SECONDS + 60)
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     w.outcomes()
     assert all(w.tasks.get(t.task_id).task_status == SUCCESS for t in tasks)  # type: ignore[union-attr]
     assert w.control.backlog().counts == (0,) * LEVELS
@@ -1033,9 +1029,9 @@ def test_a_result_nested_past_the_limit_fails_instead_of_being_stored_unreadable
             value = [value]
         return value
 
-    w.services.task_function = deep
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = deep
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     w.run_workers()
     record = w.tasks.get(task.task_id)
     assert record is not None and record.task_status == FAILURE
@@ -1045,31 +1041,31 @@ def test_a_result_nested_past_the_limit_fails_instead_of_being_stored_unreadable
 def test_a_user_at_the_queued_limit_is_refused_and_nothing_is_counted_or_queued() -> None:
     w = make_world(max_queued_per_user=3)
     for i in range(3):
-        w.services.submit("greedy", i)
-    usage = w.services.user_usage("greedy")
+        w.services.submitting.submit("greedy", i)
+    usage = w.services.accounts.user_usage("greedy")
     with pytest.raises(TooManyQueuedError) as refused:
-        w.services.submit("greedy", "one too many")
+        w.services.submitting.submit("greedy", "one too many")
     assert refused.value.status == 429 and refused.value.retry_after >= 1
     assert "3 tasks queued" in str(refused.value) and "PQH_MAX_QUEUED_PER_USER" in str(refused.value)
-    assert w.services.user_usage("greedy") == usage  # not counted
+    assert w.services.accounts.user_usage("greedy") == usage  # not counted
     assert sum(w.queues.depth(level) for level in range(LEVELS)) == 3  # not queued
     assert len(w.tasks.all()) == 3
-    assert w.services.submit("someone else", 1).task_status == PENDING  # a limit per user
+    assert w.services.submitting.submit("someone else", 1).task_status == PENDING  # a limit per user
 
 
 def test_a_user_whose_tasks_started_or_were_cancelled_may_queue_again() -> None:
     w = make_world(max_queued_per_user=3)
-    first = [w.services.submit("u", i) for i in range(3)]
-    w.services.cancel(first[0].task_id)
-    assert w.services.submit("u", "after a cancel").task_status == PENDING
+    first = [w.services.submitting.submit("u", i) for i in range(3)]
+    w.services.results.cancel(first[0].task_id)
+    assert w.services.submitting.submit("u", "after a cancel").task_status == PENDING
     with pytest.raises(TooManyQueuedError):
-        w.services.submit("u", "over")
-    w.services.dispatch()
+        w.services.submitting.submit("u", "over")
+    w.services.dispatching.dispatch()
     w.run_workers()  # every queued task ran
     for i in range(3):
-        w.services.submit("u", f"again {i}")
+        w.services.submitting.submit("u", f"again {i}")
     with pytest.raises(TooManyQueuedError):
-        w.services.submit("u", "over again")
+        w.services.submitting.submit("u", "over again")
 
 
 def test_concurrent_submissions_of_one_user_stop_at_the_limit_give_or_take_those_in_flight() -> None:
@@ -1078,7 +1074,7 @@ def test_concurrent_submissions_of_one_user_stop_at_the_limit_give_or_take_those
 
     def submit(i: int) -> str:
         try:
-            return w.services.submit("burst", i).task_status
+            return w.services.submitting.submit("burst", i).task_status
         except TooManyQueuedError:
             return "refused"
 

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import queue
 from typing import Any
 
 from chalicelib.domain import PENDING, SUCCESS
-from chalicelib.services import Heartbeat
-from tests.fakes import make_world
-
-# A renewal is due every second here: ten seconds is ample on a loaded machine.
-RENEWAL_WAIT = 10.0
-RENEWALS = 3
+from chalicelib.worker.heartbeat import Heartbeat
+from tests.fakes import ManualTimers, make_world
 
 
 def test_a_long_task_keeps_its_slot_the_lease_renewed_from_the_time_of_renewal() -> None:
     w = make_world(capacity=1, lease_seconds=3)  # a renewal every second
+    timers = ManualTimers()
+    w.services.deps.worker_clock = timers.clock()
     renew = w.control.renew_slot
-    leases: queue.Queue[float] = queue.Queue()
+    leases: list[float] = []
     throttled = [1]
 
     def flaky_renew(slot_id: int, holder: str, lease_until: float) -> bool:
@@ -25,26 +22,24 @@ def test_a_long_task_keeps_its_slot_the_lease_renewed_from_the_time_of_renewal()
             throttled[0] -= 1
             raise RuntimeError("throttled")
         granted = renew(slot_id, holder, lease_until)
-        leases.put(w.control.slots(1)[0].lease_until if granted else 0.0)
+        leases.append(w.control.slots(1)[0].lease_until if granted else 0.0)
         return granted
 
     def long_task(x: Any, ctx: Any) -> str:
         if x != "long":
             return "done"
         w.clock.advance(2)  # two seconds in: the lease granted at the start has one left
-        renewed_at = w.clock.now
-        for _ in range(RENEWALS):  # one granted before the clock moved may come first
-            lease = leases.get(timeout=RENEWAL_WAIT)
-            assert lease, "the renewal was refused"
-            if lease == renewed_at + 3:
-                return "done"
-        raise AssertionError(f"no renewal from {renewed_at} to {renewed_at + 3}")
+        timers.advance(1)  # the first renewal is throttled
+        assert leases == []
+        timers.advance(1)  # the next one is granted, from the time of renewal
+        assert leases == [w.clock.now + 3]
+        return "done"
 
     w.control.renew_slot = flaky_renew  # type: ignore[method-assign]
-    w.services.task_function = long_task
-    first = w.services.submit("u", "long")
-    second = w.services.submit("v", "short")
-    w.services.dispatch()
+    w.services.deps.task_function = long_task
+    first = w.services.submitting.submit("u", "long")
+    second = w.services.submitting.submit("v", "short")
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     # The renewed lease let the worker go on to the next task, and it let the slot go after.
     assert report.outcomes == [SUCCESS, SUCCESS] and report.stopped_because == "queues empty"
@@ -54,6 +49,8 @@ def test_a_long_task_keeps_its_slot_the_lease_renewed_from_the_time_of_renewal()
 
 def test_a_worker_whose_renewals_fail_stops_half_a_renewal_interval_before_its_lease_runs_out() -> None:
     w = make_world(capacity=1, lease_seconds=3)  # renewals every second; stop half a second before the end
+    timers = ManualTimers()
+    w.services.deps.worker_clock = timers.clock()
 
     def down(slot_id: int, holder: str, lease_until: float) -> bool:
         raise RuntimeError("throttled")
@@ -61,12 +58,14 @@ def test_a_worker_whose_renewals_fail_stops_half_a_renewal_interval_before_its_l
     durations = iter([2.25, 0.25, 0.25])
 
     def task(x: Any, ctx: Any) -> None:
-        w.clock.advance(next(durations))
+        seconds = next(durations)
+        w.clock.advance(seconds)
+        timers.advance(seconds)  # every renewal due meanwhile fails
 
     w.control.renew_slot = down  # type: ignore[method-assign]
-    w.services.task_function = task
-    tasks = [w.services.submit(f"u{i}", i) for i in range(3)]
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    tasks = [w.services.submitting.submit(f"u{i}", i) for i in range(3)]
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     # 2.25 s into a 3-s lease it takes another task; at 2.5 s it stops.
     assert report.outcomes == [SUCCESS, SUCCESS] and report.stopped_because == "slot lost"
@@ -76,12 +75,14 @@ def test_a_worker_whose_renewals_fail_stops_half_a_renewal_interval_before_its_l
 
 def test_a_worker_whose_slot_was_taken_over_finishes_its_task_and_runs_no_more() -> None:
     w = make_world(capacity=1, lease_seconds=3)
+    timers = ManualTimers()
+    w.services.deps.worker_clock = timers.clock()
     renew = w.control.renew_slot
-    refused: queue.Queue[bool] = queue.Queue()
+    refused: list[bool] = []
 
     def watched_renew(slot_id: int, holder: str, lease_until: float) -> bool:
         granted = renew(slot_id, holder, lease_until)
-        refused.put(not granted)
+        refused.append(not granted)
         return granted
 
     def task(x: Any, ctx: Any) -> None:
@@ -89,15 +90,15 @@ def test_a_worker_whose_slot_was_taken_over_finishes_its_task_and_runs_no_more()
             # The slot goes to another holder (its lease looked over to someone else).
             holder = w.control.slots(1)[0].holder
             assert w.control.take_over_slot(0, holder or "", "another", w.clock.now, w.clock.now + 3)
-            for _ in range(RENEWALS):  # one may have been granted before the take-over
-                if refused.get(timeout=RENEWAL_WAIT):
-                    return
-            raise AssertionError("the heartbeat's renewal was not refused")
+            timers.advance(1)  # the next renewal is refused
+            assert refused == [True]
+            timers.advance(10)  # and the heartbeat renews no more
+            assert refused == [True]
 
     w.control.renew_slot = watched_renew  # type: ignore[method-assign]
-    w.services.task_function = task
-    tasks = [w.services.submit(f"u{i}", i) for i in range(2)]
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    tasks = [w.services.submitting.submit(f"u{i}", i) for i in range(2)]
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     assert report.outcomes == [SUCCESS] and report.stopped_because == "slot lost"
     assert w.tasks.get(tasks[1].task_id).task_status == PENDING  # type: ignore[union-attr]
@@ -111,7 +112,9 @@ def test_a_heartbeat_whose_renewals_fail_counts_the_slot_lost_at_most_five_secon
         raise RuntimeError("throttled")
 
     # A 60-s lease renewed every 20 s: half an interval would be 10 s; five is enough.
-    beat = Heartbeat(failing, interval=20, clock=w.clock, valid_until=w.clock.now + 60)
+    beat = Heartbeat(
+        failing, interval=20, clock=w.clock, valid_until=w.clock.now + 60, start_timer=ManualTimers().start
+    )
     w.clock.advance(54.5)
     assert not beat.lost
     w.clock.advance(0.5)

@@ -19,9 +19,9 @@ WAIT = 10.0  # a generous bound for another thread's step on a loaded machine
 
 def test_the_worker_runs_the_task_function_the_settings_name() -> None:
     w = make_world(capacity=1, task_function="chalicelib.tasks.always_fails")
-    w.services.task_function = None  # loaded from PQH_TASK_FUNCTION on first use
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = None  # loaded from PQH_TASK_FUNCTION on first use
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [FAILURE]
     record = w.tasks.get(task.task_id)
     assert record is not None and record.error == f"RuntimeError: task {task.task_id} always fails"
@@ -34,19 +34,19 @@ def test_a_task_function_is_told_its_task_its_user_and_the_configured_seconds() 
     def task(x: Any, ctx: TaskContext) -> None:
         seen.append((ctx.task_id, ctx.user_id, ctx.task_seconds))
 
-    w.services.task_function = task
-    submitted = w.services.submit("alice", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    submitted = w.services.submitting.submit("alice", 1)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS]
     assert seen == [(submitted.task_id, "alice", 2.5)]
 
 
 def test_a_result_of_exactly_128_kib_is_kept_and_one_byte_more_fails() -> None:
     w = make_world(capacity=1)
-    w.services.task_function = lambda x, ctx: "a" * x  # JSON adds two quotes
-    fits = w.services.submit("u", 128 * 1024 - 2)
-    too_big = w.services.submit("v", 128 * 1024 - 1)
-    w.services.dispatch()
+    w.services.deps.task_function = lambda x, ctx: "a" * x  # JSON adds two quotes
+    fits = w.services.submitting.submit("u", 128 * 1024 - 2)
+    too_big = w.services.submitting.submit("v", 128 * 1024 - 1)
+    w.services.dispatching.dispatch()
     assert sorted(w.outcomes()) == [FAILURE, SUCCESS]
     assert w.tasks.get(fits.task_id).result == "a" * (128 * 1024 - 2)  # type: ignore[union-attr]
     assert w.tasks.get(too_big.task_id).error == "result is 131073 bytes; the limit is 131072"  # type: ignore[union-attr]
@@ -61,10 +61,10 @@ def test_a_result_nested_exactly_to_the_limit_is_kept() -> None:
             value = [value]
         return value
 
-    w.services.task_function = nested
-    fits = w.services.submit("u", 65)
-    too_deep = w.services.submit("v", 66)
-    w.services.dispatch()
+    w.services.deps.task_function = nested
+    fits = w.services.submitting.submit("u", 65)
+    too_deep = w.services.submitting.submit("v", 66)
+    w.services.dispatching.dispatch()
     assert sorted(w.outcomes()) == [FAILURE, SUCCESS]
     assert w.tasks.get(fits.task_id).task_status == SUCCESS  # type: ignore[union-attr]
     assert w.tasks.get(too_deep.task_id).error == "result nests 66 levels deep; the limit is 65"  # type: ignore[union-attr]
@@ -76,12 +76,12 @@ def test_while_a_worker_runs_its_slot_is_not_free_for_the_dispatcher() -> None:
 
     def task(x: Any, ctx: Any) -> None:
         if x == "first":
-            w.services.submit("v", "second")
-            started.append(w.services.dispatch().workers_started)
+            w.services.submitting.submit("v", "second")
+            started.append(w.services.dispatching.dispatch().workers_started)
 
-    w.services.task_function = task
-    w.services.submit("u", "first")
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    w.services.submitting.submit("u", "first")
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS, SUCCESS]  # the running worker takes the second too
     assert started == [0]
 
@@ -92,13 +92,13 @@ def test_a_worker_stops_taking_tasks_when_its_time_is_up_to_the_second() -> None
     def five_seconds(x: Any, ctx: Any) -> None:
         w.clock.advance(5)
 
-    w.services.task_function = five_seconds
-    tasks = [w.services.submit(f"u{i}", i) for i in range(3)]
-    w.services.dispatch()
+    w.services.deps.task_function = five_seconds
+    tasks = [w.services.submitting.submit(f"u{i}", i) for i in range(3)]
+    w.services.dispatching.dispatch()
     (report,) = w.run_workers()
     assert report.outcomes == [SUCCESS, SUCCESS] and report.stopped_because == "time up"
     assert w.tasks.get(tasks[2].task_id).task_status == PENDING  # type: ignore[union-attr]
-    assert w.services.dispatch().workers_started == 1
+    assert w.services.dispatching.dispatch().workers_started == 1
 
 
 def test_the_totals_count_a_finished_task_while_its_worker_still_runs() -> None:
@@ -106,43 +106,43 @@ def test_the_totals_count_a_finished_task_while_its_worker_still_runs() -> None:
     succeeded: list[int] = []
 
     def task(x: Any, ctx: Any) -> None:
-        succeeded.append(w.services.stats()["tasks"]["succeeded"])
+        succeeded.append(w.stats()["tasks"]["succeeded"])
 
-    w.services.task_function = task
+    w.services.deps.task_function = task
     for i in range(3):
-        w.services.submit(f"u{i}", i)
-    w.services.dispatch()
+        w.services.submitting.submit(f"u{i}", i)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS] * 3
     assert succeeded == [0, 1, 2]  # each pick carries the tasks finished before it
-    assert w.services.stats()["tasks"]["succeeded"] == 3
+    assert w.stats()["tasks"]["succeeded"] == 3
 
 
 def test_a_refused_slot_release_counts_the_task_and_no_phantom_queued_task() -> None:
     w = make_world(capacity=1)
-    w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     w.control.release_slot = lambda *args, **kwargs: False  # type: ignore[method-assign]
     assert w.outcomes() == [SUCCESS]
-    assert w.services.stats()["tasks"]["succeeded"] == 1
+    assert w.stats()["tasks"]["succeeded"] == 1
     assert w.control.backlog().counts == (0,) * LEVELS
 
 
 def test_a_message_whose_record_has_expired_is_dropped_not_run_nor_dead_lettered() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", 1)
+    task = w.services.submitting.submit("u", 1)
     w.tasks.delete(task.task_id)  # TTL removed the record
-    w.services.dispatch()
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [MISSING]
     assert w.ran == [] and w.queues.depth(0) == 0 and w.queues.dead[0] == []
 
 
 def test_a_second_delivery_of_a_finished_task_is_dropped_not_dead_lettered() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS]
     w.queues.send(0, task)  # SQS delivers it again
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     assert w.outcomes() == [ALREADY_FINISHED]
     assert w.queues.depth(0) == 0 and w.queues.dead[0] == []
     assert w.tasks.get(task.task_id).task_status == SUCCESS  # type: ignore[union-attr]
@@ -150,18 +150,18 @@ def test_a_second_delivery_of_a_finished_task_is_dropped_not_dead_lettered() -> 
 
 def test_a_redelivered_task_gives_back_the_count_it_took_from_another_so_that_one_runs_too() -> None:
     w = make_world(capacity=1, policy="strict")
-    a = w.services.submit("a", "a")
-    ((_, message, _, _),) = w.services._pick_next(None, False)  # a worker takes a's count and message
+    a = w.services.submitting.submit("a", "a")
+    ((_, message, _, _),) = w.pick(None, False)  # a worker takes a's count and message
     w.tasks.start(a.task_id, "dead-run", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)  # and dies
-    b = w.services.submit("b", "b")  # counted: the only count of level 0 now
+    b = w.services.submitting.submit("b", "b")  # counted: the only count of level 0 now
     w.clock.advance(w.queues.visibility_timeout + 1)  # a's message is visible again, uncounted
     counted: list[int] = []
 
     def task(x: Any, ctx: Any) -> None:
         counted.append(w.control.backlog().counts[0])
 
-    w.services.task_function = task
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS, SUCCESS]
     assert counted == [1, 0]  # while a ran, b was still counted
     assert [w.tasks.get(t.task_id).attempts for t in (a, b)] == [2, 1]  # type: ignore[union-attr]
@@ -170,12 +170,12 @@ def test_a_redelivered_task_gives_back_the_count_it_took_from_another_so_that_on
 
 def test_a_task_whose_worker_died_twice_still_runs_on_its_third_delivery() -> None:
     w = make_world(capacity=1)
-    task = w.services.submit("u", "x")
+    task = w.services.submitting.submit("u", "x")
     for attempt in range(2):
-        w.services._pick_next(None, full_walk=True)
+        w.pick(None, full_walk=True)
         w.tasks.start(task.task_id, f"dead-run-{attempt}", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
         w.clock.advance(w.queues.visibility_timeout + 1)
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     assert w.outcomes() == [SUCCESS]
     final = w.tasks.get(task.task_id)
     assert final is not None and (final.task_status, final.attempts) == (SUCCESS, 3)
@@ -183,21 +183,21 @@ def test_a_task_whose_worker_died_twice_still_runs_on_its_third_delivery() -> No
 
 def test_a_task_given_up_after_its_worker_died_three_times_says_when_and_is_kept_for_the_result_ttl() -> None:
     w = make_world(capacity=1, result_ttl_seconds=600)
-    task = w.services.submit("u", "x")
+    task = w.services.submitting.submit("u", "x")
     for attempt in range(3):
-        w.services._pick_next(None, full_walk=True)
+        w.pick(None, full_walk=True)
         w.tasks.start(task.task_id, f"dead-run-{attempt}", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
         w.clock.advance(w.queues.visibility_timeout + 1)
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     given_up_at = w.clock.now
     assert w.outcomes() == [FAILURE]
-    final = w.services.result(task.task_id)
+    final = w.services.results.result(task.task_id)
     assert (final.finished_at, final.expires_at) == (given_up_at, int(given_up_at) + 600)
     w.clock.advance(599)
-    assert w.services.result(task.task_id).task_status == FAILURE
+    assert w.services.results.result(task.task_id).task_status == FAILURE
     w.clock.advance(2)
     with pytest.raises(NotFoundError):
-        w.services.result(task.task_id)
+        w.services.results.result(task.task_id)
 
 
 def test_a_failed_task_dead_lettered_on_redelivery_carries_its_error() -> None:
@@ -206,9 +206,9 @@ def test_a_failed_task_dead_lettered_on_redelivery_carries_its_error() -> None:
     def poison(x: object, ctx: object) -> None:
         raise ValueError("poison")
 
-    w.services.task_function = poison
-    w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = poison
+    w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     send_dead = w.queues.send_dead
 
     def lost(*args: object) -> None:
@@ -219,10 +219,10 @@ def test_a_failed_task_dead_lettered_on_redelivery_carries_its_error() -> None:
         w.run_workers()
     w.queues.send_dead = send_dead  # type: ignore[method-assign]
     w.clock.advance(TASK_RUN_LEASE_SECONDS + 60)  # the message comes back
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     assert w.outcomes() == [ALREADY_FINISHED]
-    [shown] = w.services.dead_letters(0)["messages"]
-    assert shown["reason"] == "ValueError: poison"
+    [shown] = w.services.operations.dead_letters(0).messages
+    assert shown.reason == "ValueError: poison"
     [dead] = w.queues.receive_dead(0, 10, hide_seconds=0)
     assert dead.reason == "ValueError: poison"
 
@@ -232,13 +232,13 @@ def test_a_task_answered_cancelled_while_it_ran_says_when_it_ended() -> None:
 
     @cancellable
     def quick(x: Any, ctx: TaskContext) -> str:
-        w.services.cancel(ctx.task_id)  # asked while running; never reads the flag
+        w.services.results.cancel(ctx.task_id)  # asked while running; never reads the flag
         w.clock.advance(7)
         return "done"
 
-    w.services.task_function = quick
-    task = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = quick
+    task = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     started_at = w.clock.now
     assert w.outcomes() == [CANCELLED]
     record = w.tasks.get(task.task_id)
@@ -254,12 +254,12 @@ def test_a_second_delivery_within_the_run_lease_is_left_alone() -> None:
             return  # the second run of the task (a failure of the lease)
         w.clock.advance(TASK_RUN_LEASE_SECONDS - 1)  # a long run: its lease has a second left
         w.queues.send(0, submitted)  # SQS delivers the message again meanwhile
-        w.services.dispatch(full_walk=True)
+        w.services.dispatching.dispatch(full_walk=True)
         nested.append(w.outcomes())
 
-    w.services.task_function = task
-    submitted = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    submitted = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS]
     assert nested == [[RUNNING_ELSEWHERE]]
     assert w.tasks.get(submitted.task_id).attempts == 1  # type: ignore[union-attr]
@@ -272,10 +272,10 @@ def test_finished_messages_are_deleted_ten_at_a_time_as_soon_as_ten_are_finished
     def task(x: Any, ctx: Any) -> None:
         depths.append(w.queues.depth(0))
 
-    w.services.task_function = task
+    w.services.deps.task_function = task
     for i in range(25):
-        w.services.submit(f"user{i}", i)
-    w.services.dispatch()
+        w.services.submitting.submit(f"user{i}", i)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS] * 25
     assert depths == [25] * 10 + [15] * 10 + [5] * 5
     assert w.queues.depth(0) == 0
@@ -289,10 +289,10 @@ def test_finished_messages_wait_at_most_thirty_seconds_to_be_deleted() -> None:
         depths.append(w.queues.depth(0))
         w.clock.advance(10)
 
-    w.services.task_function = ten_seconds
+    w.services.deps.task_function = ten_seconds
     for i in range(6):
-        w.services.submit(f"user{i}", i)
-    w.services.dispatch()
+        w.services.submitting.submit(f"user{i}", i)
+    w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS] * 6
     # The first finished 10 s in; 30 s later (after the fourth) the four finished go.
     assert depths == [6, 6, 6, 6, 2, 2]
@@ -312,17 +312,17 @@ def test_a_run_that_outlived_its_lease_does_not_overwrite_the_run_that_took_over
         first_worker.join(WAIT)  # the first run tries to record its outcome meanwhile
         return "from the second run"
 
-    w.services.task_function = task
-    submitted = w.services.submit("u", 1)
-    w.services.dispatch()
+    w.services.deps.task_function = task
+    submitted = w.services.submitting.submit("u", 1)
+    w.services.dispatching.dispatch()
     (handoff,) = w.invoker.take_handoffs()
     reports: list[Any] = []
-    first_worker = threading.Thread(target=lambda: reports.append(w.services.run(handoff)))
+    first_worker = threading.Thread(target=lambda: reports.append(w.services.worker.run(handoff)))
     first_worker.start()
     assert a_started.wait(WAIT)
     w.clock.advance(TASK_RUN_LEASE_SECONDS + 1)  # the first run's lease is over
     w.queues.send(0, submitted)  # SQS delivers the message again
-    w.services.dispatch(full_walk=True)
+    w.services.dispatching.dispatch(full_walk=True)
     assert w.outcomes() == [SUCCESS]  # the second run records its outcome
     first_worker.join(WAIT)
     assert [r.outcomes for r in reports] == [[LEASE_LOST]]  # the first run's outcome is dropped

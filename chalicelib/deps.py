@@ -1,0 +1,88 @@
+"""What every service is given: the settings, the ports, the clocks and the task function."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from chalicelib.clock import WorkerClock
+from chalicelib.ports import ControlStore, Idempotency, Invoker, KeyStore, TaskQueues, TaskStore, UsageStore
+from chalicelib.settings import ConfigError, Settings
+from chalicelib.tasks import TaskFunction, load_task_function
+
+log = logging.getLogger("pqh")
+
+# SQS keeps a queued message this long (MessageRetentionPeriod in infra/resources.json).
+QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
+
+
+@dataclass
+class Deps:
+    """Shared by every service of a process, so a test that swaps one port or clock swaps it for all."""
+
+    settings: Settings
+    usage: UsageStore
+    tasks: TaskStore
+    queues: TaskQueues
+    control: ControlStore
+    invoker: Invoker
+    clock: Callable[[], float] = time.time  # the wall clock: stamps records and leases
+    worker_clock: WorkerClock = field(default_factory=WorkerClock)
+    # Where a worker picks ahead while a task runs: one thread; tests run it by hand.
+    pick_ahead_pool: Callable[[], Executor] = lambda: ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+    task_function: TaskFunction | None = None
+    keys: KeyStore | None = None
+    idempotency: Idempotency | None = None
+
+    def load_task_function(self) -> TaskFunction:
+        if self.task_function is None:
+            self.task_function = load_task_function(self.settings.task_function)
+        return self.task_function
+
+    def key_store(self) -> KeyStore:
+        if self.keys is None:
+            raise ConfigError("API keys need a key store")
+        return self.keys
+
+    def nudge_dispatcher(self) -> None:
+        try:
+            self.invoker.trigger_dispatch()
+        except Exception:  # the scheduled tick is the safety net
+            log.exception("could not trigger the dispatcher; the next tick will dispatch")
+
+
+class Service:
+    """A service over the shared ``Deps``: its ports are read through them, never copied."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    @property
+    def settings(self) -> Settings:
+        return self.deps.settings
+
+    @property
+    def usage(self) -> UsageStore:
+        return self.deps.usage
+
+    @property
+    def tasks(self) -> TaskStore:
+        return self.deps.tasks
+
+    @property
+    def queues(self) -> TaskQueues:
+        return self.deps.queues
+
+    @property
+    def control(self) -> ControlStore:
+        return self.deps.control
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.deps.clock
+
+    def _nudge_dispatcher(self) -> None:
+        self.deps.nudge_dispatcher()

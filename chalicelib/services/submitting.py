@@ -1,0 +1,132 @@
+"""Submitting: count the submission, choose its level, store it, queue it, nudge the dispatcher."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import uuid
+from typing import Any
+
+from chalicelib import policy
+from chalicelib.deps import QUEUE_RETENTION_SECONDS, Service
+from chalicelib.domain import Submitted, Task, TooManyQueuedError
+from chalicelib.ports import QueuedLimitError
+from chalicelib.settings import ConfigError
+
+log = logging.getLogger("pqh")
+
+# Times a submission at the queued limit recounts and tries again (others race it).
+QUEUED_LIMIT_TRIES = 3
+
+
+class Submitting(Service):
+    def submit(self, user_id: str, x: Any) -> Task:
+        """Count the submission, pick its level, store it, queue it, nudge the dispatcher."""
+        s = self.settings
+        now = self.clock()
+        count_before, weight = self._count_submission(user_id, now)
+        level = policy.level_for(count_before, weight, s.thresholds)
+        queue = policy.queue_level(level, s.policy)
+        try:
+            # Its queue's count and its number in that queue (for its position),
+            # in one write. Counted just before its message exists: a worker that takes
+            # the count meanwhile finds the message with its long poll.
+            count, seq = self.control.enqueue(queue)
+        except Exception:
+            # Not accepted: not counted either (best effort; the error goes to the client).
+            with contextlib.suppress(Exception):
+                self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
+            raise
+        queued_before = count - 1
+        try:
+            task = Task(
+                task_id=str(uuid.uuid4()),
+                user_id=user_id,
+                x=x,
+                priority_level=level,
+                submitted_at=now,
+                # Kept while its message may still be queued; finishing resets it to
+                # finish + PQH_RESULT_TTL_SECONDS.
+                expires_at=int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds,
+                tag=count_before / weight,
+                queue_seq=seq,
+            )
+            self.tasks.create(task)
+            try:
+                self.queues.send(queue, task)
+            except Exception:
+                # Not queued means not accepted: no PENDING record may stay behind.
+                self._drop_unqueued(task)
+                raise
+        except Exception:
+            # Not accepted: neither counted nor queued (best effort; the error goes to
+            # the client). A count left behind corrects itself at the next pick.
+            with contextlib.suppress(Exception):
+                self.control.withdraw(queue)
+            with contextlib.suppress(Exception):
+                self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
+            raise
+        log.info(
+            "submitted task=%s user=%s level=%d count_before=%d weight=%d",
+            task.task_id,
+            user_id,
+            level,
+            count_before,
+            weight,
+        )
+        if queued_before < s.capacity:
+            self._nudge_dispatcher()
+        # Else at least ``capacity`` tasks of this queue were counted and not taken:
+        # the nudge of the one that brought the count to ``capacity`` filled every
+        # free slot (or found them held), and a worker that frees a slot nudges the
+        # dispatcher again. One Lambda invoke and one dispatcher run saved per submit
+        # under a deep backlog; below it every submit nudges, so no slot idles.
+        return task
+
+    def submit_once(self, user_id: str, x: Any, key: str, lambda_context: Any = None) -> tuple[Submitted, bool]:
+        """submit() once per (user, Idempotency-Key): a retry gets the first answer back, counted once."""
+        idempotency = self.deps.idempotency
+        if idempotency is None:
+            raise ConfigError("idempotent submits need an idempotency store")
+        answer, replayed = idempotency.run(
+            user_id, key, x, lambda: Submitted.of(self.submit(user_id, x)).to_record(), lambda_context
+        )
+        return Submitted.from_record(answer), replayed
+
+    def _count_submission(self, user_id: str, now: float) -> tuple[int, int]:
+        """record_submission under the user's queued limit; 429 when they really have that many queued.
+
+        The counter only goes up (a started task does not lower it: no write per task).
+        When it reaches the limit, the queued-by-user index says how many are really
+        queued (one Query), and the counter is brought down to that. So a user below
+        the limit pays nothing more, and one at it a Query per refused submission.
+        """
+        s = self.settings
+        limit = s.max_queued_per_user
+        for _ in range(QUEUED_LIMIT_TRIES):
+            try:
+                return self.usage.record_submission(user_id, now, s.bucket_seconds, s.window_seconds, limit)
+            except QueuedLimitError as full:
+                queued = self.tasks.queued_count(user_id)
+                if queued >= limit:
+                    raise TooManyQueuedError(
+                        f"user {user_id!r} has {queued} tasks queued; the limit is {limit} "
+                        "(PQH_MAX_QUEUED_PER_USER): wait until some have started, or cancel some",
+                        retry_after=min(300, max(1, math.ceil(s.task_seconds))),
+                    ) from full
+                self.usage.set_queued(user_id, full.counted, queued)
+        raise TooManyQueuedError(f"user {user_id!r} is submitting many tasks at once; retry shortly", retry_after=1)
+
+    def _drop_unqueued(self, task: Task) -> None:
+        """Delete the record of a task whose message was never sent; failing that, cancel it.
+
+        A PENDING record with no message would wait for the retention refresh (a week).
+        A cancelled one answers at once and leaves every index.
+        """
+        try:
+            self.tasks.delete(task.task_id)
+        except Exception:
+            log.exception("task=%s was not queued and its record could not be deleted; cancelling it", task.task_id)
+            now = self.clock()
+            self.tasks.cancel_pending(task.task_id, now, now + self.settings.result_ttl_seconds)

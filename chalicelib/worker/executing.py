@@ -1,0 +1,188 @@
+"""Executing: run one task at most once and record its outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from chalicelib.deps import Service
+from chalicelib.domain import CANCELLED, FAILURE, SUCCESS, QueuedMessage, Task
+from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
+from chalicelib.tasks import TaskCancelledError, TaskContext
+from chalicelib.validation import MAX_X_DEPTH, nesting
+from chalicelib.worker.deletes import PendingDeletes
+
+log = logging.getLogger("pqh")
+
+# A task whose worker died this many times while running it is marked FAILURE.
+MAX_ATTEMPTS = 3
+# A task's outcome write is tried again after these pauses when it fails even
+# after botocore's retries: losing it means running an expensive task again.
+OUTCOME_RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0)
+# Results larger than this are not stored (a DynamoDB item holds 400 KB).
+MAX_RESULT_BYTES = 128 * 1024
+# A result nests at most one level deeper than the deepest accepted x (the default
+# task's result holds x in input_x), so every recorded result reads back.
+MAX_RESULT_DEPTH = MAX_X_DEPTH + 1
+
+
+class Executor(Service):
+    """Starts a task (the start write), runs the task function, records the outcome, deletes or dead-letters."""
+
+    def run_one(
+        self, level: int, message: QueuedMessage, counted: bool, deletes: PendingDeletes, slot_holder: str = ""
+    ) -> str:
+        """Run one task at most once and record its outcome."""
+
+        def delete() -> None:
+            deletes.add(level, message.receipt_handle)
+
+        run_id = uuid.uuid4().hex
+        now = self.clock()
+        outcome, task = self.tasks.start(
+            message.task_id, run_id, now, now + self.settings.run_lease_seconds, slot_holder
+        )
+        if counted and (outcome != STARTED_NOW or (task is not None and task.attempts > 1)):
+            # This message was a duplicate or a redelivery, and was not counted; the
+            # count the pick took belongs to another message of the queue: give it back.
+            self.control.add_backlog(level, 1)
+        if outcome == ALREADY_FINISHED and task is not None and task.task_status == FAILURE:
+            # A failed task whose worker died before its message reached the dead
+            # letters: it goes there now (at least once: rarely, twice).
+            self._to_dead_letters(level, message, task.error or "failed")
+            log.info("dead-lettered task=%s on its redelivery", message.task_id)
+            return outcome
+        if outcome in (MISSING, ALREADY_FINISHED):
+            # A duplicate delivery, or a record that expired: nothing to run.
+            delete()
+            log.info("skipped task=%s (%s)", message.task_id, outcome)
+            return outcome
+        if outcome == RUNNING_ELSEWHERE:
+            # Leave the message: if that run dies, SQS delivers it again.
+            log.info("skipped task=%s (running elsewhere)", message.task_id)
+            return outcome
+        assert task is not None
+        if task.attempts > MAX_ATTEMPTS:
+            # Its worker died MAX_ATTEMPTS times while running it (a poison task).
+            reason = f"gave up: the worker stopped {task.attempts - 1} times while running this task"
+            self.tasks.finish(task.task_id, run_id, FAILURE, now, now + self.settings.result_ttl_seconds, error=reason)
+            self._to_dead_letters(level, message, reason)
+            log.warning("failed task=%s user=%s: %s", task.task_id, task.user_id, reason)
+            return FAILURE
+        log.info(
+            "started task=%s user=%s level=%d wait=%.3fs attempt=%d",
+            task.task_id,
+            task.user_id,
+            task.priority_level,
+            now - task.submitted_at,
+            task.attempts,
+        )
+        status, result, error = self._execute(task)
+        finished_at = self.clock()
+        expires_at = finished_at + self.settings.result_ttl_seconds
+        recorded = self._patiently(
+            lambda: self.tasks.finish(
+                task.task_id,
+                run_id,
+                status,
+                finished_at,
+                expires_at,
+                result=result,
+                error=error,
+                unless_cancel_requested=status != CANCELLED,
+            )
+        )
+        if not recorded and status != CANCELLED:
+            # Someone was answered 202 (asked to stop) and the function finished before it
+            # looked: the answer holds. The result is dropped and the task is CANCELLED.
+            # One more write, only for a task whose cancel came while it ran.
+            recorded = self._patiently(
+                lambda: self.tasks.finish(task.task_id, run_id, CANCELLED, finished_at, expires_at)
+            )
+            if recorded:
+                log.info("task=%s finished after a cancel was asked for; recorded CANCELLED", task.task_id)
+                status = CANCELLED
+        if recorded:
+            log.info(
+                "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
+                task.task_id,
+                task.user_id,
+                status,
+                now - task.submitted_at,
+                finished_at - now,
+            )
+        else:
+            # Another run owns the task now. Its message stays: SQS delivers it again,
+            # and that delivery finds the task finished (and drops it) or runs it, so
+            # the task is never left STARTED with nobody to finish it.
+            log.warning("task=%s lost its run lease before finishing; result not recorded", task.task_id)
+            return LEASE_LOST  # not counted in the totals: the run that owns it counts it
+        # After the outcome is recorded: a crash between the two leaves a redelivery, not a loss.
+        if status == FAILURE:
+            self._to_dead_letters(level, message, error or "failed")
+        else:
+            delete()
+        return status
+
+    def _patiently(self, write: Callable[[], bool]) -> bool:
+        """A write that must not be lost, tried again after OUTCOME_RETRY_DELAYS; the last failure raises.
+
+        Safe to repeat: a first try that landed unseen makes the next fail its
+        condition (False: the outcome is there, the message is left for SQS).
+        """
+        for delay in OUTCOME_RETRY_DELAYS:
+            try:
+                return write()
+            except Exception:
+                log.warning("outcome write failed; trying again in %.1fs", delay, exc_info=True)
+                self.deps.worker_clock.sleep(delay)
+        return write()
+
+    def _to_dead_letters(self, level: int, message: QueuedMessage, reason: str) -> None:
+        """A failed task's message goes to its queue's dead-letter queue, for operators to look at or redrive."""
+        try:
+            self.queues.send_dead(level, message, reason)
+        except Exception:  # the task is FAILURE with its reason either way
+            log.exception("could not dead-letter task=%s; it stays FAILURE", message.task_id)
+        self.queues.delete(level, message.receipt_handle)
+
+    def _execute(self, task: Task) -> tuple[str, Any, str | None]:
+        function = self.deps.load_task_function()
+        ctx = TaskContext(
+            task_id=task.task_id,
+            user_id=task.user_id,
+            task_seconds=self.settings.task_seconds,
+            cancelled=self._cancel_check(task.task_id, task.cancel_requested),
+        )
+        try:
+            result = function(task.x, ctx)
+            size = len(json.dumps(result, ensure_ascii=False).encode())
+        except TaskCancelledError:
+            return CANCELLED, None, None
+        except Exception as exc:  # the task's own failure is its result
+            return FAILURE, None, f"{type(exc).__name__}: {exc}"
+        if size > MAX_RESULT_BYTES:
+            return FAILURE, None, f"result is {size} bytes; the limit is {MAX_RESULT_BYTES}"
+        if (depth := nesting(result)) > MAX_RESULT_DEPTH:
+            return FAILURE, None, f"result nests {depth} levels deep; the limit is {MAX_RESULT_DEPTH}"
+        return SUCCESS, result, None
+
+    def _cancel_check(self, task_id: str, requested: bool) -> Callable[[], bool]:
+        """ctx.cancelled for a running task: reads the flag at most once a second.
+
+        ``requested`` is the flag as the start write returned it, so the first read
+        comes a second into the run: a shorter task reads nothing.
+        """
+        monotonic = self.deps.worker_clock.monotonic
+        last = {"at": monotonic(), "value": requested}
+
+        def cancelled() -> bool:
+            if not last["value"] and monotonic() - float(last["at"]) >= 1.0:
+                task = self.tasks.get(task_id)
+                last["at"], last["value"] = monotonic(), bool(task and task.cancel_requested)
+            return bool(last["value"])
+
+        return cancelled
