@@ -36,32 +36,32 @@ MODULE_PARTS = {
 # (module.x_function__mutmut_N) and shift when a function changes: a name whose
 # mutant no longer shows that piece is reported as stale and counted like any other.
 EQUIVALENT: dict[str, tuple[str, str]] = {
-    "chalicelib.policy.x_bucket_start__mutmut_3": (
+    "chalicelib.policy.levels.x_bucket_start__mutmut_3": (
         "int(now / bucket_seconds)",
         "now // b and int(now / b) agree for the positive times used",
     ),
-    "chalicelib.policy.x_free_slots__mutmut_3": (
+    "chalicelib.policy.capacity.x_free_slots__mutmut_3": (
         "s.slot_id <= capacity",
         "a held slot at id == capacity is outside range(capacity) anyway",
     ),
-    "chalicelib.policy.x_takes_of__mutmut_10": (
+    "chalicelib.policy.ordering.x_takes_of__mutmut_10": (
         "n <= 0",
         "zero takes were dropped just before: n <= 0 and n < 0 agree",
     ),
-    "chalicelib.policy.x_takes_of__mutmut_11": ("n < 1", "zero takes were dropped just before: n < 1 and n < 0 agree"),
-    "chalicelib.policy.x_batch_size__mutmut_4": ("ahead_seconds < 0", "with ahead_seconds == 0 both branches give 1"),
-    "chalicelib.policy.x_percentile__mutmut_7": (
+    "chalicelib.policy.ordering.x_takes_of__mutmut_11": ("n < 1", "zero takes were dropped just before: n < 1 and n < 0 agree"),
+    "chalicelib.policy.ordering.x_batch_size__mutmut_4": ("ahead_seconds < 0", "with ahead_seconds == 0 both branches give 1"),
+    "chalicelib.policy.ordering.x_percentile__mutmut_7": (
         "len(sorted_values) + 1",
         "q is at most 1: the rank never passes len - 1",
     ),
-    "chalicelib.policy.x_pick_within_level__mutmut_2": ("(sample, None)", "the first of the whole sorted list"),
-    "chalicelib.policy.x_pick_within_level__mutmut_5": ("(sample, 2)", "the first of the best two is the first of one"),
-    "chalicelib.policy.x_queue_position__mutmut_16": (
+    "chalicelib.policy.ordering.x_pick_within_level__mutmut_2": ("(sample, None)", "the first of the whole sorted list"),
+    "chalicelib.policy.ordering.x_pick_within_level__mutmut_5": ("(sample, 2)", "the first of the best two is the first of one"),
+    "chalicelib.policy.position.x_queue_position__mutmut_16": (
         "ahead_in_level + 2",
         "the task's level only needs to be counted: 1 or 2 make the same order up to the task",
     ),
-    "chalicelib.policy.x_queue_position__mutmut_27": ("position <= POSITION_LIMIT", "the loop returns long before"),
-    "chalicelib.policy.x_queue_position__mutmut_36": (
+    "chalicelib.policy.position.x_queue_position__mutmut_27": ("position <= POSITION_LIMIT", "the loop returns long before"),
+    "chalicelib.policy.position.x_queue_position__mutmut_36": (
         "return",
         "unreachable: the task's own level is always counted, so a level is always chosen",
     ),
@@ -204,13 +204,13 @@ def results() -> list[tuple[str, str]]:
 
 def group_of(name: str) -> str:
     """'policy', 'validation', or 'services: <part>' for a mutant's name."""
-    base = name.rsplit("__mutmut_", 1)[0]  # chalicelib.worker.picking.xǁPickerǁpick, chalicelib.policy.x_level_for
+    base = name.rsplit("__mutmut_", 1)[0]  # chalicelib.worker.picking.xǁPickerǁpick, chalicelib.policy.levels.x_level_for
     module = base.rpartition(".")[0].removeprefix("chalicelib.")
     if module in MODULE_PARTS:
         return f"services: {MODULE_PARTS[module]}"
     if module.startswith(("services", "worker")) or module == "deps":
         return "services: other"
-    return module
+    return module.partition(".")[0]  # policy.ordering -> policy
 
 
 def summarise(rows: list[tuple[str, str]], equivalent: dict[str, str]) -> dict[str, dict[str, float]]:
