@@ -69,7 +69,9 @@ class LocalSystem:
                     break
                 if time.monotonic() > deadline:
                     unfinished = len(task_ids) - len(done)
-                    raise TimeoutError(f"{unfinished} tasks not finished; log: {self.log_path.read_text()[-3000:]}")
+                    # The access log's polling lines would fill the tail: show the rest.
+                    log = [line for line in self.log_path.read_text().splitlines() if '"GET /result/' not in line]
+                    raise TimeoutError(f"{unfinished} tasks not finished; log: " + "\n".join(log)[-3000:])
                 time.sleep(0.1)
         return [done[t] for t in task_ids]
 

@@ -196,7 +196,17 @@ def _emulator_process(system: LocalSystem, marker: str) -> int:
 
 
 def test_dynalite_killed_is_started_again_with_its_tables(local_system: Callable[..., LocalSystem]) -> None:
-    system = local_system(PQH_TASK_SECONDS="0.05", PQH_CAPACITY="2")
+    # Time-compressed as above: a worker whose DynamoDB call failed while dynalite was
+    # down (more likely on a loaded machine, where the restart takes longer) gives its
+    # slot back within seconds, not the default minute that outlasts the wait below.
+    system = local_system(
+        PQH_TASK_SECONDS="0.05",
+        PQH_CAPACITY="2",
+        PQH_LEASE_SECONDS="3",
+        PQH_TICK_SECONDS="1",
+        PQH_VISIBILITY_SECONDS="8",
+        PQH_RUN_LEASE_SECONDS="6",
+    )
     before = [system.submit("alice", i)["task_id"] for i in range(4)]
     system.wait_all(before, timeout=60)
 
