@@ -132,7 +132,8 @@ class Executor(Service):
                 error=error,
                 warning=status == FAILURE,
             )
-            observability.metrics.count(FINISHED_METRICS[status], task.priority_level)
+            # Cancelled: one count per stage (rare: a cancel that came while it ran).
+            observability.metrics.count(FINISHED_METRICS[status], None if status == CANCELLED else task.priority_level)
             observability.metrics.seconds(observability.RUN_TIME, finished_at - now, task.priority_level)
         else:
             # Another run owns the task now. Its message stays: SQS delivers it again,
