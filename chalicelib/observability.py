@@ -12,6 +12,7 @@ line each, and the runner turns metrics off (``POWERTOOLS_METRICS_DISABLED``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -259,7 +260,7 @@ class ReadableFormatter(LambdaPowertoolsFormatter):
         parts.append(str(log.get("message", "")))
         same_queue = log.get("queue") is not None and log.get("queue") == log.get("priority_level")
         parts += [
-            f"{_SHORT.get(k, k)}={v}"
+            f"{_SHORT.get(k, k)}={_value(v)}"
             for k, v in log.items()
             if k not in _NOT_SHOWN and not (k == "queue" and same_queue)
         ]
@@ -267,6 +268,12 @@ class ReadableFormatter(LambdaPowertoolsFormatter):
         if log.get("exception"):
             line += "\n" + str(log["exception"])
         return line
+
+
+def _value(value: Any) -> str:
+    """A field's value on the terminal: quoted when it has spaces, so the next key=value stands out."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c.isspace() for c in text) or not text else text
 
 
 def readable_logs() -> None:

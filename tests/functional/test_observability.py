@@ -250,8 +250,15 @@ def test_the_terminal_shows_one_readable_line_per_event() -> None:
         "started",
         (),
         None,
-        extra={"task_id": "t-1", "user_id": "alice", "priority_level": 2, "queue": 2, "wait_seconds": 0.5},
+        extra={
+            "task_id": "t-1",
+            "user_id": "alice",
+            "priority_level": 2,
+            "queue": 2,
+            "wait_seconds": 0.5,
+            "note": "a b",
+        },
     )
     line = formatter.format(record)
-    assert line.endswith(" pqh started task=t-1 user=alice level=2 wait_seconds=0.5")
+    assert line.endswith(' pqh started task=t-1 user=alice level=2 wait_seconds=0.5 note="a b"')
     assert "{" not in line
