@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from chalice.app import AuthRequest, AuthResponse, Rate, Request, Response
 
-from chalicelib import views, wiring
+from chalicelib import observability, views, wiring
 from chalicelib.domain import (
     ForbiddenError,
     Handoff,
@@ -40,9 +40,12 @@ from chalicelib.validation import (
 )
 
 # Per thread: the local server and the test client serve requests on several threads.
-app = PerThreadChalice(app_name="pqh")
+# Logs: chalicelib.observability's Powertools Logger owns the "pqh" logger (app.log).
+app = PerThreadChalice(app_name="pqh", configure_logs=False)
 app.log.setLevel(logging.INFO)
-logging.getLogger("pqh").setLevel(logging.INFO)
+# Every function (routes, the authorizer, the schedule, the Lambdas): the request id
+# and cold start on its log lines, its metrics flushed when it returns.
+app.register_middleware(observability.chalice_middleware, "all")
 
 THROTTLING = {
     "ProvisionedThroughputExceededException",

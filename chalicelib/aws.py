@@ -15,6 +15,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from chalicelib import observability
+
 CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 4},
     connect_timeout=3,
@@ -45,6 +47,7 @@ def client(service: str) -> Any:
         existing = _clients.get(key)
         if existing is None:
             existing = boto3.session.Session().client(service, config=CONFIG)
+            observability.count_throttles(existing)
             _clients[key] = existing
         return existing
 

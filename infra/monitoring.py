@@ -1,7 +1,8 @@
 """CloudWatch alarms and a dashboard for the packaged template (merged by infra.merge_template).
 
-Only AWS's own metrics (SQS, Lambda, API Gateway): nothing here needs the
-functions to publish anything. The thresholds come from the stage's
+The alarms use only AWS's own metrics (SQS, Lambda, API Gateway); the dashboard
+adds the functions' own (namespace ``pqh``, in embedded metric format from their
+logs: chalicelib/observability.py). The thresholds come from the stage's
 ``pqh_monitoring`` block in .chalice/config.json; notifications go to an SNS topic
 only when the template's AlarmEmail or AlarmTopicArn parameter is given.
 """
@@ -12,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib import observability
 from chalicelib.policy import LEVELS
 from infra.iam import ROOT
 
@@ -28,6 +30,8 @@ DASHBOARD_WIDGETS = (
     ("Throughput: tasks taken off the queues (finished or cancelled)", "tasks per minute"),
     ("Oldest queued task per level", "seconds"),
     ("Errors", "count per 5 minutes"),
+    ("Wait from submit to start per level (p50, p95)", "seconds"),
+    ("AWS throttles seen, lost races, dead letters", "count per 5 minutes"),
 )
 
 
@@ -224,8 +228,35 @@ def _widget(index: int, metrics: list[list[Any]], stat: str, period: int, stacke
     }
 
 
-def dashboard_body() -> dict[str, Any]:
-    """What /dashboard shows, from CloudWatch: queued per level, running, dead letters, throughput."""
+def _wait_times(stage: str) -> list[list[Any]]:
+    """The functions' WaitTime per priority level, its median and 95th percentile."""
+    return [
+        [
+            observability.NAMESPACE,
+            observability.WAIT_TIME,
+            "stage",
+            stage,
+            "priority_level",
+            str(level),
+            {"stat": stat, "label": f"level {level} {stat}"},
+        ]
+        for level in range(LEVELS)
+        for stat in ("p50", "p95")
+    ]
+
+
+def _troubles(stage: str) -> list[list[Any]]:
+    names = (
+        (observability.THROTTLES, "AWS throttles seen (retried or not)"),
+        (observability.PICK_RACES_LOST, "picks that lost a race"),
+        (observability.SLOT_RACES_LOST, "slot claims that lost a race"),
+        (observability.DEAD_LETTERS, "tasks dead-lettered"),
+    )
+    return [[observability.NAMESPACE, name, "stage", stage, {"label": label}] for name, label in names]
+
+
+def dashboard_body(stage: str = "dev") -> dict[str, Any]:
+    """What /dashboard shows, from CloudWatch: queued per level, running, dead letters, throughput; and waits."""
     running = [
         ["AWS/Lambda", "ConcurrentExecutions", "FunctionName", "${Worker}", {"label": "workers running"}],
         *[
@@ -253,12 +284,14 @@ def dashboard_body() -> dict[str, Any]:
         _widget(3, _per_level("NumberOfMessagesDeleted", "Level{level}Queue"), "Sum", 60, True),
         _widget(4, _per_level("ApproximateAgeOfOldestMessage", "Level{level}Queue"), "Maximum", 60, False),
         _widget(5, errors, "Sum", 300, False),
+        _widget(6, _wait_times(stage), "p50", 300, False),
+        _widget(7, _troubles(stage), "Sum", 300, False),
     ]
     return {"widgets": widgets}
 
 
-def dashboard(api_stage: str) -> dict[str, Any]:
-    body = json.dumps(dashboard_body(), separators=(",", ":"))
+def dashboard(api_stage: str, stage: str = "dev") -> dict[str, Any]:
+    body = json.dumps(dashboard_body(stage), separators=(",", ":"))
     return {
         "Type": "AWS::CloudWatch::Dashboard",
         "Properties": {
@@ -269,6 +302,12 @@ def dashboard(api_stage: str) -> dict[str, Any]:
     }
 
 
+def _metric_stage(config: dict[str, Any], stage: str) -> str:
+    """The stage dimension the functions publish under: the stage's PQH_STAGE."""
+    variables = config["stages"][stage].get("environment_variables", {})
+    return str(variables.get("PQH_STAGE") or config.get("environment_variables", {}).get("PQH_STAGE") or stage)
+
+
 def monitoring(stage: str) -> dict[str, Any]:
     """Parameters, Conditions and Resources to merge into the packaged template."""
     settings = stage_alarm_settings(stage)
@@ -277,5 +316,5 @@ def monitoring(stage: str) -> dict[str, Any]:
     return {
         "Parameters": parameters(settings),
         "Conditions": dict(CONDITIONS),
-        "Resources": {**alarms(settings, api_stage), "Dashboard": dashboard(api_stage)},
+        "Resources": {**alarms(settings, api_stage), "Dashboard": dashboard(api_stage, _metric_stage(config, stage))},
     }

@@ -28,7 +28,7 @@ from types import ModuleType
 
 from chalice.local import LambdaContext
 
-from chalicelib import wiring
+from chalicelib import observability, wiring
 from chalicelib.domain import Handoff
 from local.emulator import ROOT, die_with_parent
 from local.supervision import Backoff, exit_reason
@@ -254,10 +254,9 @@ def serve(capacity: int, tick_seconds: float, ready_fd: int | None = None) -> in
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     for noisy in ("botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    import app as app_module  # after logging is set up: importing it configures Chalice's logger
+    observability.readable_logs()  # one line per event, as the runner's own (it sets POWERTOOLS_METRICS_DISABLED)
+    import app as app_module
 
-    for handler in app_module.app.log.handlers:  # Chalice's own handler on the "pqh" logger
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     lambdas = LocalLambdas(app_module, capacity=capacity, tick_seconds=tick_seconds)
     wiring.configure(invoker_factory=lambda _settings: lambdas)
     lambdas.start()

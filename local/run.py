@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
 from chalice.config import Config  # noqa: E402
 from chalice.local import LocalDevServer, ThreadedHTTPServer  # noqa: E402
 
-from chalicelib import aws, wiring  # noqa: E402
+from chalicelib import aws, observability, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
 from local import endpoints  # noqa: E402
@@ -202,6 +202,11 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     for noisy in ("botocore", "werkzeug", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The "pqh" loggers print one readable line per event here, JSON on Lambda. Metrics
+    # (EMF blobs, for CloudWatch) stay off: /stats and the dashboard show the same
+    # numbers locally. POWERTOOLS_METRICS_DISABLED=false prints them (the Lambda process inherits it).
+    observability.readable_logs()
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     host = os.environ.get("PQH_HOST", "127.0.0.1")
     port = _env_int("PQH_PORT", 8000)
     emulator_port = _env_int("PQH_EMULATOR_PORT", 5000)
@@ -265,9 +270,6 @@ def main() -> int:
         log.info("tables and queues ready (prefix %s)", prefix)
 
         import app as app_module  # after the environment is set
-
-        for handler in app_module.app.log.handlers:  # Chalice's own handler on the "pqh" logger
-            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
 
         # The dispatcher, the workers and the tick run in a process of their own, as
         # separate Lambda functions do on AWS; this process serves the API.

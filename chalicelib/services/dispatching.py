@@ -6,7 +6,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from chalicelib import policy
+from chalicelib import observability, policy
 from chalicelib.deps import Service
 from chalicelib.domain import Handoff
 
@@ -43,6 +43,7 @@ class Dispatching(Service):
                 break
             holder = uuid.uuid4().hex
             if not self.control.claim_slot(slot_id, holder, now, now + s.lease_seconds):
+                observability.metrics.count(observability.SLOT_RACES_LOST)
                 continue  # another dispatcher took it
             try:
                 self.deps.invoker.start_worker(Handoff(slot_id, holder, full_walk, policy.backlog_to_payload(backlog)))

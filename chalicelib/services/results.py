@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from chalicelib import policy
+from chalicelib import observability, policy
 from chalicelib.deps import Service
 from chalicelib.domain import CANCELLED, PENDING, STARTED, ConflictError, Identity, NotFoundError, Task
 from chalicelib.tasks import supports_cancel
@@ -71,7 +71,8 @@ class Results(Service):
                     )
                 except Exception:
                     log.exception("task=%s cancelled, but its usage or count was not taken back", task.task_id)
-                log.info("cancelled task=%s user=%s level=%d", task.task_id, task.user_id, task.priority_level)
+                observability.task_event("cancelled", task.task_id, task.user_id, task.priority_level, status=CANCELLED)
+                observability.metrics.count(observability.TASKS_CANCELLED)
                 return self.result(task_id)
             task = self.result(task_id)  # a worker started it meanwhile
         if task.task_status == STARTED:
@@ -81,7 +82,7 @@ class Results(Service):
                     "wait for its result"
                 )
             if self.tasks.request_cancel(task.task_id):
-                log.info("cancel requested task=%s user=%s", task.task_id, task.user_id)
+                observability.task_event("cancel requested", task.task_id, task.user_id, task.priority_level)
                 return self.result(task_id)
             task = self.result(task_id)
         raise ConflictError(f"task {task_id} has already finished ({task.task_status}); there is nothing to cancel")

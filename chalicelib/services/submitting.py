@@ -8,7 +8,7 @@ import math
 import uuid
 from typing import Any
 
-from chalicelib import policy
+from chalicelib import observability, policy
 from chalicelib.deps import QUEUE_RETENTION_SECONDS, Service
 from chalicelib.domain import Submitted, Task, TooManyQueuedError
 from chalicelib.ports import QueuedLimitError
@@ -67,14 +67,10 @@ class Submitting(Service):
             with contextlib.suppress(Exception):
                 self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
             raise
-        log.info(
-            "submitted task=%s user=%s level=%d count_before=%d weight=%d",
-            task.task_id,
-            user_id,
-            level,
-            count_before,
-            weight,
+        observability.task_event(
+            "submitted", task.task_id, user_id, level, queue=queue, count_before=count_before, weight=weight
         )
+        observability.metrics.count(observability.TASKS_SUBMITTED, level)
         if queued_before < s.capacity:
             self._nudge_dispatcher()
         # Else at least ``capacity`` tasks of this queue were counted and not taken:

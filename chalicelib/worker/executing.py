@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from chalicelib import observability
 from chalicelib.deps import Service
 from chalicelib.domain import CANCELLED, FAILURE, SUCCESS, QueuedMessage, Task
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
@@ -27,6 +28,13 @@ MAX_RESULT_BYTES = 128 * 1024
 # A result nests at most one level deeper than the deepest accepted x (the default
 # task's result holds x in input_x), so every recorded result reads back.
 MAX_RESULT_DEPTH = MAX_X_DEPTH + 1
+# A recorded outcome's log event and metric.
+FINISHED_EVENTS = {SUCCESS: "succeeded", FAILURE: "failed", CANCELLED: "cancelled"}
+FINISHED_METRICS = {
+    SUCCESS: observability.TASKS_SUCCEEDED,
+    FAILURE: observability.TASKS_FAILED,
+    CANCELLED: observability.TASKS_CANCELLED,
+}
 
 
 class Executor(Service):
@@ -52,7 +60,7 @@ class Executor(Service):
         if outcome == ALREADY_FINISHED and task is not None and task.task_status == FAILURE:
             # A failed task whose worker died before its message reached the dead
             # letters: it goes there now (at least once: rarely, twice).
-            self._to_dead_letters(level, message, task.error or "failed")
+            self._to_dead_letters(level, message, task.error or "failed", task.priority_level)
             log.info("dead-lettered task=%s on its redelivery", message.task_id)
             return outcome
         if outcome in (MISSING, ALREADY_FINISHED):
@@ -69,17 +77,23 @@ class Executor(Service):
             # Its worker died MAX_ATTEMPTS times while running it (a poison task).
             reason = f"gave up: the worker stopped {task.attempts - 1} times while running this task"
             self.tasks.finish(task.task_id, run_id, FAILURE, now, now + self.settings.result_ttl_seconds, error=reason)
-            self._to_dead_letters(level, message, reason)
-            log.warning("failed task=%s user=%s: %s", task.task_id, task.user_id, reason)
+            self._to_dead_letters(level, message, reason, task.priority_level)
+            observability.task_event(
+                "failed", task.task_id, task.user_id, task.priority_level, status=FAILURE, reason=reason, warning=True
+            )
+            observability.metrics.count(observability.TASKS_FAILED, task.priority_level)
             return FAILURE
-        log.info(
-            "started task=%s user=%s level=%d wait=%.3fs attempt=%d",
+        observability.task_event(
+            "started",
             task.task_id,
             task.user_id,
             task.priority_level,
-            now - task.submitted_at,
-            task.attempts,
+            queue=level,
+            wait_seconds=round(now - task.submitted_at, 3),
+            attempt=task.attempts,
         )
+        observability.metrics.count(observability.TASKS_STARTED, task.priority_level)
+        observability.metrics.seconds(observability.WAIT_TIME, now - task.submitted_at, task.priority_level)
         status, result, error = self._execute(task)
         finished_at = self.clock()
         expires_at = finished_at + self.settings.result_ttl_seconds
@@ -106,14 +120,21 @@ class Executor(Service):
                 log.info("task=%s finished after a cancel was asked for; recorded CANCELLED", task.task_id)
                 status = CANCELLED
         if recorded:
-            log.info(
-                "finished task=%s user=%s status=%s wait=%.3fs run=%.3fs",
+            # One event per outcome, named as the totals name them (succeeded, failed, cancelled).
+            observability.task_event(
+                FINISHED_EVENTS[status],
                 task.task_id,
                 task.user_id,
-                status,
-                now - task.submitted_at,
-                finished_at - now,
+                task.priority_level,
+                status=status,
+                wait_seconds=round(now - task.submitted_at, 3),
+                run_seconds=round(finished_at - now, 3),
+                error=error,
+                warning=status == FAILURE,
             )
+            # Cancelled: one count per stage (rare: a cancel that came while it ran).
+            observability.metrics.count(FINISHED_METRICS[status], None if status == CANCELLED else task.priority_level)
+            observability.metrics.seconds(observability.RUN_TIME, finished_at - now, task.priority_level)
         else:
             # Another run owns the task now. Its message stays: SQS delivers it again,
             # and that delivery finds the task finished (and drops it) or runs it, so
@@ -122,7 +143,7 @@ class Executor(Service):
             return LEASE_LOST  # not counted in the totals: the run that owns it counts it
         # After the outcome is recorded: a crash between the two leaves a redelivery, not a loss.
         if status == FAILURE:
-            self._to_dead_letters(level, message, error or "failed")
+            self._to_dead_letters(level, message, error or "failed", task.priority_level)
         else:
             delete()
         return status
@@ -141,12 +162,17 @@ class Executor(Service):
                 self.deps.worker_clock.sleep(delay)
         return write()
 
-    def _to_dead_letters(self, level: int, message: QueuedMessage, reason: str) -> None:
+    def _to_dead_letters(self, level: int, message: QueuedMessage, reason: str, priority_level: int) -> None:
         """A failed task's message goes to its queue's dead-letter queue, for operators to look at or redrive."""
         try:
             self.queues.send_dead(level, message, reason)
         except Exception:  # the task is FAILURE with its reason either way
             log.exception("could not dead-letter task=%s; it stays FAILURE", message.task_id)
+        else:
+            observability.task_event(
+                "dead-lettered", message.task_id, message.user_id, priority_level, queue=level, reason=reason
+            )
+            observability.metrics.count(observability.DEAD_LETTERS)
         self.queues.delete(level, message.receipt_handle)
 
     def _execute(self, task: Task) -> tuple[str, Any, str | None]:

@@ -7,7 +7,7 @@ import uuid
 from concurrent import futures
 from dataclasses import dataclass, field
 
-from chalicelib import policy
+from chalicelib import observability, policy
 from chalicelib.deps import Deps, Service
 from chalicelib.domain import FAILURE, SUCCESS, Handoff
 from chalicelib.worker.deletes import PendingDeletes
@@ -160,13 +160,14 @@ class Worker(Service):
     def _announce(self, state: WorkerState, picked: Picked) -> None:
         state.backlog = picked.backlog
         message = picked.message
-        log.info(
-            "dispatched task=%s user=%s level=%d slot=%d wait=%.3fs",
+        observability.task_event(
+            "dispatched",
             message.task_id,
             message.user_id,
-            picked.queue,
-            state.handoff.slot_id,
-            self.clock() - message.submitted_at if message.submitted_at else 0.0,
+            None if self.settings.policy == "fifo" else picked.queue,  # under fifo, known at the start
+            queue=picked.queue,
+            slot=state.handoff.slot_id,
+            wait_seconds=round(self.clock() - message.submitted_at, 3) if message.submitted_at else None,
         )
         state.report.levels.append(picked.queue)
 

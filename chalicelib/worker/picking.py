@@ -7,7 +7,7 @@ import logging
 from dataclasses import replace
 from typing import NamedTuple
 
-from chalicelib import policy
+from chalicelib import observability, policy
 from chalicelib.deps import Deps, Service
 from chalicelib.domain import QueuedMessage
 
@@ -66,6 +66,7 @@ class Picker(Service):
             takes = {level: levels.count(level) for level in levels}
             taken, state = self.control.commit_pick(state, after, takes, tuple(tallies))
             if not taken:
+                observability.metrics.count(observability.PICK_RACES_LOST)
                 continue  # the state moved (a submit, or another worker's pick): choose again
             tallies = NO_TALLIES
             received: dict[int, list[QueuedMessage]] = {}
@@ -102,6 +103,7 @@ class Picker(Service):
         a message not given back returns after its visibility timeout, uncounted,
         and the tick's walk finds it.
         """
+        s = self.settings
         by_level: dict[int, list[Picked]] = {}
         for pick in picks:
             by_level.setdefault(pick.queue, []).append(pick)
@@ -119,6 +121,11 @@ class Picker(Service):
             except Exception as exc:
                 errors.append(exc)
             log.info("put back %d tasks of level %d (held, not run)", len(group), level)
+            for pick in group:
+                message = pick.message
+                priority_level = None if s.policy == "fifo" else level  # every level shares queue 0 under fifo
+                observability.task_event("given back", message.task_id, message.user_id, priority_level, queue=level)
+            observability.metrics.count(observability.TASKS_GIVEN_BACK, value=len(group))
         if errors:
             raise errors[0]
 

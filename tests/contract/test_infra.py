@@ -301,6 +301,14 @@ def test_the_cloudwatch_dashboard_shows_what_the_dashboard_page_shows(packaged: 
     assert lines("Oldest queued task per level") == [
         ("AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", q) for q in queues
     ]
+    # The functions' own metrics (EMF), under the stage the dev stage's functions publish.
+    waits = widgets["Wait from submit to start per level (p50, p95)"]["metrics"]
+    assert [tuple(m[:6]) for m in waits] == [
+        ("pqh", "WaitTime", "stage", "dev", "priority_level", str(n)) for n in range(6) for _ in ("p50", "p95")
+    ]
+    assert [m[6]["stat"] for m in waits[:2]] == ["p50", "p95"]
+    troubles = lines("AWS throttles seen, lost races, dead letters")
+    assert [m[1] for m in troubles] == ["Throttles", "PickRacesLost", "SlotClaimsLost", "DeadLetters"]
     # Every chart says what its axis counts.
     assert all(w["yAxis"]["left"]["label"] for w in widgets.values())
 

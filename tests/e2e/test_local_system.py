@@ -88,7 +88,7 @@ def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
     assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
     log = system.log_path.read_text()
     assert "Traceback" not in log
-    for event in ("submitted task=", "dispatched task=", "started task=", "finished task="):
+    for event in ("submitted task=", "dispatched task=", "started task=", "succeeded task="):
         assert event in log
 
 
