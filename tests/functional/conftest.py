@@ -140,6 +140,8 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     for name, value in stage_env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PQH_TASK_SECONDS", "0")
+    # Tests read /stats right after what they change; the cache has tests of its own (test_stats_cost.py).
+    monkeypatch.setenv("PQH_STATS_CACHE_SECONDS", "0")
     invoker = RecordingInvoker()
     clock = Clock()
     rules, policy = check_aws_rules_and_policies(monkeypatch)
