@@ -60,7 +60,7 @@ def test_the_dashboard_shows_the_system_changing_as_tasks_run(
     browser_page, local_system: Callable[..., LocalSystem]
 ) -> None:  # type: ignore[no-untyped-def]
     # browser_page comes first: a missing browser fails (or skips) before the system starts.
-    system = local_system(PQH_CAPACITY="2", PQH_TASK_SECONDS="1", PQH_STATS_CACHE_SECONDS="5")  # as deployed
+    system = local_system(PQH_CAPACITY="2", PQH_TASK_SECONDS="1")
     page = browser_page
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
