@@ -93,3 +93,24 @@ def test_stats_are_cached_for_a_few_seconds_per_process(harness: Harness, monkey
     harness.clock.now += 0.1
     fresh = harness.client.http.get("/stats").json_body
     assert fresh["tasks"]["submitted"] == 2 and fresh["generated_at"] == first["generated_at"] + 5.0
+
+
+def test_an_idle_system_s_stats_skip_the_per_level_and_per_user_queries(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PQH_STATS_CACHE_SECONDS", "0")
+    harness.submit("u")
+    harness.dispatch()
+    assert harness.outcomes() == ["SUCCESS"]
+    assert harness.client.http.get("/stats").status_code == 200
+    calls = requests_of_one_stats(harness)
+    # Slots and backlog, 12 depths, the top-users item and its one candidate's counters, the
+    # running index, and the recent tasks (this hour's holds fewer than 20: the last hour's too).
+    # Nothing is queued: no oldest-queued and no per-user queued Query.
+    assert dict(calls) == {
+        "dynamodb:BatchGetItem": 2,
+        "sqs:GetQueueAttributes": 12,
+        "dynamodb:GetItem": 1,
+        "dynamodb:Scan": 1,
+        "dynamodb:Query": 2,
+    }
