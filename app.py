@@ -154,13 +154,14 @@ def _caller() -> Identity | None:
 
 
 def _require_admin() -> None:
-    settings = wiring.services().settings
+    svc = wiring.services()
+    settings = svc.settings
     if settings.auth == "api_key":
         caller = _caller()
         if caller is None or not caller.admin:
             raise ForbiddenError("this route needs an admin API key (or PQH_ADMIN_TOKEN)")
         return
-    expected = settings.admin_token
+    expected = svc.accounts.admin_token()
     if not expected:
         raise ForbiddenError("admin routes are disabled; set PQH_ADMIN_TOKEN to enable them")
     token = bearer_token(_request().headers.get("authorization"))
@@ -174,8 +175,8 @@ def _require_admin() -> None:
 
 def _require_admin_if_configured() -> None:
     """Operator views are open only with no API keys and no admin token (local use)."""
-    settings = wiring.services().settings
-    if settings.admin_token or settings.auth == "api_key":
+    svc = wiring.services()
+    if svc.settings.auth == "api_key" or svc.accounts.admin_token():
         _require_admin()
 
 

@@ -9,7 +9,16 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from chalicelib.clock import WorkerClock
-from chalicelib.ports import ControlStore, Idempotency, Invoker, KeyStore, TaskQueues, TaskStore, UsageStore
+from chalicelib.ports import (
+    AdminTokenSource,
+    ControlStore,
+    Idempotency,
+    Invoker,
+    KeyStore,
+    TaskQueues,
+    TaskStore,
+    UsageStore,
+)
 from chalicelib.settings import ConfigError, Settings
 from chalicelib.tasks import TaskFunction, load_task_function
 
@@ -36,6 +45,14 @@ class Deps:
     task_function: TaskFunction | None = None
     keys: KeyStore | None = None
     idempotency: Idempotency | None = None
+    # The admin token's source (an SSM parameter on AWS); without one, PQH_ADMIN_TOKEN.
+    admin_tokens: AdminTokenSource | None = None
+
+    def admin_token(self) -> str:
+        """The admin token now ('' when admin routes are disabled)."""
+        if self.admin_tokens is None:
+            return self.settings.admin_token
+        return self.admin_tokens.admin_token()
 
     def load_task_function(self) -> TaskFunction:
         if self.task_function is None:

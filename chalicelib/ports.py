@@ -48,10 +48,15 @@ class UsageStore(Protocol):
     def refund(self, user_id: str, submitted_at: float, now: float, bucket_seconds: int, window_seconds: int) -> bool:
         """Take back one submission made at ``submitted_at``, if its bucket still counts."""
 
-    def top_users(
-        self, now: float, bucket_seconds: int, window_seconds: int, limit: int, max_items: int
-    ) -> tuple[list[UserUsage], bool]:
-        """The users with the most submissions in the window, most first; True if the scan stopped early."""
+    def note_top_user(self, user_id: str, count: int, now: float, window_seconds: int) -> int:
+        """Note the user as a top-users candidate with this count in the window (chalicelib/top_users.py).
+
+        The list keeps the top_users.KEPT highest noted counts (a note older than the
+        window ranks last); returns its floor (0 while it has room).
+        """
+
+    def top_users(self, now: float, bucket_seconds: int, window_seconds: int, limit: int) -> list[UserUsage]:
+        """The candidates with the most submissions in the window, most first, their counts read from their counters."""
 
 
 class TaskStore(Protocol):
@@ -106,8 +111,8 @@ class TaskStore(Protocol):
     def queued_count(self, user_id: str) -> int:
         """How many of the user's tasks are PENDING (from a sparse index: eventually consistent)."""
 
-    def running_holders(self, level: int, now: float) -> list[str]:
-        """The slot holders of the tasks of ``level`` STARTED with a live run lease (a sparse index)."""
+    def running_holders(self, now: float) -> dict[int, list[str]]:
+        """Slot holders of the STARTED tasks with a live run lease, by priority level (a sparse index, read whole)."""
 
 
 class TaskQueues(Protocol):

@@ -76,6 +76,8 @@ class Settings:
     prefetch_seconds: float = 1.0
     # A user with this many tasks queued (not yet started) gets 429 for another.
     max_queued_per_user: int = 100
+    # /stats answers from what this process computed at most this long ago (0: never cached).
+    stats_cache_seconds: float = 5.0
 
     @property
     def bucket_seconds(self) -> int:
@@ -232,4 +234,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         requeue_after_seconds=_int(env, "PQH_REQUEUE_AFTER_SECONDS", 7 * 24 * 3600, 60, 13 * 24 * 3600),
         prefetch_seconds=_float(env, "PQH_PREFETCH_SECONDS", 1.0, 0.0),
         max_queued_per_user=_int(env, "PQH_MAX_QUEUED_PER_USER", 100, 1, 1_000_000),
+        stats_cache_seconds=_float(env, "PQH_STATS_CACHE_SECONDS", 5.0, 0.0),
     )

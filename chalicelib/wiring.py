@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from chalicelib import aws
 from chalicelib import settings as settings_mod
+from chalicelib.adapters import secrets
 from chalicelib.adapters.dynamo import DynamoControlStore, DynamoKeyStore, DynamoTaskStore, DynamoUsageStore
 from chalicelib.adapters.idempotency import PowertoolsIdempotency
 from chalicelib.adapters.lambda_ import LambdaInvoker
@@ -41,6 +42,7 @@ def configure(
 def reset() -> None:
     configure(None, None)
     aws.reset()
+    secrets.reset()
 
 
 def build(settings: Settings) -> Services:
@@ -61,6 +63,10 @@ def build(settings: Settings) -> Services:
         clock=_clock,
         keys=DynamoKeyStore(dynamodb, settings.control_table),
         idempotency=PowertoolsIdempotency(dynamodb, settings.tasks_table, settings.idempotency_seconds),
+        # An SSM client only where a parameter is named: locally PQH_ADMIN_TOKEN is the token.
+        admin_tokens=secrets.admin_token_source(
+            settings, aws.client("ssm") if settings.admin_token_parameter else None
+        ),
     )
 
 

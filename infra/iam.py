@@ -27,12 +27,13 @@ ADMIN_TOKEN = "parameter:admin_token"
 # "function:<name>" for one of this app's functions, or ADMIN_TOKEN.
 GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
     "api_handler": [
+        # Counters and weights; the top-users item and its candidates' counters (one GetItem, one BatchGetItem).
         (
-            ["dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:Scan"],
+            ["dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:GetItem", "dynamodb:BatchGetItem"],
             ["UsageTable"],
         ),
         (["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"], ["TasksTable"]),
-        (["dynamodb:Query"], ["TasksTable/index/*"]),
+        (["dynamodb:Query", "dynamodb:Scan"], ["TasksTable/index/*"]),  # Scan: the sparse running index, for /stats
         # Slots, backlog and API keys: POST /admin/keys puts a key's item, DELETE /admin/keys/{id} deletes it.
         (
             [

@@ -29,6 +29,7 @@ BASE_SETTINGS = Settings(
     worker_function="w",
     dispatcher_function="d",
     task_seconds=0.0,
+    stats_cache_seconds=0.0,  # tests read stats right after what they change
 )
 
 

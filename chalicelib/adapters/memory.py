@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from chalicelib import policy
+from chalicelib import policy, top_users
 from chalicelib.adapters.memory_control import MemoryControlStore
 from chalicelib.adapters.memory_queues import MemoryTaskQueues
 from chalicelib.domain import (
@@ -43,6 +43,7 @@ class MemoryUsageStore:
         self._buckets: dict[tuple[str, int], tuple[int, int]] = {}  # (user, start) -> (count, expires_at)
         self._weights: dict[str, int] = {}
         self._queued: dict[str, int] = {}
+        self._candidates: dict[str, top_users.Candidate] = {}  # the top-users item
         self._lock = threading.Lock()
 
     def record_submission(
@@ -88,17 +89,22 @@ class MemoryUsageStore:
             self._buckets[key] = (count - 1, expires)
             return True
 
-    def top_users(
-        self, now: float, bucket_seconds: int, window_seconds: int, limit: int, max_items: int
-    ) -> tuple[list[UserUsage], bool]:
+    def note_top_user(self, user_id: str, count: int, now: float, window_seconds: int) -> int:
+        with self._lock:
+            self._candidates[user_id] = top_users.Candidate(user_id, count, now)
+            for dropped in top_users.overflow(list(self._candidates.values()), now, window_seconds):
+                del self._candidates[dropped.user_id]
+            return top_users.floor_of(list(self._candidates.values()), now, window_seconds)
+
+    def top_users(self, now: float, bucket_seconds: int, window_seconds: int, limit: int) -> list[UserUsage]:
         current = policy.bucket_start(now, bucket_seconds)
         with self._lock:
             counts: dict[str, int] = {}
             for (user, start), (n, expires) in self._buckets.items():
-                if start <= current and policy.is_live(expires, now):
+                if user in self._candidates and start <= current and policy.is_live(expires, now):
                     counts[user] = counts.get(user, 0) + n
             ranked = sorted((-n, user) for user, n in counts.items() if n > 0)[:limit]
-            return [UserUsage(user, -n, self._weights.get(user, 1)) for n, user in ranked], False
+            return [UserUsage(user, -n, self._weights.get(user, 1)) for n, user in ranked]
 
 
 class MemoryTaskStore:
@@ -215,13 +221,13 @@ class MemoryTaskStore:
             self._since[task_id] = now
             return copy.deepcopy(task)
 
-    def running_holders(self, level: int, now: float) -> list[str]:
+    def running_holders(self, now: float) -> dict[int, list[str]]:
+        holders: dict[int, list[str]] = {}
         with self._lock:
-            return [
-                t.run_holder or ""
-                for t in self._tasks.values()
-                if t.task_status == STARTED and t.priority_level == level and (t.run_lease_until or 0.0) > now
-            ]
+            for t in self._tasks.values():
+                if t.task_status == STARTED and (t.run_lease_until or 0.0) > now:
+                    holders.setdefault(t.priority_level, []).append(t.run_holder or "")
+        return holders
 
     def recent(self, now: float, limit: int) -> list[TaskSummary]:
         with self._lock:

@@ -14,7 +14,16 @@ from concurrent.futures import Executor
 
 from chalicelib.clock import WorkerClock
 from chalicelib.deps import Deps
-from chalicelib.ports import ControlStore, Idempotency, Invoker, KeyStore, TaskQueues, TaskStore, UsageStore
+from chalicelib.ports import (
+    AdminTokenSource,
+    ControlStore,
+    Idempotency,
+    Invoker,
+    KeyStore,
+    TaskQueues,
+    TaskStore,
+    UsageStore,
+)
 from chalicelib.services.accounts import Accounts
 from chalicelib.services.dispatching import Dispatching
 from chalicelib.services.operations import Operations
@@ -42,6 +51,7 @@ class Services:
         task_function: TaskFunction | None = None,
         keys: KeyStore | None = None,
         idempotency: Idempotency | None = None,
+        admin_tokens: AdminTokenSource | None = None,
     ) -> None:
         self.deps = Deps(
             settings=settings,
@@ -55,6 +65,7 @@ class Services:
             task_function=task_function,
             keys=keys,
             idempotency=idempotency,
+            admin_tokens=admin_tokens,
         )
         if pick_ahead_pool is not None:
             self.deps.pick_ahead_pool = pick_ahead_pool

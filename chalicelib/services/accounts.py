@@ -44,12 +44,16 @@ class Accounts(Service):
             raise NotFoundError(f"no API key with id {key_id!r}")
         log.info("revoked key=%s…", key_id[:12])
 
+    def admin_token(self) -> str:
+        """The admin token now: the SSM parameter's (cached per process) on AWS, else PQH_ADMIN_TOKEN; '' if none."""
+        return self.deps.admin_token()
+
     def authenticate(self, token: str | None) -> Identity | None:
         """Who a bearer token (the header's token, without 'Bearer ') is: the admin token, an issued key, or nobody."""
         token = (token or "").strip()
         if not token:
             return None
-        admin_token = self.settings.admin_token
+        admin_token = self.admin_token()
         if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
             return Identity("admin", admin=True)
         if not token.startswith("pqh_") or len(token) > 200:

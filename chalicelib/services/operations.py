@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
-from chalicelib import policy
-from chalicelib.deps import QUEUE_RETENTION_SECONDS, Service
+from chalicelib import policy, top_users
+from chalicelib.deps import QUEUE_RETENTION_SECONDS, Deps, Service
 from chalicelib.domain import (
     FAILURE,
     PENDING,
@@ -22,10 +23,8 @@ from chalicelib.validation import is_task_id
 
 log = logging.getLogger("pqh")
 
-# /stats: how many users and recent tasks it lists, and how many usage items it reads at most.
-STATS_TOP_USERS = 10
+# /stats: how many recent tasks it lists (the top users: chalicelib/top_users.py).
 STATS_RECENT_TASKS = 20
-STATS_MAX_USAGE_ITEMS = 5000
 # A redrive call moves at most this many dead letters (call it again for more).
 REDRIVE_MAX = 100
 # The retention refresh sends at most this many old messages again per queue and tick.
@@ -33,17 +32,33 @@ REFRESH_BATCH = 25
 
 
 class Operations(Service):
+    def __init__(self, deps: Deps) -> None:
+        super().__init__(deps)
+        self._stats: Stats | None = None  # the last answer of this process (PQH_STATS_CACHE_SECONDS)
+        self._stats_lock = threading.Lock()
+
     def stats(self) -> Stats:
-        """What the dashboard shows: queues, capacity, totals, top users, recent tasks."""
-        s = self.settings
+        """What the dashboard shows; computed again once the last answer is PQH_STATS_CACHE_SECONDS old.
+
+        Per process: one open dashboard polling every 2 s costs one computation per
+        cache period on a warm function, whatever the number of tabs it serves.
+        """
         now = self.clock()
+        with self._stats_lock:
+            cached = self._stats
+            if cached is not None and 0 <= now - cached.generated_at < self.settings.stats_cache_seconds:
+                return cached
+            self._stats = self._compute_stats(now)
+            return self._stats
+
+    def _compute_stats(self, now: float) -> Stats:
+        """A fixed number of requests whatever the number of users or tasks (docs/operating-aws.md)."""
+        s = self.settings
         slots, backlog = self.control.slots_and_backlog(s.capacity)
         slots_held = sum(1 for slot in slots if not slot.is_free(now))
         live_holders = {slot.holder for slot in slots if not slot.is_free(now)}
         depths = self.queues.depths()
-        users, truncated = self.usage.top_users(
-            now, s.bucket_seconds, s.window_seconds, STATS_TOP_USERS, STATS_MAX_USAGE_ITEMS
-        )
+        users = self.usage.top_users(now, s.bucket_seconds, s.window_seconds, top_users.LISTED)
         recent = self.tasks.recent(now, STATS_RECENT_TASKS)
         waits = sorted(t.wait_seconds for t in recent if t.wait_seconds is not None)
         # Totals: the backlog record's (counted by picks and cancels) plus the slots' (counted
@@ -55,14 +70,21 @@ class Operations(Service):
         # The indexes are by priority level; under fifo every level's tasks share queue 0.
         oldest: list[float | None] = [None] * policy.LEVELS
         running_by_queue = [0] * policy.LEVELS
-        for level in range(policy.LEVELS):
-            since = self.tasks.oldest_queued(level)
-            queue = policy.queue_level(level, s.policy)
-            if since is not None and (oldest[queue] is None or since < oldest[queue]):  # type: ignore[operator]
-                oldest[queue] = since
+        for level, holders in self.tasks.running_holders(now).items():
             # A task counts while its worker holds its slot: a dead worker's task stops
             # counting when its slot lease runs out, long before its run lease does.
-            running_by_queue[queue] += sum(1 for h in self.tasks.running_holders(level, now) if h in live_holders)
+            running_by_queue[policy.queue_level(level, s.policy)] += sum(1 for h in holders if h in live_holders)
+        for level in range(policy.LEVELS):
+            queue = policy.queue_level(level, s.policy)
+            # One Query per level, and only for a queue that holds messages or a count:
+            # an empty queue has no queued task (SQS shows its in-flight ones too).
+            depth = depths[queue]
+            if depth.queued + depth.in_flight == 0 and backlog.counts[queue] == 0:
+                continue
+            since = self.tasks.oldest_queued(level)
+            if since is not None and (oldest[queue] is None or since < oldest[queue]):  # type: ignore[operator]
+                oldest[queue] = since
+        anything_queued = any(d.queued + d.in_flight for d in depths) or any(backlog.counts)
         return Stats(
             generated_at=now,
             policy=s.policy,
@@ -95,11 +117,12 @@ class Operations(Service):
                     count_in_window=u.count_in_window,
                     weight=u.weight,
                     priority_level=policy.level_for(u.count_in_window, u.weight, s.thresholds),
-                    queued=self.tasks.queued_count(u.user_id),
+                    # One COUNT Query per listed user (at most top_users.LISTED), none when nothing is queued.
+                    queued=self.tasks.queued_count(u.user_id) if anything_queued else 0,
                 )
                 for u in users
             ],
-            users_truncated=truncated,
+            users_truncated=False,  # no scan any more: the list is the noted candidates (chalicelib/top_users.py)
             recent=list(recent),
             wait_p50=policy.percentile(waits, 0.5),
             wait_p90=policy.percentile(waits, 0.9),

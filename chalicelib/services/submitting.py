@@ -8,8 +8,8 @@ import math
 import uuid
 from typing import Any
 
-from chalicelib import observability, policy
-from chalicelib.deps import QUEUE_RETENTION_SECONDS, Service
+from chalicelib import observability, policy, top_users
+from chalicelib.deps import QUEUE_RETENTION_SECONDS, Deps, Service
 from chalicelib.domain import Submitted, Task, TooManyQueuedError
 from chalicelib.ports import QueuedLimitError
 from chalicelib.settings import ConfigError
@@ -21,11 +21,16 @@ QUEUED_LIMIT_TRIES = 3
 
 
 class Submitting(Service):
+    def __init__(self, deps: Deps) -> None:
+        super().__init__(deps)
+        self._top_floor: tuple[int, float] = (0, float("-inf"))  # the top-users floor and when it was seen
+
     def submit(self, user_id: str, x: Any) -> Task:
         """Count the submission, pick its level, store it, queue it, nudge the dispatcher."""
         s = self.settings
         now = self.clock()
         count_before, weight = self._count_submission(user_id, now)
+        self._note_top_user(user_id, count_before + 1, now)
         level = policy.level_for(count_before, weight, s.thresholds)
         queue = policy.queue_level(level, s.policy)
         try:
@@ -113,6 +118,23 @@ class Submitting(Service):
                     ) from full
                 self.usage.set_queued(user_id, full.counted, queued)
         raise TooManyQueuedError(f"user {user_id!r} is submitting many tasks at once; retry shortly", retry_after=1)
+
+    def _note_top_user(self, user_id: str, count: int, now: float) -> None:
+        """Note the user on the top-users list at a milestone count above its floor (chalicelib/top_users.py).
+
+        The floor this process last saw is kept for one bucket, so most submissions
+        write nothing more; a note that fails only costs the list a candidate.
+        """
+        s = self.settings
+        floor, seen_at = self._top_floor
+        if now - seen_at >= s.bucket_seconds:
+            floor = 0
+        if not top_users.worth_noting(count, floor):
+            return
+        try:
+            self._top_floor = (self.usage.note_top_user(user_id, count, now, s.window_seconds), now)
+        except Exception:
+            log.exception("could not note user=%s on the top-users list", user_id)
 
     def _drop_unqueued(self, task: Task) -> None:
         """Delete the record of a task whose message was never sent; failing that, cancel it.

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from chalicelib import aws, policy
+from chalicelib import aws, policy, top_users
 from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore, DynamoUsageStore
 from chalicelib.adapters.memory import MemoryControlStore, MemoryTaskQueues, MemoryTaskStore, MemoryUsageStore
 from chalicelib.adapters.sqs import SqsTaskQueues
@@ -185,7 +185,9 @@ def test_a_submission_is_one_dynamodb_request_even_for_a_new_or_weighted_user(po
         events.unregister("before-call.dynamodb.*", unique_id=unique)
     assert calls == ["UpdateItem"] * 5
     assert ports.usage.usage("vip", NOW + 1, 600, 6000) == (1, 2)
-    listed = {u.user_id: u.weight for u in ports.usage.top_users(NOW + 1, 600, 6000, 5, 5000)[0]}
+    for user in ("vip", "newcomer"):
+        ports.usage.note_top_user(user, 1, NOW + 1, 6000)
+    listed = {u.user_id: u.weight for u in ports.usage.top_users(NOW + 1, 600, 6000, 5)}
     assert listed == {"vip": 2, "newcomer": 1}
 
 
@@ -245,14 +247,19 @@ def test_a_started_task_whose_lease_ran_out_can_start_again(ports: Ports) -> Non
 def test_a_task_counts_as_running_from_its_start_until_it_finishes_or_its_run_lease_runs_out(ports: Ports) -> None:
     task = make_task()  # priority level 3
     ports.tasks.create(task)
-    assert ports.tasks.running_holders(3, NOW) == []
+    other = replace(make_task("21111111-1111-4111-8111-111111111111"), priority_level=0)
+    ports.tasks.create(other)
+    assert ports.tasks.running_holders(NOW) == {}
     ports.tasks.start(task.task_id, "run-a", NOW, NOW + 10, "holder-a")
-    assert [ports.tasks.running_holders(level, NOW + 1) for level in range(6)] == [[], [], [], ["holder-a"], [], []]
-    assert ports.tasks.running_holders(3, NOW + 10) == []  # its worker died: not running any more
+    assert ports.tasks.running_holders(NOW + 1) == {3: ["holder-a"]}
+    ports.tasks.start(other.task_id, "run-c", NOW + 1, NOW + 100, "holder-c")
+    assert ports.tasks.running_holders(NOW + 2) == {0: ["holder-c"], 3: ["holder-a"]}
+    assert ports.tasks.running_holders(NOW + 10) == {0: ["holder-c"]}  # its worker died: not running any more
     ports.tasks.start(task.task_id, "run-b", NOW + 10, NOW + 20, "holder-b")
-    assert ports.tasks.running_holders(3, NOW + 11) == ["holder-b"]
+    assert ports.tasks.running_holders(NOW + 11) == {0: ["holder-c"], 3: ["holder-b"]}
     ports.tasks.finish(task.task_id, "run-b", SUCCESS, NOW + 12, NOW + 1000, result=1)
-    assert ports.tasks.running_holders(3, NOW + 12) == []
+    ports.tasks.finish(other.task_id, "run-c", SUCCESS, NOW + 12, NOW + 1000, result=1)
+    assert ports.tasks.running_holders(NOW + 12) == {}
 
 
 def test_start_of_a_missing_task(ports: Ports) -> None:
@@ -506,15 +513,35 @@ def test_refund_takes_back_one_live_submission(ports: Ports) -> None:
 # --- what the dashboard and the dead-letter commands read ----------------------
 
 
-def test_top_users_ranks_live_counts_with_weights(ports: Ports) -> None:
-    for user, n in (("light", 1), ("heavy", 4), ("middle", 2)):
+def test_top_users_ranks_the_noted_users_by_their_live_counts_with_weights(ports: Ports) -> None:
+    for user, n in (("light", 1), ("heavy", 4), ("middle", 2), ("unnoted", 9)):
         for _ in range(n):
             ports.usage.record_submission(user, NOW, 600, 6000)
+        if user != "unnoted":  # submissions note their users at milestones; this one's notes were lost
+            ports.usage.note_top_user(user, 1, NOW, 6000)
     ports.usage.record_submission("gone", NOW - 20000, 600, 6000)  # expired: not listed
+    ports.usage.note_top_user("gone", 1, NOW - 20000, 6000)
     ports.usage.set_weight("heavy", 3, NOW, 600, 6000)
-    users, truncated = ports.usage.top_users(NOW + 1, 600, 6000, 2, 5000)
+    users = ports.usage.top_users(NOW + 1, 600, 6000, 2)
+    # The counts are the counters' own, not the counts noted.
     assert [(u.user_id, u.count_in_window, u.weight) for u in users] == [("heavy", 4, 3), ("middle", 2, 1)]
-    assert truncated is False
+    assert [u.user_id for u in ports.usage.top_users(NOW + 1, 600, 6000, 10)] == ["heavy", "middle", "light"]
+
+
+def test_the_top_users_list_keeps_the_highest_noted_counts_and_tells_its_floor(ports: Ports) -> None:
+    kept = top_users.KEPT
+    floors = [ports.usage.note_top_user(f"user-{n:02d}", n + 1, NOW, 6000) for n in range(kept)]
+    assert floors[:-1] == [0] * (kept - 1)  # room left: every milestone is noted
+    assert floors[-1] == 1  # full: the lowest count kept
+    assert ports.usage.note_top_user("newcomer", 50, NOW + 1, 6000) == 2  # user-00 (1) dropped
+    assert ports.usage.note_top_user("user-05", 64, NOW + 2, 6000) == 2  # noted again: one entry, higher
+    for n in range(kept):
+        ports.usage.record_submission(f"user-{n:02d}", NOW, 600, 6000)
+    ports.usage.record_submission("newcomer", NOW, 600, 6000)
+    listed = {u.user_id for u in ports.usage.top_users(NOW + 3, 600, 6000, 100)}
+    assert listed == {f"user-{n:02d}" for n in range(1, kept)} | {"newcomer"}
+    # A window later the old notes say nothing: the list has room again.
+    assert ports.usage.note_top_user("late", 1, NOW + 6001, 6000) == 0
 
 
 def test_recent_lists_finished_tasks_newest_first_with_their_times(ports: Ports) -> None:

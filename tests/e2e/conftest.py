@@ -15,7 +15,8 @@ def local_system(tmp_path: Path) -> Iterator[Callable[..., LocalSystem]]:
     started: list[LocalSystem] = []
 
     def start(**env: str) -> LocalSystem:
-        system = start_local_system(tmp_path, **env)
+        # Tests read /stats right after what they change: uncached unless a test asks.
+        system = start_local_system(tmp_path, **{"PQH_STATS_CACHE_SECONDS": "0", **env})
         started.append(system)
         return system
 

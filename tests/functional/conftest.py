@@ -37,6 +37,22 @@ def stage_env(auth: str = "none") -> dict[str, str]:
     return env
 
 
+def admin_token_in_ssm(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    """The stage's admin-token parameter holds ``token`` (in moto), and the stage names it: as deployed.
+
+    Put as the account, as an operator does: the functions' roles may only read it.
+    Overwrites a value already there (a rotation).
+    """
+    from moto.ssm.models import ssm_backends
+
+    name = stage_env()["PQH_ADMIN_TOKEN_PARAMETER"]
+    region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    ssm_backends["123456789012"][region].put_parameter(
+        name, "", token, "SecureString", "", "", True, [], "text", None, None
+    )
+    monkeypatch.setenv("PQH_ADMIN_TOKEN_PARAMETER", name)
+
+
 @dataclass
 class Clock:
     now: float = 1_800_000_000.0
@@ -140,6 +156,11 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     for name, value in stage_env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PQH_TASK_SECONDS", "0")
+    # Tests read /stats right after what they change; the cache has tests of its own (test_stats_cost.py).
+    monkeypatch.setenv("PQH_STATS_CACHE_SECONDS", "0")
+    # No admin token unless a test puts one in SSM (admin_token_in_ssm): a parameter named
+    # and not there is a misconfiguration (500).
+    monkeypatch.delenv("PQH_ADMIN_TOKEN_PARAMETER")
     invoker = RecordingInvoker()
     clock = Clock()
     rules, policy = check_aws_rules_and_policies(monkeypatch)

@@ -48,7 +48,7 @@ from chalicelib.domain import Handoff
 from infra.iam import GRANTS, parameter_path, stage_admin_token_parameter, stage_policy
 from infra.provision import provision
 from local import moto_patches
-from tests.functional.conftest import CLIENT_STAGE, ROOT, Clock, check_aws_rules, stage_env
+from tests.functional.conftest import CLIENT_STAGE, ROOT, Clock, admin_token_in_ssm, check_aws_rules, stage_env
 
 PREFIX = "pqh-dev"
 ACCOUNT = "123456789012"
@@ -220,6 +220,9 @@ def iam_world(monkeypatch: pytest.MonkeyPatch, app: Chalice, auth: str = "none")
     monkeypatch.setattr(IAMRequestBase, "check_action_permitted", check_action_permitted)
     with mock_aws():
         provision(PREFIX, aws.client("dynamodb"), aws.client("sqs"))
+        # The admin token a test chose is where the stage keeps it: in its SSM parameter.
+        if os.environ.get("PQH_ADMIN_TOKEN"):
+            admin_token_in_ssm(monkeypatch, os.environ["PQH_ADMIN_TOKEN"])
         iam = boto3.client("iam", region_name=REGION)
         keys = {}
         for function in GRANTS:

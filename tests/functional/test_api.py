@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import aws
-from tests.functional.conftest import Harness
+from tests.functional.conftest import Harness, admin_token_in_ssm
 
 JSON = {"Content-Type": "application/json"}
 
@@ -156,7 +156,7 @@ def test_admin_routes_are_disabled_without_a_token(harness: Harness) -> None:
 def test_setting_a_weight_needs_the_admin_token_and_changes_levels(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "s3cret")
+    admin_token_in_ssm(monkeypatch, "s3cret")
     denied = harness.client.http.put(
         "/admin/users/vip/weight", headers={**JSON, "Authorization": "Bearer wrong"}, body=b'{"weight": 6}'
     )

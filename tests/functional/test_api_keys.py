@@ -21,6 +21,7 @@ from tests.functional.conftest import (
     ROOT,
     Clock,
     Harness,
+    admin_token_in_ssm,
     check_aws_rules_and_policies,
     checked,
     stage_env,
@@ -64,12 +65,12 @@ def keyed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Keyed]:
     module = load_app_with_api_keys(monkeypatch)
     for name, value in stage_env("api_key").items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", BOOT)
     monkeypatch.setenv("PQH_TASK_SECONDS", "0")
     invoker = RecordingInvoker()
     rules, policy = check_aws_rules_and_policies(monkeypatch)
     with mock_aws():
         provision("pqh-dev", aws.client("dynamodb"), aws.client("sqs"))
+        admin_token_in_ssm(monkeypatch, BOOT)  # the bootstrap admin token, where the stage keeps it
         wiring.configure(invoker_factory=checked(invoker, policy), clock=Clock())
         with Client(module.app, stage_name=CLIENT_STAGE, project_dir=str(ROOT)) as client:
             yield Keyed(client)
@@ -175,7 +176,7 @@ def submit(harness: Harness, user_id: str, x: Any, key: str | None) -> Any:
 def test_a_retried_submit_with_the_same_key_is_the_same_task_counted_once(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "t")
+    admin_token_in_ssm(monkeypatch, "t")
     first = submit(harness, "u", {"n": 1}, "order-42")
     again = submit(harness, "u", {"n": 1}, "order-42")
     assert first.status_code == again.status_code == 202

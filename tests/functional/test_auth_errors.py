@@ -6,7 +6,7 @@ import pytest
 from chalice.app import AuthRequest
 
 from chalicelib.gateway import GatewayUnauthorizedError
-from tests.functional.conftest import Harness
+from tests.functional.conftest import Harness, admin_token_in_ssm
 from tests.functional.test_api_keys import BOOT, keyed, load_app_with_api_keys  # noqa: F401 (a fixture)
 
 ADMIN_ROUTES = [
@@ -22,7 +22,7 @@ ADMIN_ROUTES = [
 def test_an_admin_route_without_a_bearer_credential_is_401(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, header: str | None, method: str, path: str
 ) -> None:
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "s3cret")
+    admin_token_in_ssm(monkeypatch, "s3cret")
     headers = {} if header is None else {"Authorization": header}
     response = getattr(harness.client.http, method)(path, headers=headers)
     assert response.status_code == 401
@@ -33,7 +33,7 @@ def test_an_admin_route_without_a_bearer_credential_is_401(
 def test_an_admin_route_with_the_wrong_token_is_403(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, method: str, path: str
 ) -> None:
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "s3cret")
+    admin_token_in_ssm(monkeypatch, "s3cret")
     response = getattr(harness.client.http, method)(path, headers={"Authorization": "Bearer wrong"})
     assert response.status_code == 403 and response.json_body["error"] == "forbidden"
 

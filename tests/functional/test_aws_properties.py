@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from chalicelib.domain import ValidationError
 from chalicelib.settings import load
 from chalicelib.validation import check_user_id
-from tests.functional.conftest import Harness
+from tests.functional.conftest import Harness, admin_token_in_ssm
 
 ADMIN = {"Authorization": "Bearer t", "Content-Type": "application/json"}
 # No shrinking: an example is a dozen moto calls (some move 128 KiB), so shrinking a
@@ -96,8 +96,8 @@ def round_trip(harness: Harness, user_id: str, weight: int) -> None:
 
 
 @pytest.fixture
-def admin(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "t")
+def admin(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin_token_in_ssm(monkeypatch, "t")
 
 
 def test_any_valid_user_id_is_sent_as_aws_accepts_and_reaches_the_same_user(harness: Harness, admin: None) -> None:

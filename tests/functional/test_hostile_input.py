@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.functional.conftest import Harness
+from tests.functional.conftest import Harness, admin_token_in_ssm
 
 JSON = {"Content-Type": "application/json"}
 LIMIT = 64  # the documented nesting limit of 'x' (README's error table)
@@ -91,7 +91,7 @@ def test_over_the_queued_limit_a_submit_is_429_with_retry_after_and_nothing_is_q
 def test_a_user_id_in_the_path_is_percent_decoded_and_checked(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "s3cret")
+    admin_token_in_ssm(monkeypatch, "s3cret")
     admin = {"Authorization": "Bearer s3cret"}
     assert harness.submit("ü ser", 1).status_code == 202
     found = harness.client.http.get("/admin/users/%C3%BC%20ser", headers=admin)

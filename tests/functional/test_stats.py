@@ -10,7 +10,7 @@ import pytest
 
 from chalicelib import aws
 from chalicelib.adapters.dynamo import DynamoControlStore, DynamoTaskStore
-from tests.functional.conftest import Harness
+from tests.functional.conftest import Harness, admin_token_in_ssm
 
 ADMIN = {"Authorization": "Bearer secret"}
 
@@ -82,7 +82,7 @@ def test_a_cancelled_task_is_counted(harness: Harness) -> None:
 def test_a_poison_task_is_failed_dead_lettered_and_can_be_redriven_or_purged(
     harness: Harness, poison: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "secret")
+    admin_token_in_ssm(monkeypatch, "secret")
     task_id = harness.submit("u", "poison").json_body["task_id"]
     harness.dispatch()
     assert harness.outcomes() == ["FAILURE"]
@@ -116,7 +116,7 @@ def test_operator_routes_need_the_admin_token_when_one_is_set(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert harness.client.http.get("/admin/dead-letters/0").status_code == 403  # no token set: disabled
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "secret")
+    admin_token_in_ssm(monkeypatch, "secret")
     for method, path in (
         ("get", "/stats"),
         ("get", "/admin/dead-letters/0"),
@@ -131,7 +131,7 @@ def test_operator_routes_need_the_admin_token_when_one_is_set(
 
 @pytest.mark.parametrize("level", ["6", "-1", "x", "00", "1.5"])
 def test_a_bad_level_is_a_400(harness: Harness, monkeypatch: pytest.MonkeyPatch, level: str) -> None:
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "secret")
+    admin_token_in_ssm(monkeypatch, "secret")
     response = harness.client.http.get(f"/admin/dead-letters/{level}", headers=ADMIN)
     assert response.status_code == 400 and response.json_body["error"] == "invalid_request"
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from app import app
 from pqhcli.main import Api, cli
-from tests.functional.conftest import CLIENT_STAGE, ROOT, Harness
+from tests.functional.conftest import CLIENT_STAGE, ROOT, Harness, admin_token_in_ssm
 
 ADMIN = {"Authorization": "Bearer t", "Content-Type": "application/json"}
 # Spaces, non-ASCII letters, emoji, URL syntax, and a string that looks already encoded.
@@ -46,8 +46,8 @@ def path_of(user_id: str) -> str:
 
 
 @pytest.fixture
-def admin(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PQH_ADMIN_TOKEN", "t")
+def admin(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin_token_in_ssm(monkeypatch, "t")
 
 
 @pytest.mark.parametrize("user_id", AWKWARD_IDS)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib import policy
-from chalicelib.adapters.dynamo.common import conditional_update, is_conditional_failure, number_of
+from chalicelib import policy, top_users
+from chalicelib.adapters.dynamo.common import conditional_update, is_conditional_failure, number, number_of
 from chalicelib.domain import UserUsage
 from chalicelib.ports import QueuedLimitError
 
@@ -25,6 +26,10 @@ STALE_LIMIT = 8
 # The user's queued counter, on the same item: an upper bound of their queued tasks
 # (see UsageStore.record_submission), raised by each submission's own write.
 QUEUED = "queued"
+# The top-users candidates (chalicelib/top_users.py): one item beside the users' counters.
+# Its sort key is not USAGE_SK, so no user id reaches it.
+TOP_USERS_KEY = "~top-users"
+TOP_USERS_SK = "top"
 
 
 def _bucket_attr(start: int) -> str:
@@ -161,30 +166,48 @@ class DynamoUsageStore:
             ExpressionAttributeValues={":minus": {"N": "-1"}, ":zero": {"N": "0"}},
         )
 
-    def top_users(
-        self, now: float, bucket_seconds: int, window_seconds: int, limit: int, max_items: int
-    ) -> tuple[list[UserUsage], bool]:
-        # A Scan reads every user's counters: the dashboard's cost, paid per refresh,
-        # bounded by ``max_items`` (the answer says when it stopped early).
+    def note_top_user(self, user_id: str, count: int, now: float, window_seconds: int) -> int:
+        # One attribute per candidate on one item; the write returns the item, so the
+        # floor comes back at no extra cost. Past KEPT, a second write drops the lowest.
+        response = self._db.update_item(
+            TableName=self._table,
+            Key=self._key(TOP_USERS_KEY, TOP_USERS_SK),
+            UpdateExpression="SET #c = :c",
+            ExpressionAttributeNames={"#c": _candidate_attr(user_id)},
+            ExpressionAttributeValues={
+                ":c": {"M": {"u": {"S": user_id}, "n": {"N": str(count)}, "t": number(now)}},
+            },
+            ReturnValues="ALL_NEW",
+        )
+        candidates = _candidates(response.get("Attributes", {}))
+        dropped = top_users.overflow(candidates, now, window_seconds)
+        if dropped:
+            # Unconditional: a dropped user noted again meanwhile is noted again at its next milestone.
+            self._db.update_item(
+                TableName=self._table,
+                Key=self._key(TOP_USERS_KEY, TOP_USERS_SK),
+                UpdateExpression="REMOVE " + ", ".join(f"#x{i}" for i in range(len(dropped))),
+                ExpressionAttributeNames={f"#x{i}": _candidate_attr(c.user_id) for i, c in enumerate(dropped)},
+            )
+            candidates = [c for c in candidates if c not in dropped]
+        return top_users.floor_of(candidates, now, window_seconds)
+
+    def top_users(self, now: float, bucket_seconds: int, window_seconds: int, limit: int) -> list[UserUsage]:
+        # Two requests whatever the number of users: the candidates item, then their counters.
+        response = self._db.get_item(TableName=self._table, Key=self._key(TOP_USERS_KEY, TOP_USERS_SK))
+        users = sorted({c.user_id for c in _candidates(response.get("Item", {}))})
         counts: dict[str, int] = {}
         weights: dict[str, int] = {}
-        kwargs: dict[str, Any] = {"TableName": self._table}
-        read = 0
-        while True:
-            response = self._db.scan(**kwargs)
-            for item in response.get("Items", []):
-                if item["sk"]["S"] == USAGE_SK:
+        for start in range(0, len(users), 100):
+            request: dict[str, Any] = {self._table: {"Keys": [self._key(user) for user in users[start : start + 100]]}}
+            while request:
+                got = self._db.batch_get_item(RequestItems=request)
+                for item in got.get("Responses", {}).get(self._table, []):
                     user = item["user_id"]["S"]
                     counts[user] = _live(_buckets(item), now, bucket_seconds, window_seconds)
                     weights[user] = _weight(item)
-            read += len(response.get("Items", []))
-            last = response.get("LastEvaluatedKey")
-            if not last:
-                break
-            if read >= max_items:
-                return _top(counts, weights, limit), True
-            kwargs["ExclusiveStartKey"] = last
-        return _top(counts, weights, limit), False
+                request = got.get("UnprocessedKeys") or {}
+        return _top(counts, weights, limit)
 
     def set_weight(self, user_id: str, weight: int, now: float, bucket_seconds: int, window_seconds: int) -> None:
         if weight != 1:
@@ -214,6 +237,20 @@ class DynamoUsageStore:
             ExpressionAttributeNames={"#hold": HOLD},
             ExpressionAttributeValues={":w": {"N": str(weight)}, ":never": {"N": str(HELD_UNTIL)}},
         )
+
+
+def _candidate_attr(user_id: str) -> str:
+    """A candidate's attribute: named by a digest, as a user id may be any text up to 2 KB."""
+    return "c" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
+
+
+def _candidates(item: dict[str, Any]) -> list[top_users.Candidate]:
+    found = []
+    for name, value in item.items():
+        entry = value.get("M") if name.startswith("c") else None
+        if entry and "u" in entry:
+            found.append(top_users.Candidate(entry["u"]["S"], int(entry["n"]["N"]), float(entry["t"]["N"])))
+    return found
 
 
 def _weight(counters: dict[str, Any]) -> int:
