@@ -47,6 +47,7 @@ from bench.scale_model import (
     AwsTaskQueues,
     AwsTaskStore,
     AwsUsageStore,
+    ClockExecutor,
     Lambda,
     RealClock,
     VirtualClock,
@@ -108,6 +109,7 @@ class Run:
             monotonic=self.clock.now,
             start_timer=self.clock.start_timer,
             task_function=self._task,
+            side_pool=lambda: ClockExecutor(self.clock, inline=lambda: not self.aws.enabled),
         )
 
     def _task(self, x: Any, ctx: Any) -> dict[str, int]:
