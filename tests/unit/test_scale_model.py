@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from bench.scale_model import (
+    ClockExecutor,
     Aws,
     Latency,
     TokenBucket,
@@ -150,3 +151,42 @@ def test_a_call_beyond_the_item_budget_is_retried_then_raises_as_dynamodb_does()
     clock.run(real_timeout=10)
     assert errors == ["ProvisionedThroughputExceededException"]
     assert aws.meter.throttles["backlog"] == 4  # botocore's four attempts
+
+
+def test_a_side_call_overlaps_its_caller_in_virtual_time_and_its_result_waits_for_it() -> None:
+    clock = VirtualClock(until=100.0)
+    pool = ClockExecutor(clock, inline=lambda: False)
+    seen: list[tuple[str, float]] = []
+
+    def side() -> str:
+        clock.sleep(3.0)
+        return "nudged"
+
+    def caller() -> None:
+        future = pool.submit(side)
+        clock.sleep(1.0)  # the caller's own call, meanwhile
+        seen.append(("own call done", clock.now()))
+        seen.append((future.result(), clock.now()))
+        clock.sleep(1.0)
+        seen.append(("after", clock.now()))
+
+    def failing() -> None:
+        raise RuntimeError("side call failed")
+
+    def second_caller() -> None:
+        with pytest.raises(RuntimeError, match="side call failed"):
+            pool.submit(failing).result()
+        seen.append(("error seen", clock.now()))
+
+    def start() -> None:
+        clock.spawn(caller)
+        clock.spawn(second_caller)
+
+    clock.spawn(start)
+    clock.run(real_timeout=10)
+    assert sorted(seen, key=lambda s: s[1]) == [
+        ("error seen", 0.0),
+        ("own call done", 1.0),
+        ("nudged", 3.0),  # not 4.0: the two overlapped
+        ("after", 4.0),
+    ]
