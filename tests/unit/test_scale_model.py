@@ -9,8 +9,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from bench.scale_model import (
-    ClockExecutor,
     Aws,
+    ClockExecutor,
     Latency,
     TokenBucket,
     VirtualClock,
