@@ -64,8 +64,13 @@ def test_virtual_time_jumps_to_each_wake_up_in_order() -> None:
             clock.sleep(pause)
             seen.append((name, clock.now()))
 
-    clock.spawn(sleeper, "a", [1.0, 1.0, 1.0])
-    clock.spawn(sleeper, "b", [2.5])
+    def start() -> None:
+        # Spawned from a simulated thread: from the test's own thread, "a" could sleep,
+        # and time move on, before "b" exists.
+        clock.spawn(sleeper, "a", [1.0, 1.0, 1.0])
+        clock.spawn(sleeper, "b", [2.5])
+
+    clock.spawn(start)
     clock.run(real_timeout=10)
     assert seen == [("a", 1.0), ("a", 2.0), ("b", 2.5), ("a", 3.0)]
 
