@@ -48,19 +48,34 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
         "n <= 0",
         "zero takes were dropped just before: n <= 0 and n < 0 agree",
     ),
-    "chalicelib.policy.ordering.x_takes_of__mutmut_11": ("n < 1", "zero takes were dropped just before: n < 1 and n < 0 agree"),
-    "chalicelib.policy.ordering.x_batch_size__mutmut_4": ("ahead_seconds < 0", "with ahead_seconds == 0 both branches give 1"),
+    "chalicelib.policy.ordering.x_takes_of__mutmut_11": (
+        "n < 1",
+        "zero takes were dropped just before: n < 1 and n < 0 agree",
+    ),
+    "chalicelib.policy.ordering.x_batch_size__mutmut_4": (
+        "ahead_seconds < 0",
+        "with ahead_seconds == 0 both branches give 1",
+    ),
     "chalicelib.policy.ordering.x_percentile__mutmut_7": (
         "len(sorted_values) + 1",
         "q is at most 1: the rank never passes len - 1",
     ),
-    "chalicelib.policy.ordering.x_pick_within_level__mutmut_2": ("(sample, None)", "the first of the whole sorted list"),
-    "chalicelib.policy.ordering.x_pick_within_level__mutmut_5": ("(sample, 2)", "the first of the best two is the first of one"),
+    "chalicelib.policy.ordering.x_pick_within_level__mutmut_2": (
+        "(sample, None)",
+        "the first of the whole sorted list",
+    ),
+    "chalicelib.policy.ordering.x_pick_within_level__mutmut_5": (
+        "(sample, 2)",
+        "the first of the best two is the first of one",
+    ),
     "chalicelib.policy.position.x_queue_position__mutmut_16": (
         "ahead_in_level + 2",
         "the task's level only needs to be counted: 1 or 2 make the same order up to the task",
     ),
-    "chalicelib.policy.position.x_queue_position__mutmut_27": ("position <= POSITION_LIMIT", "the loop returns long before"),
+    "chalicelib.policy.position.x_queue_position__mutmut_27": (
+        "position <= POSITION_LIMIT",
+        "the loop returns long before",
+    ),
     "chalicelib.policy.position.x_queue_position__mutmut_36": (
         "return",
         "unreachable: the task's own level is always counted, so a level is always chosen",
@@ -204,7 +219,7 @@ def results() -> list[tuple[str, str]]:
 
 def group_of(name: str) -> str:
     """'policy', 'validation', or 'services: <part>' for a mutant's name."""
-    base = name.rsplit("__mutmut_", 1)[0]  # chalicelib.worker.picking.xǁPickerǁpick, chalicelib.policy.levels.x_level_for
+    base = name.rsplit("__mutmut_", 1)[0]  # chalicelib.policy.levels.x_level_for
     module = base.rpartition(".")[0].removeprefix("chalicelib.")
     if module in MODULE_PARTS:
         return f"services: {MODULE_PARTS[module]}"

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -169,6 +170,84 @@ class VirtualClock:
         if not self.finished.wait(real_timeout):
             with self._lock:
                 self._stop_locked()
+
+
+class ClockFuture(Future[Any]):
+    """A Future whose ``result`` waits as the virtual clock's ``sleep`` does: the clock counts the waiter as blocked."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
+        self._clock = clock
+        self._waiting = False
+
+    def result(self, timeout: float | None = None) -> Any:
+        clock = self._clock
+        with clock._lock:
+            if not self.done():
+                self._waiting = True
+                clock._running -= 1
+                if clock._running == 0:
+                    clock._advance_locked()
+        return super().result()
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Called by the job's own simulated thread: the waiter runs again before the job's thread leaves."""
+        with self._clock._lock:
+            if self._waiting:
+                self._clock._running += 1
+                self._waiting = False
+            if error is None:
+                self.set_result(value)
+            else:
+                self.set_exception(error)
+
+
+class ClockExecutor(Executor):
+    """A thread pool for the services' side calls: each job on a thread of the clock (simulated or real).
+
+    ``inline()`` true (while the backlog is filled before a run, outside any simulated
+    thread) runs the job at once on the caller's thread.
+    """
+
+    def __init__(self, clock: Clock, inline: Callable[[], bool]) -> None:
+        self._clock = clock
+        self._inline = inline
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        clock = self._clock
+        if self._inline() or not isinstance(clock, VirtualClock):
+            future: Future[Any] = Future()
+            if self._inline():
+                _run_into(future, fn, args, kwargs)
+            else:
+                threading.Thread(target=_run_into, args=(future, fn, args, kwargs), daemon=True).start()
+            return future
+        waited = ClockFuture(clock)
+
+        def job() -> None:
+            try:
+                value = fn(*args, **kwargs)
+            except BaseException as exc:  # the waiter sees it on .result(), as with a pool
+                waited.settle(error=exc)
+                return
+            waited.settle(value)
+
+        with clock._lock:
+            if clock.stopped:
+                waited.set_exception(SimulationOver())
+                return waited
+            clock._spawn_locked(job)
+        return waited
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+def _run_into(future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as exc:
+        future.set_exception(exc)
 
 
 def _fire_then_done(timer: VirtualTimer, fire: Callable[[], None]) -> None:

@@ -10,6 +10,9 @@ else in bench/scale*.py needs to move. Two choices live here too:
   for tasks short enough to be prefetched, the next batch's pick (one write and a
   receive or two, about 15 ms) is paid before the last task of a batch instead of
   during it: at most one pick's latency per batch.
+- a submit's side calls (the dispatcher's nudge, made while the message is
+  sent) run on the model's ``ClockExecutor``: a thread of the clock, waited for
+  as the clock's sleep is, so they overlap in virtual time as on AWS.
 - the outcome write's retry pauses (``time.sleep``) are left as they are: they
   only run when a write fails after botocore's retries, which the model counts.
 """
@@ -91,6 +94,7 @@ def build_services(
     monotonic: Callable[[], float],
     start_timer: StartTimer,
     task_function: Callable[[Any, Any], Any],
+    side_pool: Callable[[], Executor] | None = None,
 ) -> Services:
     return Services(
         settings=config,
@@ -102,6 +106,7 @@ def build_services(
         clock=clock,
         worker_clock=WorkerClock(monotonic=monotonic, start_timer=start_timer),
         pick_ahead_pool=InlineExecutor,
+        side_pool=side_pool,
         task_function=task_function,
     )
 

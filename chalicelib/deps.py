@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -42,6 +43,9 @@ class Deps:
     worker_clock: WorkerClock = field(default_factory=WorkerClock)
     # Where a worker picks ahead while a task runs: one thread; tests run it by hand.
     pick_ahead_pool: Callable[[], Executor] = lambda: ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+    # Where a submit nudges the dispatcher while its message is sent: built once per
+    # process (``side_pool``), a few threads for the local server's concurrent requests.
+    side_pool_factory: Callable[[], Executor] = lambda: ThreadPoolExecutor(4, thread_name_prefix="submit-side")
     task_function: TaskFunction | None = None
     keys: KeyStore | None = None
     idempotency: Idempotency | None = None
@@ -53,6 +57,16 @@ class Deps:
         if self.admin_tokens is None:
             return self.settings.admin_token
         return self.admin_tokens.admin_token()
+
+    _side_pool: Executor | None = field(default=None, init=False, repr=False, compare=False)
+    _side_pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def side_pool(self) -> Executor:
+        """The process's pool for calls a request makes beside its own (built on first use, then kept)."""
+        with self._side_pool_lock:
+            if self._side_pool is None:
+                self._side_pool = self.side_pool_factory()
+            return self._side_pool
 
     def load_task_function(self) -> TaskFunction:
         if self.task_function is None:

@@ -48,6 +48,7 @@ class Services:
         clock: Callable[[], float] = time.time,
         worker_clock: WorkerClock | None = None,
         pick_ahead_pool: Callable[[], Executor] | None = None,
+        side_pool: Callable[[], Executor] | None = None,
         task_function: TaskFunction | None = None,
         keys: KeyStore | None = None,
         idempotency: Idempotency | None = None,
@@ -69,6 +70,8 @@ class Services:
         )
         if pick_ahead_pool is not None:
             self.deps.pick_ahead_pool = pick_ahead_pool
+        if side_pool is not None:
+            self.deps.side_pool_factory = side_pool
         self.submitting = Submitting(self.deps)
         self.results = Results(self.deps)
         self.accounts = Accounts(self.deps)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import uuid
+from concurrent.futures import Future
 from typing import Any
 
 from chalicelib import observability, policy, top_users
@@ -58,12 +59,19 @@ class Submitting(Service):
                 queue_seq=seq,
             )
             self.tasks.create(task)
+            # The record exists and the task is counted: a worker the nudge starts takes
+            # the count and finds the message with its long poll. So the nudge (a Lambda
+            # Invoke, the slowest call of a submit) goes out while the message is sent.
+            nudge = self._start_nudge() if queued_before < s.capacity else None
             try:
                 self.queues.send(queue, task)
             except Exception:
                 # Not queued means not accepted: no PENDING record may stay behind.
                 self._drop_unqueued(task)
                 raise
+            finally:
+                if nudge is not None:
+                    nudge.result()  # never raises (a failed nudge is logged); the answer waits for it
         except Exception:
             # Not accepted: neither counted nor queued (best effort; the error goes to
             # the client). A count left behind corrects itself at the next pick.
@@ -76,13 +84,12 @@ class Submitting(Service):
             "submitted", task.task_id, user_id, level, queue=queue, count_before=count_before, weight=weight
         )
         observability.metrics.count(observability.TASKS_SUBMITTED, level)
-        if queued_before < s.capacity:
-            self._nudge_dispatcher()
-        # Else at least ``capacity`` tasks of this queue were counted and not taken:
-        # the nudge of the one that brought the count to ``capacity`` filled every
-        # free slot (or found them held), and a worker that frees a slot nudges the
-        # dispatcher again. One Lambda invoke and one dispatcher run saved per submit
-        # under a deep backlog; below it every submit nudges, so no slot idles.
+        # Only below ``capacity`` tasks of this queue counted and not taken is the
+        # dispatcher nudged. At or above it, the nudge of the one that brought the count
+        # to ``capacity`` filled every free slot (or found them held), and a worker that
+        # frees a slot nudges the dispatcher again. One Lambda invoke and one dispatcher
+        # run saved per submit under a deep backlog; below it every submit nudges, so no
+        # slot idles.
         return task
 
     def submit_once(self, user_id: str, x: Any, key: str, lambda_context: Any = None) -> tuple[Submitted, bool]:
@@ -135,6 +142,14 @@ class Submitting(Service):
             self._top_floor = (self.usage.note_top_user(user_id, count, now, s.window_seconds), now)
         except Exception:
             log.exception("could not note user=%s on the top-users list", user_id)
+
+    def _start_nudge(self) -> Future[None] | None:
+        """Nudge the dispatcher on the process's side pool; in line if no thread can be had."""
+        try:
+            return self.deps.side_pool().submit(self._nudge_dispatcher)
+        except RuntimeError:  # the pool is shut down (the interpreter is exiting)
+            self._nudge_dispatcher()
+            return None
 
     def _drop_unqueued(self, task: Task) -> None:
         """Delete the record of a task whose message was never sent; failing that, cancel it.

@@ -29,11 +29,13 @@ class Picked(NamedTuple):
 
 class Picker(Service):
     """One worker's picks. ``missed`` remembers a pick that found fewer messages than it counted:
-    before stopping, the worker then walks every queue itself."""
+    before stopping, the worker then walks every queue itself. ``read_first`` remembers that
+    other workers' picks move the record between this worker's picks (below)."""
 
     def __init__(self, deps: Deps) -> None:
         super().__init__(deps)
         self.missed = False
+        self.read_first = False
 
     def pick(
         self,
@@ -49,9 +51,7 @@ class Picker(Service):
         ride on the pick's write; what comes back is what was not written.
         """
         s = self.settings
-        state = backlog if backlog is not None else self.control.backlog()
-        if backlog is not None and policy.choose_level(state, s.policy, s.floor_picks) is None:
-            state = self.control.backlog()  # the record predates the last task: look again
+        state, cached = self._state_to_choose_from(backlog)
         # Weights order the users inside a level under every policy but the two plain ones.
         sample = s.fair_sample if s.policy in ("fair", "priority") else 1
         while True:
@@ -67,7 +67,13 @@ class Picker(Service):
             taken, state = self.control.commit_pick(state, after, takes, tuple(tallies))
             if not taken:
                 observability.metrics.count(observability.PICK_RACES_LOST)
-                continue  # the state moved (a submit, or another worker's pick): choose again
+                # The state moved (a submit, or another worker's pick): choose again from
+                # the record the failed write returned. Lost on the record this worker
+                # kept from its last pick: other workers pick in between, so read first.
+                self.read_first = self.read_first or cached
+                cached = False
+                continue
+            cached = False
             tallies = NO_TALLIES
             received: dict[int, list[QueuedMessage]] = {}
             try:
@@ -95,6 +101,30 @@ class Picker(Service):
                     self.missed = True  # there may be more: walk again before stopping
                     return [Picked(level, messages[0], state, False)], tallies
         return [], tallies
+
+    def _state_to_choose_from(self, backlog: policy.Backlog | None) -> tuple[policy.Backlog, bool]:
+        """The backlog record to choose from, and whether it is the one kept from the last pick.
+
+        The record a worker's last pick returned is a task old. Where other workers
+        picked since (its version moved on), a write chosen from it fails its condition
+        and costs a write unit of the record's budget, and a round trip, to learn the
+        current state. A consistent read costs a read unit (the item's read budget is
+        three times its write budget) and the same round trip. So a worker whose pick
+        lost on a kept record reads first, for as long as its reads find the version
+        moved on; one alone (its reads find its own version) goes back to its kept
+        record, and pays nothing. The policy is applied exactly either way: the pick's
+        write still holds only if the version it chose from is the current one.
+        """
+        s = self.settings
+        if backlog is None:
+            return self.control.backlog(), False
+        if self.read_first:
+            state = self.control.backlog()
+            self.read_first = state.version != backlog.version
+            return state, False
+        if policy.choose_level(backlog, s.policy, s.floor_picks) is None:
+            return self.control.backlog(), False  # the record predates the last task: look again
+        return backlog, True
 
     def put_back(self, picks: list[Picked]) -> None:
         """Picked tasks that will not run here: their messages visible again, their counts back.

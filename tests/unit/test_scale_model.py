@@ -10,6 +10,7 @@ from botocore.exceptions import ClientError
 
 from bench.scale_model import (
     Aws,
+    ClockExecutor,
     Latency,
     TokenBucket,
     VirtualClock,
@@ -63,8 +64,13 @@ def test_virtual_time_jumps_to_each_wake_up_in_order() -> None:
             clock.sleep(pause)
             seen.append((name, clock.now()))
 
-    clock.spawn(sleeper, "a", [1.0, 1.0, 1.0])
-    clock.spawn(sleeper, "b", [2.5])
+    def start() -> None:
+        # Spawned from a simulated thread: from the test's own thread, "a" could sleep,
+        # and time move on, before "b" exists.
+        clock.spawn(sleeper, "a", [1.0, 1.0, 1.0])
+        clock.spawn(sleeper, "b", [2.5])
+
+    clock.spawn(start)
     clock.run(real_timeout=10)
     assert seen == [("a", 1.0), ("a", 2.0), ("b", 2.5), ("a", 3.0)]
 
@@ -150,3 +156,42 @@ def test_a_call_beyond_the_item_budget_is_retried_then_raises_as_dynamodb_does()
     clock.run(real_timeout=10)
     assert errors == ["ProvisionedThroughputExceededException"]
     assert aws.meter.throttles["backlog"] == 4  # botocore's four attempts
+
+
+def test_a_side_call_overlaps_its_caller_in_virtual_time_and_its_result_waits_for_it() -> None:
+    clock = VirtualClock(until=100.0)
+    pool = ClockExecutor(clock, inline=lambda: False)
+    seen: list[tuple[str, float]] = []
+
+    def side() -> str:
+        clock.sleep(3.0)
+        return "nudged"
+
+    def caller() -> None:
+        future = pool.submit(side)
+        clock.sleep(1.0)  # the caller's own call, meanwhile
+        seen.append(("own call done", clock.now()))
+        seen.append((future.result(), clock.now()))
+        clock.sleep(1.0)
+        seen.append(("after", clock.now()))
+
+    def failing() -> None:
+        raise RuntimeError("side call failed")
+
+    def second_caller() -> None:
+        with pytest.raises(RuntimeError, match="side call failed"):
+            pool.submit(failing).result()
+        seen.append(("error seen", clock.now()))
+
+    def start() -> None:
+        clock.spawn(caller)
+        clock.spawn(second_caller)
+
+    clock.spawn(start)
+    clock.run(real_timeout=10)
+    assert sorted(seen, key=lambda s: s[1]) == [
+        ("error seen", 0.0),
+        ("own call done", 1.0),
+        ("nudged", 3.0),  # not 4.0: the two overlapped
+        ("after", 4.0),
+    ]
