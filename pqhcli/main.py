@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, NoReturn
@@ -297,7 +298,11 @@ def cli(ctx: click.Context, url: str, as_json: bool) -> None:
 @click.argument("x", default="null")
 @click.option("--wait", is_flag=True, help="follow the task until it finishes, then print its result")
 @click.option("--every", default=0.5, show_default=True, help="seconds between checks while waiting")
-@click.option("--idempotency-key", help="retrying with the same key returns the same task instead of a new one")
+@click.option(
+    "--idempotency-key",
+    help="retrying with the same key returns the same task instead of a new one "
+    "(default: a fresh key per command, so its own retries never submit twice)",
+)
 @json_option
 @click.pass_obj
 def submit(api: Api, user_id: str, x: str, wait: bool, every: float, idempotency_key: str | None) -> None:
@@ -310,7 +315,9 @@ def submit(api: Api, user_id: str, x: str, wait: bool, every: float, idempotency
         value = json.loads(x)
     except ValueError:
         value = x
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+    # The same key on each retry of a 429/503: a submit the API stored before it
+    # answered 503 comes back instead of being stored twice.
+    headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
     body = api.call("POST", "/task", {"x": value, "user_id": user_id}, ok=(202,), headers=headers)
     if wait:
         click.echo(f"task {body['task_id']} queued at level {body['priority_level']}", err=True)

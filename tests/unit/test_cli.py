@@ -205,6 +205,22 @@ def test_retries_are_bounded_and_then_the_last_answer_decides_the_exit_code(http
     assert done.stderr.endswith("pqh: 429 too_many_queued: wait (retry after 5s)\n")
 
 
+def test_a_submit_sends_one_idempotency_key_on_all_its_retries_and_a_new_one_per_command(http: Any) -> None:
+    busy = {"error": "busy", "message": "retry shortly"}
+    accepted = {"task_id": TASK, "priority_level": 0, "task_status": "PENDING"}
+    http.post(f"{URL}/task", status=503, json=busy, headers={"Retry-After": "1"})
+    http.post(f"{URL}/task", status=202, json=accepted)
+    http.post(f"{URL}/task", status=202, json=accepted)
+    http.post(f"{URL}/task", status=202, json=accepted)
+    assert run("submit", "alice", sleeps=[]).exit_code == 0
+    assert run("submit", "alice").exit_code == 0
+    assert run("submit", "alice", "--idempotency-key", "mine-1").exit_code == 0
+    keys = [call.request.headers.get("Idempotency-Key") for call in http.calls]
+    assert keys[0] is not None and keys[0] == keys[1]  # the retry is the same submit
+    assert keys[2] is not None and keys[2] != keys[0]  # another command, another submit
+    assert keys[3] == "mine-1"
+
+
 def test_a_retry_after_longer_than_the_bound_is_not_waited_for(http: Any) -> None:
     http.get(f"{URL}/stats", status=503, json={"error": "busy", "message": "later"}, headers={"Retry-After": "3600"})
     sleeps: list[float] = []
