@@ -6,7 +6,12 @@ read once. Every DynamoDB and SQS call is counted by a botocore `before-call`
 hook; Lambda invocations by the invoker. Prints a table and the cost per million
 tasks at the public on-demand prices listed below.
 
-    python -m bench.requests_per_task [--tasks 200 --users 20 --capacity 4]
+    python -m bench.requests_per_task [--tasks 200 --users 20 --capacity 4] [--backlog-only] [--by-path]
+
+``--by-path`` also counts each DynamoDB and SQS call by the code that made it (the
+innermost three functions of chalicelib outside the adapters), and how many tasks
+each pick took from each queue. The policy and the sample come from the
+environment as usual (PQH_POLICY, PQH_FAIR_SAMPLE).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -48,13 +54,24 @@ def run_invocations(client: Any, invoker: Any, lambda_calls: Counter[str]) -> No
             client.lambda_.invoke("worker", handoff.to_payload())
 
 
-def run(tasks: int, users: int, capacity: int, backlog: bool) -> dict[str, Any]:
+def code_path() -> str:
+    """The innermost three chalicelib functions on the stack, outside the adapters: who made this call."""
+    names = [
+        frame.name
+        for frame in traceback.extract_stack()
+        if "chalicelib" in frame.filename and "adapters" not in frame.filename and not frame.filename.endswith("aws.py")
+    ]
+    return " > ".join(names[-3:]) or "(outside chalicelib)"
+
+
+def run(tasks: int, users: int, capacity: int, backlog: bool, by_path: bool = False) -> dict[str, Any]:
     from chalice.test import Client
     from moto import mock_aws
 
     from app import app
     from chalicelib import aws, wiring
     from chalicelib.adapters.memory import RecordingInvoker
+    from chalicelib.worker.picking import Picker
     from infra.provision import provision
     from local.moto_patches import atomic_writes
 
@@ -69,18 +86,32 @@ def run(tasks: int, users: int, capacity: int, backlog: bool) -> dict[str, Any]:
     os.environ.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1")
     atomic_writes()
     calls: Counter[str] = Counter()
+    paths: Counter[tuple[str, str]] = Counter()
+    picks: Counter[tuple[int, int]] = Counter()  # (queue, tasks taken) of each pick's receive
     lambda_calls: Counter[str] = Counter()
+
+    def count(model: Any, **kw: Any) -> None:
+        operation = f"{model.service_model.service_name}:{model.name}"
+        calls.update([operation])
+        if by_path:
+            paths.update([(operation, code_path())])
+
+    receive_for = Picker._receive_for
+
+    def counting_receive_for(self: Any, level: int, n: int, sample: int) -> Any:
+        picks.update([(level, n)])
+        return receive_for(self, level, n, sample)
+
     with mock_aws():
         provision("pqh-dev", aws.client("dynamodb"), aws.client("sqs"))
         invoker = RecordingInvoker()
         wiring.configure(invoker_factory=lambda settings: invoker)
         for service in ("dynamodb", "sqs"):
-            aws.client(service).meta.events.register(
-                "before-call.*.*",
-                lambda model, **kw: calls.update([f"{model.service_model.service_name}:{model.name}"]),
-            )
+            aws.client(service).meta.events.register("before-call.*.*", count)
         aws.client("sqs").get_queue_url(QueueName="pqh-dev-level-0")  # warm-up, not counted below
         calls.clear()
+        paths.clear()
+        Picker._receive_for = counting_receive_for  # type: ignore[method-assign]
         # A stage the config does not name: the client then leaves the environment as set above.
         with Client(app, stage_name="bench") as client:
             ids = []
@@ -101,7 +132,8 @@ def run(tasks: int, users: int, capacity: int, backlog: bool) -> dict[str, Any]:
             for task_id in ids:
                 assert client.http.get(f"/result/{task_id}").json_body["task_status"] == "SUCCESS"
                 api_requests += 1
-    return {"calls": calls, "lambda": lambda_calls, "api": api_requests, "tasks": tasks}
+        Picker._receive_for = receive_for  # type: ignore[method-assign]
+    return {"calls": calls, "paths": paths, "picks": picks, "lambda": lambda_calls, "api": api_requests, "tasks": tasks}
 
 
 def main() -> None:
@@ -109,9 +141,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--capacity", type=int, default=4)
+    parser.add_argument("--backlog-only", action="store_true", help="skip the idle run")
+    parser.add_argument("--by-path", action="store_true", help="also count calls by the code that made them")
     args = parser.parse_args()
-    for backlog in (False, True):
-        report(run(args.tasks, args.users, args.capacity, backlog), args, backlog)
+    for backlog in (True,) if args.backlog_only else (False, True):
+        report(run(args.tasks, args.users, args.capacity, backlog, args.by_path), args, backlog)
     print(
         "prices used (per million): API Gateway REST requests $3.50; Lambda requests $0.20; Lambda GB-seconds "
         "$16.67; DynamoDB on-demand write units $0.625, read units $0.125; SQS requests $0.40"
@@ -144,6 +178,15 @@ def report(result: dict[str, Any], args: argparse.Namespace, backlog: bool) -> N
         + sqs * PRICES["SQS request"]
     ) / n
     print(f"cost per million tasks, excluding the tasks' own run time: ${cost * 1e6:,.2f}")
+    if args.by_path:
+        print("\n| operation | per task | made by |")
+        print("|---|---:|---|")
+        for (op, path), count in sorted(result["paths"].items(), key=lambda item: (item[0][0], -item[1])):
+            print(f"| {op} | {count / n:.3f} | {path} |")
+        print("\n| queue | tasks taken by the pick | picks |")
+        print("|---:|---:|---:|")
+        for (queue, taken), count in sorted(result["picks"].items()):
+            print(f"| {queue} | {taken} | {count} |")
 
 
 if __name__ == "__main__":
