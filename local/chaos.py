@@ -89,6 +89,8 @@ class ChaosConfig:
     slow_seconds: float = 0.6
     # PQH_PREFETCH_SECONDS: how much work a worker picks ahead (None: the default).
     prefetch_seconds: float | None = None
+    # PQH_POLICY (None: the default).
+    policy: str | None = None
 
 
 @dataclass
@@ -245,6 +247,8 @@ class Chaos:
         }
         if self.config.prefetch_seconds is not None:
             env["PQH_PREFETCH_SECONDS"] = str(self.config.prefetch_seconds)
+        if self.config.policy is not None:
+            env["PQH_POLICY"] = self.config.policy
         # Set past load(): it refuses a runner time under a second, as a deployment should.
         self.settings = dataclasses.replace(load_settings(env), runner_seconds=self.config.runner_seconds)
         self.usage = DynamoUsageStore(dynamodb, self.settings.usage_table)

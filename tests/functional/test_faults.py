@@ -40,7 +40,7 @@ def _moto_patched_for_this_test_only(monkeypatch: pytest.MonkeyPatch) -> None:
     moto_patches.atomic_writes(monkeypatch.setattr)
 
 
-def run(**faults: float) -> ChaosReport:
+def run(**faults: Any) -> ChaosReport:
     config = ChaosConfig(
         **{**QUIET, **faults, "tasks": 20, "users": 4, "capacity": 2, "timeout_seconds": BUDGET_SECONDS}
     )
@@ -93,6 +93,9 @@ def test_slow_tasks_among_short_ones_hand_back_the_tasks_held_behind_them_while_
 ) -> None:
     # Workers pick 0.5 s of short tasks ahead; a slow task (1.2 s) sends them back
     # after 1 s, for any slot. With kills on top: nothing lost, nothing run twice.
+    # Under the fair policy every batch may hold several tasks; under priority only
+    # the most urgent work is held ahead, so whether a slow task had any behind it
+    # was left to chance (one run in several had none).
     handed_back: list[int] = []
     put_back_now = Worker._put_back_now
 
@@ -101,7 +104,7 @@ def test_slow_tasks_among_short_ones_hand_back_the_tasks_held_behind_them_while_
         put_back_now(self, picks)
 
     monkeypatch.setattr(Worker, "_put_back_now", counted)
-    run(slow_share=0.1, slow_seconds=1.2, kill_rate=0.03, prefetch_seconds=0.5, task_seconds=0.02)
+    run(slow_share=0.2, slow_seconds=1.2, kill_rate=0.03, prefetch_seconds=0.5, task_seconds=0.02, policy="fair")
     assert handed_back, "no slow task ever had tasks held behind it"
 
 
