@@ -17,7 +17,7 @@ from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, RUNNING_ELSEWHERE
 from chalicelib.settings import TASK_RUN_LEASE_SECONDS
 from chalicelib.worker import executing
 from chalicelib.worker.held import Held
-from tests.fakes import ManualTimers, make_world
+from tests.fakes import ManualTimers, make_world, record_takes
 
 
 def test_submit_counts_picks_level_stores_queues_and_nudges() -> None:
@@ -713,16 +713,10 @@ def test_with_prefetch_a_worker_picks_a_second_of_short_tasks_in_one_write_while
     w = make_world(capacity=1, prefetch_seconds=1.0)
     tasks = [w.services.submitting.submit(f"user{i}", i) for i in range(14)]
     w.services.dispatching.dispatch()
-    takes: list[int] = []  # tasks taken by each committed pick
+    takes = record_takes(w)  # tasks taken by each committed pick
     receives: list[int] = []  # messages asked for by each receive
     ahead: list[int] = []  # tasks taken when each task started, minus the tasks started before it
-    commit, receive = w.control.commit_pick, w.queues.receive
-
-    def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
-        taken, state = commit(seen, after, wanted, *args)
-        if taken:
-            takes.append(sum(wanted.values()) if isinstance(wanted, dict) else 1)
-        return taken, state
+    receive = w.queues.receive
 
     def counted_receive(level: int, most: int, wait_seconds: int) -> Any:
         receives.append(most)
@@ -734,7 +728,6 @@ def test_with_prefetch_a_worker_picks_a_second_of_short_tasks_in_one_write_while
         w.clock.advance(0.1)  # tasks of 0.1 s: the average the worker keeps becomes 0.1
         return "done"
 
-    w.control.commit_pick = counted_commit  # type: ignore[method-assign]
     w.queues.receive = counted_receive  # type: ignore[method-assign]
     w.services.deps.task_function = task
     assert w.outcomes() == [SUCCESS] * 14
@@ -765,21 +758,13 @@ def test_a_batch_runs_what_single_picks_would_in_the_same_order() -> None:
             w.services.submitting.submit(f"light{i % 3}", 100 + i)
             w.clock.advance(1)
         order: list[tuple[str, object]] = []
-        takes: list[int] = []
-        commit = w.control.commit_pick
-
-        def counted_commit(seen: Any, after: Any, wanted: Any, *args: Any) -> Any:
-            taken, state = commit(seen, after, wanted, *args)
-            if taken:
-                takes.append(sum(wanted.values()))
-            return taken, state
+        takes = record_takes(w)
 
         def task(x: object, ctx: Any) -> str:
             order.append((ctx.user_id, x))
             w.clock.advance(0.1)
             return "done"
 
-        w.control.commit_pick = counted_commit  # type: ignore[method-assign]
         w.services.deps.task_function = task
         w.services.dispatching.dispatch()
         assert w.outcomes() == [SUCCESS] * 18
