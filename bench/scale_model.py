@@ -731,11 +731,11 @@ class AwsTaskQueues:
             requests=math.ceil(len(receipt_handles) / 10),
         )
 
-    def give_back(self, level: int, receipt_handles: list[str]) -> None:
+    def give_back(self, level: int, receipt_handles: list[str], after_seconds: int = 0) -> None:
         self._aws.call(
             "sqs",
             "ChangeMessageVisibilityBatch",
-            lambda: self._inner.give_back(level, receipt_handles),
+            lambda: self._inner.give_back(level, receipt_handles, after_seconds),
             requests=math.ceil(len(receipt_handles) / 10),
         )
 

@@ -43,9 +43,10 @@ class Deps:
     worker_clock: WorkerClock = field(default_factory=WorkerClock)
     # Where a worker picks ahead while a task runs: one thread; tests run it by hand.
     pick_ahead_pool: Callable[[], Executor] = lambda: ThreadPoolExecutor(1, thread_name_prefix="prefetch")
-    # Where a submit nudges the dispatcher while its message is sent: built once per
-    # process (``side_pool``), a few threads for the local server's concurrent requests.
-    side_pool_factory: Callable[[], Executor] = lambda: ThreadPoolExecutor(4, thread_name_prefix="submit-side")
+    # Where a submit writes its record and nudges the dispatcher while its message is
+    # sent: built once per process (``side_pool``); on Lambda a request uses two
+    # threads at most, the local server serves many requests at once.
+    side_pool_factory: Callable[[], Executor] = lambda: ThreadPoolExecutor(16, thread_name_prefix="submit-side")
     task_function: TaskFunction | None = None
     keys: KeyStore | None = None
     idempotency: Idempotency | None = None

@@ -125,8 +125,8 @@ class TaskQueues(Protocol):
     def delete_many(self, level: int, receipt_handles: list[str]) -> None:
         """Delete received messages, ten per request; a handle that has gone stale is skipped."""
 
-    def give_back(self, level: int, receipt_handles: list[str]) -> None:
-        """Make received messages visible again at once."""
+    def give_back(self, level: int, receipt_handles: list[str], after_seconds: int = 0) -> None:
+        """Make received messages visible again, at once or after ``after_seconds``."""
 
     def depths(self) -> list[QueueDepth]:
         """Approximate depth of every level's queue and dead-letter queue."""

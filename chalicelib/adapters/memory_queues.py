@@ -98,11 +98,12 @@ class MemoryTaskQueues:
             self.calls.append(("delete_many", level))
             self.queues[level] = [m for m in self.queues[level] if m.receipt not in receipt_handles]
 
-    def give_back(self, level: int, receipt_handles: list[str]) -> None:
+    def give_back(self, level: int, receipt_handles: list[str], after_seconds: int = 0) -> None:
         with self._lock:
+            visible_at = self.clock() + after_seconds if after_seconds > 0 else 0.0
             for message in self.queues[level]:
                 if message.receipt in receipt_handles:
-                    message.visible_at = 0.0
+                    message.visible_at = visible_at
 
     def depth(self, level: int) -> int:
         with self._lock:

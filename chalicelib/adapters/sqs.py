@@ -160,12 +160,30 @@ class SqsTaskQueues:
             raise
         return int(attributes["Attributes"].get("ApproximateNumberOfMessages", 0))
 
-    def give_back(self, level: int, receipt_handles: list[str]) -> None:
+    def give_back(self, level: int, receipt_handles: list[str], after_seconds: int = 0) -> None:
+        # An entry SQS could not change (its Failed list) would stay hidden for the
+        # visibility timeout: one more try for those that were not the caller's fault,
+        # then a warning naming what is left.
         for start in range(0, len(receipt_handles), 10):
-            chunk = receipt_handles[start : start + 10]
-            self._sqs.change_message_visibility_batch(
-                QueueUrl=self.url(level),
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0} for i, handle in enumerate(chunk)
-                ],
-            )
+            pending = dict(enumerate(receipt_handles[start : start + 10]))
+            for attempt in range(2):
+                response = self._sqs.change_message_visibility_batch(
+                    QueueUrl=self.url(level),
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": after_seconds}
+                        for i, handle in pending.items()
+                    ],
+                )
+                failed = response.get("Failed") or []
+                retry = {int(f["Id"]) for f in failed if not f.get("SenderFault") and attempt == 0}
+                if len(failed) > len(retry):
+                    log.warning(
+                        "gave back %d of %d messages of queue %d; the rest return after their visibility timeout: %s",
+                        len(pending) - len(failed),
+                        len(pending),
+                        level,
+                        "; ".join(f"{f.get('Code')}: {f.get('Message', '')}" for f in failed),
+                    )
+                if not retry:
+                    break
+                pending = {k: pending[k] for k in retry}

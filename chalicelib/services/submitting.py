@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -27,11 +28,19 @@ class Submitting(Service):
         self._top_floor: tuple[int, float] = (0, float("-inf"))  # the top-users floor and when it was seen
 
     def submit(self, user_id: str, x: Any) -> Task:
-        """Count the submission, pick its level, store it, queue it, nudge the dispatcher."""
+        """Count the submission, pick its level, store it and queue it at once, nudge the dispatcher.
+
+        Three round trips one after another: the user's count (the level comes from
+        it), the queue's count and number (the record holds the number), then the
+        record and the message together (a worker that receives the message before
+        its record lands gives it back for a moment: ``Executor.run_one``). A note on
+        the top-users list goes out beside the queue's count, the nudge beside the
+        record and the message.
+        """
         s = self.settings
         now = self.clock()
         count_before, weight = self._count_submission(user_id, now)
-        self._note_top_user(user_id, count_before + 1, now)
+        note = self._beside(lambda: self._note_top_user(user_id, count_before + 1, now))
         level = policy.level_for(count_before, weight, s.thresholds)
         queue = policy.queue_level(level, s.policy)
         try:
@@ -44,42 +53,48 @@ class Submitting(Service):
             with contextlib.suppress(Exception):
                 self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
             raise
+        finally:
+            _wait(note)
         queued_before = count - 1
+        task = Task(
+            task_id=str(uuid.uuid4()),
+            user_id=user_id,
+            x=x,
+            priority_level=level,
+            submitted_at=now,
+            # Kept while its message may still be queued; finishing resets it to
+            # finish + PQH_RESULT_TTL_SECONDS.
+            expires_at=int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds,
+            tag=count_before / weight,
+            queue_seq=seq,
+        )
+        # The task is counted: a worker the nudge starts takes the count and finds the
+        # message with its long poll. So the nudge (a Lambda Invoke, the slowest call of
+        # a submit) goes out while the record is written and the message sent.
+        nudge = self._beside(self._nudge_dispatcher) if queued_before < s.capacity else None
+        record = self._beside(lambda: self.tasks.create(task))
+        failed: BaseException | None = None
         try:
-            task = Task(
-                task_id=str(uuid.uuid4()),
-                user_id=user_id,
-                x=x,
-                priority_level=level,
-                submitted_at=now,
-                # Kept while its message may still be queued; finishing resets it to
-                # finish + PQH_RESULT_TTL_SECONDS.
-                expires_at=int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds,
-                tag=count_before / weight,
-                queue_seq=seq,
-            )
-            self.tasks.create(task)
-            # The record exists and the task is counted: a worker the nudge starts takes
-            # the count and finds the message with its long poll. So the nudge (a Lambda
-            # Invoke, the slowest call of a submit) goes out while the message is sent.
-            nudge = self._start_nudge() if queued_before < s.capacity else None
-            try:
-                self.queues.send(queue, task)
-            except Exception:
-                # Not queued means not accepted: no PENDING record may stay behind.
+            self.queues.send(queue, task)
+        except Exception as exc:
+            failed = exc
+        try:
+            _wait(record, raising=True)
+        except Exception as exc:
+            failed = failed or exc
+        _wait(nudge)  # never raises (a failed nudge is logged); the answer waits for it
+        if failed is not None:
+            # Not accepted: neither stored, counted nor queued (best effort; the error
+            # goes to the client). A message sent without its record is dropped by the
+            # worker that finds it once it is older than RECORD_GRACE_SECONDS; a count
+            # left behind corrects itself at the next pick.
+            with contextlib.suppress(Exception):
                 self._drop_unqueued(task)
-                raise
-            finally:
-                if nudge is not None:
-                    nudge.result()  # never raises (a failed nudge is logged); the answer waits for it
-        except Exception:
-            # Not accepted: neither counted nor queued (best effort; the error goes to
-            # the client). A count left behind corrects itself at the next pick.
             with contextlib.suppress(Exception):
                 self.control.withdraw(queue)
             with contextlib.suppress(Exception):
                 self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
-            raise
+            raise failed
         observability.task_event(
             "submitted", task.task_id, user_id, level, queue=queue, count_before=count_before, weight=weight
         )
@@ -143,19 +158,25 @@ class Submitting(Service):
         except Exception:
             log.exception("could not note user=%s on the top-users list", user_id)
 
-    def _start_nudge(self) -> Future[None] | None:
-        """Nudge the dispatcher on the process's side pool; in line if no thread can be had."""
+    def _beside(self, call: Callable[[], None]) -> Future[None]:
+        """Start ``call`` on the process's side pool (in line if no thread can be had); ``_wait`` for it."""
         try:
-            return self.deps.side_pool().submit(self._nudge_dispatcher)
+            return self.deps.side_pool().submit(call)
         except RuntimeError:  # the pool is shut down (the interpreter is exiting)
-            self._nudge_dispatcher()
-            return None
+            done: Future[None] = Future()
+            try:
+                call()
+                done.set_result(None)
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
 
     def _drop_unqueued(self, task: Task) -> None:
-        """Delete the record of a task whose message was never sent; failing that, cancel it.
+        """Delete the record of a task that was not accepted; failing that, cancel it.
 
         A PENDING record with no message would wait for the retention refresh (a week).
-        A cancelled one answers at once and leaves every index.
+        A cancelled one answers at once and leaves every index, and a worker that
+        receives its message (if one was sent) finds it finished and deletes it.
         """
         try:
             self.tasks.delete(task.task_id)
@@ -163,3 +184,14 @@ class Submitting(Service):
             log.exception("task=%s was not queued and its record could not be deleted; cancelling it", task.task_id)
             now = self.clock()
             self.tasks.cancel_pending(task.task_id, now, now + self.settings.result_ttl_seconds)
+
+
+def _wait(future: Future[None] | None, raising: bool = False) -> None:
+    """Wait for a call started beside the request; its error is raised only when ``raising``."""
+    if future is None:
+        return
+    if raising:
+        future.result()
+        return
+    with contextlib.suppress(Exception):
+        future.result()

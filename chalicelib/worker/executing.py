@@ -28,6 +28,17 @@ MAX_RESULT_BYTES = 128 * 1024
 # A result nests at most one level deeper than the deepest accepted x (the default
 # task's result holds x in input_x), so every recorded result reads back.
 MAX_RESULT_DEPTH = MAX_X_DEPTH + 1
+# A submit writes a task's record while it sends its message, so a worker can
+# receive a message before its record lands (by a round trip at most, normally).
+# Younger than RECORD_GRACE_SECONDS (by its submit time), a message without a
+# record is tried again after each of RECORD_RETRY_PAUSES, then given back to come
+# again after RECORD_WAIT_SECONDS; older, its record is gone for good (the submit
+# failed and was rolled back, or the record expired) and the message is deleted.
+# The grace is above the API function's time limit (15 s): no submit that could
+# still land its record is left behind.
+RECORD_GRACE_SECONDS = 60.0
+RECORD_RETRY_PAUSES: tuple[float, ...] = (0.05, 0.2)
+RECORD_WAIT_SECONDS = 1
 # A recorded outcome's log event and metric.
 FINISHED_EVENTS = {SUCCESS: "succeeded", FAILURE: "failed", CANCELLED: "cancelled"}
 FINISHED_METRICS = {
@@ -53,6 +64,14 @@ class Executor(Service):
         outcome, task = self.tasks.start(
             message.task_id, run_id, now, now + self.settings.run_lease_seconds, slot_holder
         )
+        for pause in RECORD_RETRY_PAUSES:
+            if outcome != MISSING or now - message.submitted_at >= RECORD_GRACE_SECONDS:
+                break
+            self.deps.worker_clock.sleep(pause)  # its record may be landing now
+            now = self.clock()
+            outcome, task = self.tasks.start(
+                message.task_id, run_id, now, now + self.settings.run_lease_seconds, slot_holder
+            )
         if counted and (outcome != STARTED_NOW or (task is not None and task.attempts > 1)):
             # This message was a duplicate or a redelivery, and was not counted; the
             # count the pick took belongs to another message of the queue: give it back.
@@ -62,6 +81,12 @@ class Executor(Service):
             # letters: it goes there now (at least once: rarely, twice).
             self._to_dead_letters(level, message, task.error or "failed", task.priority_level)
             log.info("dead-lettered task=%s on its redelivery", message.task_id)
+            return outcome
+        if outcome == MISSING and now - message.submitted_at < RECORD_GRACE_SECONDS:
+            # Its record is still being written (the submit sends both at once): it
+            # comes again in a moment (the count, if taken, was given back above).
+            self.queues.give_back(level, [message.receipt_handle], after_seconds=RECORD_WAIT_SECONDS)
+            log.info("gave back task=%s: its record has not landed yet", message.task_id)
             return outcome
         if outcome in (MISSING, ALREADY_FINISHED):
             # A duplicate delivery, or a record that expired: nothing to run.

@@ -465,6 +465,16 @@ def test_give_back_makes_a_message_visible_again(queue_ports: Ports) -> None:
     assert again.task_id == message.task_id
 
 
+def test_give_back_after_a_delay_keeps_a_message_hidden_until_then(queue_ports: Ports) -> None:
+    queue_ports.queues.send(2, make_task())
+    (message,) = queue_ports.queues.receive(2, 10, wait_seconds=1)
+    queue_ports.queues.give_back(2, [message.receipt_handle], after_seconds=2)
+    assert queue_ports.queues.receive(2, 10, wait_seconds=0) == []
+    time.sleep(2.2)
+    (again,) = queue_ports.queues.receive(2, 10, wait_seconds=1)
+    assert again.task_id == message.task_id
+
+
 def test_cancel_pending_and_request_cancel(ports: Ports) -> None:
     queued, running = make_task(), make_task(task_id="44444444-4444-4444-8444-444444444444")
     ports.tasks.create(queued)

@@ -59,21 +59,6 @@ def test_a_failed_count_write_refunds_the_usage_and_creates_nothing() -> None:
     assert w.control.backlog().counts == (1, 0, 0, 0, 0, 0)
 
 
-def test_a_failed_record_write_takes_back_the_count_and_the_usage_and_queues_nothing() -> None:
-    w = make_world(capacity=1)
-
-    def throttled(task: object) -> None:
-        raise RuntimeError("throttled")
-
-    w.tasks.create = throttled  # type: ignore[method-assign]
-    with pytest.raises(RuntimeError):
-        w.services.submitting.submit("u", 1)
-    assert w.control.backlog().counts == (0,) * LEVELS
-    assert w.services.accounts.user_usage("u").count_in_window == 0
-    assert w.queues.depth(0) == 0
-    assert w.invoker.dispatch_triggers == 0  # nothing accepted: no worker needed
-
-
 def test_an_unqueued_task_whose_record_cannot_be_deleted_is_cancelled_and_kept_only_for_the_result_ttl() -> None:
     w = make_world(result_ttl_seconds=3600)
     w.clock.now = 2_000_000.0

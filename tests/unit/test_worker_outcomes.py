@@ -12,6 +12,7 @@ from chalicelib.policy import LEVELS
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, MISSING, RUNNING_ELSEWHERE
 from chalicelib.settings import TASK_RUN_LEASE_SECONDS
 from chalicelib.tasks import TaskContext, cancellable
+from chalicelib.worker.executing import RECORD_GRACE_SECONDS, RECORD_WAIT_SECONDS
 from tests.fakes import make_world
 
 WAIT = 10.0  # a generous bound for another thread's step on a loaded machine
@@ -131,9 +132,48 @@ def test_a_message_whose_record_has_expired_is_dropped_not_run_nor_dead_lettered
     w = make_world(capacity=1)
     task = w.services.submitting.submit("u", 1)
     w.tasks.delete(task.task_id)  # TTL removed the record
+    w.clock.advance(RECORD_GRACE_SECONDS)
     w.services.dispatching.dispatch()
     assert w.outcomes() == [MISSING]
     assert w.ran == [] and w.queues.depth(0) == 0 and w.queues.dead[0] == []
+
+
+def test_a_message_received_before_its_record_lands_is_given_back_and_runs_once_it_has() -> None:
+    # A submit writes the record while it sends the message: a worker can be faster.
+    w = make_world(capacity=1)
+    task = w.services.submitting.submit("u", 1)
+    record = w.tasks.get(task.task_id)
+    assert record is not None
+    w.tasks.delete(task.task_id)  # not landed yet
+    w.services.dispatching.dispatch()
+    assert w.outcomes() == [MISSING]
+    assert w.ran == [] and w.queues.depth(0) == 1 and w.queues.dead[0] == []
+    w.tasks.create(record)  # it lands
+    w.services.dispatching.dispatch(full_walk=True)
+    assert w.outcomes() == []  # hidden for a moment: no busy loop on a record that is late
+    w.clock.advance(RECORD_WAIT_SECONDS)
+    w.services.dispatching.dispatch(full_walk=True)
+    assert w.outcomes() == [SUCCESS] and w.ran == [task.task_id]
+
+
+def test_a_record_that_lands_a_moment_after_its_message_was_received_runs_at_once() -> None:
+    w = make_world(capacity=1)
+    task = w.services.submitting.submit("u", 1)
+    record = w.tasks.get(task.task_id)
+    assert record is not None
+    w.tasks.delete(task.task_id)
+    start = w.tasks.start
+
+    def start_then_land(*args: Any, **kwargs: Any) -> Any:
+        answer = start(*args, **kwargs)
+        if answer[0] == MISSING:
+            w.tasks.create(record)  # lands while the worker pauses
+        return answer
+
+    w.tasks.start = start_then_land  # type: ignore[method-assign]
+    w.services.dispatching.dispatch()
+    assert w.outcomes() == [SUCCESS] and w.ran == [task.task_id]
+    assert w.queues.depth(0) == 0 and w.control.backlog().counts == (0,) * LEVELS
 
 
 def test_a_second_delivery_of_a_finished_task_is_dropped_not_dead_lettered() -> None:
