@@ -108,6 +108,7 @@ class Run:
             clock=self.clock.now,
             monotonic=self.clock.now,
             start_timer=self.clock.start_timer,
+            sleep=self.clock.sleep,
             task_function=self._task,
             side_pool=lambda: ClockExecutor(self.clock, inline=lambda: not self.aws.enabled),
         )

@@ -10,15 +10,16 @@ else in bench/scale*.py needs to move. Two choices live here too:
   for tasks short enough to be prefetched, the next batch's pick (one write and a
   receive or two, about 15 ms) is paid before the last task of a batch instead of
   during it: at most one pick's latency per batch.
-- a submit's side calls (the dispatcher's nudge, made while the message is
-  sent) run on the model's ``ClockExecutor``: a thread of the clock, waited for
-  as the clock's sleep is, so they overlap in virtual time as on AWS.
-- the outcome write's retry pauses (``time.sleep``) are left as they are: they
-  only run when a write fails after botocore's retries, which the model counts.
+- a submit's side calls (its record's write and the dispatcher's nudge, made
+  while the message is sent) run on the model's ``ClockExecutor``: a thread of the
+  clock, waited for as the clock's sleep is, so they overlap in virtual time as on AWS.
+- the worker's pauses (an outcome write tried again, a start tried again while a
+  task's record lands) sleep on the model's clock.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -95,6 +96,7 @@ def build_services(
     start_timer: StartTimer,
     task_function: Callable[[Any, Any], Any],
     side_pool: Callable[[], Executor] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> Services:
     return Services(
         settings=config,
@@ -104,7 +106,7 @@ def build_services(
         control=control,
         invoker=invoker,
         clock=clock,
-        worker_clock=WorkerClock(monotonic=monotonic, start_timer=start_timer),
+        worker_clock=WorkerClock(monotonic=monotonic, start_timer=start_timer, sleep=sleep or time.sleep),
         pick_ahead_pool=InlineExecutor,
         side_pool=side_pool,
         task_function=task_function,
