@@ -537,9 +537,34 @@ class Aws:
 class AwsControlStore:
     """The control table: slot items and the one ``backlog`` item every submit and pick writes."""
 
-    def __init__(self, inner: Any, aws: Aws) -> None:
+    def __init__(self, inner: Any, aws: Aws, shard: int = 0) -> None:
         self._inner = inner
         self._aws = aws
+        self._shard = shard
+        # Each backlog shard's record is an item of its own, with its own budget.
+        self._item = "backlog" if shard == 0 else f"backlog#{shard}"
+        self._views: dict[int, AwsControlStore] = {shard: self}
+
+    def shard(self, shard: int) -> AwsControlStore:
+        if shard not in self._views:
+            self._views[shard] = AwsControlStore(self._inner.shard(shard), self._aws, shard)
+        return self._views[shard]
+
+    def backlogs(self, shards: int) -> Any:
+        return self._aws.call(
+            "dynamodb", "BatchGetItem", lambda: self._inner.backlogs(shards), item=self._item, rcu=shards
+        )
+
+    def slots_and_backlogs(self, capacity: int, shards: int) -> Any:
+        keys = capacity + shards
+        return self._aws.call(
+            "dynamodb",
+            "BatchGetItem",
+            lambda: self._inner.slots_and_backlogs(capacity, shards),
+            item=self._item,
+            rcu=shards,
+            requests=math.ceil(keys / 100),
+        )
 
     def _call_bool(self, *args: Any, **kwargs: Any) -> bool:
         return bool(self._aws.call(*args, **kwargs))
@@ -557,7 +582,7 @@ class AwsControlStore:
             "dynamodb",
             "BatchGetItem",
             lambda: self._inner.slots_and_backlog(capacity),
-            item="backlog",
+            item=self._item,
             rcu=1,
             requests=math.ceil(keys / 100),
         )
@@ -599,7 +624,7 @@ class AwsControlStore:
         )
 
     def backlog(self) -> Any:
-        return self._aws.call("dynamodb", "GetItem", self._inner.backlog, item="backlog", rcu=1)
+        return self._aws.call("dynamodb", "GetItem", self._inner.backlog, item=self._item, rcu=1)
 
     def add_backlog(self, level: int, delta: int, tallies: Any = ()) -> int:
         return int(
@@ -607,20 +632,20 @@ class AwsControlStore:
                 "dynamodb",
                 "UpdateItem",
                 lambda: self._inner.add_backlog(level, delta, tallies),
-                item="backlog",
+                item=self._item,
                 wcu=self._backlog_wcu(),
             )
         )
 
     def enqueue(self, level: int) -> tuple[int, int]:
         count, seq = self._aws.call(
-            "dynamodb", "UpdateItem", lambda: self._inner.enqueue(level), item="backlog", wcu=self._backlog_wcu()
+            "dynamodb", "UpdateItem", lambda: self._inner.enqueue(level), item=self._item, wcu=self._backlog_wcu()
         )
         return int(count), int(seq)
 
     def withdraw(self, level: int) -> None:
         self._aws.call(
-            "dynamodb", "UpdateItem", lambda: self._inner.withdraw(level), item="backlog", wcu=self._backlog_wcu()
+            "dynamodb", "UpdateItem", lambda: self._inner.withdraw(level), item=self._item, wcu=self._backlog_wcu()
         )
 
     def commit_pick(self, seen: Any, after: Any, takes: Any, tallies: Any = ()) -> Any:
@@ -629,7 +654,7 @@ class AwsControlStore:
             "dynamodb",
             "UpdateItem",
             lambda: self._inner.commit_pick(seen, after, takes, tallies),
-            item="backlog",
+            item=self._item,
             wcu=self._backlog_wcu(),
         )
         if self._aws.enabled:

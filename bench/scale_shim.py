@@ -27,7 +27,7 @@ from typing import Any
 from chalicelib.adapters.memory import MemoryControlStore, MemoryTaskQueues, MemoryTaskStore, MemoryUsageStore
 from chalicelib.clock import StartTimer, Timer, WorkerClock
 from chalicelib.domain import Handoff
-from chalicelib.policy import Backlog
+from chalicelib.policy import Backlog, combined
 from chalicelib.services import Services
 from chalicelib.settings import Settings
 
@@ -43,6 +43,7 @@ __all__ = [
     "StartTimer",
     "Timer",
     "build_services",
+    "combined",
     "dispatch",
     "run_worker",
     "submit",

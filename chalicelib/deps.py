@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from chalicelib import policy
 from chalicelib.clock import WorkerClock
 from chalicelib.ports import (
     AdminTokenSource,
@@ -115,6 +116,14 @@ class Service:
     @property
     def clock(self) -> Callable[[], float]:
         return self.deps.clock
+
+    def backlog_shard(self, shard: int) -> ControlStore:
+        """The control store acting on backlog shard ``shard`` (the store itself for shard 0)."""
+        return self.control if shard == 0 else self.control.shard(shard)
+
+    def task_shard(self, task_id: str) -> ControlStore:
+        """The control store acting on the backlog shard a task is counted in."""
+        return self.backlog_shard(policy.shard_of(task_id, self.settings.backlog_shards))
 
     def _nudge_dispatcher(self) -> None:
         self.deps.nudge_dispatcher()

@@ -144,12 +144,26 @@ class TaskQueues(Protocol):
 
 
 class ControlStore(Protocol):
-    """Capacity slots and the per-level backlog counts."""
+    """Capacity slots and the per-level backlog counts.
+
+    The backlog methods act on one backlog record: shard 0's, or the one of the
+    view ``shard(k)`` returns (policy/shards.py). The slot methods are the same on
+    every view.
+    """
 
     def slots(self, capacity: int) -> list[Slot]: ...
 
     def slots_and_backlog(self, capacity: int) -> tuple[list[Slot], Backlog]:
-        """The slots and the backlog state, in one read (what a dispatcher run and /stats need)."""
+        """The slots and this view's backlog state, in one read."""
+
+    def slots_and_backlogs(self, capacity: int, shards: int) -> tuple[list[Slot], list[Backlog]]:
+        """The slots and every shard's backlog state (shard 0 first), in one read (a dispatcher run, /stats)."""
+
+    def backlogs(self, shards: int) -> list[Backlog]:
+        """Every shard's backlog state, shard 0 first, in one read."""
+
+    def shard(self, shard: int) -> ControlStore:
+        """A view whose backlog methods act on shard ``shard``'s record (this one for its own shard)."""
 
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool: ...
 

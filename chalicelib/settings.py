@@ -17,6 +17,7 @@ from chalicelib.policy import (
     DEFAULT_SHARES,
     DEFAULT_THRESHOLDS,
     LEVELS,
+    MAX_SHARDS,
     POLICIES,
     validate_shares,
     validate_thresholds,
@@ -78,6 +79,8 @@ class Settings:
     max_queued_per_user: int = 100
     # /stats answers from what this process computed at most this long ago (0: never cached).
     stats_cache_seconds: float = 5.0
+    # The backlog record split into this many (policy/shards.py): more submits and picks a second.
+    backlog_shards: int = 1
 
     @property
     def bucket_seconds(self) -> int:
@@ -235,4 +238,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         prefetch_seconds=_float(env, "PQH_PREFETCH_SECONDS", 1.0, 0.0),
         max_queued_per_user=_int(env, "PQH_MAX_QUEUED_PER_USER", 100, 1, 1_000_000),
         stats_cache_seconds=_float(env, "PQH_STATS_CACHE_SECONDS", 5.0, 0.0),
+        backlog_shards=_int(env, "PQH_BACKLOG_SHARDS", 1, 1, MAX_SHARDS),
     )

@@ -11,10 +11,31 @@ from chalicelib.policy import Backlog, Slot
 
 
 class MemoryControlStore:
+    """Slots and backlog records; ``shard(k)`` is a view sharing them, acting on shard k's record."""
+
     def __init__(self) -> None:
         self._slots: dict[int, Slot] = {}
-        self._state = Backlog()
+        self._states: dict[int, Backlog] = {}
+        self._views: dict[int, MemoryControlStore] = {0: self}
+        self._shard = 0
         self._mutex = threading.Lock()
+
+    @property
+    def _state(self) -> Backlog:
+        return self._states.get(self._shard, Backlog())
+
+    @_state.setter
+    def _state(self, value: Backlog) -> None:
+        self._states[self._shard] = value
+
+    def shard(self, shard: int) -> MemoryControlStore:
+        with self._mutex:
+            if shard not in self._views:
+                view = object.__new__(MemoryControlStore)
+                view._slots, view._states, view._views = self._slots, self._states, self._views
+                view._shard, view._mutex = shard, self._mutex
+                self._views[shard] = view
+            return self._views[shard]
 
     def slots(self, capacity: int) -> list[Slot]:
         with self._mutex:
@@ -22,6 +43,12 @@ class MemoryControlStore:
 
     def slots_and_backlog(self, capacity: int) -> tuple[list[Slot], Backlog]:
         return self.slots(capacity), self.backlog()
+
+    def slots_and_backlogs(self, capacity: int, shards: int) -> tuple[list[Slot], list[Backlog]]:
+        return self.slots(capacity), self.backlogs(shards)
+
+    def backlogs(self, shards: int) -> list[Backlog]:
+        return [self.shard(k).backlog() for k in range(max(1, shards))]
 
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool:
         with self._mutex:

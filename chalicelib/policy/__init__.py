@@ -66,6 +66,7 @@ from chalicelib.policy.position import (
     start_after,
     with_arrival_rates,
 )
+from chalicelib.policy.shards import MAX_SHARDS, combined, home_shard, shard_of, visiting_order
 
 __all__ = [
     "ARRIVAL_SECONDS",
@@ -75,6 +76,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "LEVELS",
     "MAX_BATCH",
+    "MAX_SHARDS",
     "POLICIES",
     "POSITION_LIMIT",
     "PRIORITY_ORDERED",
@@ -95,12 +97,14 @@ __all__ = [
     "bucket_start",
     "charged_count",
     "choose_level",
+    "combined",
     "estimate",
     "floor_allows",
     "floor_bound",
     "free_slots",
     "guaranteed_share",
     "highest_backlogged",
+    "home_shard",
     "is_live",
     "level_for",
     "live_count",
@@ -113,12 +117,14 @@ __all__ = [
     "plan_picks",
     "queue_level",
     "queue_position",
+    "shard_of",
     "slots_free_in",
     "start_after",
     "takes_of",
     "tally",
     "validate_shares",
     "validate_thresholds",
+    "visiting_order",
     "with_arrival_rates",
     "workers_wanted",
 ]

@@ -31,10 +31,10 @@ class Dispatching(Service):
         s = self.settings
         now = self.clock()
         report = DispatchReport()
-        slots, backlog = self.control.slots_and_backlog(s.capacity)  # one BatchGetItem
+        slots, shards = self.control.slots_and_backlogs(s.capacity, s.backlog_shards)  # one BatchGetItem
         free = policy.free_slots(slots, s.capacity, now)
         report.free_slots = len(free)
-        report.backlog = list(backlog.counts)
+        report.backlog = list(policy.combined(shards).counts)
         if not free:
             return report
         wanted = policy.workers_wanted(len(free), report.backlog, full_walk)
@@ -46,7 +46,9 @@ class Dispatching(Service):
                 observability.metrics.count(observability.SLOT_RACES_LOST)
                 continue  # another dispatcher took it
             try:
-                self.deps.invoker.start_worker(Handoff(slot_id, holder, full_walk, policy.backlog_to_payload(backlog)))
+                # The record of the shard this slot picks from first: its first pick's state.
+                home = shards[policy.home_shard(slot_id, s.backlog_shards)]
+                self.deps.invoker.start_worker(Handoff(slot_id, holder, full_walk, policy.backlog_to_payload(home)))
             except Exception:
                 log.exception("could not start a worker on slot %d; the tasks stay queued", slot_id)
                 self.control.release_slot(slot_id, holder)

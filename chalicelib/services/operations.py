@@ -54,7 +54,8 @@ class Operations(Service):
     def _compute_stats(self, now: float) -> Stats:
         """A fixed number of requests whatever the number of users or tasks (docs/operating-aws.md)."""
         s = self.settings
-        slots, backlog = self.control.slots_and_backlog(s.capacity)
+        slots, shards = self.control.slots_and_backlogs(s.capacity, s.backlog_shards)
+        backlog = policy.combined(shards)
         slots_held = sum(1 for slot in slots if not slot.is_free(now))
         live_holders = {slot.holder for slot in slots if not slot.is_free(now)}
         depths = self.queues.depths()
@@ -175,13 +176,14 @@ class Operations(Service):
         if task is None or task.task_status not in (FAILURE, PENDING):
             return False
         queue = policy.queue_level(task.priority_level, s.policy)
-        _, seq = self.control.enqueue(queue)
+        control = self.task_shard(task_id)
+        _, seq = control.enqueue(queue)
         try:
             if task.task_status == FAILURE:
                 expires_at = int(self.clock()) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
                 reset = self.tasks.requeue(task_id, seq, expires_at, self.clock())  # FAILURE -> PENDING
                 if reset is None:
-                    self.control.withdraw(queue)
+                    control.withdraw(queue)
                     return False
                 task = reset
             # PENDING: SQS moved it after too many receives; it never ran. A send that
@@ -189,7 +191,7 @@ class Operations(Service):
             self.queues.send(queue, task)
         except Exception:
             with contextlib.suppress(Exception):
-                self.control.withdraw(queue)
+                control.withdraw(queue)
             raise
         return True
 

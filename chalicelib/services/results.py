@@ -38,19 +38,22 @@ class Results(Service):
         if task.task_status != PENDING or not task.queue_seq:
             return None
         s = self.settings
-        backlog = self.control.backlog()
+        # Its shard's record: the policy's order there, run by that shard's share of
+        # the slots; as many tasks start meanwhile in each other shard (about).
+        backlog = self.task_shard(task.task_id).backlog()
+        shards = s.backlog_shards
         found = policy.estimate(
             backlog,
             policy.queue_level(task.priority_level, s.policy),
             task.queue_seq,
             self.clock(),
             policy_name=s.policy,
-            capacity=s.capacity,
+            capacity=max(1, s.capacity // shards),
             run_seconds=backlog.run_seconds or s.task_seconds,
             shares=s.shares,
             floor_picks=s.floor_picks,
         )
-        return Progress(found.position, found.eta_seconds)
+        return Progress(found.position * shards, found.eta_seconds)
 
     def cancel(self, task_id: str, caller: Identity | None = None) -> Task:
         """Cancel a queued task, or ask a running one to stop; 409 when neither can be done.
@@ -66,7 +69,7 @@ class Results(Service):
             if self.tasks.cancel_pending(task.task_id, now, now + s.result_ttl_seconds):
                 try:  # the cancel stands even if these fail: they are bookkeeping
                     self.usage.refund(task.user_id, task.submitted_at, now, s.bucket_seconds, s.window_seconds)
-                    self.control.add_backlog(
+                    self.task_shard(task.task_id).add_backlog(
                         policy.queue_level(task.priority_level, s.policy), -1, policy.tally(CANCELLED)
                     )
                 except Exception:

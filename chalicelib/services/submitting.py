@@ -43,11 +43,13 @@ class Submitting(Service):
         note = self._beside(lambda: self._note_top_user(user_id, count_before + 1, now))
         level = policy.level_for(count_before, weight, s.thresholds)
         queue = policy.queue_level(level, s.policy)
+        task_id = str(uuid.uuid4())
+        control = self.task_shard(task_id)  # the backlog record it is counted in (policy/shards.py)
         try:
             # Its queue's count and its number in that queue (for its position),
             # in one write. Counted just before its message exists: a worker that takes
             # the count meanwhile finds the message with its long poll.
-            count, seq = self.control.enqueue(queue)
+            count, seq = control.enqueue(queue)
         except Exception:
             # Not accepted: not counted either (best effort; the error goes to the client).
             with contextlib.suppress(Exception):
@@ -57,7 +59,7 @@ class Submitting(Service):
             _wait(note)
         queued_before = count - 1
         task = Task(
-            task_id=str(uuid.uuid4()),
+            task_id=task_id,
             user_id=user_id,
             x=x,
             priority_level=level,
@@ -71,7 +73,8 @@ class Submitting(Service):
         # The task is counted: a worker the nudge starts takes the count and finds the
         # message with its long poll. So the nudge (a Lambda Invoke, the slowest call of
         # a submit) goes out while the record is written and the message sent.
-        nudge = self._beside(self._nudge_dispatcher) if queued_before < s.capacity else None
+        # (Per shard: its share of the slots.)
+        nudge = self._beside(self._nudge_dispatcher) if queued_before < -(-s.capacity // s.backlog_shards) else None
         record = self._beside(lambda: self.tasks.create(task))
         failed: BaseException | None = None
         try:
@@ -91,7 +94,7 @@ class Submitting(Service):
             with contextlib.suppress(Exception):
                 self._drop_unqueued(task)
             with contextlib.suppress(Exception):
-                self.control.withdraw(queue)
+                control.withdraw(queue)
             with contextlib.suppress(Exception):
                 self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
             raise failed

@@ -52,7 +52,13 @@ class Executor(Service):
     """Starts a task (the start write), runs the task function, records the outcome, deletes or dead-letters."""
 
     def run_one(
-        self, level: int, message: QueuedMessage, counted: bool, deletes: PendingDeletes, slot_holder: str = ""
+        self,
+        level: int,
+        message: QueuedMessage,
+        counted: bool,
+        deletes: PendingDeletes,
+        slot_holder: str = "",
+        shard: int = 0,
     ) -> str:
         """Run one task at most once and record its outcome."""
 
@@ -75,7 +81,7 @@ class Executor(Service):
         if counted and (outcome != STARTED_NOW or (task is not None and task.attempts > 1)):
             # This message was a duplicate or a redelivery, and was not counted; the
             # count the pick took belongs to another message of the queue: give it back.
-            self.control.add_backlog(level, 1)
+            self.backlog_shard(shard).add_backlog(level, 1)
         if outcome == ALREADY_FINISHED and task is not None and task.task_status == FAILURE:
             # A failed task whose worker died before its message reached the dead
             # letters: it goes there now (at least once: rarely, twice).

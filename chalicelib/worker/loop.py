@@ -120,7 +120,7 @@ class Worker(Service):
             holder=holder,
             began=began,
             heartbeat=heartbeat,
-            picker=self.picker(),
+            picker=Picker(self.deps, policy.home_shard(handoff.slot_id, s.backlog_shards)),
             held=Held(self._put_back_now, OVERSTAY_FACTOR * s.prefetch_seconds, clock),
             deletes=PendingDeletes(self.queues, self.clock),
         )
@@ -188,7 +188,9 @@ class Worker(Service):
         # it: a worker that dies starting the next task has recorded this one.
         state.held.running(pending=state.picking_ahead is not None)
         try:
-            outcome = self.executor.run_one(picked.queue, picked.message, picked.counted, state.deletes, state.holder)
+            outcome = self.executor.run_one(
+                picked.queue, picked.message, picked.counted, state.deletes, state.holder, picked.shard
+            )
         finally:
             state.held.ran()
         state.deletes.flush_if_due()
@@ -271,7 +273,10 @@ class Worker(Service):
 
     def _anything_counted(self) -> bool:
         try:
-            return any(count > 0 for count in self.control.backlog().counts)
+            shards = self.settings.backlog_shards
+            if shards == 1:
+                return any(count > 0 for count in self.control.backlog().counts)
+            return any(count > 0 for count in policy.combined(self.control.backlogs(shards)).counts)
         except Exception:  # cannot tell: nudge
             log.exception("could not read the backlog; nudging the dispatcher")
             return True

@@ -19,12 +19,14 @@ NO_TALLIES: Tallies = (0,) * len(policy.TALLIES)
 
 
 class Picked(NamedTuple):
-    """One task a pick took: its queue, its message, the backlog record after the pick, whether it took a count."""
+    """One task a pick took: its queue, its message, the backlog record after the pick, whether it took a count,
+    and the backlog shard it was counted in."""
 
     queue: int  # the queue it came from: its priority level, or 0 for every level under fifo
     message: QueuedMessage
     backlog: policy.Backlog
     counted: bool  # False for the tick's walk over uncounted messages
+    shard: int = 0  # whose count it took (policy/shards.py); ``backlog`` is that shard's record
 
 
 class Picker(Service):
@@ -32,10 +34,13 @@ class Picker(Service):
     before stopping, the worker then walks every queue itself. ``read_first`` remembers that
     other workers' picks move the record between this worker's picks (below)."""
 
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, shard: int = 0) -> None:
         super().__init__(deps)
         self.missed = False
         self.read_first = False
+        # The backlog shard this worker picks from: its slot's, until that one has nothing
+        # left and another has (policy/shards.py). Always 0 with one shard.
+        self.shard = shard
 
     def pick(
         self,
@@ -55,7 +60,12 @@ class Picker(Service):
         # Weights order the users inside a level under every policy but the two plain ones.
         sample = s.fair_sample if s.policy in ("fair", "priority") else 1
         while True:
-            share = policy.batch_share(state.counts, s.capacity)
+            if policy.choose_level(state, s.policy, s.floor_picks) is None:
+                found = self._another_shard_with_work()
+                if found is None:
+                    break
+                state, cached = found, False
+            share = policy.batch_share(state.counts, max(1, s.capacity // s.backlog_shards))
             levels, after = policy.plan_picks(state, min(most, share), s.policy, s.shares, s.floor_picks)
             if not levels:
                 break
@@ -64,7 +74,7 @@ class Picker(Service):
             if last_run is not None:  # this slot's last seconds per task, for ETAs
                 after = replace(after, run_seconds=policy.moving_average(state.run_seconds, last_run))
             takes = {level: levels.count(level) for level in levels}
-            taken, state = self.control.commit_pick(state, after, takes, tuple(tallies))
+            taken, state = self.backlog_shard(self.shard).commit_pick(state, after, takes, tuple(tallies))
             if not taken:
                 observability.metrics.count(observability.PICK_RACES_LOST)
                 # The state moved (a submit, or another worker's pick): choose again from
@@ -86,7 +96,9 @@ class Picker(Service):
                 self._undo_pick(takes, received)
                 raise
             # In the policy's order: a level's n-th turn runs its n-th chosen message.
-            picks = [Picked(level, received[level].pop(0), state, True) for level in levels if received[level]]
+            picks = [
+                Picked(level, received[level].pop(0), state, True, self.shard) for level in levels if received[level]
+            ]
             if picks:
                 return picks, tallies
         walk = full_walk or self.missed
@@ -99,7 +111,7 @@ class Picker(Service):
                 messages = self.queues.receive(level, 1, wait_seconds=0)
                 if messages:
                     self.missed = True  # there may be more: walk again before stopping
-                    return [Picked(level, messages[0], state, False)], tallies
+                    return [Picked(level, messages[0], state, False, self.shard)], tallies
         return [], tallies
 
     def _state_to_choose_from(self, backlog: policy.Backlog | None) -> tuple[policy.Backlog, bool]:
@@ -116,15 +128,30 @@ class Picker(Service):
         write still holds only if the version it chose from is the current one.
         """
         s = self.settings
+        control = self.backlog_shard(self.shard)
         if backlog is None:
-            return self.control.backlog(), False
+            return control.backlog(), False
         if self.read_first:
-            state = self.control.backlog()
+            state = control.backlog()
             self.read_first = state.version != backlog.version
             return state, False
         if policy.choose_level(backlog, s.policy, s.floor_picks) is None:
-            return self.control.backlog(), False  # the record predates the last task: look again
+            return control.backlog(), False  # the record predates the last task: look again
         return backlog, True
+
+    def _another_shard_with_work(self) -> policy.Backlog | None:
+        """With several backlog shards, the next one (in turn from this worker's) with a task to pick.
+
+        One GetItem per shard looked at, only once this worker's own shard is empty:
+        so no shard's tasks wait while any worker is free. Its record, or None.
+        """
+        s = self.settings
+        for shard in policy.visiting_order(self.shard, s.backlog_shards)[1:]:
+            state = self.backlog_shard(shard).backlog()
+            if policy.choose_level(state, s.policy, s.floor_picks) is not None:
+                self.shard, self.read_first = shard, False
+                return state
+        return None
 
     def put_back(self, picks: list[Picked]) -> None:
         """Picked tasks that will not run here: their messages visible again, their counts back.
@@ -144,12 +171,15 @@ class Picker(Service):
             except Exception as exc:
                 errors.append(exc)
                 continue
-            counted = sum(1 for pick in group if pick.counted)
-            try:
-                if counted:
-                    self.control.add_backlog(level, counted)
-            except Exception as exc:
-                errors.append(exc)
+            counted: dict[int, int] = {}  # by the shard each count was taken from
+            for pick in group:
+                if pick.counted:
+                    counted[pick.shard] = counted.get(pick.shard, 0) + 1
+            for shard, n in sorted(counted.items()):
+                try:
+                    self.backlog_shard(shard).add_backlog(level, n)
+                except Exception as exc:
+                    errors.append(exc)
             log.info("put back %d tasks of level %d (held, not run)", len(group), level)
             for pick in group:
                 message = pick.message
@@ -189,7 +219,7 @@ class Picker(Service):
                 if received.get(level):
                     self.queues.give_back(level, [m.receipt_handle for m in received[level]])
             with contextlib.suppress(Exception):
-                self.control.add_backlog(level, n)
+                self.backlog_shard(self.shard).add_backlog(level, n)
 
     def _some_of(self, level: int, messages: list[QueuedMessage], n: int) -> list[QueuedMessage]:
         """Fairness inside a level: of the sampled messages, the ``n`` whose users had used least, in order."""

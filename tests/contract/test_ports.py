@@ -322,6 +322,25 @@ def test_the_slots_and_the_backlog_come_in_one_read(ports: Ports) -> None:
     assert ports.control.slots_and_backlog(1)[0] == []  # slots past the capacity are not read
 
 
+def test_each_backlog_shard_is_a_record_of_its_own_read_with_the_slots_in_one_go(ports: Ports) -> None:
+    two = ports.control.shard(2)
+    assert ports.control.shard(0).backlog() == Backlog() and two.backlog() == Backlog()
+    assert two.enqueue(4) == (1, 1) and two.enqueue(4) == (2, 2)
+    assert ports.control.enqueue(4) == (1, 1)  # shard 0 numbers its own
+    two.withdraw(4)
+    two.add_backlog(1, 3, (1, 0, 0))
+    assert ports.control.claim_slot(1, "h", 100.0, 160.0)
+    slots, states = ports.control.slots_and_backlogs(3, 3)
+    assert [(slot.slot_id, slot.holder) for slot in slots] == [(1, "h")]
+    assert [s.counts for s in states] == [(0, 0, 0, 0, 1, 0), (0,) * 6, (0, 3, 0, 0, 1, 0)]
+    assert (states[2].enqueued[4], states[2].withdrawn[4], states[2].tallies) == (2, 1, (1, 0, 0))
+    assert ports.control.backlogs(3) == states and two.backlog() == states[2]
+    # A pick on a shard moves that shard's version alone.
+    taken, after = two.commit_pick(states[2], states[2], {1: 2})
+    assert taken and after.counts[1] == 1 and after.version == 1
+    assert ports.control.backlog().version == 0 and two.shard(0).backlog() == ports.control.backlog()
+
+
 def test_only_the_holder_renews_a_slot_lease(ports: Ports) -> None:
     assert ports.control.claim_slot(0, "a", NOW, NOW + 10)
     assert not ports.control.renew_slot(0, "b", NOW + 100)

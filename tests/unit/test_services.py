@@ -201,7 +201,7 @@ def test_a_dead_worker_frees_its_slot_when_the_lease_runs_out() -> None:
 def test_a_task_whose_worker_died_mid_run_runs_again_once_sqs_redelivers_it() -> None:
     w = make_world(capacity=1)
     task = w.services.submitting.submit("u", "x")
-    ((level, message, _, _),) = w.pick(None, False)
+    ((level, message, _, _, _),) = w.pick(None, False)
     w.tasks.start(task.task_id, "dead-run", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)
     # The worker dies here. After the visibility timeout SQS shows the message again,
     # uncounted: the tick's worker finds it, and the run lease has expired by then.
@@ -817,7 +817,7 @@ def test_a_batch_whose_short_polls_come_up_short_long_polls_for_the_rest() -> No
     for i in range(12):
         w.services.submitting.submit(f"user{i}", i)
     picks = w.pick(None, False, most=10)
-    assert len(picks) == 10 and all(counted for *_, counted in picks)
+    assert len(picks) == 10 and all(pick.counted for pick in picks)
     # The counts still match the queue: two counted, two visible (none left uncounted).
     assert w.control.backlog().counts[0] == 2 and w.queues.depths()[0].queued == 2
 

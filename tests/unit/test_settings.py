@@ -87,6 +87,7 @@ def test_the_default_hand_off_is_lambda_and_it_needs_the_function_names() -> Non
         ("PQH_REQUEUE_AFTER_SECONDS", str(13 * 24 * 3600)),
         ("PQH_MAX_QUEUED_PER_USER", "1000000"),
         ("PQH_FLOOR_PICKS", "1000"),
+        ("PQH_BACKLOG_SHARDS", "100"),
     ],
 )
 def test_the_stated_upper_bounds_hold_and_are_refused_by_name_above(variable: str, highest_allowed: str) -> None:
@@ -96,7 +97,7 @@ def test_the_stated_upper_bounds_hold_and_are_refused_by_name_above(variable: st
         load({**NAMES, variable: above})
 
 
-@pytest.mark.parametrize("variable", ["PQH_CAPACITY", "PQH_FAIR_SAMPLE", "PQH_WINDOW_BUCKETS"])
+@pytest.mark.parametrize("variable", ["PQH_CAPACITY", "PQH_FAIR_SAMPLE", "PQH_WINDOW_BUCKETS", "PQH_BACKLOG_SHARDS"])
 def test_zero_is_refused_where_at_least_one_is_needed(variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         load({**NAMES, variable: "0"})

@@ -191,7 +191,7 @@ def test_a_second_delivery_of_a_finished_task_is_dropped_not_dead_lettered() -> 
 def test_a_redelivered_task_gives_back_the_count_it_took_from_another_so_that_one_runs_too() -> None:
     w = make_world(capacity=1, policy="strict")
     a = w.services.submitting.submit("a", "a")
-    ((_, message, _, _),) = w.pick(None, False)  # a worker takes a's count and message
+    ((_, message, _, _, _),) = w.pick(None, False)  # a worker takes a's count and message
     w.tasks.start(a.task_id, "dead-run", w.clock.now, w.clock.now + TASK_RUN_LEASE_SECONDS)  # and dies
     b = w.services.submitting.submit("b", "b")  # counted: the only count of level 0 now
     w.clock.advance(w.queues.visibility_timeout + 1)  # a's message is visible again, uncounted

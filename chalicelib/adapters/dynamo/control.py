@@ -19,6 +19,11 @@ def _slot_key(slot_id: int) -> str:
     return f"slot#{slot_id}"
 
 
+def backlog_key(shard: int) -> str:
+    """Shard 0's record is ``backlog`` (the only one with one shard); shard k's is ``backlog#k``."""
+    return BACKLOG_KEY if shard == 0 else f"{BACKLOG_KEY}#{shard}"
+
+
 def _backlog_from(item: dict[str, Any]) -> Backlog:
     return Backlog(
         counts=tuple(max(0, int(number_of(item, f"l{level}") or 0)) for level in range(policy.LEVELS)),
@@ -59,34 +64,44 @@ class DynamoControlStore:
     (v) that every pick moves on.
     """
 
-    def __init__(self, client: Any, table: str) -> None:
+    def __init__(self, client: Any, table: str, shard: int = 0) -> None:
         self._db = client
         self._table = table
+        self._shard = shard
+        self._key = backlog_key(shard)
+
+    def shard(self, shard: int) -> DynamoControlStore:
+        return self if shard == self._shard else DynamoControlStore(self._db, self._table, shard)
 
     def _update(self, key: str, **kwargs: Any) -> bool:
         return conditional_update(self._db, self._table, Key={"pk": {"S": key}}, **kwargs)
 
     def slots(self, capacity: int) -> list[Slot]:
-        return self._read_slots(capacity, with_backlog=False)[0]
+        return self._read(capacity, [])[0]
 
     def slots_and_backlog(self, capacity: int) -> tuple[list[Slot], Backlog]:
-        slots, backlog = self._read_slots(capacity, with_backlog=True)
-        return slots, backlog or Backlog()
+        slots, backlogs = self._read(capacity, [self._shard])
+        return slots, backlogs[0]
 
-    def _read_slots(self, capacity: int, with_backlog: bool) -> tuple[list[Slot], Backlog | None]:
-        """The slots' items (and the backlog item), a hundred keys per BatchGetItem."""
+    def slots_and_backlogs(self, capacity: int, shards: int) -> tuple[list[Slot], list[Backlog]]:
+        return self._read(capacity, list(range(max(1, shards))))
+
+    def backlogs(self, shards: int) -> list[Backlog]:
+        return self._read(0, list(range(max(1, shards))))[1]
+
+    def _read(self, capacity: int, shards: list[int]) -> tuple[list[Slot], list[Backlog]]:
+        """The slots' items and the named shards' backlog items, a hundred keys per BatchGetItem."""
         found: list[Slot] = []
-        backlog: Backlog | None = None
+        backlogs = {backlog_key(k): Backlog() for k in shards}
         keys = [{"pk": {"S": _slot_key(i)}} for i in range(capacity)]
-        if with_backlog:
-            keys.append({"pk": {"S": BACKLOG_KEY}})
+        keys += [{"pk": {"S": key}} for key in backlogs]
         for start in range(0, len(keys), 100):
             request: dict[str, Any] = {self._table: {"Keys": keys[start : start + 100], "ConsistentRead": True}}
             while request:
                 response = self._db.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self._table, []):
-                    if item["pk"]["S"] == BACKLOG_KEY:
-                        backlog = _backlog_from(item)
+                    if item["pk"]["S"] in backlogs:
+                        backlogs[item["pk"]["S"]] = _backlog_from(item)
                         continue
                     found.append(
                         Slot(
@@ -97,7 +112,7 @@ class DynamoControlStore:
                         )
                     )
                 request = response.get("UnprocessedKeys") or {}
-        return sorted(found, key=lambda s: s.slot_id), backlog
+        return sorted(found, key=lambda s: s.slot_id), [backlogs[backlog_key(k)] for k in shards]
 
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool:
         return self._update(
@@ -139,7 +154,7 @@ class DynamoControlStore:
         )
 
     def backlog(self) -> Backlog:
-        response = self._db.get_item(TableName=self._table, Key={"pk": {"S": BACKLOG_KEY}}, ConsistentRead=True)
+        response = self._db.get_item(TableName=self._table, Key={"pk": {"S": self._key}}, ConsistentRead=True)
         return _backlog_from(response.get("Item", {}))
 
     def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> int:
@@ -147,7 +162,7 @@ class DynamoControlStore:
         adds = ["#l :d", *_tally_adds(tallies, values)]
         response = self._db.update_item(
             TableName=self._table,
-            Key={"pk": {"S": BACKLOG_KEY}},
+            Key={"pk": {"S": self._key}},
             UpdateExpression="ADD " + ", ".join(adds),
             ExpressionAttributeNames={"#l": f"l{level}"},
             ExpressionAttributeValues=values,
@@ -159,7 +174,7 @@ class DynamoControlStore:
         # One atomic ADD of the count and the sequence: concurrent submits get distinct numbers.
         response = self._db.update_item(
             TableName=self._table,
-            Key={"pk": {"S": BACKLOG_KEY}},
+            Key={"pk": {"S": self._key}},
             UpdateExpression="ADD #l :one, #e :one",
             ExpressionAttributeNames={"#l": f"l{level}", "#e": f"e{level}"},
             ExpressionAttributeValues={":one": {"N": "1"}},
@@ -171,7 +186,7 @@ class DynamoControlStore:
     def withdraw(self, level: int) -> None:
         self._db.update_item(
             TableName=self._table,
-            Key={"pk": {"S": BACKLOG_KEY}},
+            Key={"pk": {"S": self._key}},
             UpdateExpression="ADD #l :minus, #w :one",
             ExpressionAttributeNames={"#l": f"l{level}", "#w": f"w{level}"},
             ExpressionAttributeValues={":minus": {"N": "-1"}, ":one": {"N": "1"}},
@@ -224,7 +239,7 @@ class DynamoControlStore:
         try:
             response = self._db.update_item(
                 TableName=self._table,
-                Key={"pk": {"S": BACKLOG_KEY}},
+                Key={"pk": {"S": self._key}},
                 UpdateExpression=(f"SET {', '.join(sets)} " if sets else "") + f"ADD {', '.join(adds)}",
                 ConditionExpression=" AND ".join([version, *enough, *shape]),
                 ExpressionAttributeValues=values,
