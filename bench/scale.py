@@ -103,7 +103,7 @@ class Run:
         self.services = shim.build_services(
             config,
             AwsUsageStore(shim.MemoryUsageStore(), self.aws),
-            AwsTaskStore(shim.MemoryTaskStore(), self.aws),
+            AwsTaskStore(shim.MemoryTaskStore(), self.aws, shards),
             AwsTaskQueues(shim.MemoryTaskQueues(clock=self.clock.now), self.aws),
             AwsControlStore(self.control, self.aws),
             self.invoker,

@@ -28,13 +28,15 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
 from botocore.exceptions import ClientError
+
+from bench.scale_shim import LEVELS, shard_of
 
 
 class SimulationOver(BaseException):
@@ -372,6 +374,10 @@ def backoff(attempt: int, rng: random.Random) -> float:
 # guide, "warm throughput" scenarios and "partitions".
 ITEM_WCU_PER_SECOND = 1000.0
 ITEM_RCU_PER_SECOND = 3000.0
+# An on-demand table's own quota (40,000 read and 40,000 write request units a second,
+# raised on request): what binds the task records, which spread over partitions.
+TABLE_UNITS_PER_SECOND = 40_000.0
+TABLE_BUDGETS = ("tasks",)
 # Lambda: concurrent executions per account and Region (Service Quotas default).
 LAMBDA_CONCURRENCY = 1000
 # API Gateway: account throttle per Region, with a 5,000-request token bucket.
@@ -483,7 +489,10 @@ class Aws:
         with self._buckets_lock:
             bucket = self._buckets.get(key)
             if bucket is None:
-                rate = self.wcu_rate if key.startswith("w:") else self.rcu_rate
+                if key[2:] in TABLE_BUDGETS:
+                    rate = TABLE_UNITS_PER_SECOND
+                else:
+                    rate = self.wcu_rate if key.startswith("w:") else self.rcu_rate
                 bucket = self._buckets[key] = TokenBucket(rate, rate, self.clock.now())
             return bucket
 
@@ -496,8 +505,14 @@ class Aws:
         wcu: int = 0,
         rcu: int = 0,
         requests: int = 1,
+        index_writes: Sequence[str] = (),
     ) -> Any:
-        """One AWS request: half its latency, then ``fn`` (if the item's budget allows), then the other half."""
+        """One AWS request: half its latency, then ``fn`` (if the item's budget allows), then the other half.
+
+        ``index_writes`` names the index partitions (one per global secondary index
+        key the write adds or removes) it writes a unit to: each has an item's budget
+        too, and DynamoDB throttles a table write whose index cannot take it.
+        """
         if not self.enabled:
             return fn()
         meter = self.meter
@@ -505,27 +520,34 @@ class Aws:
         self.clock.sleep(self.client_seconds + half)
         for attempt in range(1, BOTOCORE_ATTEMPTS + 1):
             allowed = True
+            refused_by = item or operation
             if item is not None:
                 now = self.clock.now()
                 if wcu:
                     allowed = self._bucket("w:" + item).take(wcu, now)
                 if allowed and rcu:
                     allowed = self._bucket("r:" + item).take(rcu, now)
+                for index in index_writes:
+                    if allowed:
+                        allowed = self._bucket("w:" + index).take(1, now)
+                        refused_by = refused_by if allowed else index
             if allowed:
                 with meter.lock:
                     meter.requests[f"{service}:{operation}"] += requests
                     if item is not None:
                         meter.wcu[item] += wcu
                         meter.rcu[item] += rcu
+                    for index in index_writes:
+                        meter.wcu[index] += 1
                 result = fn()
                 self.clock.sleep(half)
                 return result
             with meter.lock:
-                meter.throttles[item or operation] += 1
+                meter.throttles[refused_by] += 1
             self.clock.sleep(half)  # the refusal travels back
             if attempt == BOTOCORE_ATTEMPTS:
                 with meter.lock:
-                    meter.errors[item or operation] += 1
+                    meter.errors[refused_by] += 1
                 raise throttled(operation)
             with self._rng_lock:
                 pause = backoff(attempt, self.rng)
@@ -690,29 +712,52 @@ class AwsUsageStore:
 
 
 class AwsTaskStore:
-    """Task records: one item per task, spread over partitions (no budget binds)."""
+    """Task records: one item per task, spread over partitions, within the table's quota.
 
-    def __init__(self, inner: Any, aws: Aws) -> None:
+    Their global secondary indexes are not spread: ``queued-by-age`` and
+    ``running-by-level`` are keyed by the task's level (six values) and ``recent``
+    by the hour it finished (one value an hour), so each key's index partition
+    takes a unit for every write that adds or removes a task under it, within an
+    item's budget (infra/resources.json, chalicelib/adapters/dynamo/tasks.py).
+    """
+
+    def __init__(self, inner: Any, aws: Aws, shards: int = 1) -> None:
         self._inner = inner
         self._aws = aws
+        self._shards = shards  # index keys spread as DynamoTaskStore spreads them
 
-    def _write(self, operation: str, fn: Callable[[], Any]) -> Any:
-        return self._aws.call("dynamodb", operation, fn, item="tasks", wcu=1)
+    def _write(self, operation: str, fn: Callable[[], Any], index_writes: Sequence[str] = ()) -> Any:
+        return self._aws.call("dynamodb", operation, fn, item="tasks", wcu=1, index_writes=index_writes)
+
+    def _level_key(self, task_id: str, level: int | None = None) -> int:
+        if level is None:
+            task = self._inner.get(task_id)  # the model's own look, not a request
+            level = 0 if task is None else int(task.priority_level)
+        return level + LEVELS * shard_of(task_id, self._shards)
+
+    def _hour(self, task_id: str) -> str:
+        return f"recent#{int(self._aws.clock.now() // 3600)}#{shard_of(task_id, self._shards)}"
 
     def create(self, task: Any) -> None:
-        self._write("PutItem", lambda: self._inner.create(task))
+        key = self._level_key(task.task_id, task.priority_level)
+        self._write("PutItem", lambda: self._inner.create(task), [f"queued-by-age#{key}"])
 
     def delete(self, task_id: str) -> None:
-        self._write("DeleteItem", lambda: self._inner.delete(task_id))
+        key = self._level_key(task_id)
+        self._write("DeleteItem", lambda: self._inner.delete(task_id), [f"queued-by-age#{key}"])
 
-    def start(self, *args: Any, **kwargs: Any) -> Any:
-        return self._write("UpdateItem", lambda: self._inner.start(*args, **kwargs))
+    def start(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
+        key = self._level_key(task_id)
+        indexes = [f"queued-by-age#{key}", f"running-by-level#{key}"]
+        return self._write("UpdateItem", lambda: self._inner.start(task_id, *args, **kwargs), indexes)
 
-    def finish(self, *args: Any, **kwargs: Any) -> Any:
-        return self._write("UpdateItem", lambda: self._inner.finish(*args, **kwargs))
+    def finish(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
+        indexes = [f"running-by-level#{self._level_key(task_id)}", self._hour(task_id)]
+        return self._write("UpdateItem", lambda: self._inner.finish(task_id, *args, **kwargs), indexes)
 
-    def cancel_pending(self, *args: Any) -> Any:
-        return self._write("UpdateItem", lambda: self._inner.cancel_pending(*args))
+    def cancel_pending(self, task_id: str, *args: Any) -> Any:
+        indexes = [f"queued-by-age#{self._level_key(task_id)}", self._hour(task_id)]
+        return self._write("UpdateItem", lambda: self._inner.cancel_pending(task_id, *args), indexes)
 
     def get(self, task_id: str) -> Any:
         return self._aws.call("dynamodb", "GetItem", lambda: self._inner.get(task_id), item="tasks", rcu=1)

@@ -27,11 +27,12 @@ from typing import Any
 from chalicelib.adapters.memory import MemoryControlStore, MemoryTaskQueues, MemoryTaskStore, MemoryUsageStore
 from chalicelib.clock import StartTimer, Timer, WorkerClock
 from chalicelib.domain import Handoff
-from chalicelib.policy import Backlog, combined
+from chalicelib.policy import LEVELS, Backlog, combined, shard_of
 from chalicelib.services import Services
 from chalicelib.settings import Settings
 
 __all__ = [
+    "LEVELS",
     "Backlog",
     "Handoff",
     "MemoryControlStore",
@@ -46,6 +47,7 @@ __all__ = [
     "combined",
     "dispatch",
     "run_worker",
+    "shard_of",
     "submit",
 ]
 

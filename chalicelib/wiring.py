@@ -56,7 +56,7 @@ def build(settings: Settings) -> Services:
     return Services(
         settings=settings,
         usage=DynamoUsageStore(dynamodb, settings.usage_table),
-        tasks=DynamoTaskStore(dynamodb, settings.tasks_table),
+        tasks=DynamoTaskStore(dynamodb, settings.tasks_table, settings.backlog_shards),
         queues=SqsTaskQueues(aws.client("sqs"), settings.queue_name, settings.dlq_name),
         control=DynamoControlStore(dynamodb, settings.control_table),
         invoker=invoker,

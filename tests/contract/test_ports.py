@@ -55,6 +55,10 @@ def dynalite_url() -> Iterator[str]:
 
 
 def _ports(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
+    # "moto-spread": the task store with its index keys spread over four backlog shards
+    # (PQH_BACKLOG_SHARDS=4): every contract holds the same.
+    spread = 4 if kind.endswith("-spread") else 1
+    kind = kind.removesuffix("-spread")
     if kind == "memory":
         yield Ports(MemoryUsageStore(), MemoryTaskStore(), MemoryTaskQueues(clock=time.time), MemoryControlStore())
         return
@@ -72,7 +76,7 @@ def _ports(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
         try:
             yield Ports(
                 DynamoUsageStore(dynamodb, f"{prefix}-usage"),
-                DynamoTaskStore(dynamodb, f"{prefix}-tasks"),
+                DynamoTaskStore(dynamodb, f"{prefix}-tasks", index_shards=spread),
                 SqsTaskQueues(sqs, lambda level: f"{prefix}-level-{level}"),
                 DynamoControlStore(dynamodb, f"{prefix}-control"),
             )
@@ -82,7 +86,7 @@ def _ports(kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     aws.reset()
 
 
-@pytest.fixture(params=["memory", "moto", "dynalite"])
+@pytest.fixture(params=["memory", "moto", "dynalite", "moto-spread"])
 def ports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ports]:
     yield from _ports(request.param, request, monkeypatch)
 
@@ -588,6 +592,32 @@ def test_recent_lists_finished_tasks_newest_first_with_their_times(ports: Ports)
     assert recent[0].run_seconds == pytest.approx(10)
     oldest = ports.tasks.recent(NOW + 30, 10)[-1]
     assert (oldest.task_id, oldest.task_status, oldest.error) == (ids[0], FAILURE, "boom")
+
+
+def test_spread_index_keys_are_written_by_shard_and_read_back_merged(monkeypatch: pytest.MonkeyPatch) -> None:
+    aws.reset()
+    with mock_aws():
+        dynamodb, sqs = aws.client("dynamodb"), aws.client("sqs")
+        provision(PREFIX, dynamodb, sqs)
+        store = DynamoTaskStore(dynamodb, f"{PREFIX}-tasks", index_shards=4)
+        ids = [f"{n:08x}-1111-4111-8111-111111111111" for n in range(12)]
+        for n, task_id in enumerate(ids):
+            store.create(replace(make_task(task_id), submitted_at=NOW + n))
+        keys = {
+            item["queued_level"]["N"]
+            for item in dynamodb.scan(TableName=f"{PREFIX}-tasks")["Items"]
+            if "queued_level" in item
+        }
+        assert keys == {str(3 + 6 * policy.shard_of(task_id, 4)) for task_id in ids} and len(keys) > 1
+        assert store.oldest_queued(3) == NOW  # the oldest over every key
+        assert [t.task_id for t in store.queued_before(3, NOW + 5, 3)] == ids[:3]  # merged, oldest first
+        for n, task_id in enumerate(ids[:6]):
+            store.start(task_id, f"run-{n}", NOW + 20 + n, NOW + 300, f"holder-{n}")
+        assert sorted(store.running_holders(NOW + 30)[3]) == [f"holder-{n}" for n in range(6)]
+        for n, task_id in enumerate(ids[:6]):
+            store.finish(task_id, f"run-{n}", SUCCESS, NOW + 40 + n, NOW + 1000)
+        assert [t.task_id for t in store.recent(NOW + 50, 4)] == ids[5:1:-1]  # newest first over every key
+    aws.reset()
 
 
 def test_queued_count_follows_a_task_from_queued_to_started_or_cancelled(ports: Ports) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib import policy
 from chalicelib.adapters.dynamo.common import conditional_update, is_conditional_failure, number, number_of
 from chalicelib.domain import CANCELLED, FAILURE, FINISHED, PENDING, STARTED, Task, TaskSummary
 from chalicelib.ports import ALREADY_FINISHED, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
@@ -19,6 +20,19 @@ RECENT_INDEX = "recent"
 
 def done_hour(finished_at: float) -> str:
     return f"h{int(finished_at // 3600)}"
+
+
+def _summary_from_item(item: dict[str, Any]) -> TaskSummary:
+    return TaskSummary(
+        task_id=item["task_id"]["S"],
+        user_id=item["user_id"]["S"],
+        task_status=item["task_status"]["S"],
+        priority_level=int(number_of(item, "priority_level") or 0),
+        submitted_at=number_of(item, "submitted_at") or 0.0,
+        started_at=number_of(item, "started_at"),
+        finished_at=number_of(item, "finished_at") or 0.0,
+        error=item["error"]["S"] if "error" in item else None,
+    )
 
 
 def _task_from_item(item: dict[str, Any]) -> Task:
@@ -49,11 +63,30 @@ def _task_from_item(item: dict[str, Any]) -> Task:
 
 
 class DynamoTaskStore:
-    """Task records keyed by task_id; the payload and result are JSON strings."""
+    """Task records keyed by task_id; the payload and result are JSON strings.
 
-    def __init__(self, client: Any, table: str) -> None:
+    Three indexes are keyed by few values: the level (``queued-by-age``,
+    ``running-by-level``) and the hour a task finished (``recent``). An index key
+    takes about a thousand writes a second, like an item. With ``index_shards`` = N
+    > 1 (PQH_BACKLOG_SHARDS), a task's keys are spread by its backlog shard k: its
+    level key is level + 6k, its hour key ``<hour>#k``; the reads ask each of the N
+    keys and merge. With N = 1 the keys are the level and the hour, as always.
+    """
+
+    def __init__(self, client: Any, table: str, index_shards: int = 1) -> None:
         self._db = client
         self._table = table
+        self._shards = max(1, index_shards)
+
+    def _spread(self, task_id: str) -> int:
+        return policy.shard_of(task_id, self._shards)
+
+    def _level_keys(self, level: int) -> list[int]:
+        return [level + policy.LEVELS * k for k in range(self._shards)]
+
+    def _hour(self, task_id: str, at: float) -> str:
+        hour = done_hour(at)
+        return hour if self._shards == 1 else f"{hour}#{self._spread(task_id)}"
 
     def create(self, task: Task) -> None:
         self._db.put_item(
@@ -71,7 +104,7 @@ class DynamoTaskStore:
                 **(
                     {
                         "queued_user": {"S": task.user_id},
-                        "queued_level": {"N": str(task.priority_level)},
+                        "queued_level": {"N": str(task.priority_level + policy.LEVELS * self._spread(task.task_id))},
                         "queued_since": number(task.submitted_at),
                     }
                     if task.task_status == PENDING
@@ -105,7 +138,7 @@ class DynamoTaskStore:
                 ":pending": {"S": PENDING},
                 ":now": number(now),
                 ":exp": {"N": str(int(expires_at))},
-                ":hour": {"S": done_hour(now)},
+                ":hour": {"S": self._hour(task_id, now)},
             },
         )
 
@@ -127,7 +160,7 @@ class DynamoTaskStore:
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
                     "SET task_status = :started, started_at = :now, run_id = :run, run_lease_until = :lease, "
-                    f"running_level = priority_level{holder} "
+                    f"running_level = priority_level + :spread{holder} "
                     "ADD attempts :one REMOVE queued_user, queued_level, queued_since"
                 ),
                 # Runnable when never started, or when the run that started it has
@@ -143,6 +176,7 @@ class DynamoTaskStore:
                     ":run": {"S": run_id},
                     ":lease": number(lease_until),
                     ":one": {"N": "1"},
+                    ":spread": {"N": str(policy.LEVELS * self._spread(task_id))},
                     **({":holder": {"S": slot_holder}} if slot_holder else {}),
                 },
                 ReturnValues="ALL_NEW",
@@ -175,7 +209,7 @@ class DynamoTaskStore:
             ":exp": {"N": str(int(expires_at))},
             ":run": {"S": run_id},
             ":started": {"S": STARTED},
-            ":hour": {"S": done_hour(now)},
+            ":hour": {"S": self._hour(task_id, now)},
         }
         sets = ["task_status = :status", "finished_at = :now", "expires_at = :exp", "done_hour = :hour"]
         if error is None:
@@ -207,7 +241,7 @@ class DynamoTaskStore:
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
                     "SET task_status = :pending, queue_seq = :seq, expires_at = :exp, queued_user = user_id, "
-                    "queued_level = priority_level, queued_since = :now, "
+                    "queued_level = priority_level + :spread, queued_since = :now, "
                     "attempts = :zero REMOVE started_at, finished_at, run_id, run_lease_until, running_level, "
                     "run_holder, #err, done_hour, task_result, cancel_requested"
                 ),
@@ -220,6 +254,7 @@ class DynamoTaskStore:
                     ":exp": {"N": str(int(expires_at))},
                     ":zero": {"N": "0"},
                     ":now": number(now),
+                    ":spread": {"N": str(policy.LEVELS * self._spread(task_id))},
                 },
                 ReturnValues="ALL_NEW",
             )
@@ -232,62 +267,66 @@ class DynamoTaskStore:
     def recent(self, now: float, limit: int) -> list[TaskSummary]:
         found: list[TaskSummary] = []
         for hour in (done_hour(now), done_hour(now - 3600)):
-            response = self._db.query(
-                TableName=self._table,
-                IndexName=RECENT_INDEX,
-                KeyConditionExpression="done_hour = :h",
-                ExpressionAttributeValues={":h": {"S": hour}},
-                ScanIndexForward=False,
-                Limit=limit - len(found),
-            )
-            for item in response.get("Items", []):
-                found.append(
-                    TaskSummary(
-                        task_id=item["task_id"]["S"],
-                        user_id=item["user_id"]["S"],
-                        task_status=item["task_status"]["S"],
-                        priority_level=int(number_of(item, "priority_level") or 0),
-                        submitted_at=number_of(item, "submitted_at") or 0.0,
-                        started_at=number_of(item, "started_at"),
-                        finished_at=number_of(item, "finished_at") or 0.0,
-                        error=item["error"]["S"] if "error" in item else None,
-                    )
+            keys = [hour] if self._shards == 1 else [f"{hour}#{k}" for k in range(self._shards)]
+            in_hour: list[TaskSummary] = []
+            for key in keys:
+                response = self._db.query(
+                    TableName=self._table,
+                    IndexName=RECENT_INDEX,
+                    KeyConditionExpression="done_hour = :h",
+                    ExpressionAttributeValues={":h": {"S": key}},
+                    ScanIndexForward=False,
+                    Limit=limit - len(found),
                 )
+                in_hour += [_summary_from_item(item) for item in response.get("Items", [])]
+            # Newest first across the hour's keys.
+            found += sorted(in_hour, key=lambda t: t.finished_at, reverse=True)[: limit - len(found)]
             if len(found) >= limit:
                 break
         return found
 
     def oldest_queued(self, level: int) -> float | None:
-        response = self._db.query(
-            TableName=self._table,
-            IndexName=AGE_INDEX,
-            KeyConditionExpression="queued_level = :l",
-            ExpressionAttributeValues={":l": {"N": str(level)}},
-            Limit=1,
-        )
-        items = response.get("Items", [])
-        return number_of(items[0], "queued_since") if items else None
+        oldest: float | None = None
+        for key in self._level_keys(level):
+            response = self._db.query(
+                TableName=self._table,
+                IndexName=AGE_INDEX,
+                KeyConditionExpression="queued_level = :l",
+                ExpressionAttributeValues={":l": {"N": str(key)}},
+                Limit=1,
+            )
+            items = response.get("Items", [])
+            since = number_of(items[0], "queued_since") if items else None
+            if since is not None and (oldest is None or since < oldest):
+                oldest = since
+        return oldest
 
     def queued_before(self, level: int, before: float, limit: int) -> list[Task]:
-        response = self._db.query(
-            TableName=self._table,
-            IndexName=AGE_INDEX,
-            KeyConditionExpression="queued_level = :l AND queued_since < :before",
-            ExpressionAttributeValues={":l": {"N": str(level)}, ":before": number(before)},
-            Limit=limit,
-        )
-        return [
-            Task(
-                task_id=item["task_id"]["S"],
-                user_id=item["user_id"]["S"],
-                x=None,
-                priority_level=level,
-                submitted_at=number_of(item, "submitted_at") or 0.0,
-                expires_at=0,
-                tag=number_of(item, "tag") or 0.0,
+        found: list[tuple[float, Task]] = []
+        for key in self._level_keys(level):
+            response = self._db.query(
+                TableName=self._table,
+                IndexName=AGE_INDEX,
+                KeyConditionExpression="queued_level = :l AND queued_since < :before",
+                ExpressionAttributeValues={":l": {"N": str(key)}, ":before": number(before)},
+                Limit=limit,
             )
-            for item in response.get("Items", [])
-        ]
+            found += [
+                (
+                    number_of(item, "queued_since") or 0.0,
+                    Task(
+                        task_id=item["task_id"]["S"],
+                        user_id=item["user_id"]["S"],
+                        x=None,
+                        priority_level=level,
+                        submitted_at=number_of(item, "submitted_at") or 0.0,
+                        expires_at=0,
+                        tag=number_of(item, "tag") or 0.0,
+                    ),
+                )
+                for item in response.get("Items", [])
+            ]
+        return [task for _, task in sorted(found, key=lambda pair: pair[0])[:limit]]
 
     def mark_requeued(self, task_id: str, now: float, expires_at: float) -> bool:
         return self._conditional(
@@ -315,7 +354,7 @@ class DynamoTaskStore:
             for item in response.get("Items", []):
                 # A run whose lease has run out has died: its task runs again when SQS shows its message.
                 if (number_of(item, "run_lease_until") or 0.0) > now:
-                    level = int(number_of(item, "running_level") or 0)
+                    level = int(number_of(item, "running_level") or 0) % policy.LEVELS  # spread by shard
                     holders.setdefault(level, []).append(item.get("run_holder", {}).get("S", ""))
             if not response.get("LastEvaluatedKey"):
                 return holders
