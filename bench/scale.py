@@ -415,6 +415,60 @@ def submit_path(quick: bool) -> dict[str, Any]:
     return out
 
 
+# Backlog shards (PQH_BACKLOG_SHARDS): the one-item ceiling lifted. Lambda's quota is
+# raised to 1,200 here (C = 1,000 workers plus the API and the dispatchers).
+SHARDED_LAMBDA_LIMIT = 1200
+SHARDED_KEYS = (
+    "backlog_shards",
+    "tasks_started_per_second",
+    "busy_share",
+    "picks_lost_to_races_per_task",
+    "backlog_wcu_per_second",
+    "aws_requests_per_task_workers",
+    "aws_requests_per_task",
+    "throttled_attempts",
+    "lambda_peak_concurrency",
+    "submits_per_second",
+    "submits_refused",
+    "submit_p50_ms",
+    "submit_p99_ms",
+    "queued_left",
+)
+
+
+def sharded(quick: bool) -> dict[str, Any]:
+    """C = 1,000 slots of 1-s tasks with 1, 8 and 32 shards, then 2,000 submits a second sustained.
+
+    The 1-s runs last 40 s and measure the last 12: the dispatcher claims slots and
+    invokes workers one after another (about 20 ms each), so 1,000 slots take about
+    20 s to fill from idle. The sustained run starts empty: every task is submitted
+    during the run (C = 1,000 slots of 0.1-s tasks, 32 shards).
+    """
+    out: dict[str, Any] = {"capacity_1000_1s": []}
+    for shards in (1, 8, 32) if not quick else (8,):
+        seconds, warmup, prefill = (40.0, 28.0, 30_000) if not quick else (30.0, 22.0, 20_000)
+        cell = Run(1000, 1.0, seconds, warmup, prefill=prefill, shards=shards, lambda_limit=SHARDED_LAMBDA_LIMIT).go()
+        out["capacity_1000_1s"].append({k: cell.get(k) for k in SHARDED_KEYS})
+        print(
+            f"  C=1000 1-s tasks, {shards:>2} shards: {cell['tasks_started_per_second']}/s started, "
+            f"busy {cell['busy_share']:.0%}, races/task {cell['picks_lost_to_races_per_task']}, "
+            f"busiest backlog item {cell['backlog_wcu_per_second']} WCU/s, throttled {cell['throttled_attempts']}",
+            flush=True,
+        )
+    if not quick:
+        cell = Run(
+            1000, 0.1, 16.0, 6.0, submit_rate=2000.0, prefill=0, shards=32, lambda_limit=SHARDED_LAMBDA_LIMIT
+        ).go()
+        out["sustained_2000"] = {k: cell.get(k) for k in SHARDED_KEYS}
+        print(
+            f"  2,000 submits/s offered, C=1000 0.1-s tasks, 32 shards: accepted {cell['submits_per_second']}/s "
+            f"(refused {cell['submits_refused']}), started {cell['tasks_started_per_second']}/s, "
+            f"p50 {cell['submit_p50_ms']} ms p99 {cell['submit_p99_ms']} ms, queued at the end {cell['queued_left']}",
+            flush=True,
+        )
+    return out
+
+
 # --- the experiment -----------------------------------------------------------------
 
 # Two regimes, 50 slots each: the version race alone (the real 1,000 WCU/s budget,
@@ -594,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         print("steady state at the sustainable rate, and above it", flush=True)
         steady = steady_state(cells, args.quick)
+    print("backlog shards: C = 1,000 slots of 1-s tasks, and 2,000 submits a second", flush=True)
+    shards = sharded(args.quick)
     result = {
         "quick": args.quick,
         "assumptions": {
@@ -614,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         "steady_state": steady,
         "race_alone": unbudgeted,
         "envelope": cells,
+        "sharded": shards,
         "wall_seconds": round(time.monotonic() - began, 1),
     }
     text = json.dumps(result, indent=1, default=str) + "\n"

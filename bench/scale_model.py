@@ -506,12 +506,14 @@ class Aws:
         rcu: int = 0,
         requests: int = 1,
         index_writes: Sequence[str] = (),
+        reads: Sequence[str] = (),
     ) -> Any:
         """One AWS request: half its latency, then ``fn`` (if the item's budget allows), then the other half.
 
         ``index_writes`` names the index partitions (one per global secondary index
         key the write adds or removes) it writes a unit to: each has an item's budget
         too, and DynamoDB throttles a table write whose index cannot take it.
+        ``reads`` names items a batch read also reads (a read unit of each one's budget).
         """
         if not self.enabled:
             return fn()
@@ -531,6 +533,10 @@ class Aws:
                     if allowed:
                         allowed = self._bucket("w:" + index).take(1, now)
                         refused_by = refused_by if allowed else index
+                for other in reads:
+                    if allowed:
+                        allowed = self._bucket("r:" + other).take(1, now)
+                        refused_by = refused_by if allowed else other
             if allowed:
                 with meter.lock:
                     meter.requests[f"{service}:{operation}"] += requests
@@ -539,6 +545,8 @@ class Aws:
                         meter.rcu[item] += rcu
                     for index in index_writes:
                         meter.wcu[index] += 1
+                    for other in reads:
+                        meter.rcu[other] += 1
                 result = fn()
                 self.clock.sleep(half)
                 return result
@@ -572,9 +580,14 @@ class AwsControlStore:
             self._views[shard] = AwsControlStore(self._inner.shard(shard), self._aws, shard)
         return self._views[shard]
 
+    @staticmethod
+    def _items(shards: int) -> list[str]:
+        return ["backlog"] + [f"backlog#{k}" for k in range(1, shards)]
+
     def backlogs(self, shards: int) -> Any:
+        # One BatchGetItem: a read unit on each shard's item.
         return self._aws.call(
-            "dynamodb", "BatchGetItem", lambda: self._inner.backlogs(shards), item=self._item, rcu=shards
+            "dynamodb", "BatchGetItem", lambda: self._inner.backlogs(shards), reads=self._items(shards)
         )
 
     def slots_and_backlogs(self, capacity: int, shards: int) -> Any:
@@ -583,8 +596,7 @@ class AwsControlStore:
             "dynamodb",
             "BatchGetItem",
             lambda: self._inner.slots_and_backlogs(capacity, shards),
-            item=self._item,
-            rcu=shards,
+            reads=self._items(shards),
             requests=math.ceil(keys / 100),
         )
 
