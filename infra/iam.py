@@ -65,6 +65,8 @@ GRANTS: dict[str, list[tuple[list[str], list[str]]]] = {
     ],
     "worker": [
         (["dynamodb:GetItem", "dynamodb:UpdateItem"], ["TasksTable", "ControlTable"]),
+        # With backlog shards: every shard's record in one read, before a worker stops.
+        (["dynamodb:BatchGetItem"], ["ControlTable"]),
         (["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"], LEVEL_QUEUES),
         (["sqs:SendMessage", "sqs:GetQueueUrl"], DEAD_LETTER_QUEUES),
         (["lambda:InvokeFunction"], ["function:dispatcher"]),

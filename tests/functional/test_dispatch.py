@@ -130,3 +130,32 @@ def test_the_tick_sends_again_only_tasks_queued_longer_than_pqh_requeue_after_se
     outcomes = harness.outcomes()
     assert outcomes.count("SUCCESS") == 2
     assert {harness.result(t).json_body["task_status"] for t in (old, young)} == {"SUCCESS"}
+
+
+def test_with_backlog_shards_every_task_runs_once_and_the_stats_add_the_shards_up(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PQH_BACKLOG_SHARDS through the deployed wiring: the control table holds a backlog
+    # item per shard that got a task, and the task indexes' keys are spread.
+    monkeypatch.setenv("PQH_BACKLOG_SHARDS", "4")
+    monkeypatch.setenv("PQH_CAPACITY", "2")
+    tasks = [harness.submit(f"user{i}", i).json_body["task_id"] for i in range(16)]
+    control = aws.client("dynamodb").scan(TableName="pqh-dev-control")["Items"]
+    backlog_items = sorted(item["pk"]["S"] for item in control if item["pk"]["S"].startswith("backlog"))
+    assert len(backlog_items) >= 3 and set(backlog_items) <= {"backlog", "backlog#1", "backlog#2", "backlog#3"}
+    stats = harness.client.http.get("/stats").json_body
+    assert stats["tasks"]["submitted"] == 16 and stats["tasks"]["queued"] == 16
+    queued_keys = {
+        item["queued_level"]["N"]
+        for item in aws.client("dynamodb").scan(TableName="pqh-dev-tasks")["Items"]
+        if "queued_level" in item
+    }
+    assert len(queued_keys) >= 3  # level 0 spread over its shards' keys: 0, 6, 12, 18
+    assert stats["queues"][0]["oldest_seconds"] is not None
+    assert harness.dispatch()["workers_started"] == 2
+    assert sorted(harness.outcomes()) == ["SUCCESS"] * 16
+    for task_id in tasks:
+        assert harness.result(task_id).json_body["task_status"] == "SUCCESS"
+    stats = harness.client.http.get("/stats").json_body
+    assert stats["tasks"]["queued"] == 0 and stats["tasks"]["succeeded"] == 16
+    assert len(stats["recent"]) == 16 and harness.queue_depths() == [0] * 6
