@@ -78,6 +78,7 @@ class VirtualClock:
         self._seq = itertools.count()
         self._running = 0
         self.stopped = False
+        self.timed_out = False  # stopped by run's real-time bound, before ``until``
         self.finished = threading.Event()
         self.events = 0
 
@@ -165,12 +166,17 @@ class VirtualClock:
         self.finished.set()
 
     def run(self, real_timeout: float = 600.0) -> None:
-        """Wait until the virtual time passes ``until`` (or nothing is left to do)."""
+        """Wait until the virtual time passes ``until`` (or nothing is left to do).
+
+        After ``real_timeout`` seconds of real time it stops where it is and says so
+        (``timed_out``): the run's report is then of a shorter run than asked for.
+        """
         with self._lock:
             if self._running == 0:
                 self._advance_locked()
         if not self.finished.wait(real_timeout):
             with self._lock:
+                self.timed_out = True
                 self._stop_locked()
 
 

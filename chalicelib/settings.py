@@ -200,6 +200,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     policy_name = env.get("PQH_POLICY", "").strip() or DEFAULT_POLICY
     if policy_name not in POLICIES:
         raise ConfigError(f"PQH_POLICY={policy_name!r} must be one of {', '.join(POLICIES)}")
+    capacity = _int(env, "PQH_CAPACITY", 1, 1, 1000)
+    # Every shard needs slots of its own picking (docs/policy.md, "Backlog shards").
+    backlog_shards = _int(env, "PQH_BACKLOG_SHARDS", 1, 1, MAX_SHARDS)
+    if backlog_shards > capacity:
+        raise ConfigError(f"PQH_BACKLOG_SHARDS={backlog_shards} must be at most PQH_CAPACITY={capacity}")
     return Settings(
         tasks_table=_required(env, "PQH_TASKS_TABLE"),
         usage_table=_required(env, "PQH_USAGE_TABLE"),
@@ -208,7 +213,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         worker_function=_required(env, "PQH_WORKER_FUNCTION") if needs_functions else "",
         dispatcher_function=_required(env, "PQH_DISPATCHER_FUNCTION") if needs_functions else "",
         handoff=handoff,
-        capacity=_int(env, "PQH_CAPACITY", 1, 1, 1000),
+        capacity=capacity,
         window_seconds=window_seconds,
         window_buckets=window_buckets,
         thresholds=_thresholds(env),
@@ -238,5 +243,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         prefetch_seconds=_float(env, "PQH_PREFETCH_SECONDS", 1.0, 0.0),
         max_queued_per_user=_int(env, "PQH_MAX_QUEUED_PER_USER", 100, 1, 1_000_000),
         stats_cache_seconds=_float(env, "PQH_STATS_CACHE_SECONDS", 5.0, 0.0),
-        backlog_shards=_int(env, "PQH_BACKLOG_SHARDS", 1, 1, MAX_SHARDS),
+        backlog_shards=backlog_shards,
     )

@@ -66,7 +66,7 @@ from chalicelib.policy.position import (
     start_after,
     with_arrival_rates,
 )
-from chalicelib.policy.shards import MAX_SHARDS, combined, home_shard, shard_of, visiting_order
+from chalicelib.policy.shards import MAX_SHARDS, combined, home_shard, shard_of, shard_to_pick, visiting_order
 
 __all__ = [
     "ARRIVAL_SECONDS",
@@ -118,6 +118,7 @@ __all__ = [
     "queue_level",
     "queue_position",
     "shard_of",
+    "shard_to_pick",
     "slots_free_in",
     "start_after",
     "takes_of",

@@ -1,7 +1,9 @@
 """Backlog shards: the backlog record split into independent records, each with its own slots.
 
 With ``PQH_BACKLOG_SHARDS`` = N > 1, a task is counted (and numbered) in shard
-``shard_of(task_id, N)``, and the worker on slot s picks from shard s mod N first.
+``shard_of(task_id, N)``. Before each pick a worker reads every shard (one batch
+read) and picks from the one whose most urgent queued level is the most urgent,
+its own (slot s: shard s mod N) on a tie.
 Each shard is a whole backlog record (counts, sequence numbers, the policy's state,
 its version), so the policy runs exactly inside each shard and picks race only
 with the picks of their own shard. Across shards the order is approximate (see
@@ -14,6 +16,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 
+from chalicelib.policy.capacity import highest_backlogged
 from chalicelib.policy.levels import LEVELS
 from chalicelib.policy.ordering import Backlog, add_tallies
 
@@ -36,6 +39,23 @@ def home_shard(slot_id: int, shards: int) -> int:
 def visiting_order(home: int, shards: int) -> list[int]:
     """The shards a worker looks at, its own first, when its own has nothing left."""
     return [(home + i) % shards for i in range(max(1, shards))]
+
+
+def shard_to_pick(states: Sequence[Backlog], home: int) -> int | None:
+    """The shard a worker picks from: the one whose most urgent queued level is the most urgent.
+
+    Ties go to the worker's own shard, then to the next ones in turn, so while every
+    shard has work at the same level each worker stays on its own. Inside the shard
+    the policy chooses as usual (its floor counts that shard's picks). None when no
+    shard has a task counted.
+    """
+    best: tuple[int, int] | None = None
+    chosen: int | None = None
+    for rank, shard in enumerate(visiting_order(home, len(states))):
+        top = highest_backlogged(states[shard].counts)
+        if top is not None and (best is None or (top, rank) < best):
+            best, chosen = (top, rank), shard
+    return chosen
 
 
 def combined(states: Sequence[Backlog]) -> Backlog:

@@ -128,6 +128,13 @@ class Picker(Service):
         write still holds only if the version it chose from is the current one.
         """
         s = self.settings
+        if s.backlog_shards > 1:
+            # Every shard in one read, then the one with the most urgent work (own on a tie).
+            states = self.control.backlogs(s.backlog_shards)
+            chosen = policy.shard_to_pick(states, self.shard)
+            if chosen is not None:
+                self.shard, self.read_first = chosen, False
+            return states[self.shard], False
         control = self.backlog_shard(self.shard)
         if backlog is None:
             return control.backlog(), False

@@ -87,7 +87,6 @@ def test_the_default_hand_off_is_lambda_and_it_needs_the_function_names() -> Non
         ("PQH_REQUEUE_AFTER_SECONDS", str(13 * 24 * 3600)),
         ("PQH_MAX_QUEUED_PER_USER", "1000000"),
         ("PQH_FLOOR_PICKS", "1000"),
-        ("PQH_BACKLOG_SHARDS", "100"),
     ],
 )
 def test_the_stated_upper_bounds_hold_and_are_refused_by_name_above(variable: str, highest_allowed: str) -> None:
@@ -150,3 +149,11 @@ def test_a_started_task_may_start_again_930_s_after_its_run_began_unless_told_ot
 def test_a_malformed_run_lease_is_refused_with_its_name(value: str) -> None:
     with pytest.raises(ConfigError, match="PQH_RUN_LEASE_SECONDS"):
         load({**NAMES, "PQH_RUN_LEASE_SECONDS": value})
+
+
+def test_backlog_shards_are_at_most_the_slots_that_pick_from_them() -> None:
+    assert load({**NAMES, "PQH_CAPACITY": "100", "PQH_BACKLOG_SHARDS": "100"}).backlog_shards == 100
+    with pytest.raises(ConfigError, match="PQH_BACKLOG_SHARDS=101 must be between 1 and 100"):
+        load({**NAMES, "PQH_CAPACITY": "1000", "PQH_BACKLOG_SHARDS": "101"})
+    with pytest.raises(ConfigError, match="PQH_BACKLOG_SHARDS=5 must be at most PQH_CAPACITY=4"):
+        load({**NAMES, "PQH_CAPACITY": "4", "PQH_BACKLOG_SHARDS": "5"})

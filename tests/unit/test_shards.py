@@ -136,3 +136,27 @@ def test_a_queued_tasks_position_counts_the_other_shards_alike() -> None:
         ahead = sum(1 for t in tasks[:n] if policy.shard_of(t.task_id, 2) == shard)
         progress = w.services.results.progress(w.services.results.result(task.task_id))
         assert progress is not None and progress.queue_position == 2 * ahead
+
+
+def test_the_shard_to_pick_is_the_one_with_the_most_urgent_work_and_the_own_one_on_a_tie() -> None:
+    def queued(*levels: int) -> Backlog:
+        return Backlog(counts=tuple(int(lvl in levels) for lvl in range(LEVELS)))
+
+    states = [queued(3), queued(1, 5), queued(), queued(1)]
+    assert policy.shard_to_pick(states, 0) == 1  # level 1 beats 3; shard 1 comes before 3 from 0
+    assert policy.shard_to_pick(states, 3) == 3  # its own on a tie
+    assert policy.shard_to_pick(states, 2) == 3  # the next in turn on a tie
+    assert policy.shard_to_pick([queued(), queued()], 1) is None
+
+
+def test_a_more_urgent_task_in_another_shard_goes_before_the_workers_own() -> None:
+    w = make_world(capacity=4, backlog_shards=SHARDS, policy="strict")
+    for i in range(30):
+        w.services.submitting.submit("heavy", i)  # one level 0, then levels 1, 2, 3
+    heavy_first = [b.counts[0] for b in w.control.backlogs(SHARDS)].index(1)
+    light = w.services.submitting.submit("light", "urgent")  # level 0
+    mine = next(k for k in range(SHARDS) if k not in (heavy_first, policy.shard_of(light.task_id, SHARDS)))
+    picker = w.services.worker.picker()
+    picker.shard = mine
+    (picked,) = picker.pick(None, False)[0]
+    assert picked.queue == 0 and picked.shard != mine
