@@ -138,7 +138,7 @@ def test_with_backlog_shards_every_task_runs_once_and_the_stats_add_the_shards_u
     # PQH_BACKLOG_SHARDS through the deployed wiring: the control table holds a backlog
     # item per shard that got a task, and the task indexes' keys are spread.
     monkeypatch.setenv("PQH_BACKLOG_SHARDS", "4")
-    monkeypatch.setenv("PQH_CAPACITY", "2")
+    monkeypatch.setenv("PQH_CAPACITY", "4")
     tasks = [harness.submit(f"user{i}", i).json_body["task_id"] for i in range(16)]
     control = aws.client("dynamodb").scan(TableName="pqh-dev-control")["Items"]
     backlog_items = sorted(item["pk"]["S"] for item in control if item["pk"]["S"].startswith("backlog"))
@@ -152,7 +152,7 @@ def test_with_backlog_shards_every_task_runs_once_and_the_stats_add_the_shards_u
     }
     assert len(queued_keys) >= 3  # level 0 spread over its shards' keys: 0, 6, 12, 18
     assert stats["queues"][0]["oldest_seconds"] is not None
-    assert harness.dispatch()["workers_started"] == 2
+    assert harness.dispatch()["workers_started"] == 4
     assert sorted(harness.outcomes()) == ["SUCCESS"] * 16
     for task_id in tasks:
         assert harness.result(task_id).json_body["task_status"] == "SUCCESS"
