@@ -596,6 +596,10 @@ class AwsControlStore:
             "dynamodb", "BatchGetItem", lambda: self._inner.backlogs(shards), reads=self._items(shards)
         )
 
+    def backlogs_of(self, shards: Sequence[int]) -> Any:
+        items = [self._items(max(shards) + 1)[k] for k in shards]
+        return self._aws.call("dynamodb", "BatchGetItem", lambda: self._inner.backlogs_of(shards), reads=items)
+
     def slots_and_backlogs(self, capacity: int, shards: int) -> Any:
         keys = capacity + shards
         return self._aws.call(

@@ -162,6 +162,9 @@ class ControlStore(Protocol):
     def backlogs(self, shards: int) -> list[Backlog]:
         """Every shard's backlog state, shard 0 first, in one read."""
 
+    def backlogs_of(self, shards: Sequence[int]) -> list[Backlog]:
+        """The named shards' backlog states, in that order, in one read."""
+
     def shard(self, shard: int) -> ControlStore:
         """A view whose backlog methods act on shard ``shard``'s record (this one for its own shard)."""
 

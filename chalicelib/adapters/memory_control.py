@@ -48,7 +48,10 @@ class MemoryControlStore:
         return self.slots(capacity), self.backlogs(shards)
 
     def backlogs(self, shards: int) -> list[Backlog]:
-        return [self.shard(k).backlog() for k in range(max(1, shards))]
+        return self.backlogs_of(range(max(1, shards)))
+
+    def backlogs_of(self, shards: Sequence[int]) -> list[Backlog]:
+        return [self.shard(k).backlog() for k in shards]
 
     def claim_slot(self, slot_id: int, holder: str, now: float, lease_until: float) -> bool:
         with self._mutex:

@@ -66,7 +66,15 @@ from chalicelib.policy.position import (
     start_after,
     with_arrival_rates,
 )
-from chalicelib.policy.shards import MAX_SHARDS, combined, home_shard, shard_of, shard_to_pick, visiting_order
+from chalicelib.policy.shards import (
+    MAX_SHARDS,
+    combined,
+    home_shard,
+    other_shard,
+    shard_of,
+    shard_to_pick,
+    visiting_order,
+)
 
 __all__ = [
     "ARRIVAL_SECONDS",
@@ -110,6 +118,7 @@ __all__ = [
     "live_count",
     "may_hold_ahead",
     "moving_average",
+    "other_shard",
     "percentile",
     "pick_within_level",
     "pick_within_level_many",

@@ -1,9 +1,10 @@
 """Backlog shards: the backlog record split into independent records, each with its own slots.
 
 With ``PQH_BACKLOG_SHARDS`` = N > 1, a task is counted (and numbered) in shard
-``shard_of(task_id, N)``. Before each pick a worker reads every shard (one batch
-read) and picks from the one whose most urgent queued level is the most urgent,
-its own (slot s: shard s mod N) on a tie.
+``shard_of(task_id, N)``. Before each pick a worker reads its own shard (slot s:
+shard s mod N, at first) and one other, each other one in turn (one batch read),
+and picks from the other only if its most urgent queued level is more urgent;
+when both are empty it reads them all and takes the most urgent.
 Each shard is a whole backlog record (counts, sequence numbers, the policy's state,
 its version), so the policy runs exactly inside each shard and picks race only
 with the picks of their own shard. Across shards the order is approximate (see
@@ -39,6 +40,11 @@ def home_shard(slot_id: int, shards: int) -> int:
 def visiting_order(home: int, shards: int) -> list[int]:
     """The shards a worker looks at, its own first, when its own has nothing left."""
     return [(home + i) % shards for i in range(max(1, shards))]
+
+
+def other_shard(own: int, turn: int, shards: int) -> int:
+    """The other shard a worker compares its own with at its ``turn``-th pick: each in turn."""
+    return (own + 1 + turn % (shards - 1)) % shards
 
 
 def shard_to_pick(states: Sequence[Backlog], home: int) -> int | None:

@@ -38,9 +38,10 @@ class Picker(Service):
         super().__init__(deps)
         self.missed = False
         self.read_first = False
-        # The backlog shard this worker picks from: its slot's, until that one has nothing
-        # left and another has (policy/shards.py). Always 0 with one shard.
+        # The backlog shard this worker picks from: its slot's at first, then wherever its
+        # last pick was (policy/shards.py). Always 0 with one shard.
         self.shard = shard
+        self._turn = shard  # which other shard it compares with next
 
     def pick(
         self,
@@ -129,12 +130,7 @@ class Picker(Service):
         """
         s = self.settings
         if s.backlog_shards > 1:
-            # Every shard in one read, then the one with the most urgent work (own on a tie).
-            states = self.control.backlogs(s.backlog_shards)
-            chosen = policy.shard_to_pick(states, self.shard)
-            if chosen is not None:
-                self.shard, self.read_first = chosen, False
-            return states[self.shard], False
+            return self._own_or_other_shard(), False
         control = self.backlog_shard(self.shard)
         if backlog is None:
             return control.backlog(), False
@@ -145,6 +141,32 @@ class Picker(Service):
         if policy.choose_level(backlog, s.policy, s.floor_picks) is None:
             return control.backlog(), False  # the record predates the last task: look again
         return backlog, True
+
+    def _own_or_other_shard(self) -> policy.Backlog:
+        """With several shards: this worker's shard, or the other it looks at this turn if that one's
+        most urgent queued level is more urgent (one BatchGetItem of the two).
+
+        Each other shard comes in turn, so a more urgent task anywhere is seen by every
+        worker within N - 1 of its picks (by the first of C workers far sooner), while
+        workers do not all crowd onto one shard and race there. Both empty: every shard
+        is read and the most urgent taken.
+        """
+        s = self.settings
+        other = policy.other_shard(self.shard, self._turn, s.backlog_shards)
+        self._turn += 1
+        own_state, other_state = self.control.backlogs_of([self.shard, other])
+        own_top = policy.highest_backlogged(own_state.counts)
+        other_top = policy.highest_backlogged(other_state.counts)
+        if other_top is not None and (own_top is None or other_top < own_top):
+            self.shard, self.read_first = other, False
+            return other_state
+        if own_top is not None:
+            return own_state
+        states = self.control.backlogs(s.backlog_shards)
+        chosen = policy.shard_to_pick(states, self.shard)
+        if chosen is not None:
+            self.shard, self.read_first = chosen, False
+        return states[self.shard]
 
     def _another_shard_with_work(self) -> policy.Backlog | None:
         """With several backlog shards, the next one (in turn from this worker's) with a task to pick.

@@ -89,6 +89,9 @@ class DynamoControlStore:
     def backlogs(self, shards: int) -> list[Backlog]:
         return self._read(0, list(range(max(1, shards))))[1]
 
+    def backlogs_of(self, shards: Sequence[int]) -> list[Backlog]:
+        return self._read(0, list(shards))[1]
+
     def _read(self, capacity: int, shards: list[int]) -> tuple[list[Slot], list[Backlog]]:
         """The slots' items and the named shards' backlog items, a hundred keys per BatchGetItem."""
         found: list[Slot] = []
