@@ -452,7 +452,7 @@ def sharded(quick: bool) -> dict[str, Any]:
     """
     out: dict[str, Any] = {"capacity_1000_1s": []}
     for shards in (1, 8, 32) if not quick else (8,):
-        seconds, warmup, prefill = (40.0, 28.0, 30_000) if not quick else (30.0, 22.0, 20_000)
+        seconds, warmup, prefill = (40.0, 28.0, 45_000) if not quick else (30.0, 22.0, 20_000)
         cell = Run(1000, 1.0, seconds, warmup, prefill=prefill, shards=shards, lambda_limit=SHARDED_LAMBDA_LIMIT).go()
         out["capacity_1000_1s"].append({k: cell.get(k) for k in SHARDED_KEYS})
         print(
