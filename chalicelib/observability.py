@@ -191,6 +191,11 @@ class Metrics:
         with self._lock:
             self._times.setdefault((name, priority_level), []).append(max(0.0, value))
 
+    def discard(self) -> None:
+        """Forget what was recorded (a process with no invocation to flush at: tests, benchmarks)."""
+        with self._lock:
+            self._counts, self._times = {}, {}
+
     def flush(self) -> None:
         """Print what was recorded as EMF (unless metrics are off) and start afresh."""
         with self._lock:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from chalicelib import wiring
+from chalicelib import observability, wiring
 from tests.localstack.fixture import localstack  # noqa: F401  (the LocalStack tier's fixture)
 
 
@@ -21,6 +21,9 @@ def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     wiring.reset()
+    # Metrics wait in one buffer per process for an invocation's flush: what another
+    # test on this worker recorded outside one must not show in this test's blobs.
+    observability.metrics.discard()
     yield
     wiring.reset()
 
