@@ -38,7 +38,7 @@ def home_shard(slot_id: int, shards: int) -> int:
 
 
 def visiting_order(home: int, shards: int) -> list[int]:
-    """The shards a worker looks at, its own first, when its own has nothing left."""
+    """Every shard, a worker's own first, then the next ones in turn."""
     return [(home + i) % shards for i in range(max(1, shards))]
 
 
