@@ -681,9 +681,13 @@ class AwsControlStore:
             )
         )
 
-    def enqueue(self, level: int) -> tuple[int, int]:
+    def enqueue(self, level: int, again: bool = False) -> tuple[int, int]:
         count, seq = self._aws.call(
-            "dynamodb", "UpdateItem", lambda: self._inner.enqueue(level), item=self._item, wcu=self._backlog_wcu()
+            "dynamodb",
+            "UpdateItem",
+            lambda: self._inner.enqueue(level, again),
+            item=self._item,
+            wcu=self._backlog_wcu(),
         )
         return int(count), int(seq)
 

@@ -183,10 +183,12 @@ class ControlStore(Protocol):
     def add_backlog(self, level: int, delta: int, tallies: Sequence[int] = ()) -> int:
         """Add to a level's queued count, and to the finished tallies (policy.TALLIES order); return the count."""
 
-    def enqueue(self, level: int) -> tuple[int, int]:
+    def enqueue(self, level: int, again: bool = False) -> tuple[int, int]:
         """Count one more task queued at ``level``, in one write.
 
         Returns (the level's count now, the task's sequence number in the level's queue).
+        ``again``: a task submitted before (a redrive); its new number is also counted
+        withdrawn, so the submitted total counts the task once.
         """
 
     def withdraw(self, level: int) -> None:

@@ -98,12 +98,16 @@ class MemoryControlStore:
             )
             return counts[level]
 
-    def enqueue(self, level: int) -> tuple[int, int]:
+    def enqueue(self, level: int, again: bool = False) -> tuple[int, int]:
         with self._mutex:
             counts, enqueued = list(self._state.counts), list(self._state.enqueued)
+            withdrawn = list(self._state.withdrawn)
             counts[level] += 1
             enqueued[level] += 1
-            self._state = replace(self._state, counts=tuple(counts), enqueued=tuple(enqueued))
+            withdrawn[level] += int(again)
+            self._state = replace(
+                self._state, counts=tuple(counts), enqueued=tuple(enqueued), withdrawn=tuple(withdrawn)
+            )
             return counts[level], enqueued[level]
 
     def withdraw(self, level: int) -> None:

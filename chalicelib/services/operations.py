@@ -177,13 +177,15 @@ class Operations(Service):
             return False
         queue = policy.queue_level(task.priority_level, s.policy)
         control = self.task_shard(task_id)
-        _, seq = control.enqueue(queue)
+        # Queued again, not submitted again: its new number counts as withdrawn too, so the
+        # submitted total counts the task once; a redrive undone takes back the count alone.
+        _, seq = control.enqueue(queue, again=True)
         try:
             if task.task_status == FAILURE:
                 expires_at = int(self.clock()) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds
                 reset = self.tasks.requeue(task_id, seq, expires_at, self.clock())  # FAILURE -> PENDING
                 if reset is None:
-                    control.withdraw(queue)
+                    control.add_backlog(queue, -1)
                     return False
                 task = reset
             # PENDING: SQS moved it after too many receives; it never ran. A send that
@@ -191,7 +193,7 @@ class Operations(Service):
             self.queues.send(queue, task)
         except Exception:
             with contextlib.suppress(Exception):
-                control.withdraw(queue)
+                control.add_backlog(queue, -1)
             raise
         return True
 

@@ -362,6 +362,15 @@ def test_a_withdrawn_enqueue_leaves_the_count_and_keeps_its_number_used(ports: P
     assert ports.control.enqueue(3) == (2, 3)  # numbers are never given twice
 
 
+def test_an_enqueue_again_numbers_and_counts_the_task_and_leaves_the_submitted_total(ports: Ports) -> None:
+    assert ports.control.enqueue(2) == (1, 1)
+    ports.control.add_backlog(2, -1)  # taken
+    assert ports.control.enqueue(2, again=True) == (1, 2)  # a redrive: queued again
+    state = ports.control.backlog()
+    assert (state.counts[2], state.enqueued[2], state.withdrawn[2]) == (1, 2, 1)
+    assert policy.combined([state]).enqueued[2] - state.withdrawn[2] == 1  # one task submitted
+
+
 def test_backlog_counts(ports: Ports) -> None:
     assert ports.control.backlog() == Backlog()
     ports.control.add_backlog(2, 3)

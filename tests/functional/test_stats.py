@@ -104,6 +104,7 @@ def test_a_poison_task_is_failed_dead_lettered_and_can_be_redriven_or_purged(
     assert harness.result(task_id).json_body["task_status"] == "PENDING"
     s = harness.client.http.get("/stats", headers=ADMIN).json_body
     assert s["queues"][0]["queued"] == 1 and s["queues"][0]["dead_letters"] == 0
+    assert s["tasks"]["submitted"] == 1  # queued again, not submitted again
     harness.dispatch()
     assert harness.outcomes() == ["FAILURE"]  # still poison: back in the dead-letter queue
 

@@ -647,9 +647,12 @@ def test_a_redrive_whose_send_fails_keeps_the_dead_letter_and_a_second_redrive_q
     with pytest.raises(RuntimeError):
         w.services.operations.redrive(0)
     assert len(w.queues.dead[0]) == 1  # the dead letter is kept
+    assert (w.stats()["tasks"]["submitted"], w.stats()["tasks"]["queued"]) == (1, 0)  # the failed redrive undone
     w.queues.send = original  # type: ignore[method-assign]
     w.clock.advance(61)  # the redrive hid it for 60 s
     assert w.services.operations.redrive(0) == {"redriven": 1, "dropped": 0}
+    # Queued again, not submitted again: one task submitted, one queued.
+    assert (w.stats()["tasks"]["submitted"], w.stats()["tasks"]["queued"]) == (1, 1)
     w.services.deps.task_function = lambda x, ctx: "fixed"
     w.services.dispatching.dispatch()
     assert w.outcomes() == [SUCCESS]

@@ -173,13 +173,14 @@ class DynamoControlStore:
         )
         return int(response.get("Attributes", {}).get(f"l{level}", {}).get("N", "0"))
 
-    def enqueue(self, level: int) -> tuple[int, int]:
+    def enqueue(self, level: int, again: bool = False) -> tuple[int, int]:
         # One atomic ADD of the count and the sequence: concurrent submits get distinct numbers.
+        names = {"#l": f"l{level}", "#e": f"e{level}", **({"#w": f"w{level}"} if again else {})}
         response = self._db.update_item(
             TableName=self._table,
             Key={"pk": {"S": self._key}},
-            UpdateExpression="ADD #l :one, #e :one",
-            ExpressionAttributeNames={"#l": f"l{level}", "#e": f"e{level}"},
+            UpdateExpression="ADD #l :one, #e :one" + (", #w :one" if again else ""),
+            ExpressionAttributeNames=names,
             ExpressionAttributeValues={":one": {"N": "1"}},
             ReturnValues="UPDATED_NEW",
         )
