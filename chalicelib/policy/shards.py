@@ -43,8 +43,13 @@ def visiting_order(home: int, shards: int) -> list[int]:
 
 
 def other_shard(own: int, turn: int, shards: int) -> int:
-    """The other shard a worker compares its own with at its ``turn``-th pick: each in turn."""
-    return (own + 1 + turn % (shards - 1)) % shards
+    """The other shard a worker compares its own with at its ``turn``-th pick.
+
+    Shard ``turn mod N``, or the next one when that is its own: so over any N
+    picks every shard is either looked at or the worker's own, wherever it moved.
+    """
+    candidate = turn % shards
+    return (candidate + 1) % shards if candidate == own else candidate
 
 
 def shard_to_pick(states: Sequence[Backlog], home: int) -> int | None:

@@ -147,7 +147,7 @@ class Picker(Service):
         most urgent queued level is more urgent (one BatchGetItem of the two).
 
         Each other shard comes in turn, so a more urgent task anywhere is seen by every
-        worker within N - 1 of its picks (by the first of C workers far sooner), while
+        worker within N of its picks (by the first of C workers far sooner), while
         workers do not all crowd onto one shard and race there. Both empty: every shard
         is read and the most urgent taken.
         """
