@@ -62,7 +62,7 @@ class Picker(Service):
         sample = s.fair_sample if s.policy in ("fair", "priority") else 1
         while True:
             if policy.choose_level(state, s.policy, s.floor_picks) is None:
-                found = self._another_shard_with_work()
+                found = self._most_urgent_shard()
                 if found is None:
                     break
                 state, cached = found, False
@@ -148,8 +148,8 @@ class Picker(Service):
 
         Each other shard comes in turn, so a more urgent task anywhere is seen by every
         worker within N of its picks (by the first of C workers far sooner), while
-        workers do not all crowd onto one shard and race there. Both empty: every shard
-        is read and the most urgent taken.
+        workers do not all crowd onto one shard and race there. Both empty: the pick
+        reads every shard (``_most_urgent_shard``).
         """
         s = self.settings
         other = policy.other_shard(self.shard, self._turn, s.backlog_shards)
@@ -160,27 +160,23 @@ class Picker(Service):
         if other_top is not None and (own_top is None or other_top < own_top):
             self.shard, self.read_first = other, False
             return other_state
-        if own_top is not None:
-            return own_state
-        states = self.control.backlogs(s.backlog_shards)
-        chosen = policy.shard_to_pick(states, self.shard)
-        if chosen is not None:
-            self.shard, self.read_first = chosen, False
-        return states[self.shard]
+        return own_state
 
-    def _another_shard_with_work(self) -> policy.Backlog | None:
-        """With several backlog shards, the next one (in turn from this worker's) with a task to pick.
+    def _most_urgent_shard(self) -> policy.Backlog | None:
+        """With several shards, once this worker's has nothing to pick: every shard in one
+        BatchGetItem, and the record of the one with the most urgent work (None when none has any).
 
-        One GetItem per shard looked at, only once this worker's own shard is empty:
-        so no shard's tasks wait while any worker is free. Its record, or None.
+        So no shard's tasks wait while a worker is free.
         """
         s = self.settings
-        for shard in policy.visiting_order(self.shard, s.backlog_shards)[1:]:
-            state = self.backlog_shard(shard).backlog()
-            if policy.choose_level(state, s.policy, s.floor_picks) is not None:
-                self.shard, self.read_first = shard, False
-                return state
-        return None
+        if s.backlog_shards == 1:
+            return None
+        states = self.control.backlogs(s.backlog_shards)
+        chosen = policy.shard_to_pick(states, self.shard)
+        if chosen is None:
+            return None
+        self.shard, self.read_first = chosen, False
+        return states[chosen]
 
     def put_back(self, picks: list[Picked]) -> None:
         """Picked tasks that will not run here: their messages visible again, their counts back.

@@ -87,7 +87,7 @@ class DynamoControlStore:
         return self._read(capacity, list(range(max(1, shards))))
 
     def backlogs(self, shards: int) -> list[Backlog]:
-        return self._read(0, list(range(max(1, shards))))[1]
+        return self.backlogs_of(range(max(1, shards)))
 
     def backlogs_of(self, shards: Sequence[int]) -> list[Backlog]:
         return self._read(0, list(shards))[1]
