@@ -44,13 +44,13 @@ class LocalSystem:
     def submit(self, user_id: str, x: Any = "foo") -> dict[str, Any]:
         response = self.http.post(f"{self.base_url}/task", json={"x": x, "user_id": user_id}, timeout=30)
         if response.status_code != 202:
-            raise RuntimeError(f"submit answered {response.status_code}: {response.text}")
+            raise RuntimeError(f"submit answered {response.status_code}: {response.text}; log: {self.log_tail()}")
         return response.json()  # type: ignore[no-any-return]
 
     def result(self, task_id: str) -> dict[str, Any]:
         response = self.http.get(f"{self.base_url}/result/{task_id}", timeout=30)
         if response.status_code != 200:
-            raise RuntimeError(f"result answered {response.status_code}: {response.text}")
+            raise RuntimeError(f"result answered {response.status_code}: {response.text}; log: {self.log_tail()}")
         return response.json()  # type: ignore[no-any-return]
 
     def wait_all(self, task_ids: list[str], timeout: float = 120.0) -> list[dict[str, Any]]:
@@ -69,11 +69,14 @@ class LocalSystem:
                     break
                 if time.monotonic() > deadline:
                     unfinished = len(task_ids) - len(done)
-                    # The access log's polling lines would fill the tail: show the rest.
-                    log = [line for line in self.log_path.read_text().splitlines() if '"GET /result/' not in line]
-                    raise TimeoutError(f"{unfinished} tasks not finished; log: " + "\n".join(log)[-3000:])
+                    raise TimeoutError(f"{unfinished} tasks not finished; log: {self.log_tail()}")
                 time.sleep(0.1)
         return [done[t] for t in task_ids]
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The runner's log, its end: what a failing test shows (the access log's polling lines left out)."""
+        lines = [line for line in self.log_path.read_text().splitlines() if '"GET /result/' not in line]
+        return "\n" + "\n".join(lines)[-chars:]
 
     def stop(self) -> int:
         if self.process.poll() is None:
