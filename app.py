@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as AwsConnectionError
 from chalice.app import AuthRequest, AuthResponse, Rate, Request, Response
 
 from chalicelib import observability, views, wiring
@@ -76,7 +77,7 @@ def _body(request: Request) -> bytes:
 
 
 def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Map domain errors to 4xx JSON; AWS throttling to 503 with Retry-After."""
+    """Map domain errors to 4xx JSON; AWS throttling, and AWS out of reach, to 503 with Retry-After."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -94,6 +95,11 @@ def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
                 app.log.warning("AWS is throttling: %s", exc)
                 return _error(503, "busy", "the service is busy; retry shortly", {"Retry-After": "1"})
             raise
+        except (AwsConnectionError, HTTPClientError) as exc:
+            # No answer from DynamoDB or SQS after botocore's own retries (a connection
+            # refused or cut, a timeout): nothing of this request stands, so it can be sent again.
+            app.log.warning("AWS could not be reached: %s", exc)
+            return _error(503, "unavailable", "the service is briefly unavailable; retry shortly", {"Retry-After": "1"})
 
     return wrapper
 

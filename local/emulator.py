@@ -26,6 +26,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DYNALITE = ROOT / "local" / "node" / "node_modules" / "dynalite" / "cli.js"
+# dynalite's command line, run so that a client going away mid-request cannot end it (see the file).
+DYNALITE_LAUNCHER = ROOT / "local" / "node" / "dynalite.js"
 
 
 def die_with_parent() -> None:  # runs in the child before exec
@@ -174,7 +176,7 @@ class DynaliteServer(EmulatorProcess):
             )
         return [
             node,
-            str(DYNALITE),
+            str(DYNALITE_LAUNCHER),
             "--host",
             self.host,
             "--port",

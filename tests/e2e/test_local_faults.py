@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -187,6 +188,8 @@ def test_the_lambda_process_killed_mid_run_twice_and_in_a_burst_loses_nothing_an
     log = system.log_path.read_text()
     assert "is not running" not in log
     assert "Traceback" not in log
+    # The calls the killed process had under way did not take the DynamoDB emulator with it.
+    assert "dynalite (DynamoDB)" not in log
 
 
 def _emulator_process(system: LocalSystem, marker: str) -> int:
@@ -223,6 +226,42 @@ def test_dynalite_killed_is_started_again_with_its_tables(local_system: Callable
     assert {r["task_status"] for r in system.wait_all(after, timeout=60)} == {"SUCCESS"}
     assert system.http.get(f"{system.base_url}/stats", timeout=30).json()["tasks"]["submitted"] == 8
     assert system.process.poll() is None
+
+
+def test_dynalite_serves_on_when_a_client_goes_away_mid_request() -> None:
+    """A process killed mid-call (its request cut off) leaves the DynamoDB emulator serving everyone else.
+
+    dynalite's own handler rethrows an aborted request's error and exits; the
+    launcher the runner starts it with (local/node/dynalite.js) ignores that one error.
+    """
+    import boto3
+
+    from local.emulator import DynaliteServer
+    from local.process import free_port
+
+    server = DynaliteServer("127.0.0.1", free_port())
+    server.start(timeout=30)
+    try:
+        cut_off = (
+            b"POST / HTTP/1.1\r\nHost: dynamodb\r\nContent-Type: application/x-amz-json-1.0\r\n"
+            b'X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 100\r\n\r\n{"Lim'
+        )
+        for _ in range(3):  # the request is under way once its headers are read: a pause each
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(cut_off)
+                time.sleep(0.2)
+        time.sleep(0.3)
+        assert server.exit_code() is None, "dynalite exited"
+        db = boto3.client(
+            "dynamodb",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        assert db.list_tables()["TableNames"] == []
+    finally:
+        server.stop()
 
 
 def test_the_sqs_emulator_killed_stops_the_runner_with_a_message(local_system: Callable[..., LocalSystem]) -> None:

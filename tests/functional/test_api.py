@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from chalicelib import aws
 from tests.functional.conftest import Harness, admin_token_in_ssm
@@ -258,6 +258,37 @@ def test_throttling_is_a_503_with_retry_after_and_stores_nothing(
     # leaves no message.
     assert harness.queue_depths() == [int(operation == "PutItem")] + [0] * 5
     # The user was not charged for it: their next submission is still level 0.
+    assert harness.submit("u", 2).json_body["priority_level"] == 0
+
+
+@pytest.mark.parametrize(
+    ("service", "operation", "error"),
+    [
+        ("dynamodb", "UpdateItem", EndpointConnectionError(endpoint_url="http://dynamodb")),
+        ("dynamodb", "PutItem", ConnectionClosedError(endpoint_url="http://dynamodb")),
+        ("sqs", "SendMessage", ReadTimeoutError(endpoint_url="http://sqs")),
+    ],
+)
+def test_aws_out_of_reach_is_a_503_with_retry_after_and_stores_nothing(
+    harness: Harness, service: str, operation: str, error: Exception
+) -> None:
+    def cut_off(model: Any, **kwargs: Any) -> None:
+        if model.name == operation:
+            raise error
+
+    aws.client(service).meta.events.register(f"before-call.{service}.{operation}", cut_off)
+    try:
+        response = harness.submit("u", 1)
+    finally:
+        aws.client(service).meta.events.unregister(f"before-call.{service}.{operation}", cut_off)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json_body == {
+        "error": "unavailable",
+        "message": "the service is briefly unavailable; retry shortly",
+    }
+    assert harness.task_items() == 0
+    assert harness.queue_depths() == [int(operation == "PutItem")] + [0] * 5
     assert harness.submit("u", 2).json_body["priority_level"] == 0
 
 
