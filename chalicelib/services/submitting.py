@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import uuid
@@ -28,14 +29,15 @@ class Submitting(Service):
         self._top_floor: tuple[int, float] = (0, float("-inf"))  # the top-users floor and when it was seen
 
     def submit(self, user_id: str, x: Any) -> Task:
-        """Count the submission, pick its level, store it and queue it at once, nudge the dispatcher.
+        """Count the submission, pick its level, queue it, count it in its queue and store it; nudge the dispatcher.
 
-        Three round trips one after another: the user's count (the level comes from
-        it), the queue's count and number (the record holds the number), then the
-        record and the message together (a worker that receives the message before
-        its record lands gives it back for a moment: ``Executor.run_one``). A note on
-        the top-users list goes out beside the queue's count, the nudge beside the
-        record and the message.
+        Two steps one after another, the second two calls deep on one side: the
+        user's count (the level comes from it); then the message, sent while the
+        queue's count and number are written and, after them, the record (it holds
+        the number). A worker that receives the message before its record lands
+        gives it back for a moment (``Executor.run_one``); one that takes the count
+        before the message is there finds it with its long poll. A note on the
+        top-users list goes out beside the queue's count, the nudge beside the record.
         """
         s = self.settings
         now = self.clock()
@@ -45,19 +47,6 @@ class Submitting(Service):
         queue = policy.queue_level(level, s.policy)
         task_id = str(uuid.uuid4())
         control = self.task_shard(task_id)  # the backlog record it is counted in (policy/shards.py)
-        try:
-            # Its queue's count and its number in that queue (for its position),
-            # in one write. Counted just before its message exists: a worker that takes
-            # the count meanwhile finds the message with its long poll.
-            count, seq = control.enqueue(queue)
-        except Exception:
-            # Not accepted: not counted either (best effort; the error goes to the client).
-            with contextlib.suppress(Exception):
-                self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
-            raise
-        finally:
-            _wait(note)
-        queued_before = count - 1
         task = Task(
             task_id=task_id,
             user_id=user_id,
@@ -68,21 +57,35 @@ class Submitting(Service):
             # finish + PQH_RESULT_TTL_SECONDS.
             expires_at=int(now) + QUEUE_RETENTION_SECONDS + s.result_ttl_seconds,
             tag=count_before / weight,
-            queue_seq=seq,
         )
+        # The message needs none of what the queue's count returns: it goes out at once
+        # (SQS is the slower service), the count, then the record, meanwhile.
+        sent = self._beside(lambda: self.queues.send(queue, task))
+        try:
+            # Its queue's count and its number in that queue (for its position), in one write.
+            count, seq = control.enqueue(queue)
+        except Exception:
+            # Not accepted: not counted either (best effort; the error goes to the client).
+            # A message that went out has no record: the worker that finds it drops it
+            # once it is older than RECORD_GRACE_SECONDS.
+            _wait(sent)
+            with contextlib.suppress(Exception):
+                self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
+            raise
+        finally:
+            _wait(note)
+        task = dataclasses.replace(task, queue_seq=seq)
         # The task is counted: a worker the nudge starts takes the count and finds the
         # message with its long poll. So the nudge (a Lambda Invoke, the slowest call of
-        # a submit) goes out while the record is written and the message sent.
-        # (Per shard: its share of the slots.)
-        nudge = self._beside(self._nudge_dispatcher) if queued_before < -(-s.capacity // s.backlog_shards) else None
-        record = self._beside(lambda: self.tasks.create(task))
+        # a submit) goes out while the record is written. (Per shard: its share of the slots.)
+        nudge = self._beside(self._nudge_dispatcher) if count - 1 < -(-s.capacity // s.backlog_shards) else None
         failed: BaseException | None = None
         try:
-            self.queues.send(queue, task)
+            self.tasks.create(task)
         except Exception as exc:
             failed = exc
         try:
-            _wait(record, raising=True)
+            _wait(sent, raising=True)
         except Exception as exc:
             failed = failed or exc
         _wait(nudge)  # never raises (a failed nudge is logged); the answer waits for it

@@ -117,3 +117,50 @@ def test_a_shut_down_pool_writes_the_record_in_line_and_a_failure_there_is_the_a
         w.services.submitting.submit("u", 2)
     assert w.control.backlog().counts == (1,) + (0,) * (LEVELS - 1)
     assert w.services.accounts.user_usage("u").count_in_window == 1
+
+
+def test_the_message_goes_out_while_the_submit_is_counted_in_its_queue() -> None:
+    # The message needs nothing the queue's count returns: the two overlap, and the
+    # record (which holds the number) follows the count.
+    w = make_world(capacity=1)
+    sending = threading.Event()
+    send, enqueue = w.queues.send, w.control.enqueue
+
+    def send_and_say(level: int, task: object) -> None:
+        sending.set()
+        send(level, task)  # type: ignore[arg-type]
+
+    def enqueue_once_sending(level: int) -> tuple[int, int]:
+        if not sending.wait(WAIT):
+            raise TimeoutError("the submit was counted in its queue before its message went out")
+        return enqueue(level)
+
+    w.queues.send = send_and_say  # type: ignore[method-assign]
+    w.control.enqueue = enqueue_once_sending  # type: ignore[method-assign]
+    first = w.services.submitting.submit("u", 1)
+    second = w.services.submitting.submit("v", 2)
+    assert [w.tasks.get(t.task_id).queue_seq for t in (first, second)] == [1, 2]  # type: ignore[union-attr]
+    assert w.queues.depth(0) == 2 and w.control.backlog().counts[0] == 2
+
+
+def test_a_failed_count_in_its_queue_takes_back_the_usage_and_its_message_never_runs() -> None:
+    w = make_world(capacity=1)
+    enqueue = w.control.enqueue
+
+    def throttled(level: int) -> tuple[int, int]:
+        raise RuntimeError("throttled")
+
+    w.control.enqueue = throttled  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="throttled"):
+        w.services.submitting.submit("u", 1)
+    w.control.enqueue = enqueue  # type: ignore[method-assign]
+    assert w.control.backlog().counts == (0,) * LEVELS
+    assert w.services.accounts.user_usage("u").count_in_window == 0
+    assert w.tasks.all() == [] and w.stats()["tasks"]["submitted"] == 0
+    # Its message went out beside the count; without a record it never runs.
+    w.services.dispatching.dispatch(full_walk=True)
+    assert w.outcomes() == [MISSING] and w.queues.depth(0) == 1
+    w.clock.advance(RECORD_GRACE_SECONDS)
+    w.services.dispatching.dispatch(full_walk=True)
+    assert w.outcomes() == [MISSING] and w.queues.depth(0) == 0
+    assert w.ran == [] and w.control.backlog().counts == (0,) * LEVELS
