@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ClientError, HTTPClientError, ProxyConnectionError, SSLError
 from botocore.exceptions import ConnectionError as AwsConnectionError
 from chalice.app import AuthRequest, AuthResponse, Rate, Request, Response
 
@@ -26,6 +26,7 @@ from chalicelib.domain import (
     PqhError,
     TooManyQueuedError,
     UnauthorizedError,
+    UnavailableError,
     ValidationError,
 )
 from chalicelib.gateway import GatewayUnauthorizedError
@@ -85,6 +86,11 @@ def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
             return view(*args, **kwargs)
         except TooManyQueuedError as exc:
             return _error(exc.status, exc.code, str(exc), {"Retry-After": str(exc.retry_after)})
+        except UnavailableError as exc:
+            app.log.warning("%s", exc)
+            return _error(
+                exc.status, exc.code, "the service is briefly unavailable; retry shortly", {"Retry-After": "1"}
+            )
         except PqhError as exc:
             return _error(exc.status, exc.code, str(exc))
         except ConfigError as exc:
@@ -95,10 +101,13 @@ def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
                 app.log.warning("AWS is throttling: %s", exc)
                 return _error(503, "busy", "the service is busy; retry shortly", {"Retry-After": "1"})
             raise
+        except (SSLError, ProxyConnectionError):
+            raise  # a certificate or proxy setting is wrong: retrying will not help (a 500, logged)
         except (AwsConnectionError, HTTPClientError) as exc:
             # No answer from DynamoDB or SQS after botocore's own retries (a connection
-            # refused or cut, a timeout): nothing of this request stands, so it can be sent again.
-            app.log.warning("AWS could not be reached: %s", exc)
+            # refused or cut, a timeout). A submit is rolled back (best effort: a write whose
+            # answer was lost may have landed); a client retries with its Idempotency-Key.
+            app.log.error("AWS could not be reached: %s", exc, exc_info=True)
             return _error(503, "unavailable", "the service is briefly unavailable; retry shortly", {"Retry-After": "1"})
 
     return wrapper

@@ -28,6 +28,11 @@ log = logging.getLogger("pqh")
 
 # SQS keeps a queued message this long (MessageRetentionPeriod in infra/resources.json).
 QUEUE_RETENTION_SECONDS = 14 * 24 * 3600
+# A worker drops a message that has no record once it is this old (by its submit
+# time): its submit failed. A submit that has not written its record by half of it
+# gives up, so no record can land after its message was dropped.
+RECORD_GRACE_SECONDS = 60.0
+SUBMIT_DEADLINE_SECONDS = RECORD_GRACE_SECONDS / 2
 
 
 @dataclass
@@ -44,9 +49,10 @@ class Deps:
     worker_clock: WorkerClock = field(default_factory=WorkerClock)
     # Where a worker picks ahead while a task runs: one thread; tests run it by hand.
     pick_ahead_pool: Callable[[], Executor] = lambda: ThreadPoolExecutor(1, thread_name_prefix="prefetch")
-    # Where a submit writes its record and nudges the dispatcher while its message is
-    # sent: built once per process (``side_pool``); on Lambda a request uses two
-    # threads at most, the local server serves many requests at once.
+    # Where a submit sends its message, notes a top user and nudges the dispatcher
+    # while it writes its counts and record: built once per process (``side_pool``);
+    # on Lambda a request uses three threads at most, the local server serves many
+    # requests at once.
     side_pool_factory: Callable[[], Executor] = lambda: ThreadPoolExecutor(16, thread_name_prefix="submit-side")
     task_function: TaskFunction | None = None
     keys: KeyStore | None = None

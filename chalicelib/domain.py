@@ -256,6 +256,13 @@ class PqhError(Exception):
     code = "bad_request"
 
 
+class UnavailableError(PqhError):
+    """AWS did not answer in time: nothing of the request stands; retry shortly."""
+
+    status = 503
+    code = "unavailable"
+
+
 class ValidationError(PqhError):
     status = 400
     code = "invalid_request"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import uuid
@@ -12,8 +13,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from chalicelib import observability, policy, top_users
-from chalicelib.deps import QUEUE_RETENTION_SECONDS, Deps, Service
-from chalicelib.domain import Submitted, Task, TooManyQueuedError
+from chalicelib.deps import QUEUE_RETENTION_SECONDS, SUBMIT_DEADLINE_SECONDS, Deps, Service
+from chalicelib.domain import Submitted, Task, TooManyQueuedError, UnavailableError
 from chalicelib.ports import QueuedLimitError
 from chalicelib.settings import ConfigError
 
@@ -60,42 +61,54 @@ class Submitting(Service):
         )
         # The message needs none of what the queue's count returns: it goes out at once
         # (SQS is the slower service), the count, then the record, meanwhile.
-        sent = self._beside(lambda: self.queues.send(queue, task))
+        sent = self._beside(functools.partial(self.queues.send, queue, task))
         try:
             # Its queue's count and its number in that queue (for its position), in one write.
             count, seq = control.enqueue(queue)
         except Exception:
             # Not accepted: not counted either (best effort; the error goes to the client).
-            # A message that went out has no record: the worker that finds it drops it
-            # once it is older than RECORD_GRACE_SECONDS.
-            _wait(sent)
+            # A message that went out has no record: the worker that finds it hides it,
+            # then drops it (Executor.run_one).
+            _log_unraised(_failure(sent), task_id, "send")
             with contextlib.suppress(Exception):
                 self.usage.refund(user_id, now, now, s.bucket_seconds, s.window_seconds)
             raise
         finally:
             _wait(note)
         task = dataclasses.replace(task, queue_seq=seq)
-        # The task is counted: a worker the nudge starts takes the count and finds the
-        # message with its long poll. So the nudge (a Lambda Invoke, the slowest call of
-        # a submit) goes out while the record is written. (Per shard: its share of the slots.)
-        nudge = self._beside(self._nudge_dispatcher) if count - 1 < -(-s.capacity // s.backlog_shards) else None
-        failed: BaseException | None = None
-        try:
-            self.tasks.create(task)
-        except Exception as exc:
-            failed = exc
-        try:
-            _wait(sent, raising=True)
-        except Exception as exc:
-            failed = failed or exc
+        failed: BaseException | None = sent.exception() if sent.done() else None
+        if failed is None and self.clock() - now > SUBMIT_DEADLINE_SECONDS:
+            # Too late to write the record: a worker may have dropped the message as a
+            # failed submit's (RECORD_GRACE_SECONDS), and the task would never run.
+            failed = UnavailableError(f"the submit took over {SUBMIT_DEADLINE_SECONDS:.0f} s; retry shortly")
+        nudge = None
+        stored = False  # whether its record may exist
+        if failed is None:
+            # The task is counted: a worker the nudge starts takes the count and finds
+            # the message with its long poll. So the nudge (a Lambda Invoke, the slowest
+            # call of a submit) goes out while the record is written. (Per shard: its
+            # share of the slots.)
+            if count - 1 < -(-s.capacity // s.backlog_shards):
+                nudge = self._beside(self._nudge_dispatcher)
+            stored = True
+            try:
+                self.tasks.create(task)
+            except Exception as exc:
+                failed = exc
+            send_failed = _failure(sent)
+            if failed is None:
+                failed = send_failed
+            else:
+                _log_unraised(send_failed, task_id, "send")
         _wait(nudge)  # never raises (a failed nudge is logged); the answer waits for it
         if failed is not None:
             # Not accepted: neither stored, counted nor queued (best effort; the error
             # goes to the client). A message sent without its record is dropped by the
-            # worker that finds it once it is older than RECORD_GRACE_SECONDS; a count
-            # left behind corrects itself at the next pick.
-            with contextlib.suppress(Exception):
-                self._drop_unqueued(task)
+            # worker that finds it (Executor.run_one); a count left behind corrects
+            # itself at the next pick.
+            if stored:
+                with contextlib.suppress(Exception):
+                    self._drop_unqueued(task)
             with contextlib.suppress(Exception):
                 control.withdraw(queue)
             with contextlib.suppress(Exception):
@@ -192,12 +205,23 @@ class Submitting(Service):
             self.tasks.cancel_pending(task.task_id, now, now + self.settings.result_ttl_seconds)
 
 
-def _wait(future: Future[None] | None, raising: bool = False) -> None:
-    """Wait for a call started beside the request; its error is raised only when ``raising``."""
-    if future is None:
-        return
-    if raising:
+def _failure(future: Future[None]) -> BaseException | None:
+    """Wait for a call started beside the request; its error, if it failed."""
+    try:
         future.result()
-        return
-    with contextlib.suppress(Exception):
-        future.result()
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _log_unraised(error: BaseException | None, task_id: str, call: str) -> None:
+    """An error that is not the one the client gets: logged, not lost."""
+    if error is not None:
+        log.warning("task=%s: its %s failed too: %r", task_id, call, error)
+
+
+def _wait(future: Future[None] | None) -> None:
+    """Wait for a call started beside the request, whatever its outcome (it logs its own errors)."""
+    if future is not None:
+        with contextlib.suppress(Exception):
+            future.result()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from chalicelib import observability
-from chalicelib.deps import Service
+from chalicelib.deps import RECORD_GRACE_SECONDS, Service
 from chalicelib.domain import CANCELLED, FAILURE, SUCCESS, QueuedMessage, Task
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, MISSING, RUNNING_ELSEWHERE, STARTED_NOW
 from chalicelib.tasks import TaskCancelledError, TaskContext
@@ -28,15 +29,16 @@ MAX_RESULT_BYTES = 128 * 1024
 # A result nests at most one level deeper than the deepest accepted x (the default
 # task's result holds x in input_x), so every recorded result reads back.
 MAX_RESULT_DEPTH = MAX_X_DEPTH + 1
-# A submit writes a task's record while it sends its message, so a worker can
-# receive a message before its record lands (by a round trip at most, normally).
-# Younger than RECORD_GRACE_SECONDS (by its submit time), a message without a
-# record is tried again after each of RECORD_RETRY_PAUSES, then given back to come
-# again after RECORD_WAIT_SECONDS; older, its record is gone for good (the submit
-# failed and was rolled back, or the record expired) and the message is deleted.
-# The grace is above the API function's time limit (15 s): no submit that could
-# still land its record is left behind.
-RECORD_GRACE_SECONDS = 60.0
+# A submit sends a task's message while it writes the backlog count and then the
+# record, so a worker can receive a message before its record lands (by a
+# DynamoDB round trip or two, normally). Younger than RECORD_GRACE_SECONDS (by its
+# submit time; chalicelib/deps.py), a message without a record is tried again
+# after each of RECORD_RETRY_PAUSES, then given back hidden for as long as it is
+# old (RECORD_WAIT_SECONDS at least): a record that lands late waits at most about
+# its own age again, and the message of a submit that failed comes back a few
+# times (1, 2, 4, ... s), not every second, before it is deleted at the grace. A
+# submit that has not written its record by SUBMIT_DEADLINE_SECONDS (half the
+# grace) gives up, so no record lands after its message was deleted.
 RECORD_RETRY_PAUSES: tuple[float, ...] = (0.05, 0.2)
 RECORD_WAIT_SECONDS = 1
 # A recorded outcome's log event and metric.
@@ -88,11 +90,14 @@ class Executor(Service):
             self._to_dead_letters(level, message, task.error or "failed", task.priority_level)
             log.info("dead-lettered task=%s on its redelivery", message.task_id)
             return outcome
-        if outcome == MISSING and now - message.submitted_at < RECORD_GRACE_SECONDS:
-            # Its record is still being written (the submit sends both at once): it
-            # comes again in a moment (the count, if taken, was given back above).
-            self.queues.give_back(level, [message.receipt_handle], after_seconds=RECORD_WAIT_SECONDS)
-            log.info("gave back task=%s: its record has not landed yet", message.task_id)
+        age = now - message.submitted_at
+        if outcome == MISSING and age < RECORD_GRACE_SECONDS:
+            # Its record may still be landing: it comes again after as long as it is
+            # old, so a failed submit's message takes a few picks, not one a second.
+            # (The count, if taken, was given back above.)
+            hidden = max(RECORD_WAIT_SECONDS, min(math.ceil(age), math.ceil(RECORD_GRACE_SECONDS - age)))
+            self.queues.give_back(level, [message.receipt_handle], after_seconds=hidden)
+            log.info("gave back task=%s for %ds: it has no record yet", message.task_id, hidden)
             return outcome
         if outcome in (MISSING, ALREADY_FINISHED):
             # A duplicate delivery, or a record that expired: nothing to run.

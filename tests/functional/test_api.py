@@ -262,34 +262,44 @@ def test_throttling_is_a_503_with_retry_after_and_stores_nothing(
 
 
 @pytest.mark.parametrize(
-    ("service", "operation", "error"),
+    ("service", "operation", "table", "error"),
     [
-        ("dynamodb", "UpdateItem", EndpointConnectionError(endpoint_url="http://dynamodb")),
-        ("dynamodb", "PutItem", ConnectionClosedError(endpoint_url="http://dynamodb")),
-        ("sqs", "SendMessage", ReadTimeoutError(endpoint_url="http://sqs")),
+        # The usage write: nothing else was made yet.
+        ("dynamodb", "UpdateItem", "pqh-dev-usage", EndpointConnectionError(endpoint_url="http://dynamodb")),
+        # The backlog write: the message went out beside it.
+        ("dynamodb", "UpdateItem", "pqh-dev-control", ReadTimeoutError(endpoint_url="http://dynamodb")),
+        ("dynamodb", "PutItem", "pqh-dev-tasks", ConnectionClosedError(endpoint_url="http://dynamodb")),
+        ("sqs", "SendMessage", None, ReadTimeoutError(endpoint_url="http://sqs")),
     ],
 )
 def test_aws_out_of_reach_is_a_503_with_retry_after_and_stores_nothing(
-    harness: Harness, service: str, operation: str, error: Exception
+    harness: Harness, service: str, operation: str, table: str | None, error: Exception
 ) -> None:
-    def cut_off(model: Any, **kwargs: Any) -> None:
-        if model.name == operation:
+    harness.submit("u", 0)  # one accepted before: the failed one must not touch it
+
+    def cut_off(params: dict[str, Any], **kwargs: Any) -> None:
+        if table is None or params.get("TableName") == table:
             raise error
 
-    aws.client(service).meta.events.register(f"before-call.{service}.{operation}", cut_off)
+    event = f"before-parameter-build.{service}.{operation}"
+    aws.client(service).meta.events.register(event, cut_off)
     try:
         response = harness.submit("u", 1)
     finally:
-        aws.client(service).meta.events.unregister(f"before-call.{service}.{operation}", cut_off)
+        aws.client(service).meta.events.unregister(event, cut_off)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert response.json_body == {
         "error": "unavailable",
         "message": "the service is briefly unavailable; retry shortly",
     }
-    assert harness.task_items() == 0
-    assert harness.queue_depths() == [int(operation == "PutItem")] + [0] * 5
-    assert harness.submit("u", 2).json_body["priority_level"] == 0
+    assert harness.task_items() == 1
+    # A message sent beside a write that failed stays queued without a record (it
+    # never runs: tests/unit/test_submit_overlap.py); a refused send leaves none.
+    # (The accepted one is at level 0; the failed one would have been the user's second: level 1.)
+    assert harness.queue_depths() == [1, int(operation != "SendMessage" and table != "pqh-dev-usage")] + [0] * 4
+    # Counted once, for the accepted one: the user's next submission is level 1.
+    assert harness.submit("u", 2).json_body["priority_level"] == 1
 
 
 def test_an_aws_error_that_is_not_throttling_is_not_a_503(harness: Harness) -> None:

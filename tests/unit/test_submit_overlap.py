@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from chalicelib.domain import PENDING
+from chalicelib.deps import RECORD_GRACE_SECONDS, SUBMIT_DEADLINE_SECONDS
+from chalicelib.domain import PENDING, SUCCESS, UnavailableError
 from chalicelib.policy import LEVELS
 from chalicelib.ports import MISSING
-from chalicelib.worker.executing import RECORD_GRACE_SECONDS
-from tests.fakes import make_world
+from tests.fakes import World, make_world
 
 WAIT = 10.0  # seconds; only reached when the two calls do not overlap
 
@@ -120,31 +120,36 @@ def test_a_shut_down_pool_writes_the_record_in_line_and_a_failure_there_is_the_a
 
 
 def test_the_message_goes_out_while_the_submit_is_counted_in_its_queue() -> None:
-    # The message needs nothing the queue's count returns: the two overlap, and the
+    # The message needs nothing the queue's count returns: each call waits for the
+    # other to have begun, so made one after the other they would time out. The
     # record (which holds the number) follows the count.
     w = make_world(capacity=1)
-    sending = threading.Event()
+    sending, counting = threading.Event(), threading.Event()
     send, enqueue = w.queues.send, w.control.enqueue
 
-    def send_and_say(level: int, task: object) -> None:
+    def send_once_counting(level: int, task: object) -> None:
         sending.set()
+        if not counting.wait(WAIT):
+            raise TimeoutError("the message went out before the submit was counted in its queue")
         send(level, task)  # type: ignore[arg-type]
 
     def enqueue_once_sending(level: int) -> tuple[int, int]:
+        counting.set()
         if not sending.wait(WAIT):
             raise TimeoutError("the submit was counted in its queue before its message went out")
         return enqueue(level)
 
-    w.queues.send = send_and_say  # type: ignore[method-assign]
+    w.queues.send = send_once_counting  # type: ignore[method-assign]
     w.control.enqueue = enqueue_once_sending  # type: ignore[method-assign]
     first = w.services.submitting.submit("u", 1)
+    sending.clear(), counting.clear()
     second = w.services.submitting.submit("v", 2)
     assert [w.tasks.get(t.task_id).queue_seq for t in (first, second)] == [1, 2]  # type: ignore[union-attr]
     assert w.queues.depth(0) == 2 and w.control.backlog().counts[0] == 2
 
 
-def test_a_failed_count_in_its_queue_takes_back_the_usage_and_its_message_never_runs() -> None:
-    w = make_world(capacity=1)
+def _orphan(w: World) -> None:
+    """A submit whose count in its queue failed: its message is out, with no record and no count."""
     enqueue = w.control.enqueue
 
     def throttled(level: int) -> tuple[int, int]:
@@ -152,15 +157,60 @@ def test_a_failed_count_in_its_queue_takes_back_the_usage_and_its_message_never_
 
     w.control.enqueue = throttled  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="throttled"):
-        w.services.submitting.submit("u", 1)
+        w.services.submitting.submit("light", "orphan")
     w.control.enqueue = enqueue  # type: ignore[method-assign]
-    assert w.control.backlog().counts == (0,) * LEVELS
-    assert w.services.accounts.user_usage("u").count_in_window == 0
-    assert w.tasks.all() == [] and w.stats()["tasks"]["submitted"] == 0
+
+
+def test_a_failed_count_in_its_queue_takes_back_the_usage_and_its_message_never_runs() -> None:
+    w = make_world(capacity=1)
+    accepted = [w.services.submitting.submit("u", 1).task_id, w.services.submitting.submit("u", 2).task_id]
+    w.services.dispatching.dispatch()
+    assert w.outcomes() == [SUCCESS, SUCCESS]
+    _orphan(w)
+    accepted.append(w.services.submitting.submit("light", "kept").task_id)
+    # The failed one was taken back once: the user's count is the one accepted task.
+    assert w.services.accounts.user_usage("light").count_in_window == 1
+    assert w.control.backlog().counts[0] == 1 and len(w.tasks.all()) == 3
+    assert w.stats()["tasks"]["submitted"] == 3
     # Its message went out beside the count; without a record it never runs.
-    w.services.dispatching.dispatch(full_walk=True)
-    assert w.outcomes() == [MISSING] and w.queues.depth(0) == 1
-    w.clock.advance(RECORD_GRACE_SECONDS)
-    w.services.dispatching.dispatch(full_walk=True)
-    assert w.outcomes() == [MISSING] and w.queues.depth(0) == 0
-    assert w.ran == [] and w.control.backlog().counts == (0,) * LEVELS
+    for _ in range(int(RECORD_GRACE_SECONDS) + 2):
+        w.services.dispatching.dispatch(full_walk=True)
+        w.outcomes()
+        w.clock.advance(1)
+    assert w.ran == accepted
+    assert w.queues.depth(0) == 0 and w.control.backlog().counts == (0,) * LEVELS
+
+
+def test_a_message_without_a_record_comes_back_after_as_long_as_it_is_old() -> None:
+    # A light user's orphan has the smallest tag: each pick would choose it again.
+    w = make_world(capacity=1)
+    _orphan(w)
+    accepted = [w.services.submitting.submit(f"heavy{i % 3}", i).task_id for i in range(30)]
+    picked_orphan = 0
+    for _ in range(int(RECORD_GRACE_SECONDS) + 5):
+        w.services.dispatching.dispatch(full_walk=True)
+        picked_orphan += w.outcomes().count(MISSING)
+        w.clock.advance(1)
+    # Hidden for as long as it is old each time (1, 1, 2, 4, 8, 16, 28 s), then
+    # dropped: eight picks in all, where one a second would be sixty.
+    assert picked_orphan <= 8
+    assert sorted(w.ran) == sorted(accepted) and w.queues.depth(0) == 0
+
+
+def test_a_submit_that_would_write_its_record_past_the_deadline_gives_up_and_takes_everything_back() -> None:
+    # A worker drops a message without a record once the grace has passed: a record
+    # written later would be a task that never runs.
+    w = make_world(capacity=1)
+    enqueue = w.control.enqueue
+
+    def slow_enqueue(level: int) -> tuple[int, int]:
+        answer = enqueue(level)
+        w.clock.advance(SUBMIT_DEADLINE_SECONDS + 1)
+        return answer
+
+    w.control.enqueue = slow_enqueue  # type: ignore[method-assign]
+    with pytest.raises(UnavailableError):
+        w.services.submitting.submit("u", 1)
+    assert w.tasks.all() == [] and w.control.backlog().counts == (0,) * LEVELS
+    assert w.services.accounts.user_usage("u").count_in_window == 0
+    assert w.stats()["tasks"]["submitted"] == 0

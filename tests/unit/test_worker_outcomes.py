@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
+from chalicelib.deps import RECORD_GRACE_SECONDS
 from chalicelib.domain import CANCELLED, FAILURE, PENDING, SUCCESS, NotFoundError
 from chalicelib.policy import LEVELS
 from chalicelib.ports import ALREADY_FINISHED, LEASE_LOST, MISSING, RUNNING_ELSEWHERE
 from chalicelib.settings import TASK_RUN_LEASE_SECONDS
 from chalicelib.tasks import TaskContext, cancellable
-from chalicelib.worker.executing import RECORD_GRACE_SECONDS, RECORD_WAIT_SECONDS
+from chalicelib.worker.executing import RECORD_WAIT_SECONDS
 from tests.fakes import make_world
 
 WAIT = 10.0  # a generous bound for another thread's step on a loaded machine
