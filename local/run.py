@@ -52,12 +52,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chalice.config import Config  # noqa: E402
-from chalice.local import LocalDevServer, ThreadedHTTPServer  # noqa: E402
+from chalice.local import LocalDevServer  # noqa: E402
 
 from chalicelib import aws, observability, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
 from local import endpoints  # noqa: E402
+from local.api import ApiProcesses, BacklogServer  # noqa: E402
 from local.emulator import (  # noqa: E402
     EmulatorError,
     EmulatorProcess,
@@ -73,15 +74,13 @@ from local.supervision import Backoff, exit_reason  # noqa: E402
 log = logging.getLogger("pqh.local")
 
 
-class BacklogServer(ThreadedHTTPServer):
-    """Chalice's threaded server with a listen backlog of 128, not socketserver's 5.
-
-    With 5, eight or more clients connecting at once see SYNs dropped and
-    1-second retransmit stalls.
-    """
-
-    request_queue_size = 128
-    daemon_threads = True
+def api_processes_wanted() -> int:
+    """PQH_API_PROCESSES: processes serving the API (1-16); by default two on a machine with two cores or more."""
+    default = 2 if (os.cpu_count() or 1) >= 2 else 1
+    wanted = _env_int("PQH_API_PROCESSES", default)
+    if not 1 <= wanted <= 16:
+        sys.exit(f"PQH_API_PROCESSES={wanted} must be between 1 and 16")
+    return wanted
 
 
 def _env_int(name: str, default: int) -> int:
@@ -213,6 +212,7 @@ def main() -> int:
     sqs_port = _env_int("PQH_SQS_EMULATOR_PORT", emulator_port + 1)
     prefix = os.environ.get("PQH_LOCAL_PREFIX", "pqh-local")
     tick_seconds = _env_float("PQH_TICK_SECONDS", 60.0)
+    api_processes = api_processes_wanted()
 
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
         os.environ.setdefault(name, value)
@@ -232,6 +232,7 @@ def main() -> int:
     stop = threading.Event()
     lambdas: RemoteLambdas | None = None
     server: LocalDevServer | None = None
+    extra_api: ApiProcesses | None = None
     try:
         timeout = _env_float("PQH_ENDPOINT_TIMEOUT", endpoints.DEFAULT_TIMEOUT)
         try:
@@ -286,13 +287,18 @@ def main() -> int:
             app_module.app, config, host, port, handler_cls=GatewayHandler, server_cls=BacklogServer
         )
         threading.Thread(target=server.server.serve_forever, name="http", daemon=True).start()
+        if api_processes > 1:
+            # As Lambda runs more API instances under load: the others accept on this socket.
+            extra_api = ApiProcesses(api_processes - 1, server.server.socket.fileno(), lambdas.trigger_dispatch)
         log.info(
-            "pqh is up: http://%s:%d (capacity %d, task %.3gs, tick %.3gs). Ctrl-C stops it.",
+            "pqh is up: http://%s:%d (capacity %d, task %.3gs, tick %.3gs, %d API process%s). Ctrl-C stops it.",
             host,
             port,
             settings.capacity,
             settings.task_seconds,
             tick_seconds,
+            api_processes,
+            "es" if api_processes > 1 else "",
         )
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -310,6 +316,8 @@ def main() -> int:
         log.info("stopping")
         return 0
     finally:
+        if extra_api is not None:
+            extra_api.stop()
         if server is not None:
             server.server.shutdown()
             server.server.server_close()
