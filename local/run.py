@@ -26,8 +26,11 @@ default), AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL_SQS (u
 that endpoint instead of starting an emulator), plus every service setting of the
 README.
 
+With PQH_API_PROCESSES = N > 1 (two by default on two cores or more), N - 1
+more processes serve the API on the same socket (local/api.py).
+
 Supervision: the Lambda process is started again whenever it dies (see
-local/lambdas.py). dynalite keeps its tables on disk for the run, so it is started
+local/lambdas.py), and so is an extra API process. dynalite keeps its tables on disk for the run, so it is started
 again too. moto's server keeps its queues in memory only: if it dies, the queued
 tasks' messages are gone, and the runner stops with a message instead of
 accepting tasks that would never run.
