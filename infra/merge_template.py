@@ -36,9 +36,14 @@ LOGICAL_IDS = {
 # second and the burst above it. Over it, API Gateway answers 429 (DEFAULT_4XX below).
 STAGE_RATE_LIMIT = 50
 STAGE_BURST_LIMIT = 100
-# The dispatcher runs one pass at a time (a DynamoDB lock; triggers meanwhile
-# coalesce into one rerun): one running and one arriving. The tick is once a minute.
+# Dispatcher passes need no lock (a slot is claimed with a conditional write); two
+# at a time at most: one running and one arriving. Nudges beyond that are throttled
+# and wait in Lambda's queue of asynchronous events, by default for up to six hours
+# and retried twice on an error: a burst of submits below capacity would leave
+# hours of passes, each reading every slot. A nudge not run within a minute is
+# dropped instead (AWS's shortest age); the tick makes a pass every minute anyway.
 DISPATCHER_CONCURRENCY = 2
+DISPATCHER_EVENT_AGE_SECONDS = 60
 TICK_CONCURRENCY = 1
 
 
@@ -126,6 +131,11 @@ def merge_template(stage: str = "dev") -> dict[str, Any]:
             # A retried worker invocation would find its slot handed on and run nothing:
             # do not retry it (the dispatcher starts a fresh one when needed).
             properties["EventInvokeConfig"] = {"MaximumRetryAttempts": 0}
+        if function == "dispatcher":
+            properties["EventInvokeConfig"] = {
+                "MaximumEventAgeInSeconds": DISPATCHER_EVENT_AGE_SECONDS,
+                "MaximumRetryAttempts": 0,
+            }
         if function in reserved:
             properties["ReservedConcurrentExecutions"] = reserved[function]
         resources[logical] = {"Properties": properties}

@@ -128,6 +128,12 @@ def test_packaged_functions_point_at_the_stacks_own_resources(packaged: dict[str
         assert variables["PQH_QUEUE_PREFIX"] == {"Ref": "AWS::StackName"}
         assert props["Role"] == {"Fn::GetAtt": [f"{logical.replace('APIHandler', 'ApiHandler')}Role", "Arn"]}
     assert packaged["Resources"]["Worker"]["Properties"]["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}
+    # A nudge the dispatcher's reserved concurrency throttled is dropped after a
+    # minute (the tick's period), not kept for Lambda's default six hours.
+    assert packaged["Resources"]["Dispatcher"]["Properties"]["EventInvokeConfig"] == {
+        "MaximumEventAgeInSeconds": 60,
+        "MaximumRetryAttempts": 0,
+    }
     tick = packaged["Resources"]["DispatchTick"]["Properties"]["Events"]
     assert tick["DispatchTickEvent"]["Properties"]["Schedule"] == "rate(1 minute)"
 
