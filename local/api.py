@@ -162,6 +162,9 @@ class ApiProcesses:
 
 def serve(listen_fd: int, nudge_fd: int) -> int:
     """An extra API process: the runner's environment, its socket, nudges through the pipe."""
+    # Ctrl-C reaches the whole process group: the runner stops this process itself
+    # (SIGTERM), once it no longer starts it again.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from chalice.config import Config
 
     from chalicelib import observability, wiring
@@ -188,7 +191,6 @@ def serve(listen_fd: int, nudge_fd: int) -> int:
         threading.Thread(target=server.server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     server.server.serve_forever()
     return 0
 

@@ -87,3 +87,26 @@ def test_one_api_process_when_asked(local_system: Callable[..., LocalSystem]) ->
     assert "1 API process)" in system.log_path.read_text()
     assert _api_processes(system) == []
     system.wait_all([system.submit("u", 1)["task_id"]], timeout=60)
+
+
+def test_ctrl_c_stops_the_api_processes_through_the_runner_alone(local_system: Callable[..., LocalSystem]) -> None:
+    # Ctrl-C reaches the whole process group. An API process that stopped on it by
+    # itself could be seen dead, and started again, before the runner stops.
+    system = local_system(PQH_API_PROCESSES="2", PQH_TASK_SECONDS="0.01")
+    (extra,) = _wait_for("the second API process", lambda: _api_processes(system))  # type: ignore[misc]
+    time.sleep(2)  # past its start-up
+    os.kill(extra, signal.SIGINT)
+    time.sleep(1.5)
+    assert _api_processes(system) == [extra]
+    os.kill(extra, signal.SIGINT)  # as the group's Ctrl-C: to it and to the runner at once
+    assert system.stop() == 0
+    _wait_for("the API process to exit", lambda: not Path(f"/proc/{extra}").exists() or _zombie(extra))
+    log = system.log_path.read_text()
+    assert "an API process" not in log and "Traceback" not in log
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    except OSError:
+        return True
