@@ -60,7 +60,9 @@ class UsageStore(Protocol):
 
 
 class TaskStore(Protocol):
-    def create(self, task: Task) -> None: ...
+    def create(self, task: Task) -> None:
+        """Write a new task's record. Its record there already (a retried write whose
+        first answer was lost) is left as it stands; another task's with the id raises."""
 
     def get(self, task_id: str) -> Task | None: ...
 

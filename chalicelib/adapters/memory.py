@@ -115,7 +115,10 @@ class MemoryTaskStore:
 
     def create(self, task: Task) -> None:
         with self._lock:
-            if task.task_id in self._tasks:
+            existing = self._tasks.get(task.task_id)
+            if existing is not None:
+                if (existing.user_id, existing.submitted_at) == (task.user_id, task.submitted_at):
+                    return  # written already (a retried write): as it stands
                 raise ValueError(f"task {task.task_id} exists")
             self._tasks[task.task_id] = copy.deepcopy(task)
 

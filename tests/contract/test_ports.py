@@ -248,6 +248,20 @@ def test_a_started_task_whose_lease_ran_out_can_start_again(ports: Ports) -> Non
     assert (final.task_status, final.error, final.result) == (FAILURE, "E: boom", None)
 
 
+def test_creating_a_task_again_leaves_its_record_as_it_stands_and_another_task_with_its_id_is_refused(
+    ports: Ports,
+) -> None:
+    # As botocore's retry of a PutItem whose answer was lost: the first attempt landed.
+    task = make_task()
+    ports.tasks.create(task)
+    ports.tasks.start(task.task_id, "run-a", NOW + 1, NOW + 10, "holder-a")
+    ports.tasks.create(task)
+    assert ports.tasks.get(task.task_id).task_status == STARTED  # type: ignore[union-attr]
+    with pytest.raises(Exception):  # noqa: B017 (each adapter raises its own)
+        ports.tasks.create(replace(task, user_id="someone-else"))
+    assert ports.tasks.get(task.task_id).user_id == "u1"  # type: ignore[union-attr]
+
+
 def test_a_task_counts_as_running_from_its_start_until_it_finishes_or_its_run_lease_runs_out(ports: Ports) -> None:
     task = make_task()  # priority level 3
     ports.tasks.create(task)

@@ -89,6 +89,19 @@ class DynamoTaskStore:
         return hour if self._shards == 1 else f"{hour}#{self._spread(task_id)}"
 
     def create(self, task: Task) -> None:
+        try:
+            self._put_new(task)
+        except ClientError as exc:
+            if not is_conditional_failure(exc):
+                raise
+            # botocore retries a write whose answer was lost (a cut connection, a
+            # timeout); the retry then finds the record the first attempt wrote. Ids
+            # are random UUIDs: a record with this id, user and submit time is this one.
+            existing = self.get(task.task_id)
+            if existing is None or (existing.user_id, existing.submitted_at) != (task.user_id, task.submitted_at):
+                raise
+
+    def _put_new(self, task: Task) -> None:
         self._db.put_item(
             TableName=self._table,
             Item={
