@@ -88,9 +88,7 @@ def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
             return _error(exc.status, exc.code, str(exc), {"Retry-After": str(exc.retry_after)})
         except UnavailableError as exc:
             app.log.warning("%s", exc)
-            return _error(
-                exc.status, exc.code, "the service is briefly unavailable; retry shortly", {"Retry-After": "1"}
-            )
+            return _unavailable()
         except PqhError as exc:
             return _error(exc.status, exc.code, str(exc))
         except ConfigError as exc:
@@ -108,9 +106,18 @@ def api_errors(view: Callable[..., Any]) -> Callable[..., Any]:
             # refused or cut, a timeout). A submit is rolled back (best effort: a write whose
             # answer was lost may have landed); a client retries with its Idempotency-Key.
             app.log.error("AWS could not be reached: %s", exc, exc_info=True)
-            return _error(503, "unavailable", "the service is briefly unavailable; retry shortly", {"Retry-After": "1"})
+            return _unavailable()
 
     return wrapper
+
+
+def _unavailable() -> Response:
+    return _error(
+        UnavailableError.status,
+        UnavailableError.code,
+        "the service is briefly unavailable; retry shortly",
+        {"Retry-After": "1"},
+    )
 
 
 def _stage_prefix() -> str:

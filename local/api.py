@@ -32,11 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chalice.local import ThreadedHTTPServer  # noqa: E402
+from chalice.config import Config  # noqa: E402
+from chalice.local import LocalDevServer, ThreadedHTTPServer  # noqa: E402
 
 from chalicelib.domain import Handoff  # noqa: E402
 from local.emulator import die_with_parent  # noqa: E402
-from local.supervision import Backoff, exit_reason  # noqa: E402
+from local.gateway import GatewayHandler  # noqa: E402
+from local.supervision import Backoff, exit_reason, log_readably  # noqa: E402
 
 log = logging.getLogger("pqh.local")
 
@@ -140,11 +142,6 @@ class ApiProcesses:
                 self._processes[self._processes.index(process)] = replacement
             process, started = replacement, time.monotonic()
 
-    @property
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [p.pid for p in self._processes]
-
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         with self._lock:
@@ -160,32 +157,28 @@ class ApiProcesses:
                 process.wait()
 
 
+def api_server(app_module: Any, max_body_bytes: int, host: str, port: int, server_cls: Any) -> LocalDevServer:
+    """Chalice's local server for the app, with API Gateway's limits (local/gateway.py)."""
+    GatewayHandler.max_body_bytes = max_body_bytes
+    config = Config.create(chalice_stage="local", app_name="pqh", project_dir=str(ROOT))
+    return LocalDevServer(app_module.app, config, host, port, handler_cls=GatewayHandler, server_cls=server_cls)
+
+
 def serve(listen_fd: int, nudge_fd: int) -> int:
     """An extra API process: the runner's environment, its socket, nudges through the pipe."""
     # Ctrl-C reaches the whole process group: the runner stops this process itself
     # (SIGTERM), once it no longer starts it again.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from chalice.config import Config
-
-    from chalicelib import observability, wiring
     from chalicelib import settings as settings_mod
-    from local.gateway import GatewayHandler
+    from chalicelib import wiring
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    for noisy in ("botocore", "werkzeug", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    observability.readable_logs()
+    log_readably()
     import app as app_module
 
     nudger = NudgePipe(nudge_fd)
     wiring.configure(invoker_factory=lambda _settings: nudger)
-    settings = settings_mod.load()
-    GatewayHandler.max_body_bytes = settings.max_body_bytes
     InheritedSocketServer.listen_fd = listen_fd
-    config = Config.create(chalice_stage="local", app_name="pqh", project_dir=str(ROOT))
-    from chalice.local import LocalDevServer
-
-    server = LocalDevServer(app_module.app, config, "", 0, handler_cls=GatewayHandler, server_cls=InheritedSocketServer)
+    server = api_server(app_module, settings_mod.load().max_body_bytes, "", 0, InheritedSocketServer)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=server.server.shutdown, daemon=True).start()

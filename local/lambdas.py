@@ -28,10 +28,10 @@ from types import ModuleType
 
 from chalice.local import LambdaContext
 
-from chalicelib import observability, wiring
+from chalicelib import wiring
 from chalicelib.domain import Handoff
 from local.emulator import ROOT, die_with_parent
-from local.supervision import Backoff, exit_reason
+from local.supervision import Backoff, exit_reason, log_readably
 
 log = logging.getLogger("pqh.local")
 # Logged once a restarted Lambda process runs its handlers.
@@ -251,10 +251,7 @@ class RemoteLambdas:
 
 def serve(capacity: int, tick_seconds: float, ready_fd: int | None = None) -> int:
     """The Lambda process: the handlers on LocalLambdas, invoked by lines on stdin, until stdin closes."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    for noisy in ("botocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    observability.readable_logs()  # one line per event, as the runner's own (it sets POWERTOOLS_METRICS_DISABLED)
+    log_readably()  # as the runner's own (it sets POWERTOOLS_METRICS_DISABLED)
     import app as app_module
 
     lambdas = LocalLambdas(app_module, capacity=capacity, tick_seconds=tick_seconds)

@@ -5,6 +5,7 @@ Used by the end-to-end tests and the benchmarks alike.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -73,6 +74,18 @@ class LocalSystem:
                 time.sleep(0.1)
         return [done[t] for t in task_ids]
 
+    def children(self) -> dict[int, str]:
+        """The runner's live child processes and their command lines (Linux /proc; a reaped or zombie one has none)."""
+        found: dict[int, str] = {}
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+                for child in (task / "children").read_text().split():
+                    with contextlib.suppress(OSError):
+                        command = Path(f"/proc/{child}/cmdline").read_text().replace("\0", " ")
+                        if command:
+                            found[int(child)] = command
+        return found
+
     def log_tail(self, chars: int = 4000) -> str:
         """The runner's log, its end: what a failing test shows (the access log's polling lines left out)."""
         lines = [line for line in self.log_path.read_text().splitlines() if '"GET /result/' not in line]
@@ -88,6 +101,14 @@ class LocalSystem:
                 self.process.wait()
                 return -9
         return self.process.returncode
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
 
 
 def start_local_system(tmp_path: Path, **env: str) -> LocalSystem:

@@ -30,8 +30,8 @@ With PQH_API_PROCESSES = N > 1 (two by default on two cores or more), N - 1
 more processes serve the API on the same socket (local/api.py).
 
 Supervision: the Lambda process is started again whenever it dies (see
-local/lambdas.py), and so is an extra API process. dynalite keeps its tables on disk for the run, so it is started
-again too. moto's server keeps its queues in memory only: if it dies, the queued
+local/lambdas.py), and so is an extra API process. dynalite keeps its tables on
+disk for the run, so it is started again too. moto's server keeps its queues in memory only: if it dies, the queued
 tasks' messages are gone, and the runner stops with a message instead of
 accepting tasks that would never run.
 """
@@ -54,14 +54,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from chalice.config import Config  # noqa: E402
 from chalice.local import LocalDevServer  # noqa: E402
 
-from chalicelib import aws, observability, wiring  # noqa: E402
+from chalicelib import aws, wiring  # noqa: E402
 from chalicelib import settings as settings_mod  # noqa: E402
 from infra.provision import provision, settings_env  # noqa: E402
 from local import endpoints  # noqa: E402
-from local.api import ApiProcesses, BacklogServer  # noqa: E402
+from local.api import ApiProcesses, BacklogServer, api_server  # noqa: E402
 from local.emulator import (  # noqa: E402
     EmulatorError,
     EmulatorProcess,
@@ -70,9 +69,8 @@ from local.emulator import (  # noqa: E402
     dynamodb_emulator,
     dynamodb_emulator_kind,
 )
-from local.gateway import GatewayHandler  # noqa: E402
 from local.lambdas import LambdaProcessError, RemoteLambdas  # noqa: E402
-from local.supervision import Backoff, exit_reason  # noqa: E402
+from local.supervision import Backoff, exit_reason, log_readably  # noqa: E402
 
 log = logging.getLogger("pqh.local")
 
@@ -201,13 +199,10 @@ class EmulatorWatch:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
-    for noisy in ("botocore", "werkzeug", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     # The "pqh" loggers print one readable line per event here, JSON on Lambda. Metrics
     # (EMF blobs, for CloudWatch) stay off: /stats and the dashboard show the same
     # numbers locally. POWERTOOLS_METRICS_DISABLED=false prints them (the Lambda process inherits it).
-    observability.readable_logs()
+    log_readably()
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     host = os.environ.get("PQH_HOST", "127.0.0.1")
     port = _env_int("PQH_PORT", 8000)
@@ -284,11 +279,7 @@ def main() -> int:
             return 2
         wiring.configure(invoker_factory=lambda _settings: lambdas)
 
-        GatewayHandler.max_body_bytes = settings.max_body_bytes
-        config = Config.create(chalice_stage="local", app_name="pqh", project_dir=str(ROOT))
-        server = LocalDevServer(
-            app_module.app, config, host, port, handler_cls=GatewayHandler, server_cls=BacklogServer
-        )
+        server = api_server(app_module, settings.max_body_bytes, host, port, BacklogServer)
         threading.Thread(target=server.server.serve_forever, name="http", daemon=True).start()
         if api_processes > 1:
             # As Lambda runs more API instances under load: the others accept on this socket.

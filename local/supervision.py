@@ -8,8 +8,20 @@ does not spin.
 
 from __future__ import annotations
 
+import logging
 import signal
+import sys
 from dataclasses import dataclass
+
+
+def log_readably() -> None:
+    """How every process of the local runner logs: one readable line per event, on stdout."""
+    from chalicelib import observability
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    for noisy in ("botocore", "werkzeug", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    observability.readable_logs()  # JSON on Lambda; here the runner's own lines
 
 
 @dataclass

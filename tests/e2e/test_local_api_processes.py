@@ -11,22 +11,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from local.process import LocalSystem
+from local.process import LocalSystem, is_running
 
 pytestmark = pytest.mark.e2e
 
 
 def _api_processes(system: LocalSystem) -> list[int]:
-    """The runner's extra API processes (Linux /proc)."""
-    found = []
-    for task in Path(f"/proc/{system.process.pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                if "local.api" in Path(f"/proc/{child}/cmdline").read_text():
-                    found.append(int(child))
-            except OSError:
-                pass
-    return found
+    """The runner's extra API processes."""
+    return [pid for pid, command in system.children().items() if "local.api" in command]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -100,13 +92,6 @@ def test_ctrl_c_stops_the_api_processes_through_the_runner_alone(local_system: C
     assert _api_processes(system) == [extra]
     os.kill(extra, signal.SIGINT)  # as the group's Ctrl-C: to it and to the runner at once
     assert system.stop() == 0
-    _wait_for("the API process to exit", lambda: not Path(f"/proc/{extra}").exists() or _zombie(extra))
+    _wait_for("the API process to exit", lambda: not is_running(extra))
     log = system.log_path.read_text()
     assert "an API process" not in log and "Traceback" not in log
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
-    except OSError:
-        return True

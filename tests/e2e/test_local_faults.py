@@ -11,7 +11,6 @@ outside that every task completed exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -25,7 +24,7 @@ from typing import TypeVar
 
 import pytest
 
-from local.process import LocalSystem
+from local.process import LocalSystem, is_running
 
 pytestmark = pytest.mark.e2e
 
@@ -33,21 +32,8 @@ T = TypeVar("T")
 BACK = "the local Lambda process is running again"
 
 
-def _children(pid: int) -> dict[int, str]:
-    """The runner's live child processes and their command lines (Linux /proc; a reaped or zombie child has none)."""
-    found: dict[int, str] = {}
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                with contextlib.suppress(OSError):
-                    command = Path(f"/proc/{child}/cmdline").read_text().replace("\0", " ")
-                    if command:
-                        found[int(child)] = command
-    return found
-
-
 def _lambda_process(system: LocalSystem) -> int | None:
-    pids = [pid for pid, command in _children(system.process.pid).items() if "local.lambdas" in command]
+    pids = [pid for pid, command in system.children().items() if "local.lambdas" in command]
     return pids[0] if pids else None
 
 
@@ -193,8 +179,8 @@ def test_the_lambda_process_killed_mid_run_twice_and_in_a_burst_loses_nothing_an
 
 
 def _emulator_process(system: LocalSystem, marker: str) -> int:
-    pids = [pid for pid, command in _children(system.process.pid).items() if marker in command]
-    assert len(pids) == 1, _children(system.process.pid)
+    pids = [pid for pid, command in system.children().items() if marker in command]
+    assert len(pids) == 1, system.children()
     return pids[0]
 
 
@@ -267,7 +253,7 @@ def test_dynalite_serves_on_when_a_client_goes_away_mid_request() -> None:
 def test_the_sqs_emulator_killed_stops_the_runner_with_a_message(local_system: Callable[..., LocalSystem]) -> None:
     system = local_system(PQH_TASK_SECONDS="0.05")
     system.wait_all([system.submit("alice", "x")["task_id"]], timeout=60)
-    children = _children(system.process.pid)
+    children = system.children()
 
     os.kill(_emulator_process(system, "local.moto_server"), signal.SIGKILL)
     # The runner stops by itself: its queues are gone, so accepting tasks would lose them.
@@ -277,12 +263,4 @@ def test_the_sqs_emulator_killed_stops_the_runner_with_a_message(local_system: C
     assert "moto server (SQS) killed by SIGKILL" in log
     assert "Start `make run` again" in log
     # The other children exit with the runner.
-    _wait_for("its children to exit", lambda: not any(_is_running(pid) for pid in children), system)
-
-
-def _is_running(pid: int) -> bool:
-    """Alive and not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
+    _wait_for("its children to exit", lambda: not any(is_running(pid) for pid in children), system)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -80,7 +79,7 @@ def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
     assert {system.result(t)["task_status"] for t in everything} == {"SUCCESS"}
 
     # Ctrl-C stops everything cleanly: the emulators and the Lambda stand-ins' process.
-    children = _children(system.process.pid)
+    children = system.children()
     assert any("local.lambdas" in command for command in children.values()), children
     assert system.stop() == 0
     assert not port_open(system.emulator_port) and not port_open(system.sqs_emulator_port)
@@ -90,16 +89,6 @@ def test_an_idle_system_starts_a_task_at_once_and_light_users_overtake_a_burst(
     assert "Traceback" not in log
     for event in ("submitted task=", "dispatched task=", "started task=", "succeeded task="):
         assert event in log
-
-
-def _children(pid: int) -> dict[int, str]:
-    """The runner's child processes and their command lines (Linux /proc)."""
-    found: dict[int, str] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            with contextlib.suppress(OSError):
-                found[int(child)] = Path(f"/proc/{child}/cmdline").read_text().replace("\0", " ")
-    return found
 
 
 def _readme_curl_commands() -> list[str]:
